@@ -1,0 +1,1 @@
+"""Flower ClientApp and the device-side learners. Never imports ``server``."""

@@ -1,0 +1,1 @@
+"""The simulated fleet: devices with their registry profiles (the cost model joins here later)."""

@@ -1,0 +1,112 @@
+"""The ``fedsim`` command. Bad input prints one located line and exits 2; never a traceback."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from fedsim.core.errors import EXIT_CODE_HELP, ExitCode, FedsimError
+from fedsim.core.scenario import DirichletPartition
+
+__all__ = ["app", "main", "summarize"]
+
+EXIT_CODES_EPILOG = "Exit codes: " + "; ".join(f"{int(c)} {h}" for c, h in EXIT_CODE_HELP.items())
+app = typer.Typer(
+    help="fedsim: simulate federated learning on fleets of edge devices, built on Flower.",
+    epilog=EXIT_CODES_EPILOG,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True)
+
+ScenarioArg = typer.Argument(..., help="scenario YAML, e.g. scenarios/quickstart.yaml")
+
+
+def summarize(scenario_path: str | Path) -> str:
+    """One line saying what a scenario will run (``fedsim validate``)."""
+    from fedsim.runner import plan
+
+    scenario, fleet = plan(scenario_path)
+    groups = ", ".join(f"{n} {p}" for p, n in fleet.by_profile().items())
+    part = scenario.fleet.partition
+    split = f"dirichlet(alpha={part.alpha})" if isinstance(part, DirichletPartition) else "iid"
+    return (
+        f"{scenario_path}: ok: {scenario.name}: {scenario.algorithm.kind} on "
+        f"{scenario.task.dataset}/{scenario.task.model}, {len(fleet)} devices ({groups}), "
+        f"{scenario.cohort_size} per round x {scenario.rounds} rounds, {split} split, "
+        f"engine {scenario.execution.engine}, seed {scenario.seed}"
+    )
+
+
+@app.command()
+def validate(scenario: Path = ScenarioArg) -> None:
+    """Check a scenario (schema, names, fleet, data split) and say what it will run."""
+    out.print(summarize(scenario))
+
+
+@app.command()
+def run(
+    scenario: Path = ScenarioArg,
+    out_dir: Path | None = typer.Option(
+        None, "--out", help="results folder (default: <output.dir>/<name>, never overwritten)"
+    ),
+    overwrite: bool = typer.Option(False, help="reuse --out even if it holds a run"),
+    engine: str | None = typer.Option(
+        None, help="ray (Flower's simulation engine) or inline (one thread, no Ray)"
+    ),
+) -> None:
+    """Run a scenario: a Flower simulation that writes metrics, plots and a summary."""
+    from fedsim.progress import ProgressObserver
+    from fedsim.runner import run as run_scenario
+
+    if engine not in (None, "ray", "inline"):
+        raise FedsimError("--engine", f"unknown engine '{engine}'", "use ray or inline")
+    name = scenario.stem
+    result = run_scenario(
+        scenario,
+        out_dir,
+        overwrite=overwrite,
+        engine=engine,  # type: ignore[arg-type]
+        observer=ProgressObserver(name, console=err),
+        command=shlex.join(["fedsim", *sys.argv[1:]]),
+    )
+    s = result.summary
+    acc = s["final_accuracy"]
+    out.print(
+        f"{name}: final accuracy {acc:.4f} after {s['rounds']} rounds, "
+        f"{s['failures']} device failures, {s['wall_s']:.1f} s → {result.out}"
+    )
+
+
+def main() -> None:
+    """Console entry point: maps user errors to one line and exit code 2."""
+    try:
+        app(standalone_mode=False)
+    except FedsimError as exc:
+        for line in exc.lines():
+            err.print(f"error: {line}", markup=False)
+        sys.exit(int(exc.exit_code))
+    except KeyboardInterrupt:
+        err.print("interrupted; results written so far are kept")
+        sys.exit(int(ExitCode.INTERRUPTED))
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # click's usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(int(ExitCode.BAD_INPUT))
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(int(ExitCode.INTERRUPTED))
+        raise
+
+
+if __name__ == "__main__":
+    main()

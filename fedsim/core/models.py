@@ -1,0 +1,66 @@
+"""Named torch models, and the conversions between a model and a list of numpy arrays."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+from numpy.typing import NDArray
+
+from fedsim.core.plugins import Plugins
+
+if TYPE_CHECKING:
+    from torch import nn
+
+__all__ = ["MODELS", "Builder", "build_model", "get_arrays", "set_arrays"]
+
+# (number of input features, number of classes, seed) → a freshly initialised model
+Builder = Callable[[int, int, int], "nn.Module"]
+MODELS: Plugins[Builder] = Plugins("model")
+
+
+@MODELS.register("mlp")
+def _mlp() -> Builder:
+    def build(num_features: int, num_classes: int, seed: int) -> nn.Module:
+        import torch
+        from torch import nn
+
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Linear(num_features, 32), nn.ReLU(), nn.Linear(32, num_classes))
+
+    return build
+
+
+@MODELS.register("logreg")
+def _logreg() -> Builder:
+    def build(num_features: int, num_classes: int, seed: int) -> nn.Module:
+        import torch
+        from torch import nn
+
+        torch.manual_seed(seed)
+        return nn.Linear(num_features, num_classes)
+
+    return build
+
+
+def build_model(name: str, num_features: int, num_classes: int, seed: int) -> nn.Module:
+    return MODELS.get(name, "task.model")(num_features, num_classes, seed)
+
+
+def get_arrays(model: nn.Module) -> list[NDArray[np.float32]]:
+    """The model's parameters and buffers, in ``state_dict`` order, as float32 copies."""
+    return [t.detach().cpu().numpy().astype(np.float32) for t in model.state_dict().values()]
+
+
+def set_arrays(model: nn.Module, arrays: Sequence[NDArray[np.floating]]) -> None:
+    import torch
+
+    keys = list(model.state_dict())
+    if len(keys) != len(arrays):
+        raise ValueError(f"model has {len(keys)} tensors, got {len(arrays)} arrays")
+    state = {
+        k: torch.from_numpy(np.asarray(a, dtype=np.float32))
+        for k, a in zip(keys, arrays, strict=True)
+    }
+    model.load_state_dict(state, strict=True)

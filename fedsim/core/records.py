@@ -1,0 +1,108 @@
+"""What crosses the Flower boundary (record keys) and what a run records (rounds, devices).
+
+Keys that travel in Flower records are kebab-case and defined here once; nothing else in the
+project spells them as string literals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+__all__ = [
+    "ARRAYS",
+    "CONFIG",
+    "DEVICE_ID",
+    "METRICS",
+    "NUM_EXAMPLES",
+    "SERVER_ROUND",
+    "TRAIN_LOSS",
+    "DeviceRecord",
+    "DeviceStatus",
+    "RoundRecord",
+    "RunBinding",
+]
+
+# RecordDict entries
+ARRAYS = "arrays"
+METRICS = "metrics"
+CONFIG = "config"
+# ConfigRecord / MetricRecord keys
+SERVER_ROUND = "server-round"
+DEVICE_ID = "device-id"
+NUM_EXAMPLES = "num-examples"  # the key Flower's own strategies expect, too
+TRAIN_LOSS = "train-loss"
+# run_config / node_config keys
+RUN_SCENARIO = "scenario"
+RUN_OUT = "out"
+RUN_COMMAND = "command"
+NODE_PARTITION = "partition-id"  # set by Flower's simulation engine for each virtual node
+
+DeviceStatus = Literal["ok", "failed", "no-reply"]
+
+
+@dataclass(frozen=True)
+class RunBinding:
+    """The scalars that tie a Flower app to one fedsim run.
+
+    Under ``run_simulation`` (empty ``run_config``) the runner binds them into the app objects;
+    under ``flwr run`` they come from the run config (``[tool.flwr.app.config]``).
+    """
+
+    scenario: str
+    out: str
+    command: str = "flwr run"
+
+    @classmethod
+    def from_run_config(cls, run_config: dict[str, Any]) -> RunBinding:
+        missing = [k for k in (RUN_SCENARIO, RUN_OUT) if k not in run_config]
+        if missing:
+            from fedsim.core.errors import FedsimError
+
+            raise FedsimError(
+                "run config",
+                f"missing {', '.join(missing)}",
+                "set [tool.flwr.app.config] scenario and out, or --run-config 'scenario=\"...\"'",
+            )
+        command = str(run_config.get(RUN_COMMAND, "flwr run"))
+        return cls(str(run_config[RUN_SCENARIO]), str(run_config[RUN_OUT]), command)
+
+
+@dataclass(frozen=True)
+class DeviceRecord:
+    """One device in one round: a row of ``devices.csv``. Deterministic for a given scenario."""
+
+    round: int
+    device_id: int
+    profile: str
+    status: DeviceStatus
+    num_examples: int
+    train_loss: float | None
+    bytes_down: int
+    bytes_up: int
+    error: str = ""
+
+    @classmethod
+    def columns(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    def row(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """One round: a line of ``rounds.jsonl``. No wall-clock values, so reruns are identical."""
+
+    round: int
+    selected: int
+    participants: int
+    failures: int
+    accuracy: float | None
+    loss: float | None
+    train_loss: float | None
+    bytes_down: int
+    bytes_up: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)

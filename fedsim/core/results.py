@@ -1,0 +1,84 @@
+"""A run's results folder: manifest.json, rounds.jsonl, devices.csv, summary.json.
+
+Rows are appended and flushed as each round ends, so a crash loses at most the round in flight.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import platform
+import sys
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from fedsim.core.records import DeviceRecord, RoundRecord
+from fedsim.core.scenario import Scenario
+
+__all__ = ["DEVICES", "MANIFEST", "ROUNDS", "SUMMARY", "RunWriter", "read_rounds", "versions"]
+
+MANIFEST = "manifest.json"
+ROUNDS = "rounds.jsonl"
+DEVICES = "devices.csv"
+SUMMARY = "summary.json"
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for package in ("fedsim", "flwr", "torch", "numpy", "pydantic", "ray", "flwr-datasets"):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = "not installed"
+    return found
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    tmp.replace(path)  # atomic: a reader never sees half a file
+
+
+class RunWriter:
+    """Writes one run's artefacts into ``out``."""
+
+    def __init__(self, out: str | Path) -> None:
+        self.out = Path(out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / ROUNDS).write_text("", encoding="utf-8")
+        with (self.out / DEVICES).open("w", newline="", encoding="utf-8") as f:
+            csv.DictWriter(f, DeviceRecord.columns()).writeheader()
+
+    def manifest(self, scenario: Scenario, scenario_path: str, command: str) -> None:
+        _write_json(
+            self.out / MANIFEST,
+            {
+                "scenario": scenario.name,
+                "scenario_path": scenario_path,
+                "scenario_sha256": scenario.digest(),
+                "seed": scenario.seed,
+                "command": command,
+                "argv": sys.argv,
+                "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "versions": versions(),
+                "platform": platform.platform(),
+            },
+        )
+
+    def round(self, record: RoundRecord, devices: Iterable[DeviceRecord]) -> None:
+        with (self.out / DEVICES).open("a", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, DeviceRecord.columns())
+            writer.writerows(d.row() for d in devices)
+        with (self.out / ROUNDS).open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record.to_json(), sort_keys=True) + "\n")
+
+    def summary(self, payload: dict[str, Any]) -> None:
+        _write_json(self.out / SUMMARY, payload)
+
+
+def read_rounds(out: str | Path) -> list[dict[str, Any]]:
+    lines = (Path(out) / ROUNDS).read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.strip()]

@@ -1,0 +1,159 @@
+"""The scenario schema: frozen pydantic models, unknown keys forbidden, unions tagged by ``kind``.
+
+A scenario names the seed, the task (dataset + model), the fleet (device groups by profile and
+count, data partitioning, injected faults), the algorithm and its typed parameters, the number of
+rounds, how many devices train per round, evaluation, execution and output. Loading a YAML file
+(``extends``, error locations) lives in ``fedsim.core.scenario_load``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from fedsim.core.data import DATASETS
+from fedsim.core.models import MODELS
+
+__all__ = [
+    "AlgorithmSpec",
+    "DeviceGroup",
+    "DirichletPartition",
+    "EvaluationSpec",
+    "ExecutionSpec",
+    "FaultSpec",
+    "FedAvgSpec",
+    "FedProxSpec",
+    "FleetSpec",
+    "IidPartition",
+    "OutputSpec",
+    "PartitionSpec",
+    "Scenario",
+    "TaskSpec",
+]
+
+
+class _Spec(BaseModel):
+    # strict: a YAML "10" is not silently an int; extra="forbid": a typo is an error, not a no-op.
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+class TaskSpec(_Spec):
+    dataset: str = "digits"
+    model: str = "mlp"
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, name: str) -> str:
+        return DATASETS.check(name)
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, name: str) -> str:
+        return MODELS.check(name)
+
+
+class FaultSpec(_Spec):
+    """Injected faults, drawn per (seed, round, device) so runs stay reproducible."""
+
+    crash_prob: float = Field(0.0, ge=0.0, le=1.0)
+
+
+class DeviceGroup(_Spec):
+    profile: str = Field(description="device profile name in the registry, e.g. 'rpi4'")
+    count: int = Field(ge=1)
+    faults: FaultSpec = FaultSpec()
+
+
+class IidPartition(_Spec):
+    kind: Literal["iid"] = "iid"
+
+
+class DirichletPartition(_Spec):
+    kind: Literal["dirichlet"]
+    alpha: float = Field(gt=0.0, description="concentration; small = very non-IID")
+    min_partition_size: int = Field(2, ge=0)
+
+
+PartitionSpec = Annotated[IidPartition | DirichletPartition, Field(discriminator="kind")]
+
+
+class FleetSpec(_Spec):
+    groups: list[DeviceGroup] = Field(min_length=1)
+    partition: PartitionSpec = IidPartition()
+
+    @property
+    def size(self) -> int:
+        return sum(group.count for group in self.groups)
+
+
+class _LocalSgd(_Spec):
+    lr: float = Field(0.1, gt=0.0)
+    local_epochs: int = Field(1, ge=1)
+    batch_size: int = Field(16, ge=1)
+
+
+class FedAvgSpec(_LocalSgd):
+    kind: Literal["fedavg"]
+
+
+class FedProxSpec(_LocalSgd):
+    kind: Literal["fedprox"]
+    mu: float = Field(0.01, ge=0.0, description="weight of the proximal term mu/2·||w - w_t||²")
+
+
+AlgorithmSpec = Annotated[FedAvgSpec | FedProxSpec, Field(discriminator="kind")]
+
+
+class EvaluationSpec(_Spec):
+    every: int = Field(1, ge=1, description="evaluate the global model every N rounds (and last)")
+
+
+class ExecutionSpec(_Spec):
+    engine: Literal["ray", "inline"] = "ray"
+    mode: Literal["per-device"] = "per-device"
+    actors: int = Field(2, ge=1, le=64, description="Ray actors (one CPU each)")
+    round_timeout_s: float = Field(600.0, gt=0.0)
+
+
+class OutputSpec(_Spec):
+    dir: str = "results"
+
+
+class Scenario(_Spec):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    seed: int = 0
+    task: TaskSpec = TaskSpec()
+    fleet: FleetSpec
+    algorithm: AlgorithmSpec
+    rounds: int = Field(ge=1)
+    clients_per_round: int | None = Field(None, ge=1, description="default: the whole fleet")
+    evaluation: EvaluationSpec = EvaluationSpec()
+    execution: ExecutionSpec = ExecutionSpec()
+    output: OutputSpec = OutputSpec()
+
+    @property
+    def cohort_size(self) -> int:
+        return self.clients_per_round or self.fleet.size
+
+    def digest(self) -> str:
+        """SHA-256 of the validated scenario (defaults included), stable across key order."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def consistency_problems(self) -> list[tuple[str, str, str]]:
+        """Cross-field problems as (dotted path, what, fix)."""
+        problems = []
+        if self.clients_per_round is not None and self.clients_per_round > self.fleet.size:
+            problems.append(
+                (
+                    "clients_per_round",
+                    f"{self.clients_per_round} devices per round, but the fleet has only "
+                    f"{self.fleet.size}",
+                    f"set it to at most {self.fleet.size} or add devices to fleet.groups",
+                )
+            )
+        return problems

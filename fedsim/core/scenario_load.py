@@ -1,0 +1,238 @@
+"""Load a scenario YAML: ``extends`` chains, validation, and errors located by file, line and key.
+
+Every problem becomes one ``FedsimError`` line such as
+``scenarios/x.yaml:12: algorithm.lr: expected a number, got 'fast' (str); write a number``.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from fedsim.core.errors import FedsimError, did_you_mean
+from fedsim.core.scenario import Scenario
+
+__all__ = ["ScenarioError", "load_scenario"]
+
+Loc = tuple[str | int, ...]
+
+
+class ScenarioError(FedsimError):
+    """All problems found in one scenario, one line each."""
+
+    def __init__(self, errors: Sequence[FedsimError]) -> None:
+        self.errors = list(errors)
+        first = self.errors[0]
+        super().__init__(first.where, first.what, first.fix)
+
+    def lines(self) -> list[str]:
+        return [e.line() for e in self.errors]
+
+
+@dataclass
+class _Source:
+    """One YAML file of an ``extends`` chain: its parsed data and node tree (for line numbers)."""
+
+    path: Path
+    data: dict[str, Any]
+    node: yaml.Node | None
+
+
+def _read(path: Path) -> _Source:
+    if not path.is_file():
+        what = "no such file" if not path.exists() else "not a file"
+        raise FedsimError(str(path), what, "check the path (scenarios live in scenarios/)")
+    text = path.read_text(encoding="utf-8")
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise FedsimError(where, f"invalid YAML: {problem}", "fix the syntax at that line") from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise FedsimError(
+            str(path), f"expected a mapping of keys, got {type(data).__name__}", "see scenarios/"
+        )
+    return _Source(path, data, node)
+
+
+def _merge(base: Mapping[str, Any], child: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep-merge mappings; the child wins, lists are replaced whole."""
+    out = dict(base)
+    for key, value in child.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _chain(path: Path) -> list[_Source]:
+    """The file and the files it extends, child first."""
+    chain: list[_Source] = []
+    while True:
+        if any(s.path.resolve() == path.resolve() for s in chain):
+            raise FedsimError(str(chain[-1].path), f"extends: cycle back to {path}", "remove it")
+        source = _read(path)
+        chain.append(source)
+        parent = source.data.pop("extends", None)
+        if parent is None:
+            return chain
+        if not isinstance(parent, str):
+            raise FedsimError(f"{path}: extends", "expected a file path", "e.g. extends: base.yaml")
+        path = path.parent / parent
+
+
+def _line(node: yaml.Node | None, loc: Loc) -> int | None:
+    """1-based line of the deepest YAML node along ``loc`` (its key when it is a mapping key)."""
+    line = None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = [(k, v) for k, v in node.value if k.value == part]
+            if not match:
+                break
+            line, node = match[0][0].start_mark.line + 1, match[0][1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            if part >= len(node.value):
+                break
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
+
+
+def _field_model(annotation: Any, data: Any) -> type[BaseModel] | None:
+    """The pydantic model an annotation resolves to for ``data`` (unions by their ``kind``)."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _field_model(typing.get_args(annotation)[0], data)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            model = _field_model(arg, data)
+            kind = model.model_fields.get("kind") if model else None
+            if model is not None and (
+                kind is None or data.get("kind") in typing.get_args(kind.annotation)
+            ):
+                return model
+        return None
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return None
+
+
+def _drop_tags(loc: Loc, data: Any) -> Loc:
+    """Drop the union-tag steps pydantic inserts into a location (``algorithm.fedavg.lr``)."""
+    clean: list[str | int] = []
+    for part in loc:
+        if isinstance(data, dict) and part not in data and part == data.get("kind"):
+            continue
+        clean.append(part)
+        if isinstance(data, dict):
+            data = data.get(part)
+        elif isinstance(data, list) and isinstance(part, int) and part < len(data):
+            data = data[part]
+        else:
+            data = None
+    return tuple(clean)
+
+
+def _model_at(loc: Loc, data: Any) -> type[BaseModel] | None:
+    """The pydantic model that validates the mapping at ``loc`` (``None`` if not a model)."""
+    model: type[BaseModel] | None = Scenario
+    for part in loc:
+        if isinstance(part, int):  # a list item: the model was resolved from the item type
+            data = data[part] if isinstance(data, list) and part < len(data) else {}
+            continue
+        field = model.model_fields.get(part) if model is not None else None
+        if field is None:
+            return None
+        data = data.get(part) if isinstance(data, dict) else None
+        annotation = field.annotation
+        if typing.get_origin(annotation) is list:
+            annotation = typing.get_args(annotation)[0]
+        model = _field_model(annotation, data if isinstance(data, dict) else {})
+    return model
+
+
+def _dotted(loc: Loc) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+
+
+_EXPECTED = {
+    "int": ("an integer", "write a whole number, e.g. 10"),
+    "float": ("a number", "write a number, e.g. 0.1"),
+    "bool": ("true or false", "write true or false"),
+    "string": ("a string", "quote the value"),
+    "list": ("a list", "write a YAML list (- item)"),
+    "dict": ("a mapping", "write nested keys"),
+    "model": ("a mapping", "write nested keys"),
+}
+
+
+def _describe(err: Mapping[str, Any], model: type[BaseModel] | None, key: str) -> tuple[str, str]:
+    """(what, fix) for one pydantic error."""
+    kind, value = err["type"], err.get("input")
+    got = f"got {value!r} ({type(value).__name__})"
+    if kind == "extra_forbidden":
+        known = sorted(model.model_fields) if model else []
+        return f"unknown key '{key}'{did_you_mean(key, known)}", f"known keys: {', '.join(known)}"
+    if kind == "missing":
+        return "required key is missing", f"add '{key}'"
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        tags = [t.strip(" '") for t in str(err.get("ctx", {}).get("expected_tags", "")).split(",")]
+        tag = err.get("ctx", {}).get("tag", "")
+        what = f"unknown kind '{tag}'{did_you_mean(str(tag), tags)}" if tag else "'kind' missing"
+        return what, f"known kinds: {', '.join(tags)}"
+    if kind == "literal_error":
+        return f"{got}", f"use {err.get('ctx', {}).get('expected', 'a listed value')}"
+    if kind == "value_error":
+        return str(err["msg"]).removeprefix("Value error, "), "fix the value"
+    for stem, (expected, fix) in _EXPECTED.items():
+        if kind.startswith(stem):
+            return f"expected {expected}, {got}", fix
+    return f"{err['msg'][0].lower()}{err['msg'][1:]}, {got}", "fix the value"
+
+
+def _located(sources: list[_Source], loc: Loc, what: str, fix: str) -> FedsimError:
+    where = str(sources[0].path)
+    for source in sources:  # the child first: its keys override the bases'
+        line = _line(source.node, loc)
+        if line is not None:
+            where = f"{source.path}:{line}"
+            break
+    path = _dotted(loc)
+    return FedsimError(f"{where}: {path}" if path else where, what, fix)
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Read, merge (``extends``) and validate a scenario; raise ``ScenarioError`` if invalid."""
+    sources = _chain(Path(path))
+    data: dict[str, Any] = {}
+    for source in reversed(sources):
+        data = _merge(data, source.data)
+    try:
+        scenario = Scenario.model_validate(data)
+    except ValidationError as exc:
+        errors = []
+        for err in exc.errors():
+            loc = _drop_tags(tuple(err["loc"]), data)
+            model = _model_at(loc[:-1], data) if err["type"] == "extra_forbidden" else None
+            what, fix = _describe(err, model, str(loc[-1]) if loc else "")
+            errors.append(_located(sources, loc, what, fix))
+        raise ScenarioError(errors) from None
+    problems = scenario.consistency_problems()
+    if problems:
+        raise ScenarioError([_located(sources, (p,), w, f) for p, w, f in problems])
+    return scenario

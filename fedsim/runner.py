@@ -1,0 +1,146 @@
+"""The runner: the one module that starts Flower's simulation engine.
+
+``run`` validates the scenario and its fleet up front (bad input fails before Ray starts), picks
+the results folder, binds the scenario into Flower's ServerApp and ClientApp, and runs them on the
+chosen engine: ``ray`` (Flower's simulation engine, one virtual SuperNode per device) or ``inline``
+(the same apps in one thread; see ``fedsim.inline``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from clients.app import make_client_app
+from devices.fleet import Fleet, load_fleet
+from fedsim.core.errors import FedsimError
+from fedsim.core.records import RunBinding
+from fedsim.core.results import MANIFEST, SUMMARY
+from fedsim.core.scenario import Scenario
+from fedsim.inline import run_inline
+from server.app import make_server_app
+from server.loop import LogObserver, RoundObserver
+
+__all__ = ["RunResult", "plan", "run"]
+
+Engine = Literal["ray", "inline"]
+FLOWER_LOG = "flower.log"
+
+
+@dataclass(frozen=True)
+class RunResult:
+    out: Path
+    summary: dict[str, Any]
+
+
+def plan(scenario_path: str | Path) -> tuple[Scenario, Fleet]:
+    """Load and check everything a run needs, without running it (``fedsim validate``)."""
+    try:
+        return load_fleet(scenario_path)
+    except FileNotFoundError as exc:
+        raise FedsimError(str(scenario_path), "no such file", "check the path") from exc
+    except FedsimError as exc:
+        if exc.where.startswith(str(scenario_path)):
+            raise
+        # Errors found after schema validation carry a dotted path only: add the file.
+        raise FedsimError(f"{scenario_path}: {exc.where}", exc.what, exc.fix) from exc
+
+
+def _out_dir(scenario: Scenario, out: str | Path | None, overwrite: bool) -> Path:
+    if out is not None:
+        path = Path(out)
+        if (path / MANIFEST).exists() and not overwrite:
+            raise FedsimError(
+                str(path), "already holds a run", "pass --overwrite or choose another --out"
+            )
+        return path
+    base = Path(scenario.output.dir) / scenario.name
+    path, n = base, 1
+    while path.exists() and any(path.iterdir()):  # never overwrite an earlier run by default
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
+@contextmanager
+def _flower_log(path: Path) -> Iterator[None]:
+    """Send Flower's log (device tracebacks included) to ``path`` instead of the terminal.
+
+    Device failures are counted in the results; the progress bar stays readable.
+    """
+    logger = logging.getLogger("flwr")
+    saved = [(h, h.level) for h in logger.handlers]
+    for handler, _ in saved:
+        handler.setLevel(logging.CRITICAL)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    to_file = logging.FileHandler(path, encoding="utf-8")
+    to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger.addHandler(to_file)
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            yield
+        finally:
+            logger.removeHandler(to_file)
+            to_file.close()
+            for handler, level in saved:
+                handler.setLevel(level)
+
+
+def run(
+    scenario_path: str | Path,
+    out: str | Path | None = None,
+    *,
+    overwrite: bool = False,
+    engine: Engine | None = None,
+    observer: RoundObserver | None = None,
+    command: str = "",
+) -> RunResult:
+    """Run a scenario end to end and return where its results are."""
+    scenario, fleet = plan(scenario_path)
+    engine = engine or scenario.execution.engine
+    out_dir = _out_dir(scenario, out, overwrite)
+    binding = RunBinding(
+        scenario=str(Path(scenario_path).resolve()),
+        out=str(out_dir.resolve()),
+        command=command or shlex.join(sys.argv),
+    )
+    server_app = make_server_app(binding, observer or LogObserver())
+    client_app = make_client_app(binding)
+    if engine == "inline":
+        run_inline(server_app, client_app, len(fleet))
+    else:
+        from flwr.simulation import run_simulation
+
+        actors = min(scenario.execution.actors, os.cpu_count() or 1)
+        with _flower_log(out_dir / FLOWER_LOG):
+            run_simulation(
+                server_app=server_app,
+                client_app=client_app,
+                num_supernodes=len(fleet),
+                backend_config={
+                    # one CPU per actor → `actors` actors share the machine's cores
+                    "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                    "init_args": {
+                        "num_cpus": actors,
+                        "num_gpus": 0,
+                        "include_dashboard": False,
+                        "log_to_driver": False,  # actor output: see flower.log
+                    },
+                },
+            )
+    summary_path = out_dir / SUMMARY
+    if not summary_path.exists():
+        raise RuntimeError(f"the run ended without writing {summary_path}; see the log above")
+    return RunResult(out_dir, json.loads(summary_path.read_text(encoding="utf-8")))

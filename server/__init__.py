@@ -1,0 +1,1 @@
+"""Flower ServerApp: round orchestration (when, whom, with what). Never imports ``clients``."""

@@ -30,7 +30,7 @@ ScenarioArg = typer.Argument(..., help="scenario YAML, e.g. scenarios/quickstart
 
 def summarize(scenario_path: str | Path) -> str:
     """One line saying what a scenario will run (``fedsim validate``)."""
-    from fedsim.runner import plan
+    from fedsim.plan import plan
 
     scenario, fleet = plan(scenario_path)
     groups = ", ".join(f"{n} {p}" for p, n in fleet.by_profile().items())

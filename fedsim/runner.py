@@ -21,16 +21,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 from clients.app import make_client_app
-from devices.fleet import Fleet, load_fleet
 from fedsim.core.errors import FedsimError
 from fedsim.core.records import RunBinding
 from fedsim.core.results import MANIFEST, SUMMARY
 from fedsim.core.scenario import Scenario
 from fedsim.inline import run_inline
+from fedsim.plan import plan
 from server.app import make_server_app
 from server.loop import LogObserver, RoundObserver
 
-__all__ = ["RunResult", "plan", "run"]
+__all__ = ["RunResult", "run"]
 
 Engine = Literal["ray", "inline"]
 FLOWER_LOG = "flower.log"
@@ -40,19 +40,6 @@ FLOWER_LOG = "flower.log"
 class RunResult:
     out: Path
     summary: dict[str, Any]
-
-
-def plan(scenario_path: str | Path) -> tuple[Scenario, Fleet]:
-    """Load and check everything a run needs, without running it (``fedsim validate``)."""
-    try:
-        return load_fleet(scenario_path)
-    except FileNotFoundError as exc:
-        raise FedsimError(str(scenario_path), "no such file", "check the path") from exc
-    except FedsimError as exc:
-        if exc.where.startswith(str(scenario_path)):
-            raise
-        # Errors found after schema validation carry a dotted path only: add the file.
-        raise FedsimError(f"{scenario_path}: {exc.where}", exc.what, exc.fix) from exc
 
 
 def _out_dir(scenario: Scenario, out: str | Path | None, overwrite: bool) -> Path:

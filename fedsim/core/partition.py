@@ -7,6 +7,7 @@ index arrays and turns impossible requests into located errors.
 
 from __future__ import annotations
 
+import warnings
 from functools import lru_cache
 
 import numpy as np
@@ -43,7 +44,9 @@ def _split(spec: PartitionSpec, labels: NDArray[np.int64], n: int, seed: int) ->
             seed=seed,
         )
     partitioner.dataset = _index_dataset(labels, seed)
-    return [list(partitioner.load_partition(i)["index"]) for i in range(n)]
+    with warnings.catch_warnings():  # its retries warn at length; failure is raised and explained
+        warnings.simplefilter("ignore", UserWarning)
+        return [list(partitioner.load_partition(i)["index"]) for i in range(n)]
 
 
 @lru_cache(maxsize=16)

@@ -6,6 +6,7 @@ Every problem becomes one ``FedsimError`` line such as
 
 from __future__ import annotations
 
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -19,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 from fedsim.core.errors import FedsimError, did_you_mean
 from fedsim.core.scenario import Scenario
 
-__all__ = ["ScenarioError", "load_scenario"]
+__all__ = ["ScenarioError", "load_scenario", "locate"]
 
 Loc = tuple[str | int, ...]
 
@@ -181,6 +182,14 @@ _EXPECTED = {
 }
 
 
+_BOUNDS = {
+    "greater_than": ("greater than", "gt"),
+    "greater_than_equal": ("at least", "ge"),
+    "less_than": ("less than", "lt"),
+    "less_than_equal": ("at most", "le"),
+}
+
+
 def _describe(err: Mapping[str, Any], model: type[BaseModel] | None, key: str) -> tuple[str, str]:
     """(what, fix) for one pydantic error."""
     kind, value = err["type"], err.get("input")
@@ -196,13 +205,23 @@ def _describe(err: Mapping[str, Any], model: type[BaseModel] | None, key: str) -
         what = f"unknown kind '{tag}'{did_you_mean(str(tag), tags)}" if tag else "'kind' missing"
         return what, f"known kinds: {', '.join(tags)}"
     if kind == "literal_error":
-        return f"{got}", f"use {err.get('ctx', {}).get('expected', 'a listed value')}"
+        expected = str(err.get("ctx", {}).get("expected", ""))
+        options = [o.strip(" '") for o in expected.replace(" or ", ",").split(",") if o.strip()]
+        return f"{value!r} is not allowed{did_you_mean(str(value), options)}", f"use {expected}"
     if kind == "value_error":
-        return str(err["msg"]).removeprefix("Value error, "), "fix the value"
+        what, _, fix = str(err["msg"]).removeprefix("Value error, ").partition("; ")
+        return what, fix
+    if kind in _BOUNDS:
+        limit = err.get("ctx", {}).get(_BOUNDS[kind][1])
+        return (
+            f"must be {_BOUNDS[kind][0]} {limit}, {got}",
+            f"use a value {_BOUNDS[kind][0]} {limit}",
+        )
     for stem, (expected, fix) in _EXPECTED.items():
         if kind.startswith(stem):
             return f"expected {expected}, {got}", fix
-    return f"{err['msg'][0].lower()}{err['msg'][1:]}, {got}", "fix the value"
+    message = str(err["msg"]).replace("Input should be", "must be")
+    return f"{message[0].lower()}{message[1:]}, {got}", "see the scenario reference in README.md"
 
 
 def _located(sources: list[_Source], loc: Loc, what: str, fix: str) -> FedsimError:
@@ -214,6 +233,23 @@ def _located(sources: list[_Source], loc: Loc, what: str, fix: str) -> FedsimErr
             break
     path = _dotted(loc)
     return FedsimError(f"{where}: {path}" if path else where, what, fix)
+
+
+def _parse_dotted(dotted: str) -> Loc:
+    parts: list[str | int] = []
+    for name, index in re.findall(r"([^.\[\]]+)|\[(\d+)\]", dotted):
+        parts.append(int(index) if index else name)
+    return tuple(parts)
+
+
+def locate(path: str | Path, error: FedsimError) -> FedsimError:
+    """Add the file (and line) to an error found after validation, whose ``where`` is a path
+    into the scenario such as ``fleet.groups[2].profile``."""
+    try:
+        sources = _chain(Path(path))
+    except FedsimError:
+        return FedsimError(f"{path}: {error.where}", error.what, error.fix)
+    return _located(sources, _parse_dotted(error.where), error.what, error.fix)
 
 
 def load_scenario(path: str | Path) -> Scenario:

@@ -1,0 +1,40 @@
+"""The default scenario on Flower's Ray simulation engine, end to end (slow: Ray start-up)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from fedsim.core.results import read_rounds
+from tests.conftest import SCENARIOS
+from tests.test_cli import fedsim
+
+pytestmark = pytest.mark.slow
+
+
+def test_quickstart_on_ray_is_deterministic_and_matches_inline(tmp_path: Path) -> None:
+    scenario = SCENARIOS / "quickstart.yaml"
+
+    started = time.perf_counter()
+    first = fedsim("run", scenario, "--out", tmp_path / "ray-1")
+    wall = time.perf_counter() - started
+    second = fedsim("run", scenario, "--out", tmp_path / "ray-2")
+    inline = fedsim("run", scenario, "--out", tmp_path / "inline", "--engine", "inline")
+
+    for proc in (first, second, inline):
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    assert wall < 60, f"quickstart took {wall:.1f} s on Ray"
+    rounds = (tmp_path / "ray-1" / "rounds.jsonl").read_bytes()
+    assert rounds == (tmp_path / "ray-2" / "rounds.jsonl").read_bytes()
+    assert rounds == (tmp_path / "inline" / "rounds.jsonl").read_bytes()
+    records = read_rounds(tmp_path / "ray-1")
+    assert len(records) == 15
+    assert records[-1]["accuracy"] > 0.8
+    assert sum(r["failures"] for r in records) > 0  # the ESP32s' injected crashes, counted
+    summary = json.loads((tmp_path / "ray-1" / "summary.json").read_text())
+    assert summary["devices_by_profile"] == {"rpi4": 4, "nano33-ble-sense": 4, "esp32-s3": 2}
+    assert (tmp_path / "ray-1" / "plots" / "accuracy.png").is_file()
+    assert "InjectedCrashError" in (tmp_path / "ray-1" / "flower.log").read_text()

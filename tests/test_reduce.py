@@ -1,0 +1,91 @@
+"""Aggregation oracle: the associative reduce equals numpy's weighted average, in any grouping."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fedsim.core.reduce import WeightedMean, reduce_all
+from server.strategies import AGGREGATORS
+
+
+def _updates(seed: int, n: int) -> list[tuple[list[np.ndarray], int]]:
+    rng = np.random.default_rng(seed)
+    return [
+        (
+            [rng.normal(size=(3, 4)).astype(np.float32), rng.normal(size=4).astype(np.float32)],
+            int(rng.integers(1, 50)),
+        )
+        for _ in range(n)
+    ]
+
+
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 12))
+@settings(max_examples=50, deadline=None)
+def test_weighted_mean_equals_np_average(seed: int, n: int) -> None:
+    updates = _updates(seed, n)
+    agg = WeightedMean()
+
+    result = agg.finalize([], reduce_all(agg, updates))
+
+    weights = [w for _, w in updates]
+    for i, got in enumerate(result):
+        expected = np.average(np.stack([a[i] for a, _ in updates]), axis=0, weights=weights)
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+        assert got.dtype == np.float32
+
+
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(2, 12), cut=st.integers(1, 11))
+@settings(max_examples=50, deadline=None)
+def test_merge_of_partials_equals_one_pass(seed: int, n: int, cut: int) -> None:
+    """Cohort workers reduce shares of the round and the server merges them: same model."""
+    updates = _updates(seed, n)
+    cut = min(cut, n - 1)
+    agg = WeightedMean()
+
+    merged = agg.merge(reduce_all(agg, updates[:cut]), reduce_all(agg, updates[cut:]))
+    single = reduce_all(agg, updates)
+
+    assert merged.weight == single.weight
+    for a, b in zip(agg.finalize([], merged), agg.finalize([], single), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_zero_is_the_identity_of_merge() -> None:
+    agg = WeightedMean()
+    partial = reduce_all(agg, _updates(0, 3))
+
+    assert agg.merge(agg.zero(), partial) is partial
+    assert agg.merge(partial, agg.zero()) is partial
+
+
+def test_no_update_keeps_the_global_model() -> None:
+    agg = WeightedMean()
+    global_state = [np.ones(3, dtype=np.float32)]
+
+    assert agg.finalize(global_state, agg.zero()) is global_state
+
+
+def test_mismatched_updates_are_rejected() -> None:
+    agg = WeightedMean()
+    partial = reduce_all(agg, _updates(0, 1))
+
+    with pytest.raises(ValueError, match="cannot merge 2 tensors with 1"):
+        agg.accumulate(partial, ([np.zeros(4, dtype=np.float32)], 3))
+    with pytest.raises(ValueError, match="negative example count"):
+        agg.accumulate(partial, (_updates(1, 1)[0][0], -1))
+
+
+@pytest.mark.parametrize("kind", AGGREGATORS.names())
+def test_every_algorithm_aggregates_like_the_oracle(kind: str) -> None:
+    agg = AGGREGATORS.get(kind)()
+    updates = _updates(3, 5)
+
+    result = agg.finalize([], reduce_all(agg, updates))
+
+    expected = np.average(
+        np.stack([a[0] for a, _ in updates]), axis=0, weights=[w for _, w in updates]
+    )
+    np.testing.assert_allclose(result[0], expected, rtol=1e-6)

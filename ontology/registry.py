@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
+from importlib import metadata
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 from rdflib import Graph
 
@@ -13,9 +17,27 @@ from fedsim.core.profiles import DeviceProfile
 
 __all__ = ["CATALOG_DIR", "DeviceRegistry", "default_registry"]
 
-HERE = Path(__file__).parent
-CATALOG_DIR = HERE / "catalog"
-QUERY_DIR = HERE / "queries"
+
+def _data_dir() -> Path:
+    """Where the Turtle catalog and the .rq queries are.
+
+    Beside this module in a checkout or an installed wheel. Under ``flwr run`` this module runs
+    from Flower's app bundle (FAB), which keeps only .py/.toml/.md/.yaml/.json files, so the data
+    comes from the installed fedsim distribution instead (editable installs point at the checkout).
+    """
+    here = Path(__file__).parent
+    if (here / "catalog").is_dir():
+        return here
+    dist = metadata.distribution("fedsim")
+    direct = json.loads(dist.read_text("direct_url.json") or "{}")
+    if direct.get("dir_info", {}).get("editable"):
+        return Path(url2pathname(urlparse(direct["url"]).path)) / "ontology"
+    return Path(str(dist.locate_file("ontology")))
+
+
+DATA_DIR = _data_dir()
+CATALOG_DIR = DATA_DIR / "catalog"
+QUERY_DIR = DATA_DIR / "queries"
 
 
 class DeviceRegistry:

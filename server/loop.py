@@ -9,15 +9,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
+from torch import nn
 
 from devices.fleet import Fleet, load_fleet
-from fedsim.core.data import load_task_data
+from fedsim.core.data import TaskData, load_task_data
 from fedsim.core.errors import FedsimError
 from fedsim.core.models import build_model, get_arrays, set_arrays
 from fedsim.core.plots import plot_accuracy
@@ -38,7 +40,7 @@ from fedsim.core.results import RunWriter
 from fedsim.core.scenario import Scenario
 from fedsim.core.seeds import derive_seed
 from server.evaluate import evaluate
-from server.strategies import AGGREGATORS
+from server.strategies import AGGREGATORS, ModelAggregator
 
 __all__ = ["LogObserver", "RoundObserver", "run_rounds"]
 
@@ -152,73 +154,68 @@ def _collect(
     return updates, records
 
 
-def run_rounds(grid: Grid, binding: RunBinding, observer: RoundObserver) -> dict[str, Any]:
-    """Run the scenario bound to this app on ``grid``; write results; return the summary."""
-    torch.set_num_threads(1)
-    started = time.perf_counter()
-    scenario, fleet = load_fleet(binding.scenario)
-    writer = RunWriter(binding.out)
-    writer.manifest(scenario, binding.scenario, binding.command)
-    data = load_task_data(scenario.task.dataset, scenario.seed)
-    model = build_model(
-        scenario.task.model,
-        data.num_features,
-        data.num_classes,
-        derive_seed(scenario.seed, "init"),
+@dataclass
+class _RoundContext:
+    """What every round of one run needs; ``global_arrays`` is replaced after each round."""
+
+    grid: Grid
+    scenario: Scenario
+    fleet: Fleet
+    model: nn.Module
+    data: TaskData
+    aggregator: ModelAggregator
+    device_to_node: dict[int, int]
+    global_arrays: Arrays
+
+
+def _round(ctx: _RoundContext, round_: int) -> tuple[RoundRecord, list[DeviceRecord]]:
+    scenario = ctx.scenario
+    selected = _select(scenario, round_)
+    payload = ArrayRecord(ctx.global_arrays)
+    messages = [
+        Message(
+            RecordDict({ARRAYS: payload, CONFIG: ConfigRecord({SERVER_ROUND: round_})}),
+            dst_node_id=ctx.device_to_node[d],
+            message_type=MessageType.TRAIN,
+        )
+        for d in selected
+    ]
+    replies = ctx.grid.send_and_receive(messages, timeout=scenario.execution.round_timeout_s)
+    node_to_device = {n: d for d, n in ctx.device_to_node.items()}
+    updates, devices = _collect(
+        replies, node_to_device, ctx.fleet, round_, selected, payload.count_bytes()
     )
-    global_arrays = get_arrays(model)
-    aggregator = AGGREGATORS.get(scenario.algorithm.kind, "algorithm.kind")()
-    device_to_node = _discover(grid, fleet, DISCOVERY_TIMEOUT_S)
-    node_to_device = {n: d for d, n in device_to_node.items()}
+    ctx.global_arrays = ctx.aggregator.finalize(
+        ctx.global_arrays, reduce_all(ctx.aggregator, updates)
+    )
 
-    observer.start(scenario.rounds)
-    records: list[RoundRecord] = []
-    for round_ in range(1, scenario.rounds + 1):
-        selected = _select(scenario, round_)
-        payload = ArrayRecord(global_arrays)
-        messages = [
-            Message(
-                RecordDict({ARRAYS: payload, CONFIG: ConfigRecord({SERVER_ROUND: round_})}),
-                dst_node_id=device_to_node[d],
-                message_type=MessageType.TRAIN,
-            )
-            for d in selected
-        ]
-        replies = grid.send_and_receive(messages, timeout=scenario.execution.round_timeout_s)
-        updates, devices = _collect(
-            replies, node_to_device, fleet, round_, selected, payload.count_bytes()
-        )
-        global_arrays = aggregator.finalize(global_arrays, reduce_all(aggregator, updates))
+    accuracy = loss = None
+    if round_ % scenario.evaluation.every == 0 or round_ == scenario.rounds:
+        set_arrays(ctx.model, ctx.global_arrays)
+        accuracy, loss = evaluate(ctx.model, ctx.data.x_test, ctx.data.y_test)
+    ok = [d for d in devices if d.status == "ok"]
+    examples = sum(d.num_examples for d in ok)
+    record = RoundRecord(
+        round=round_,
+        selected=len(selected),
+        participants=len(ok),
+        failures=len(devices) - len(ok),
+        accuracy=accuracy,
+        loss=loss,
+        train_loss=(
+            sum((d.train_loss or 0.0) * d.num_examples for d in ok) / examples if examples else None
+        ),
+        bytes_down=sum(d.bytes_down for d in devices),
+        bytes_up=sum(d.bytes_up for d in devices),
+    )
+    return record, devices
 
-        accuracy = loss = None
-        if round_ % scenario.evaluation.every == 0 or round_ == scenario.rounds:
-            set_arrays(model, global_arrays)
-            accuracy, loss = evaluate(model, data.x_test, data.y_test)
-        ok = [d for d in devices if d.status == "ok"]
-        record = RoundRecord(
-            round=round_,
-            selected=len(selected),
-            participants=len(ok),
-            failures=len(devices) - len(ok),
-            accuracy=accuracy,
-            loss=loss,
-            train_loss=(
-                sum(d.train_loss * d.num_examples for d in ok if d.train_loss is not None)
-                / sum(d.num_examples for d in ok)
-                if ok
-                else None
-            ),
-            bytes_down=sum(d.bytes_down for d in devices),
-            bytes_up=sum(d.bytes_up for d in devices),
-        )
-        writer.round(record, devices)
-        records.append(record)
-        observer.round(record)
 
-    plot_accuracy(binding.out, f"{scenario.name} ({scenario.algorithm.kind}, seed {scenario.seed})")
+def _summary(scenario: Scenario, fleet: Fleet, records: list[RoundRecord]) -> dict[str, Any]:
     final = records[-1]
-    summary = {
+    return {
         "scenario": scenario.name,
+        "status": "completed",
         "algorithm": scenario.algorithm.kind,
         "rounds": scenario.rounds,
         "devices": len(fleet),
@@ -229,8 +226,60 @@ def run_rounds(grid: Grid, binding: RunBinding, observer: RoundObserver) -> dict
         "failures": sum(r.failures for r in records),
         "bytes_down": sum(r.bytes_down for r in records),
         "bytes_up": sum(r.bytes_up for r in records),
+    }
+
+
+def run_rounds(grid: Grid, binding: RunBinding, observer: RoundObserver) -> dict[str, Any]:
+    """Run the scenario bound to this app on ``grid``; write results; return the summary.
+
+    Each round's rows are on disk when the round ends; if the run stops early, ``summary.json``
+    says how far it got and why.
+    """
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    scenario, fleet = load_fleet(binding.scenario)
+    writer = RunWriter(binding.out)
+    writer.manifest(scenario, binding.scenario, binding.command)
+    data = load_task_data(scenario.task.dataset, scenario.seed)
+    model = build_model(
+        scenario.task.model, data.num_features, data.num_classes, derive_seed(scenario.seed, "init")
+    )
+    ctx = _RoundContext(
+        grid=grid,
+        scenario=scenario,
+        fleet=fleet,
+        model=model,
+        data=data,
+        aggregator=AGGREGATORS.get(scenario.algorithm.kind, "algorithm.kind")(),
+        device_to_node=_discover(grid, fleet, DISCOVERY_TIMEOUT_S),
+        global_arrays=get_arrays(model),
+    )
+    records: list[RoundRecord] = []
+    observer.start(scenario.rounds)
+    try:
+        for round_ in range(1, scenario.rounds + 1):
+            record, devices = _round(ctx, round_)
+            writer.round(record, devices)
+            records.append(record)
+            observer.round(record)
+    except BaseException as exc:  # keep what was done: the rounds so far, and why it stopped
+        error = f"{type(exc).__name__}: {exc}"
+        writer.summary(
+            {
+                "scenario": scenario.name,
+                "status": "failed",
+                "error": error,
+                "rounds_completed": len(records),
+            }
+        )
+        raise
+    finally:
+        observer.end()
+
+    plot_accuracy(binding.out, f"{scenario.name} ({scenario.algorithm.kind}, seed {scenario.seed})")
+    summary = {
+        **_summary(scenario, fleet, records),
         "wall_s": round(time.perf_counter() - started, 3),
     }
     writer.summary(summary)
-    observer.end()
     return summary

@@ -175,3 +175,28 @@ def test_bytes_are_counted_from_the_payload(write_scenario: Write, tmp_path: Pat
     assert np.isclose(
         read_rounds(result.out)[0]["bytes_up"], read_rounds(result.out)[0]["bytes_down"]
     )
+
+
+def test_a_run_that_stops_keeps_its_rounds_and_says_why(
+    write_scenario: Write, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import server.loop
+
+    real_evaluate, calls = server.loop.evaluate, []
+
+    def failing_evaluate(*args):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("evaluation blew up")
+        return real_evaluate(*args)
+
+    monkeypatch.setattr(server.loop, "evaluate", failing_evaluate)
+
+    with pytest.raises(RuntimeError, match="evaluation blew up"):
+        run(write_scenario(tiny_scenario()), tmp_path / "out")
+
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["status"] == "failed"
+    assert summary["rounds_completed"] == 1
+    assert summary["error"] == "RuntimeError: evaluation blew up"
+    assert len(read_rounds(tmp_path / "out")) == 1

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
+from fedsim.core.errors import FedsimError
+
 __all__ = [
     "ARRAYS",
     "CONFIG",
@@ -57,8 +59,6 @@ class RunBinding:
     def from_run_config(cls, run_config: dict[str, Any]) -> RunBinding:
         missing = [k for k in (RUN_SCENARIO, RUN_OUT) if k not in run_config]
         if missing:
-            from fedsim.core.errors import FedsimError
-
             raise FedsimError(
                 "run config",
                 f"missing {', '.join(missing)}",

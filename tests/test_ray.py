@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -18,15 +17,12 @@ pytestmark = pytest.mark.slow
 def test_quickstart_on_ray_is_deterministic_and_matches_inline(tmp_path: Path) -> None:
     scenario = SCENARIOS / "quickstart.yaml"
 
-    started = time.perf_counter()
     first = fedsim("run", scenario, "--out", tmp_path / "ray-1")
-    wall = time.perf_counter() - started
     second = fedsim("run", scenario, "--out", tmp_path / "ray-2")
     inline = fedsim("run", scenario, "--out", tmp_path / "inline", "--engine", "inline")
 
     for proc in (first, second, inline):
         assert proc.returncode == 0, proc.stderr[-3000:]
-    assert wall < 60, f"quickstart took {wall:.1f} s on Ray"
     rounds = (tmp_path / "ray-1" / "rounds.jsonl").read_bytes()
     assert rounds == (tmp_path / "ray-2" / "rounds.jsonl").read_bytes()
     assert rounds == (tmp_path / "inline" / "rounds.jsonl").read_bytes()

@@ -167,6 +167,10 @@ class _RoundContext:
     device_to_node: dict[int, int]
     global_arrays: Arrays
 
+    @property
+    def node_to_device(self) -> dict[int, int]:
+        return {n: d for d, n in self.device_to_node.items()}
+
 
 def _round(ctx: _RoundContext, round_: int) -> tuple[RoundRecord, list[DeviceRecord]]:
     scenario = ctx.scenario
@@ -181,9 +185,8 @@ def _round(ctx: _RoundContext, round_: int) -> tuple[RoundRecord, list[DeviceRec
         for d in selected
     ]
     replies = ctx.grid.send_and_receive(messages, timeout=scenario.execution.round_timeout_s)
-    node_to_device = {n: d for d, n in ctx.device_to_node.items()}
     updates, devices = _collect(
-        replies, node_to_device, ctx.fleet, round_, selected, payload.count_bytes()
+        replies, ctx.node_to_device, ctx.fleet, round_, selected, payload.count_bytes()
     )
     ctx.global_arrays = ctx.aggregator.finalize(
         ctx.global_arrays, reduce_all(ctx.aggregator, updates)

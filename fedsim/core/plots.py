@@ -16,8 +16,9 @@ def plot_accuracy(out: str | Path, title: str) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rounds = [r for r in read_rounds(out) if r["accuracy"] is not None]
-    failed = [r for r in read_rounds(out) if r["failures"]]
+    records = read_rounds(out)
+    rounds = [r for r in records if r["accuracy"] is not None]
+    failed = [r for r in records if r["failures"]]
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(9, 3.4), constrained_layout=True)
     x = [r["round"] for r in rounds]
     ax_acc.plot(x, [r["accuracy"] for r in rounds], marker="o", ms=3, label="global test")

@@ -17,7 +17,7 @@ from fedsim.core.errors import FedsimError
 from fedsim.core.partition import partition_indices
 from fedsim.core.profiles import DeviceProfile
 from fedsim.core.scenario import Scenario
-from fedsim.core.scenario_load import load_scenario
+from fedsim.core.scenario_load import load_scenario, locate
 from ontology.registry import DeviceRegistry, default_registry
 
 __all__ = ["Device", "Fleet", "load_fleet", "resolve_fleet"]
@@ -82,14 +82,22 @@ def resolve_fleet(scenario: Scenario, registry: DeviceRegistry | None = None) ->
 
 @lru_cache(maxsize=4)
 def _load(path: str, stamp: tuple[int, int]) -> tuple[Scenario, Fleet]:
-    scenario = load_scenario(path)
-    return scenario, resolve_fleet(scenario)
+    scenario = load_scenario(path)  # errors carry the file, line and key
+    try:
+        return scenario, resolve_fleet(scenario)
+    except FedsimError as exc:  # these carry a dotted path into the scenario only
+        raise locate(path, exc) from None
 
 
 def load_fleet(path: str | Path) -> tuple[Scenario, Fleet]:
-    """The scenario at ``path`` and its fleet; cached per process until the file changes.
+    """The validated scenario at ``path`` and its resolved fleet (``fedsim validate``'s check).
 
-    Both the ServerApp and every ClientApp (one per message) need them; Ray actors live long.
+    Every error names the file, line and key. Cached per process until the file changes: the
+    ServerApp and every ClientApp (one per message) need them, and Ray actors live long.
     """
-    stat = Path(path).stat()
-    return _load(str(Path(path).resolve()), (stat.st_mtime_ns, stat.st_size))
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        load_scenario(path)  # raises the located "no such file" error
+        raise
+    return _load(str(path), (stat.st_mtime_ns, stat.st_size))

@@ -30,9 +30,9 @@ ScenarioArg = typer.Argument(..., help="scenario YAML, e.g. scenarios/quickstart
 
 def summarize(scenario_path: str | Path) -> str:
     """One line saying what a scenario will run (``fedsim validate``)."""
-    from fedsim.plan import plan
+    from devices.fleet import load_fleet
 
-    scenario, fleet = plan(scenario_path)
+    scenario, fleet = load_fleet(scenario_path)
     groups = ", ".join(f"{n} {p}" for p, n in fleet.by_profile().items())
     part = scenario.fleet.partition
     split = f"dirichlet(alpha={part.alpha})" if isinstance(part, DirichletPartition) else "iid"

@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from clients.app import make_client_app
+from devices.fleet import load_fleet
 from fedsim.core.errors import FedsimError
 from fedsim.core.records import RunBinding
 from fedsim.core.results import MANIFEST, SUMMARY
 from fedsim.core.scenario import Scenario
 from fedsim.inline import run_inline
-from fedsim.plan import plan
 from server.app import make_server_app
 from server.loop import LogObserver, RoundObserver
 
@@ -95,7 +95,7 @@ def run(
     command: str = "",
 ) -> RunResult:
     """Run a scenario end to end and return where its results are."""
-    scenario, fleet = plan(scenario_path)
+    scenario, fleet = load_fleet(scenario_path)
     engine = engine or scenario.execution.engine
     out_dir = _out_dir(scenario, out, overwrite)
     binding = RunBinding(

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from devices.fleet import load_fleet as plan
 from fedsim.core.errors import FedsimError
 from fedsim.core.scenario import DirichletPartition, FedProxSpec
 from fedsim.core.scenario_load import ScenarioError, load_scenario
-from fedsim.plan import plan
 from tests.conftest import SCENARIOS, tiny_scenario
 
 Write = Callable[..., Path]

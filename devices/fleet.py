@@ -2,6 +2,10 @@
 
 Device ids are dense (0..N-1) in the order the groups are listed, and equal Flower's
 ``partition-id`` of the node that simulates the device in per-device mode.
+
+A device's local data is either its share of a pooled dataset (indices fixed at resolution) or,
+for a generated dataset, drawn from the seed and its id when it trains: resolving a fleet of
+100,000 devices stores two integers per device.
 """
 
 from __future__ import annotations
@@ -13,11 +17,13 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
+from fedsim.core.data import TaskData, load_task_data
 from fedsim.core.errors import FedsimError
 from fedsim.core.partition import partition_indices
 from fedsim.core.profiles import DeviceProfile
-from fedsim.core.scenario import Scenario
+from fedsim.core.scenario import DirichletPartition, PartitionSpec, Scenario
 from fedsim.core.scenario_load import load_scenario, locate
+from fedsim.core.seeds import derive_seed
 from ontology.registry import DeviceRegistry, default_registry
 
 __all__ = ["Device", "Fleet", "load_fleet", "resolve_fleet"]
@@ -29,22 +35,41 @@ class Device:
     group: int
     profile: DeviceProfile
     crash_prob: float
-    sample_indices: NDArray[np.int64]  # into the dataset's training split
+    num_examples: int
+    sample_indices: NDArray[np.int64] | None  # into a pooled dataset's training split
 
-    @property
-    def num_examples(self) -> int:
-        return len(self.sample_indices)
+
+DEFAULT_SAMPLES_PER_DEVICE = 32
 
 
 @dataclass(frozen=True)
 class Fleet:
     devices: tuple[Device, ...]
+    data: TaskData
+    seed: int
+    partition: PartitionSpec
 
     def __len__(self) -> int:
         return len(self.devices)
 
     def __getitem__(self, device_id: int) -> Device:
         return self.devices[device_id]
+
+    def local_data(self, device_id: int) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+        """The training samples ``(x, y)`` of one device, the same in every process."""
+        device = self.devices[device_id]
+        if device.sample_indices is not None:
+            return self.data.x_train[device.sample_indices], self.data.y_train[
+                device.sample_indices
+            ]
+        assert self.data.generate is not None
+        probs = None
+        if isinstance(self.partition, DirichletPartition):  # this device's label mixture
+            rng = np.random.default_rng(derive_seed(self.seed, "labels", device_id))
+            probs = rng.dirichlet(np.full(self.data.num_classes, self.partition.alpha))
+        return self.data.generate(
+            derive_seed(self.seed, "local-data", device_id), device.num_examples, probs
+        )
 
     def by_profile(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -60,16 +85,28 @@ def resolve_fleet(scenario: Scenario, registry: DeviceRegistry | None = None) ->
         registry.profile(group.profile, f"fleet.groups[{i}].profile")
         for i, group in enumerate(scenario.fleet.groups)
     ]
-    parts = partition_indices(
-        scenario.task.dataset, scenario.seed, scenario.fleet.partition, scenario.fleet.size
-    )
+    data = load_task_data(scenario.task.dataset, scenario.seed)
+    size, per_device = scenario.fleet.size, scenario.fleet.samples_per_device
+    parts: tuple[NDArray[np.int64] | None, ...]
+    if data.generated:
+        parts = (None,) * size
+        sizes = [per_device or DEFAULT_SAMPLES_PER_DEVICE] * size
+    elif per_device is not None:
+        raise FedsimError(
+            "fleet.samples_per_device",
+            f"'{data.name}' is a pooled dataset: fleet.partition divides it among the devices",
+            "remove samples_per_device (it applies to generated datasets such as 'blobs-784')",
+        )
+    else:
+        parts = partition_indices(
+            scenario.task.dataset, scenario.seed, scenario.fleet.partition, size
+        )
+        sizes = [len(p) for p in parts if p is not None]
     devices: list[Device] = []
     for i, group in enumerate(scenario.fleet.groups):
         for _ in range(group.count):
-            device_id = len(devices)
-            devices.append(
-                Device(device_id, i, profiles[i], group.faults.crash_prob, parts[device_id])
-            )
+            d = len(devices)
+            devices.append(Device(d, i, profiles[i], group.faults.crash_prob, sizes[d], parts[d]))
     empty = [d.device_id for d in devices if d.num_examples == 0]
     if empty:
         raise FedsimError(
@@ -77,7 +114,7 @@ def resolve_fleet(scenario: Scenario, registry: DeviceRegistry | None = None) ->
             f"{len(empty)} devices get no training samples (e.g. device {empty[0]})",
             "raise alpha or min_partition_size, or use fewer devices",
         )
-    return Fleet(tuple(devices))
+    return Fleet(tuple(devices), data, scenario.seed, scenario.fleet.partition)
 
 
 @lru_cache(maxsize=4)

@@ -2,8 +2,9 @@
 
 ``run`` validates the scenario and its fleet up front (bad input fails before Ray starts), picks
 the results folder, binds the scenario into Flower's ServerApp and ClientApp, and runs them on the
-chosen engine: ``ray`` (Flower's simulation engine, one virtual SuperNode per device) or ``inline``
-(the same apps in one thread; see ``fedsim.inline``).
+chosen engine: ``ray`` (Flower's simulation engine) or ``inline`` (the same apps in one thread;
+see ``fedsim.inline``). The number of Flower nodes follows the execution mode: one per device in
+per-device mode, one per worker (Ray actor) in cohort mode.
 """
 
 from __future__ import annotations
@@ -105,17 +106,20 @@ def run(
     )
     server_app = make_server_app(binding, observer or LogObserver())
     client_app = make_client_app(binding)
+    actors = scenario.execution.actors
+    if engine == "ray":
+        actors = min(actors, os.cpu_count() or 1)
+    nodes = actors if scenario.execution.mode == "cohort" else len(fleet)
     if engine == "inline":
-        run_inline(server_app, client_app, len(fleet))
+        run_inline(server_app, client_app, nodes)
     else:
         from flwr.simulation import run_simulation
 
-        actors = min(scenario.execution.actors, os.cpu_count() or 1)
         with _flower_log(out_dir / FLOWER_LOG):
             run_simulation(
                 server_app=server_app,
                 client_app=client_app,
-                num_supernodes=len(fleet),
+                num_supernodes=nodes,
                 backend_config={
                     # one CPU per actor → `actors` actors share the machine's cores
                     "client_resources": {"num_cpus": 1, "num_gpus": 0.0},

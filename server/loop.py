@@ -1,7 +1,13 @@
-"""The round loop: discover devices, then per round select, send, collect, reduce, evaluate, record.
+"""The round loop: discover nodes, then per round select, send, collect, reduce, evaluate, record.
+
+Per-device mode sends one message per selected device to that device's node. Cohort mode cuts the
+round's sorted cohort into reduction blocks (``fedsim.core.reduce``), gives each worker node a
+contiguous run of whole blocks, and merges the block partials the workers return. Either way the
+global model is the same: same blocks, same order.
 
 Device failures are data: an error reply or a missing reply is counted in the round's record and
-in ``devices.csv``, and the remaining updates are aggregated.
+in ``devices.csv``, and the remaining updates are aggregated. A failed device in a cohort fails
+alone; a worker that fails or does not reply takes down only the devices it was running.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from flwr.serverapp import Grid
 from torch import nn
 
 from devices.fleet import Fleet, load_fleet
+from fedsim.core.aggregators import ModelAggregator, aggregator_for
+from fedsim.core.cohort import CohortOrder, CohortReply, DeviceOutcome
 from fedsim.core.data import TaskData, load_task_data
 from fedsim.core.errors import FedsimError
 from fedsim.core.models import build_model, get_arrays, set_arrays
@@ -32,15 +40,15 @@ from fedsim.core.records import (
     SERVER_ROUND,
     TRAIN_LOSS,
     DeviceRecord,
+    DeviceStatus,
     RoundRecord,
     RunBinding,
 )
-from fedsim.core.reduce import Arrays, reduce_all
+from fedsim.core.reduce import Arrays, WeightedSum, block_size, merge_blocks, reduce_blocks
 from fedsim.core.results import RunWriter
 from fedsim.core.scenario import Scenario
 from fedsim.core.seeds import derive_seed
 from server.evaluate import evaluate
-from server.strategies import AGGREGATORS, ModelAggregator
 
 __all__ = ["LogObserver", "RoundObserver", "run_rounds"]
 
@@ -67,13 +75,28 @@ class LogObserver:
         log.info("fedsim: done")
 
 
-def _discover(grid: Grid, fleet: Fleet, timeout_s: float) -> dict[int, int]:
-    """Map device id → Flower node id by asking every node which device it simulates."""
+def _wait_for_nodes(grid: Grid, wanted: int, timeout_s: float) -> list[int]:
     deadline = time.monotonic() + timeout_s
     node_ids = list(grid.get_node_ids())
-    while len(node_ids) < len(fleet) and time.monotonic() < deadline:
+    while len(node_ids) < wanted and time.monotonic() < deadline:
         time.sleep(0.1)
         node_ids = list(grid.get_node_ids())
+    return sorted(node_ids)
+
+
+def _workers(grid: Grid, timeout_s: float) -> list[int]:
+    """Cohort mode: every node is a worker; how many there are never changes the results."""
+    workers = _wait_for_nodes(grid, 1, timeout_s)
+    if not workers:
+        raise FedsimError(
+            "federation", "no Flower node joined the run", "start at least one SuperNode"
+        )
+    return workers
+
+
+def _discover(grid: Grid, fleet: Fleet, timeout_s: float) -> dict[int, int]:
+    """Per-device mode: map device id → node id by asking every node which device it is."""
+    node_ids = _wait_for_nodes(grid, len(fleet), timeout_s)
     queries = [
         Message(RecordDict(), dst_node_id=node_id, message_type=MessageType.QUERY)
         for node_id in node_ids
@@ -108,11 +131,11 @@ def _collect(
     round_: int,
     selected: list[int],
     bytes_down: int,
-) -> tuple[list[tuple[Arrays, int]], list[DeviceRecord]]:
-    """Updates (sorted by device id) and one record per selected device."""
+) -> tuple[list[tuple[int, tuple[Arrays, int]]], list[DeviceRecord]]:
+    """``(position, update)`` pairs in cohort order, and one record per selected device."""
     got: dict[int, Message] = {node_to_device[r.metadata.src_node_id]: r for r in replies}
     updates, records = [], []
-    for device_id in selected:
+    for position, device_id in enumerate(selected):
         profile = fleet[device_id].profile.name
         reply = got.get(device_id)
         if reply is None:
@@ -130,15 +153,16 @@ def _collect(
                 )
             )
         elif reply.has_error():
-            reason = reply.error.reason.strip().splitlines()[-1][:200] if reply.error.reason else ""
             records.append(
-                DeviceRecord(round_, device_id, profile, "failed", 0, None, bytes_down, 0, reason)
+                DeviceRecord(
+                    round_, device_id, profile, "failed", 0, None, bytes_down, 0, _reason(reply)
+                )
             )
         else:
             arrays: ArrayRecord = reply.content[ARRAYS]  # type: ignore[assignment]
             metrics = reply.content[METRICS]
             n = int(metrics[NUM_EXAMPLES])  # type: ignore[arg-type]
-            updates.append((arrays.to_numpy_ndarrays(), n))
+            updates.append((position, (arrays.to_numpy_ndarrays(), n)))
             records.append(
                 DeviceRecord(
                     round_,
@@ -164,7 +188,8 @@ class _RoundContext:
     model: nn.Module
     data: TaskData
     aggregator: ModelAggregator
-    device_to_node: dict[int, int]
+    device_to_node: dict[int, int]  # per-device mode
+    workers: list[int]  # cohort mode
     global_arrays: Arrays
 
     @property
@@ -172,10 +197,9 @@ class _RoundContext:
         return {n: d for d, n in self.device_to_node.items()}
 
 
-def _round(ctx: _RoundContext, round_: int) -> tuple[RoundRecord, list[DeviceRecord]]:
-    scenario = ctx.scenario
-    selected = _select(scenario, round_)
-    payload = ArrayRecord(ctx.global_arrays)
+def _per_device_round(
+    ctx: _RoundContext, round_: int, selected: list[int], payload: ArrayRecord
+) -> tuple[WeightedSum, list[DeviceRecord]]:
     messages = [
         Message(
             RecordDict({ARRAYS: payload, CONFIG: ConfigRecord({SERVER_ROUND: round_})}),
@@ -184,13 +208,78 @@ def _round(ctx: _RoundContext, round_: int) -> tuple[RoundRecord, list[DeviceRec
         )
         for d in selected
     ]
-    replies = ctx.grid.send_and_receive(messages, timeout=scenario.execution.round_timeout_s)
+    replies = ctx.grid.send_and_receive(messages, timeout=ctx.scenario.execution.round_timeout_s)
     updates, devices = _collect(
         replies, ctx.node_to_device, ctx.fleet, round_, selected, payload.count_bytes()
     )
-    ctx.global_arrays = ctx.aggregator.finalize(
-        ctx.global_arrays, reduce_all(ctx.aggregator, updates)
-    )
+    partials = reduce_blocks(ctx.aggregator, updates, block_size(len(selected)))
+    return merge_blocks(ctx.aggregator, partials), devices
+
+
+def _orders(round_: int, selected: list[int], workers: int) -> list[CohortOrder]:
+    """Contiguous runs of whole reduction blocks, one per worker (fewer if blocks are few)."""
+    block = block_size(len(selected))
+    blocks = -(-len(selected) // block)
+    orders = []
+    for share in np.array_split(np.arange(blocks), min(workers, blocks)):
+        first, end = int(share[0]) * block, min((int(share[-1]) + 1) * block, len(selected))
+        orders.append(CohortOrder(round_, selected[first:end], first, block))
+    return orders
+
+
+def _cohort_round(
+    ctx: _RoundContext, round_: int, selected: list[int], payload: ArrayRecord
+) -> tuple[WeightedSum, list[DeviceRecord]]:
+    orders = _orders(round_, selected, len(ctx.workers))
+    messages = [
+        Message(
+            RecordDict({ARRAYS: payload, CONFIG: order.config()}),
+            dst_node_id=worker,
+            message_type=MessageType.TRAIN,
+        )
+        for order, worker in zip(orders, ctx.workers, strict=False)
+    ]
+    by_worker = {m.metadata.dst_node_id: o for m, o in zip(messages, orders, strict=True)}
+    replies = ctx.grid.send_and_receive(messages, timeout=ctx.scenario.execution.round_timeout_s)
+    got = {r.metadata.src_node_id: r for r in replies}
+    size = payload.count_bytes()  # down per device; up too: an update is the model's size
+    partials: dict[int, WeightedSum] = {}
+    outcomes: list[DeviceOutcome] = []
+    for worker, order in by_worker.items():
+        reply = got.get(worker)
+        if reply is None or reply.has_error():  # the worker's devices share its fate
+            status: DeviceStatus = "no-reply" if reply is None else "failed"
+            reason = "no reply before round_timeout_s" if reply is None else _reason(reply)
+            outcomes += [DeviceOutcome(d, status, error=reason) for d in order.device_ids]
+            continue
+        result = CohortReply.from_content(reply.content, ctx.aggregator)
+        partials |= result.partials
+        outcomes += result.outcomes
+    devices = [_device_record(ctx.fleet, round_, o, size) for o in outcomes]
+    devices.sort(key=lambda d: d.device_id)
+    return merge_blocks(ctx.aggregator, partials), devices
+
+
+def _reason(reply: Message) -> str:
+    return reply.error.reason.strip().splitlines()[-1][:200] if reply.error.reason else ""
+
+
+def _device_record(fleet: Fleet, round_: int, o: DeviceOutcome, size: int) -> DeviceRecord:
+    profile = fleet[o.device_id].profile.name
+    if o.status == "ok":
+        return DeviceRecord(
+            round_, o.device_id, profile, "ok", o.num_examples, o.train_loss, size, size
+        )
+    return DeviceRecord(round_, o.device_id, profile, o.status, 0, None, size, 0, o.error)
+
+
+def _round(ctx: _RoundContext, round_: int) -> tuple[RoundRecord, list[DeviceRecord]]:
+    scenario = ctx.scenario
+    selected = _select(scenario, round_)
+    payload = ArrayRecord(ctx.global_arrays)
+    run = _cohort_round if ctx.workers else _per_device_round
+    partial, devices = run(ctx, round_, selected, payload)
+    ctx.global_arrays = ctx.aggregator.finalize(ctx.global_arrays, partial)
 
     accuracy = loss = None
     if round_ % scenario.evaluation.every == 0 or round_ == scenario.rounds:
@@ -247,14 +336,18 @@ def run_rounds(grid: Grid, binding: RunBinding, observer: RoundObserver) -> dict
     model = build_model(
         scenario.task.model, data.num_features, data.num_classes, derive_seed(scenario.seed, "init")
     )
+    cohort = scenario.execution.mode == "cohort"
+    workers = _workers(grid, DISCOVERY_TIMEOUT_S) if cohort else []
+    per_device = {} if cohort else _discover(grid, fleet, DISCOVERY_TIMEOUT_S)
     ctx = _RoundContext(
         grid=grid,
         scenario=scenario,
         fleet=fleet,
         model=model,
         data=data,
-        aggregator=AGGREGATORS.get(scenario.algorithm.kind, "algorithm.kind")(),
-        device_to_node=_discover(grid, fleet, DISCOVERY_TIMEOUT_S),
+        aggregator=aggregator_for(scenario.algorithm.kind),
+        device_to_node=per_device,
+        workers=workers,
         global_arrays=get_arrays(model),
     )
     records: list[RoundRecord] = []
@@ -279,6 +372,8 @@ def run_rounds(grid: Grid, binding: RunBinding, observer: RoundObserver) -> dict
     finally:
         observer.end()
 
+    set_arrays(model, ctx.global_arrays)
+    writer.model(dict(zip(model.state_dict(), ctx.global_arrays, strict=True)))
     plot_accuracy(binding.out, f"{scenario.name} ({scenario.algorithm.kind}, seed {scenario.seed})")
     summary = {
         **_summary(scenario, fleet, records),

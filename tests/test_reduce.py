@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fedsim.core.aggregators import AGGREGATORS
 from fedsim.core.reduce import WeightedMean, reduce_all
-from server.strategies import AGGREGATORS
 
 
 def _updates(seed: int, n: int) -> list[tuple[list[np.ndarray], int]]:

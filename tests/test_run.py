@@ -114,7 +114,7 @@ def test_a_client_that_raises_is_a_failure_not_a_crash(
     from devices.fleet import load_fleet
 
     path = write_scenario(tiny_scenario())
-    flaky.victim_x = load_fleet(path)[1][1].sample_indices  # type: ignore[attr-defined]
+    flaky.victim_x = load_fleet(path)[1].local_data(1)[0]  # type: ignore[attr-defined]
     monkeypatch.setattr(LocalSgd, "train", flaky)
 
     result = run(path, tmp_path / "out")

@@ -32,6 +32,20 @@ def _mlp() -> Builder:
     return build
 
 
+@MODELS.register("mlp-100")
+def _mlp100() -> Builder:
+    """The 784-100-10 MLP of the simulation-overhead benchmark (DESIGN.md §3.1)."""
+
+    def build(num_features: int, num_classes: int, seed: int) -> nn.Module:
+        import torch
+        from torch import nn
+
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Linear(num_features, 100), nn.ReLU(), nn.Linear(100, num_classes))
+
+    return build
+
+
 @MODELS.register("logreg")
 def _logreg() -> Builder:
     def build(num_features: int, num_classes: int, seed: int) -> nn.Module:

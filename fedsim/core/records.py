@@ -34,6 +34,12 @@ SERVER_ROUND = "server-round"
 DEVICE_ID = "device-id"
 NUM_EXAMPLES = "num-examples"  # the key Flower's own strategies expect, too
 TRAIN_LOSS = "train-loss"
+# cohort mode: the work order (ConfigRecord) and the per-device lists of the reply (MetricRecord)
+DEVICE_IDS = "device-ids"
+FIRST_POSITION = "first-position"
+BLOCK_SIZE = "block-size"
+STATUS = "status"
+ERRORS = "errors"
 # run_config / node_config keys
 RUN_SCENARIO = "scenario"
 RUN_OUT = "out"

@@ -2,22 +2,39 @@
 
 Written this way for every algorithm, so the server, cohort workers and gateways share the maths
 (``DESIGN.md`` §3.1): a worker accumulates its devices into a partial, partials merge in any
-grouping, and the server finalizes the merged partial into the new global state. Order matters only
-at the level of float rounding; fedsim always reduces in ascending device id.
+grouping, and the server finalizes the merged partial into the new global state.
+
+Float addition is not associative, so the *grouping* is fixed too: a round's cohort, sorted by
+device id, is cut into blocks of ``block_size(len(cohort))`` consecutive positions; each block is
+accumulated device by device, and block partials are merged in ascending block order. A cohort
+worker owns whole blocks and a per-device server rebuilds the same blocks from replies, so both
+execution modes, with any number of workers, yield bit-identical global states.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["Aggregator", "Arrays", "WeightedMean", "WeightedSum", "reduce_all"]
+__all__ = [
+    "MAX_BLOCKS",
+    "Aggregator",
+    "Arrays",
+    "Packed",
+    "WeightedMean",
+    "WeightedSum",
+    "block_size",
+    "merge_blocks",
+    "reduce_all",
+    "reduce_blocks",
+]
 
 Arrays = list[NDArray[np.float32]]
+Packed = dict[str, NDArray[Any]]  # a partial as named arrays, for a Flower ArrayRecord
 U = TypeVar("U", contravariant=True)
 P = TypeVar("P")
 G = TypeVar("G")
@@ -28,6 +45,8 @@ class Aggregator(Protocol, Generic[U, P, G]):
     def accumulate(self, partial: P, update: U) -> P: ...
     def merge(self, left: P, right: P) -> P: ...
     def finalize(self, global_state: G, partial: P) -> G: ...
+    def pack(self, partial: P) -> Packed: ...
+    def unpack(self, packed: Packed) -> P: ...
 
 
 @dataclass(frozen=True)
@@ -70,6 +89,17 @@ class WeightedMean:
             return global_state
         return [(s / partial.weight).astype(np.float32) for s in partial.sums]
 
+    def pack(self, partial: WeightedSum) -> Packed:
+        packed = {f"sum-{i}": s for i, s in enumerate(partial.sums)}
+        packed["weight"] = np.asarray(partial.weight, dtype=np.float64)
+        return packed
+
+    def unpack(self, packed: Packed) -> WeightedSum:
+        sums = tuple(
+            np.asarray(packed[f"sum-{i}"], dtype=np.float64) for i in range(len(packed) - 1)
+        )
+        return WeightedSum(sums, float(packed["weight"]))
+
 
 def reduce_all(aggregator: Aggregator[U, P, G], updates: Sequence[U]) -> P:
     """Accumulate ``updates`` in the given order (callers sort by device id)."""
@@ -77,3 +107,37 @@ def reduce_all(aggregator: Aggregator[U, P, G], updates: Sequence[U]) -> P:
     for update in updates:
         partial = aggregator.accumulate(partial, update)
     return partial
+
+
+MAX_BLOCKS = 64  # partials per round: bounds the reply bytes and allows up to 64 workers
+
+
+def block_size(cohort: int) -> int:
+    """Devices per reduction block for a round of ``cohort`` devices (depends on nothing else)."""
+    return max(1, -(-cohort // MAX_BLOCKS))
+
+
+def reduce_blocks(
+    aggregator: Aggregator[U, P, G], updates: Iterable[tuple[int, U]], block: int
+) -> dict[int, P]:
+    """Accumulate ``(position, update)`` pairs, in ascending position, into per-block partials.
+
+    Positions are places in the round's sorted cohort; a failed device simply has no update.
+    """
+    partials: dict[int, P] = {}
+    last = -1
+    for position, update in updates:
+        if position <= last:
+            raise ValueError(f"positions must ascend: {position} after {last}")
+        last = position
+        b = position // block
+        partials[b] = aggregator.accumulate(partials.get(b, aggregator.zero()), update)
+    return partials
+
+
+def merge_blocks(aggregator: Aggregator[U, P, G], partials: Mapping[int, P]) -> P:
+    """Merge block partials left to right in ascending block order."""
+    total = aggregator.zero()
+    for b in sorted(partials):
+        total = aggregator.merge(total, partials[b])
+    return total

@@ -1,4 +1,4 @@
-"""A run's results folder: manifest.json, rounds.jsonl, devices.csv, summary.json.
+"""A run's results folder: manifest.json, rounds.jsonl, devices.csv, model.npz, summary.json.
 
 Rows are appended and flushed as each round ends, so a crash loses at most the round in flight.
 """
@@ -9,21 +9,35 @@ import csv
 import json
 import platform
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from numpy.typing import NDArray
+
 from fedsim.core.records import DeviceRecord, RoundRecord
 from fedsim.core.scenario import Scenario
 
-__all__ = ["DEVICES", "MANIFEST", "ROUNDS", "SUMMARY", "RunWriter", "read_rounds", "versions"]
+__all__ = [
+    "DEVICES",
+    "MANIFEST",
+    "MODEL",
+    "ROUNDS",
+    "SUMMARY",
+    "RunWriter",
+    "read_model",
+    "read_rounds",
+    "versions",
+]
 
 MANIFEST = "manifest.json"
 ROUNDS = "rounds.jsonl"
 DEVICES = "devices.csv"
 SUMMARY = "summary.json"
+MODEL = "model.npz"  # the final global model, arrays named as in the torch state_dict
 
 
 def versions() -> dict[str, str]:
@@ -75,6 +89,12 @@ class RunWriter:
         with (self.out / ROUNDS).open("a", encoding="utf-8") as f:
             f.write(json.dumps(record.to_json(), sort_keys=True) + "\n")
 
+    def model(self, arrays: Mapping[str, NDArray[Any]]) -> None:
+        tmp = self.out / (MODEL + ".tmp")
+        with tmp.open("wb") as f:
+            np.savez(f, **arrays)  # type: ignore[arg-type]
+        tmp.replace(self.out / MODEL)
+
     def summary(self, payload: dict[str, Any]) -> None:
         _write_json(self.out / SUMMARY, payload)
 
@@ -82,3 +102,8 @@ class RunWriter:
 def read_rounds(out: str | Path) -> list[dict[str, Any]]:
     lines = (Path(out) / ROUNDS).read_text(encoding="utf-8").splitlines()
     return [json.loads(line) for line in lines if line.strip()]
+
+
+def read_model(out: str | Path) -> dict[str, NDArray[Any]]:
+    with np.load(Path(out) / MODEL, allow_pickle=False) as f:
+        return {k: f[k] for k in f.files}

@@ -83,6 +83,9 @@ PartitionSpec = Annotated[IidPartition | DirichletPartition, Field(discriminator
 class FleetSpec(_Spec):
     groups: list[DeviceGroup] = Field(min_length=1)
     partition: PartitionSpec = IidPartition()
+    samples_per_device: int | None = Field(
+        None, ge=1, description="generated datasets only: local samples per device (default 32)"
+    )
 
     @property
     def size(self) -> int:
@@ -112,8 +115,18 @@ class EvaluationSpec(_Spec):
 
 
 class ExecutionSpec(_Spec):
+    """How the fleet is executed (``DESIGN.md`` §3.1); never changes the results.
+
+    ``mode``: ``cohort`` runs a share of each round's devices per Flower node (one node per Ray
+    actor) and replies with partial aggregates; ``per-device`` runs one Flower node per device
+    (the faithful mode, and the one for real devices). ``vectorize`` (cohort mode) trains devices
+    that share a model together with ``torch.func``; off, they train one by one, bit-identical to
+    per-device mode.
+    """
+
     engine: Literal["ray", "inline"] = "ray"
-    mode: Literal["per-device"] = "per-device"
+    mode: Literal["cohort", "per-device"] = "cohort"
+    vectorize: bool = True
     actors: int = Field(2, ge=1, le=64, description="Ray actors (one CPU each)")
     round_timeout_s: float = Field(600.0, gt=0.0)
 

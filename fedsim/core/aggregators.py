@@ -1,4 +1,8 @@
-"""Server side of each algorithm: how replies are reduced into the next global model."""
+"""Which associative reduce each algorithm uses (the server's side of an algorithm).
+
+On the ground floor because both the server (per-device mode) and cohort workers (which reply with
+partial aggregates) need it.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from collections.abc import Callable
 from fedsim.core.plugins import Plugins
 from fedsim.core.reduce import Aggregator, Arrays, WeightedMean, WeightedSum
 
-__all__ = ["AGGREGATORS", "ModelAggregator"]
+__all__ = ["AGGREGATORS", "ModelAggregator", "aggregator_for"]
 
 # Updates are (model arrays, number of training examples).
 ModelAggregator = Aggregator[tuple[Arrays, int], WeightedSum, Arrays]
@@ -22,3 +26,7 @@ def _fedavg() -> Callable[[], ModelAggregator]:
 @AGGREGATORS.register("fedprox")
 def _fedprox() -> Callable[[], ModelAggregator]:
     return WeightedMean  # FedProx changes the local objective only; the server averages as FedAvg
+
+
+def aggregator_for(kind: str) -> ModelAggregator:
+    return AGGREGATORS.get(kind, "algorithm.kind")()

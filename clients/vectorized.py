@@ -1,0 +1,113 @@
+"""Train many devices of one architecture at once: ``torch.func`` over stacked parameters.
+
+The maths is ``LocalSgd.train``'s, device by device: the same shuffles (each device's own
+``torch.Generator``), the same batches, the same mean cross-entropy (plus FedProx's proximal term),
+the same SGD update ``p ← p − lr·∇``. Only the kernels differ (batched matrix products instead of
+one product per device), so results agree with the sequential loop to float32 rounding
+(``tests/test_cohort.py`` bounds the difference), not bit for bit.
+
+All devices given must have the same number of local samples (identical batch schedules; the
+caller groups them); they train in chunks of ``CHUNK`` to bound memory. Models with buffers (e.g.
+BatchNorm running statistics) are not vectorised: ``can_vectorize`` says so, and the caller falls
+back to the sequential loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from clients.learners import Learner, LocalSgd
+from fedsim.core.reduce import Arrays
+
+__all__ = ["CHUNK", "can_vectorize", "train_vectorized"]
+
+CHUNK = 128  # devices per vectorised step: ~128 × the model's size in parameters and gradients
+Batch = tuple[NDArray[np.float32], NDArray[np.int64]]
+
+
+def can_vectorize(model: nn.Module, learner: Learner) -> bool:
+    return isinstance(learner, LocalSgd) and not any(True for _ in model.buffers())
+
+
+def _orders(n: int, seeds: Sequence[int], epochs: int) -> torch.Tensor:
+    """Each device's shuffles as ``LocalSgd.train`` draws them: ``[devices, epochs, n]``."""
+    per_device = []
+    for seed in seeds:
+        generator = torch.Generator().manual_seed(seed)
+        per_device.append(
+            torch.stack([torch.randperm(n, generator=generator) for _ in range(epochs)])
+        )
+    return torch.stack(per_device)
+
+
+def _train_chunk(
+    model: nn.Module,
+    start: dict[str, torch.Tensor],
+    learner: LocalSgd,
+    xs: torch.Tensor,
+    ys: torch.Tensor,
+    orders: torch.Tensor,
+) -> tuple[dict[str, torch.Tensor], list[float]]:
+    devices, n = ys.shape
+    names = list(start)
+
+    def objective(
+        params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        loss = nn.functional.cross_entropy(functional_call(model, params, (x,)), y)
+        if learner.mu <= 0:
+            return loss, loss.detach()
+        drift = sum(((params[k] - start[k]) ** 2).sum() for k in names)
+        return loss + 0.5 * learner.mu * drift, loss.detach()
+
+    step = vmap(grad(objective, has_aux=True))
+    params = {k: v.unsqueeze(0).repeat(devices, *([1] * v.dim())) for k, v in start.items()}
+    rows = torch.arange(devices).unsqueeze(1)
+    totals = [0.0] * devices
+    seen = 0
+    for epoch in range(learner.epochs):
+        for first in range(0, n, learner.batch_size):
+            batch = orders[:, epoch, first : first + learner.batch_size]
+            grads, losses = step(params, xs[rows, batch], ys[rows, batch])
+            params = {k: torch.add(params[k], grads[k], alpha=-learner.lr) for k in names}
+            width = batch.shape[1]
+            totals = [t + loss * width for t, loss in zip(totals, losses.tolist(), strict=True)]
+            seen += width
+    return params, [t / max(seen, 1) for t in totals]
+
+
+def train_vectorized(
+    model: nn.Module,
+    global_arrays: Arrays,
+    learner: Learner,
+    data: Sequence[Batch],
+    seeds: Sequence[int],
+) -> list[tuple[Arrays, float]]:
+    """``(arrays, mean loss)`` per device, in the order of ``data``."""
+    if not isinstance(learner, LocalSgd):
+        raise TypeError(f"cannot vectorise {type(learner).__name__}; use the sequential loop")
+    sizes = {len(y) for _, y in data}
+    if len(sizes) > 1:
+        raise ValueError(f"devices of one vectorised group need equal sample counts, got {sizes}")
+    names = [name for name, _ in model.named_parameters()]
+    start = {k: torch.from_numpy(np.asarray(a)) for k, a in zip(names, global_arrays, strict=True)}
+    results: list[tuple[Arrays, float] | None] = [None] * len(data)
+    model.train()
+    with torch.no_grad():  # torch.func computes the gradients; no autograd graph is kept
+        for c in range(0, len(data), CHUNK):
+            chunk = range(c, min(c + CHUNK, len(data)))
+            xs = torch.from_numpy(np.stack([data[i][0] for i in chunk]))
+            ys = torch.from_numpy(np.stack([data[i][1] for i in chunk]))
+            orders = _orders(len(data[c][1]), [seeds[i] for i in chunk], learner.epochs)
+            params, losses = _train_chunk(model, start, learner, xs, ys, orders)
+            stacked = [params[k].numpy() for k in names]
+            for j, i in enumerate(chunk):
+                results[i] = ([s[j].copy() for s in stacked], losses[j])
+    assert all(r is not None for r in results)
+    return results  # type: ignore[return-value]

@@ -1,0 +1,164 @@
+"""A device's local work in one round, alone (per-device mode) or with its cohort (cohort mode).
+
+``train_device`` is the one definition of what a simulated device does; a cohort worker runs it
+for each of its devices (or, where the learner allows, the vectorised equivalent in
+``clients.vectorized``) and reduces the updates into block partials, so both execution modes
+compute the same thing.
+"""
+
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from clients.learners import LEARNERS, Learner
+from clients.vectorized import can_vectorize, train_vectorized
+from devices.fleet import Fleet
+from fedsim.core.aggregators import ModelAggregator
+from fedsim.core.cohort import CohortOrder, CohortReply, DeviceOutcome
+from fedsim.core.data import load_task_data
+from fedsim.core.models import build_model, get_arrays, set_arrays
+from fedsim.core.reduce import Arrays, WeightedSum, reduce_blocks
+from fedsim.core.scenario import Scenario
+from fedsim.core.seeds import derive_seed
+
+MIN_GROUP = 8  # smaller groups of equal-sized devices train faster one by one
+
+__all__ = ["DeviceUpdate", "InjectedCrashError", "run_cohort", "train_device"]
+
+
+class InjectedCrashError(RuntimeError):
+    """A crash injected by the scenario's ``faults``; to the server it looks like a real one."""
+
+
+@dataclass(frozen=True)
+class DeviceUpdate:
+    arrays: Arrays
+    num_examples: int
+    train_loss: float
+
+
+def _crashes(seed: int, round_: int, device_id: int, prob: float) -> bool:
+    if prob <= 0.0:
+        return False
+    draw = derive_seed(seed, "crash", round_, device_id) / 2**32  # uniform in [0, 1)
+    return draw < prob
+
+
+def _check_crash(scenario: Scenario, fleet: Fleet, round_: int, device_id: int) -> None:
+    if _crashes(scenario.seed, round_, device_id, fleet[device_id].crash_prob):
+        raise InjectedCrashError(f"injected crash of device {device_id} in round {round_}")
+
+
+def _model(scenario: Scenario) -> nn.Module:
+    data = load_task_data(scenario.task.dataset, scenario.seed)
+    return build_model(scenario.task.model, data.num_features, data.num_classes, 0)
+
+
+def _learner(scenario: Scenario) -> Learner:
+    return LEARNERS.get(scenario.algorithm.kind, "algorithm.kind")(scenario.algorithm)
+
+
+def _train_seed(scenario: Scenario, round_: int, device_id: int) -> int:
+    return derive_seed(scenario.seed, "train", round_, device_id)
+
+
+def train_device(
+    scenario: Scenario,
+    fleet: Fleet,
+    device_id: int,
+    round_: int,
+    global_arrays: Arrays,
+    model: nn.Module | None = None,
+) -> DeviceUpdate:
+    """One device's round: start from the global arrays, train on its local data.
+
+    Raises whatever the device would (an injected crash included); the caller records it.
+    """
+    _check_crash(scenario, fleet, round_, device_id)
+    torch.set_num_threads(1)  # one core per worker; also keeps float sums reproducible
+    model = model or _model(scenario)
+    set_arrays(model, global_arrays)
+    x, y = fleet.local_data(device_id)
+    loss = _learner(scenario).train(model, x, y, _train_seed(scenario, round_, device_id))
+    return DeviceUpdate(get_arrays(model), len(y), loss)
+
+
+def _failure(device_id: int, exc: BaseException) -> DeviceOutcome:
+    reason = traceback.format_exception_only(exc)[-1].strip()[:200]
+    return DeviceOutcome(device_id, "failed", error=reason)
+
+
+def _sequential(
+    scenario: Scenario, fleet: Fleet, order: CohortOrder, ids: list[int], global_arrays: Arrays
+) -> dict[int, DeviceUpdate | DeviceOutcome]:
+    model = _model(scenario)
+    done: dict[int, DeviceUpdate | DeviceOutcome] = {}
+    for device_id in ids:
+        try:
+            done[device_id] = train_device(
+                scenario, fleet, device_id, order.round, global_arrays, model
+            )
+        except Exception as exc:  # this device fails; its cohort goes on
+            done[device_id] = _failure(device_id, exc)
+    return done
+
+
+def _vectorized(
+    scenario: Scenario, fleet: Fleet, order: CohortOrder, ids: list[int], global_arrays: Arrays
+) -> dict[int, DeviceUpdate | DeviceOutcome]:
+    done: dict[int, DeviceUpdate | DeviceOutcome] = {}
+    data = {}
+    for device_id in ids:
+        try:  # what train_device does before training, device by device
+            _check_crash(scenario, fleet, order.round, device_id)
+            data[device_id] = fleet.local_data(device_id)
+        except Exception as exc:
+            done[device_id] = _failure(device_id, exc)
+    by_size: dict[int, list[int]] = {}
+    for d in data:  # equal local sizes → identical batch schedules → one vectorised group
+        by_size.setdefault(len(data[d][1]), []).append(d)
+    alone = [d for group in by_size.values() if len(group) < MIN_GROUP for d in group]
+    done |= _sequential(scenario, fleet, order, sorted(alone), global_arrays)
+    for group in by_size.values():
+        if len(group) < MIN_GROUP:
+            continue
+        seeds = [_train_seed(scenario, order.round, d) for d in group]
+        model = _model(scenario)
+        try:
+            trained = train_vectorized(
+                model, global_arrays, _learner(scenario), [data[d] for d in group], seeds
+            )
+        except Exception:  # find the failing device(s) one at a time
+            done |= _sequential(scenario, fleet, order, group, global_arrays)
+            continue
+        for device_id, (arrays, loss) in zip(group, trained, strict=True):
+            done[device_id] = DeviceUpdate(arrays, len(data[device_id][1]), loss)
+    return done
+
+
+def run_cohort(
+    scenario: Scenario,
+    fleet: Fleet,
+    order: CohortOrder,
+    global_arrays: Arrays,
+    aggregator: ModelAggregator,
+) -> CohortReply[WeightedSum]:
+    """Run the ordered devices and reduce their updates into this worker's block partials."""
+    torch.set_num_threads(1)
+    vectorize = scenario.execution.vectorize and can_vectorize(_model(scenario), _learner(scenario))
+    work = _vectorized if vectorize else _sequential
+    done = work(scenario, fleet, order, order.device_ids, global_arrays)
+    outcomes, updates = [], []
+    for offset, device_id in enumerate(order.device_ids):
+        result = done[device_id]
+        if isinstance(result, DeviceOutcome):
+            outcomes.append(result)
+            continue
+        outcomes.append(DeviceOutcome(device_id, "ok", result.num_examples, result.train_loss))
+        updates.append((order.first_position + offset, (result.arrays, result.num_examples)))
+    partials = reduce_blocks(aggregator, updates, order.block_size)
+    return CohortReply(partials, outcomes)

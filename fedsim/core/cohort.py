@@ -1,0 +1,127 @@
+"""What crosses the Flower boundary in cohort mode: a worker's order and its reply.
+
+Per round, each cohort worker (one Flower node) receives the global arrays and a ``CohortOrder``:
+which devices to run, where they sit in the round's sorted cohort, and the reduction block size.
+It replies with a ``CohortReply``: one packed partial aggregate per reduction block it owns, plus
+one ``DeviceOutcome`` per device (a failed device is reported, not fatal to the cohort).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+from fedsim.core.records import (
+    ARRAYS,
+    BLOCK_SIZE,
+    CONFIG,
+    DEVICE_IDS,
+    ERRORS,
+    FIRST_POSITION,
+    METRICS,
+    NUM_EXAMPLES,
+    SERVER_ROUND,
+    STATUS,
+    TRAIN_LOSS,
+    DeviceStatus,
+)
+from fedsim.core.reduce import Aggregator, Packed
+
+__all__ = ["CohortOrder", "CohortReply", "DeviceOutcome"]
+
+P = TypeVar("P")
+_STATUS_CODES: dict[DeviceStatus, int] = {"ok": 0, "failed": 1, "no-reply": 2}
+_STATUS_NAMES = {code: name for name, code in _STATUS_CODES.items()}
+
+
+@dataclass(frozen=True)
+class CohortOrder:
+    round: int
+    device_ids: list[int]  # ascending
+    first_position: int  # position of device_ids[0] in the round's sorted cohort
+    block_size: int
+
+    def config(self) -> ConfigRecord:
+        return ConfigRecord(
+            {
+                SERVER_ROUND: self.round,
+                DEVICE_IDS: self.device_ids,
+                FIRST_POSITION: self.first_position,
+                BLOCK_SIZE: self.block_size,
+            }
+        )
+
+    @classmethod
+    def from_config(cls, config: ConfigRecord) -> CohortOrder | None:
+        """The order in ``config``, or None for a per-device message."""
+        if DEVICE_IDS not in config:
+            return None
+        ids = config[DEVICE_IDS]
+        assert isinstance(ids, list)
+        return cls(
+            round=int(config[SERVER_ROUND]),  # type: ignore[arg-type]
+            device_ids=[int(d) for d in ids],
+            first_position=int(config[FIRST_POSITION]),  # type: ignore[arg-type]
+            block_size=int(config[BLOCK_SIZE]),  # type: ignore[arg-type]
+        )
+
+
+@dataclass(frozen=True)
+class DeviceOutcome:
+    device_id: int
+    status: DeviceStatus
+    num_examples: int = 0
+    train_loss: float | None = None
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class CohortReply(Generic[P]):
+    partials: dict[int, P]  # block index → partial aggregate
+    outcomes: list[DeviceOutcome]  # one per ordered device, in order
+
+    def content(self, aggregator: Aggregator[Any, P, Any]) -> RecordDict:
+        arrays: dict[str, Array] = {}
+        for block, partial in sorted(self.partials.items()):
+            arrays |= {f"{block}/{k}": Array(v) for k, v in aggregator.pack(partial).items()}
+        metrics = MetricRecord(
+            {
+                DEVICE_IDS: [o.device_id for o in self.outcomes],
+                STATUS: [_STATUS_CODES[o.status] for o in self.outcomes],
+                NUM_EXAMPLES: [o.num_examples for o in self.outcomes],
+                TRAIN_LOSS: [
+                    float("nan") if o.train_loss is None else o.train_loss for o in self.outcomes
+                ],
+            }
+        )
+        errors = ConfigRecord({ERRORS: [o.error for o in self.outcomes]})
+        return RecordDict({ARRAYS: ArrayRecord(arrays), METRICS: metrics, CONFIG: errors})
+
+    @classmethod
+    def from_content(
+        cls, content: RecordDict, aggregator: Aggregator[Any, P, Any]
+    ) -> CohortReply[P]:
+        by_block: dict[int, Packed] = {}
+        arrays: ArrayRecord = content[ARRAYS]  # type: ignore[assignment]
+        for key, array in arrays.items():
+            block, name = key.split("/", 1)
+            by_block.setdefault(int(block), {})[name] = array.numpy()
+        partials = {b: aggregator.unpack(packed) for b, packed in by_block.items()}
+        m: MetricRecord = content[METRICS]  # type: ignore[assignment]
+        errors: list[str] = content[CONFIG][ERRORS]  # type: ignore[assignment]
+        keys = (DEVICE_IDS, STATUS, NUM_EXAMPLES, TRAIN_LOSS)
+        columns: list[list[Any]] = [m[k] for k in keys]  # type: ignore[misc]
+        outcomes = [
+            DeviceOutcome(
+                device_id=int(d),
+                status=_STATUS_NAMES[int(s)],
+                num_examples=int(n),
+                train_loss=None if np.isnan(loss) else float(loss),
+                error=str(e),
+            )
+            for d, s, n, loss, e in zip(*columns, errors, strict=True)
+        ]
+        return cls(partials, outcomes)

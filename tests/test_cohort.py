@@ -1,0 +1,259 @@
+"""Cohort mode: same global model as per-device mode, failures isolated, any number of workers."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import clients.work
+from clients.learners import LocalSgd
+from clients.vectorized import train_vectorized
+from fedsim.core.aggregators import AGGREGATORS
+from fedsim.core.models import build_model, get_arrays
+from fedsim.core.results import read_model, read_rounds
+from fedsim.runner import run
+from server.loop import _orders
+from tests.conftest import tiny_scenario
+
+Write = Callable[..., Path]
+ALGORITHMS = {
+    "fedavg": {"kind": "fedavg", "lr": 0.1, "local_epochs": 1, "batch_size": 16},
+    "fedprox": {"kind": "fedprox", "lr": 0.1, "local_epochs": 2, "batch_size": 8, "mu": 0.5},
+}
+
+
+def test_every_aggregator_has_a_mode_equality_case() -> None:
+    assert set(ALGORITHMS) == set(AGGREGATORS.names())
+
+
+def _blobs(
+    execution: dict[str, Any], algorithm: str = "fedavg", **overrides: Any
+) -> dict[str, Any]:
+    """Equal-sized devices (so cohorts vectorise), a partial last batch, faults on one group."""
+    return tiny_scenario(
+        task={"dataset": "blobs-784", "model": "mlp"},
+        fleet={
+            "groups": [
+                {"profile": "rpi4", "count": 14},
+                {"profile": "esp32-s3", "count": 10, "faults": {"crash_prob": 0.2}},
+            ],
+            "partition": {"kind": "dirichlet", "alpha": 0.5},
+            "samples_per_device": 20,
+        },
+        algorithm=ALGORITHMS[algorithm],
+        execution={"engine": "inline", **execution},
+        **{"clients_per_round": 20, **overrides},
+    )
+
+
+def _run(write: Write, tmp_path: Path, label: str, scenario: dict[str, Any]) -> Path:
+    return run(write(scenario, f"{label}.yaml"), tmp_path / label).out
+
+
+def _model(out: Path) -> dict[str, np.ndarray]:
+    return read_model(out)
+
+
+def _devices(out: Path) -> str:
+    return (out / "devices.csv").read_text()
+
+
+@pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
+def test_cohort_mode_is_bit_identical_to_per_device_mode(
+    algorithm: str, write_scenario: Write, tmp_path: Path
+) -> None:
+    per_device = _run(write_scenario, tmp_path, "pd", _blobs({"mode": "per-device"}, algorithm))
+    cohort = _run(
+        write_scenario,
+        tmp_path,
+        "co",
+        _blobs({"mode": "cohort", "vectorize": False, "actors": 3}, algorithm),
+    )
+
+    a, b = _model(per_device), _model(cohort)
+    assert list(a) == list(b)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert read_rounds(per_device) == read_rounds(cohort)
+    assert _devices(per_device) == _devices(cohort)
+    assert sum(r["failures"] for r in read_rounds(cohort)) > 0  # the faults were exercised
+
+
+@pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
+def test_vectorised_cohorts_match_per_device_mode_to_float_rounding(
+    algorithm: str, write_scenario: Write, tmp_path: Path
+) -> None:
+    per_device = _run(write_scenario, tmp_path, "pd", _blobs({"mode": "per-device"}, algorithm))
+    cohort = _run(
+        write_scenario, tmp_path, "vec", _blobs({"mode": "cohort", "vectorize": True}, algorithm)
+    )
+
+    a, b = _model(per_device), _model(cohort)
+    for k in a:  # documented tolerance: float32 rounding of batched vs single matrix products
+        np.testing.assert_allclose(b[k], a[k], rtol=0, atol=1e-5)
+    ra, rb = read_rounds(per_device), read_rounds(cohort)
+    assert [r["participants"] for r in ra] == [r["participants"] for r in rb]
+    for x, y in zip(ra, rb, strict=True):
+        assert x["loss"] == pytest.approx(y["loss"], rel=1e-4)
+
+
+@pytest.mark.parametrize("actors", [1, 2, 5, 64])
+def test_the_number_of_workers_never_changes_the_model(
+    actors: int, write_scenario: Write, tmp_path: Path
+) -> None:
+    execution = {"mode": "cohort", "vectorize": False}
+    reference = _run(write_scenario, tmp_path, "ref", _blobs({**execution, "actors": 3}))
+    other = _run(write_scenario, tmp_path, "other", _blobs({**execution, "actors": actors}))
+
+    a, b = _model(reference), _model(other)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert _devices(reference) == _devices(other)
+
+
+def test_vectorised_training_equals_the_sequential_loop() -> None:
+    """Same shuffles, batches (a partial last one), FedProx term and SGD steps as LocalSgd."""
+    rng = np.random.default_rng(0)
+    model = build_model("mlp", 12, 3, 1)
+    start = get_arrays(model)
+    learner = LocalSgd(lr=0.2, epochs=3, batch_size=4, mu=0.3)
+    data = [
+        (rng.normal(size=(10, 12)).astype(np.float32), rng.integers(0, 3, 10).astype(np.int64))
+        for _ in range(9)
+    ]
+    seeds = [int(s) for s in rng.integers(0, 2**31, 9)]
+
+    together = train_vectorized(build_model("mlp", 12, 3, 1), start, learner, data, seeds)
+
+    for (x, y), seed, (arrays, loss) in zip(data, seeds, together, strict=True):
+        alone = build_model("mlp", 12, 3, 1)
+        alone_loss = learner.train(alone, x, y, seed)
+        for got, want in zip(arrays, get_arrays(alone), strict=True):
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+        assert not np.array_equal(arrays[0], start[0])  # it trained
+        assert loss == pytest.approx(alone_loss, rel=1e-5)
+
+
+def test_vectorised_groups_need_equal_sample_counts() -> None:
+    model = build_model("mlp", 4, 2, 0)
+    data = [
+        (np.zeros((3, 4), np.float32), np.zeros(3, np.int64)),
+        (np.zeros((5, 4), np.float32), np.zeros(5, np.int64)),
+    ]
+    with pytest.raises(ValueError, match="equal sample counts"):
+        train_vectorized(model, get_arrays(model), LocalSgd(0.1, 1, 2), data, [1, 2])
+
+
+@pytest.mark.parametrize("vectorize", [False, True])
+def test_a_failing_device_fails_alone_and_its_cohort_goes_on(
+    vectorize: bool, write_scenario: Write, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from devices.fleet import Fleet
+
+    real = Fleet.local_data
+
+    def sensor_fault(self: Fleet, device_id: int) -> tuple[np.ndarray, np.ndarray]:
+        if device_id == 3:
+            raise OSError("sensor read failed")
+        return real(self, device_id)
+
+    monkeypatch.setattr(Fleet, "local_data", sensor_fault)
+    scenario = _blobs({"mode": "cohort", "vectorize": vectorize, "actors": 1}, rounds=2)
+    scenario["fleet"]["groups"][1]["faults"]["crash_prob"] = 0.0
+    scenario["clients_per_round"] = None
+
+    out = _run(write_scenario, tmp_path, "out", scenario)
+
+    with (out / "devices.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    failed = [r for r in rows if r["status"] != "ok"]
+    assert {r["device_id"] for r in failed} == {"3"}
+    assert all("OSError: sensor read failed" in r["error"] for r in failed)
+    assert all(r["participants"] == 23 and r["failures"] == 1 for r in read_rounds(out))
+
+
+def test_a_failing_vectorised_group_is_retried_device_by_device(
+    write_scenario: Write, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fault inside a batched step is pinned on the device that causes it."""
+    real_train = LocalSgd.train
+
+    def nan_on_device_5(self: LocalSgd, model, x, y, seed):  # type: ignore[no-untyped-def]
+        if np.array_equal(x, victim):
+            raise FloatingPointError("loss is NaN")
+        return real_train(self, model, x, y, seed)
+
+    def batched_fails(*args: Any, **kwargs: Any) -> None:
+        raise FloatingPointError("loss is NaN somewhere in the batch")
+
+    from devices.fleet import load_fleet
+
+    scenario = _blobs({"mode": "cohort", "actors": 1}, rounds=1, clients_per_round=None)
+    scenario["fleet"]["groups"][1]["faults"]["crash_prob"] = 0.0
+    path = write_scenario(scenario)
+    victim = load_fleet(path)[1].local_data(5)[0]
+    monkeypatch.setattr(LocalSgd, "train", nan_on_device_5)
+    monkeypatch.setattr(clients.work, "train_vectorized", batched_fails)
+
+    out = run(path, tmp_path / "out").out
+
+    with (out / "devices.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    failed = [r for r in rows if r["status"] != "ok"]
+    assert [(r["device_id"], r["error"]) for r in failed] == [
+        ("5", "FloatingPointError: loss is NaN")
+    ]
+    assert len(rows) == 24
+
+
+def test_a_failing_worker_takes_down_only_its_own_devices(
+    write_scenario: Write, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = clients.work.run_cohort
+
+    def worker_dies_on_device_0(scenario, fleet, order, *rest):  # type: ignore[no-untyped-def]
+        if 0 in order.device_ids:
+            raise MemoryError("worker out of memory")
+        return real(scenario, fleet, order, *rest)
+
+    monkeypatch.setattr("clients.app.run_cohort", worker_dies_on_device_0)
+    scenario = _blobs({"mode": "cohort", "actors": 2}, rounds=1, clients_per_round=None)
+    scenario["fleet"]["groups"][1]["faults"]["crash_prob"] = 0.0
+
+    out = _run(write_scenario, tmp_path, "out", scenario)
+
+    with (out / "devices.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    failed = {int(r["device_id"]) for r in rows if r["status"] == "failed"}
+    ok = {int(r["device_id"]) for r in rows if r["status"] == "ok"}
+    assert 0 in failed
+    assert ok
+    assert failed | ok == set(range(24))
+    assert not failed & ok
+    assert all("MemoryError: worker out of memory" in r["error"] for r in rows if r["error"])
+    assert read_rounds(out)[0]["accuracy"] is not None
+
+
+@given(
+    cohort=st.integers(1, 5000),
+    workers=st.integers(1, 70),
+)
+@settings(max_examples=200, deadline=None)
+def test_worker_shares_are_whole_contiguous_blocks_covering_the_round(
+    cohort: int, workers: int
+) -> None:
+    selected = list(range(0, 3 * cohort, 3))
+
+    orders = _orders(4, selected, workers)
+
+    assert [d for o in orders for d in o.device_ids] == selected
+    assert len(orders) <= workers
+    for order in orders:
+        assert order.first_position % order.block_size == 0
+        assert selected[order.first_position] == order.device_ids[0]
+        assert order.round == 4

@@ -10,7 +10,7 @@ from __future__ import annotations
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from clients.work import InjectedCrashError, run_cohort, train_device
+from clients.work import InjectedCrashError, run_cohort, train_one
 from devices.fleet import load_fleet
 from fedsim.core.aggregators import aggregator_for
 from fedsim.core.cohort import CohortOrder
@@ -51,11 +51,11 @@ def make_client_app(binding: RunBinding | None = None) -> ClientApp:
         order = CohortOrder.from_config(config)  # type: ignore[arg-type]
         if order is not None:
             aggregator = aggregator_for(scenario.algorithm.kind)
-            result = run_cohort(scenario, fleet, order, global_arrays, aggregator)
+            result = run_cohort(scenario, fleet, bound.out, order, global_arrays, aggregator)
             return Message(result.content(aggregator), reply_to=msg)
 
         round_ = int(config[SERVER_ROUND])  # type: ignore[arg-type]
-        update = train_device(scenario, fleet, node, round_, global_arrays)
+        update = train_one(scenario, fleet, bound.out, node, round_, global_arrays)
         metrics = MetricRecord(
             {DEVICE_ID: node, NUM_EXAMPLES: update.num_examples, TRAIN_LOSS: update.train_loss}
         )

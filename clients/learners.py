@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import numpy as np
 import torch
@@ -13,15 +13,26 @@ from torch import nn
 
 from fedsim.core.plugins import Plugins
 from fedsim.core.scenario import AlgorithmSpec, FedProxSpec
+from fedsim.core.state import DeviceState
 
 __all__ = ["LEARNERS", "Learner", "LocalSgd"]
 
 
 class Learner(Protocol):
+    # True: ``state`` (the device's own, kept between rounds in the run's DeviceStateStore) is
+    # loaded before and saved after each round; False: it is always empty and never stored.
+    stateful: ClassVar[bool]
+
     def train(
-        self, model: nn.Module, x: NDArray[np.float32], y: NDArray[np.int64], seed: int
+        self,
+        model: nn.Module,
+        x: NDArray[np.float32],
+        y: NDArray[np.int64],
+        seed: int,
+        state: DeviceState,
     ) -> float:
-        """Train ``model`` in place on one device's data; return the mean training loss."""
+        """Train ``model`` in place on one device's data (may update ``state``); return the mean
+        training loss."""
         ...
 
 
@@ -37,9 +48,15 @@ class LocalSgd:
     epochs: int
     batch_size: int
     mu: float = 0.0
+    stateful: ClassVar[bool] = False
 
     def train(
-        self, model: nn.Module, x: NDArray[np.float32], y: NDArray[np.int64], seed: int
+        self,
+        model: nn.Module,
+        x: NDArray[np.float32],
+        y: NDArray[np.int64],
+        seed: int,
+        state: DeviceState | None = None,
     ) -> float:
         generator = torch.Generator().manual_seed(seed)
         inputs, targets = torch.from_numpy(x), torch.from_numpy(y)

@@ -32,7 +32,8 @@ Batch = tuple[NDArray[np.float32], NDArray[np.int64]]
 
 
 def can_vectorize(model: nn.Module, learner: Learner) -> bool:
-    return isinstance(learner, LocalSgd) and not any(True for _ in model.buffers())
+    """Only plain ``LocalSgd`` (a subclass may train differently) on a model without buffers."""
+    return type(learner) is LocalSgd and not any(True for _ in model.buffers())
 
 
 def _orders(n: int, seeds: Sequence[int], epochs: int) -> torch.Tensor:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import traceback
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -24,10 +25,20 @@ from fedsim.core.models import build_model, get_arrays, set_arrays
 from fedsim.core.reduce import Arrays, WeightedSum, reduce_blocks
 from fedsim.core.scenario import Scenario
 from fedsim.core.seeds import derive_seed
+from fedsim.core.state import DeviceState, DeviceStateStore
 
+STATE_FILE = "device-state.sqlite"
 MIN_GROUP = 8  # smaller groups of equal-sized devices train faster one by one
 
-__all__ = ["DeviceUpdate", "InjectedCrashError", "run_cohort", "train_device"]
+__all__ = [
+    "STATE_FILE",
+    "DeviceUpdate",
+    "InjectedCrashError",
+    "run_cohort",
+    "state_store",
+    "train_device",
+    "train_one",
+]
 
 
 class InjectedCrashError(RuntimeError):
@@ -66,25 +77,46 @@ def _train_seed(scenario: Scenario, round_: int, device_id: int) -> int:
     return derive_seed(scenario.seed, "train", round_, device_id)
 
 
+def state_store(out: str) -> DeviceStateStore:
+    """The run's per-device state (``<out>/device-state.sqlite``), shared by all workers."""
+    return DeviceStateStore(Path(out) / STATE_FILE)
+
+
 def train_device(
     scenario: Scenario,
     fleet: Fleet,
     device_id: int,
     round_: int,
     global_arrays: Arrays,
+    state: DeviceState,
     model: nn.Module | None = None,
 ) -> DeviceUpdate:
     """One device's round: start from the global arrays, train on its local data.
 
-    Raises whatever the device would (an injected crash included); the caller records it.
+    ``state`` is the device's own state from earlier rounds; a stateful learner updates it in
+    place. Raises whatever the device would (an injected crash included); the caller records it.
     """
     _check_crash(scenario, fleet, round_, device_id)
     torch.set_num_threads(1)  # one core per worker; also keeps float sums reproducible
     model = model or _model(scenario)
     set_arrays(model, global_arrays)
     x, y = fleet.local_data(device_id)
-    loss = _learner(scenario).train(model, x, y, _train_seed(scenario, round_, device_id))
+    seed = _train_seed(scenario, round_, device_id)
+    loss = _learner(scenario).train(model, x, y, seed, state)
     return DeviceUpdate(get_arrays(model), len(y), loss)
+
+
+def train_one(
+    scenario: Scenario, fleet: Fleet, out: str, device_id: int, round_: int, global_arrays: Arrays
+) -> DeviceUpdate:
+    """Per-device mode: ``train_device`` with the device's state loaded and saved."""
+    if not _learner(scenario).stateful:
+        return train_device(scenario, fleet, device_id, round_, global_arrays, {})
+    with state_store(out) as store:
+        state = store.get(device_id) or {}
+        update = train_device(scenario, fleet, device_id, round_, global_arrays, state)
+        store.put(device_id, state)
+    return update
 
 
 def _failure(device_id: int, exc: BaseException) -> DeviceOutcome:
@@ -93,14 +125,20 @@ def _failure(device_id: int, exc: BaseException) -> DeviceOutcome:
 
 
 def _sequential(
-    scenario: Scenario, fleet: Fleet, order: CohortOrder, ids: list[int], global_arrays: Arrays
+    scenario: Scenario,
+    fleet: Fleet,
+    order: CohortOrder,
+    ids: list[int],
+    global_arrays: Arrays,
+    states: dict[int, DeviceState],
 ) -> dict[int, DeviceUpdate | DeviceOutcome]:
     model = _model(scenario)
     done: dict[int, DeviceUpdate | DeviceOutcome] = {}
     for device_id in ids:
+        state = states.setdefault(device_id, {})
         try:
             done[device_id] = train_device(
-                scenario, fleet, device_id, order.round, global_arrays, model
+                scenario, fleet, device_id, order.round, global_arrays, state, model
             )
         except Exception as exc:  # this device fails; its cohort goes on
             done[device_id] = _failure(device_id, exc)
@@ -108,8 +146,14 @@ def _sequential(
 
 
 def _vectorized(
-    scenario: Scenario, fleet: Fleet, order: CohortOrder, ids: list[int], global_arrays: Arrays
+    scenario: Scenario,
+    fleet: Fleet,
+    order: CohortOrder,
+    ids: list[int],
+    global_arrays: Arrays,
+    states: dict[int, DeviceState],
 ) -> dict[int, DeviceUpdate | DeviceOutcome]:
+    """Only for stateless learners (``can_vectorize``): ``states`` stays untouched."""
     done: dict[int, DeviceUpdate | DeviceOutcome] = {}
     data = {}
     for device_id in ids:
@@ -122,7 +166,7 @@ def _vectorized(
     for d in data:  # equal local sizes → identical batch schedules → one vectorised group
         by_size.setdefault(len(data[d][1]), []).append(d)
     alone = [d for group in by_size.values() if len(group) < MIN_GROUP for d in group]
-    done |= _sequential(scenario, fleet, order, sorted(alone), global_arrays)
+    done |= _sequential(scenario, fleet, order, sorted(alone), global_arrays, states)
     for group in by_size.values():
         if len(group) < MIN_GROUP:
             continue
@@ -133,7 +177,7 @@ def _vectorized(
                 model, global_arrays, _learner(scenario), [data[d] for d in group], seeds
             )
         except Exception:  # find the failing device(s) one at a time
-            done |= _sequential(scenario, fleet, order, group, global_arrays)
+            done |= _sequential(scenario, fleet, order, group, global_arrays, states)
             continue
         for device_id, (arrays, loss) in zip(group, trained, strict=True):
             done[device_id] = DeviceUpdate(arrays, len(data[device_id][1]), loss)
@@ -143,15 +187,27 @@ def _vectorized(
 def run_cohort(
     scenario: Scenario,
     fleet: Fleet,
+    out: str,
     order: CohortOrder,
     global_arrays: Arrays,
     aggregator: ModelAggregator,
 ) -> CohortReply[WeightedSum]:
-    """Run the ordered devices and reduce their updates into this worker's block partials."""
+    """Run the ordered devices and reduce their updates into this worker's block partials.
+
+    A stateful learner's device states are read in one query before and written back in one
+    transaction after (failed devices included: what they changed before failing is kept).
+    """
     torch.set_num_threads(1)
-    vectorize = scenario.execution.vectorize and can_vectorize(_model(scenario), _learner(scenario))
+    learner = _learner(scenario)
+    vectorize = scenario.execution.vectorize and can_vectorize(_model(scenario), learner)
     work = _vectorized if vectorize else _sequential
-    done = work(scenario, fleet, order, order.device_ids, global_arrays)
+    if not learner.stateful:
+        done = work(scenario, fleet, order, order.device_ids, global_arrays, {})
+    else:
+        with state_store(out) as store:
+            states = store.get_many(order.device_ids)
+            done = work(scenario, fleet, order, order.device_ids, global_arrays, states)
+            store.put_many(states)
     outcomes, updates = [], []
     for offset, device_id in enumerate(order.device_ids):
         result = done[device_id]

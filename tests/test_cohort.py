@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from clients.vectorized import train_vectorized
 from fedsim.core.aggregators import AGGREGATORS
 from fedsim.core.models import build_model, get_arrays
 from fedsim.core.results import read_model, read_rounds
+from fedsim.core.state import DeviceStateStore
 from fedsim.runner import run
 from server.loop import _orders
 from tests.conftest import tiny_scenario
@@ -183,10 +185,10 @@ def test_a_failing_vectorised_group_is_retried_device_by_device(
     """A fault inside a batched step is pinned on the device that causes it."""
     real_train = LocalSgd.train
 
-    def nan_on_device_5(self: LocalSgd, model, x, y, seed):  # type: ignore[no-untyped-def]
+    def nan_on_device_5(self: LocalSgd, model, x, y, seed, state):  # type: ignore[no-untyped-def]
         if np.array_equal(x, victim):
             raise FloatingPointError("loss is NaN")
-        return real_train(self, model, x, y, seed)
+        return real_train(self, model, x, y, seed, state)
 
     def batched_fails(*args: Any, **kwargs: Any) -> None:
         raise FloatingPointError("loss is NaN somewhere in the batch")
@@ -216,10 +218,10 @@ def test_a_failing_worker_takes_down_only_its_own_devices(
 ) -> None:
     real = clients.work.run_cohort
 
-    def worker_dies_on_device_0(scenario, fleet, order, *rest):  # type: ignore[no-untyped-def]
+    def worker_dies_on_device_0(scenario, fleet, out, order, *rest):  # type: ignore[no-untyped-def]
         if 0 in order.device_ids:
             raise MemoryError("worker out of memory")
-        return real(scenario, fleet, order, *rest)
+        return real(scenario, fleet, out, order, *rest)
 
     monkeypatch.setattr("clients.app.run_cohort", worker_dies_on_device_0)
     scenario = _blobs({"mode": "cohort", "actors": 2}, rounds=1, clients_per_round=None)
@@ -237,6 +239,47 @@ def test_a_failing_worker_takes_down_only_its_own_devices(
     assert not failed & ok
     assert all("MemoryError: worker out of memory" in r["error"] for r in rows if r["error"])
     assert read_rounds(out)[0]["accuracy"] is not None
+
+
+@dataclass(frozen=True)
+class _CountingSgd(LocalSgd):
+    """A stateful learner: counts its rounds and remembers the rounds' losses."""
+
+    stateful: ClassVar[bool] = True
+
+    def train(self, model, x, y, seed, state=None):  # type: ignore[no-untyped-def]
+        assert state is not None
+        loss = super().train(model, x, y, seed)
+        state["rounds"] = np.asarray(int(state.get("rounds", 0)) + 1)
+        state["losses"] = np.append(state.get("losses", np.zeros(0)), loss)
+        return loss
+
+
+@pytest.mark.parametrize("mode", ["per-device", "cohort"])
+def test_device_state_survives_rounds_in_the_run_store(
+    mode: str, write_scenario: Write, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(clients.work, "_learner", lambda s: _CountingSgd(0.1, 1, 16))
+    out = _run(write_scenario, tmp_path, "out", _blobs({"mode": mode, "actors": 2}, rounds=4))
+
+    with (out / "devices.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    with DeviceStateStore(out / clients.work.STATE_FILE) as store:
+        for device in range(24):
+            mine = [r for r in rows if int(r["device_id"]) == device and r["status"] == "ok"]
+            state = store.get(device)
+            if not mine:
+                assert state is None or int(state["rounds"]) == 0
+                continue
+            assert state is not None
+            assert int(state["rounds"]) == len(mine)
+            np.testing.assert_allclose(state["losses"], [float(r["train_loss"]) for r in mine])
+
+
+def test_stateless_learners_write_no_state_file(write_scenario: Write, tmp_path: Path) -> None:
+    out = _run(write_scenario, tmp_path, "out", _blobs({"mode": "cohort"}, rounds=1))
+
+    assert not (out / clients.work.STATE_FILE).exists()
 
 
 @given(

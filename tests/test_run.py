@@ -106,10 +106,10 @@ def test_a_client_that_raises_is_a_failure_not_a_crash(
 ) -> None:
     real_train = LocalSgd.train
 
-    def flaky(self: LocalSgd, model, x, y, seed):  # type: ignore[no-untyped-def]
+    def flaky(self: LocalSgd, model, x, y, seed, state):  # type: ignore[no-untyped-def]
         if len(x) == len(flaky.victim_x):  # the device whose data matches
             raise MemoryError("out of SRAM")
-        return real_train(self, model, x, y, seed)
+        return real_train(self, model, x, y, seed, state)
 
     from devices.fleet import load_fleet
 

@@ -83,11 +83,13 @@ def _error_lines(path: Path) -> list[str]:
         ),
         (
             {"task": {"dataset": "digit"}},
-            r"task\.dataset: unknown dataset 'digit'; known: blobs-784, digits \(did you mean 'digits'\?\)$",
+            r"task\.dataset: unknown dataset 'digit'; known: blobs-784, digits "
+            r"\(did you mean 'digits'\?\)$",
         ),
         (
             {"task": {"model": "mpl"}},
-            r"task\.model: unknown model 'mpl'; known: logreg, mlp, mlp-100 \(did you mean 'mlp'\?\)$",
+            r"task\.model: unknown model 'mpl'; known: logreg, mlp, mlp-100 "
+            r"\(did you mean 'mlp'\?\)$",
         ),
         (
             {

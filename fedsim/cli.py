@@ -40,7 +40,7 @@ def summarize(scenario_path: str | Path) -> str:
         f"{scenario_path}: ok: {scenario.name}: {scenario.algorithm.kind} on "
         f"{scenario.task.dataset}/{scenario.task.model}, {len(fleet)} devices ({groups}), "
         f"{scenario.cohort_size} per round x {scenario.rounds} rounds, {split} split, "
-        f"engine {scenario.execution.engine}, seed {scenario.seed}"
+        f"{scenario.execution.mode} mode on {scenario.execution.engine}, seed {scenario.seed}"
     )
 
 

@@ -1,0 +1,268 @@
+"""Simulation overhead: stock Flower vs a plain PyTorch loop vs fedsim's two modes (DESIGN.md §3.1).
+
+Each runner (``benchmarks.runners``) runs in a fresh child process, one at a time, so Ray's
+start-up and memory count per runner and nothing leaks between them. The parent measures each
+child's whole process tree (``benchmarks.proctree``) and prints a markdown table, then whether
+this run met DESIGN.md §12's targets. Progress and each runner's final accuracy go to stderr.
+
+    .venv/bin/python -m benchmarks.cohort [--quick] [--skip-large] [--runners a,b] [--json PATH]
+    .venv/bin/python -m benchmarks.cohort --child RUNNER N R [K]    # one run, unmeasured
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import traceback
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.proctree import become_subreaper, measure
+from benchmarks.runners import RUNNERS, write_scenario
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULT_MARK = "bench-result: "  # the child's last stdout line: this mark, then JSON
+
+
+@dataclass(frozen=True)
+class Workload:
+    devices: int
+    rounds: int
+    per_round: int | None = None  # clients_per_round; None: every device
+
+    @property
+    def label(self) -> str:
+        label = f"{self.devices}×{self.rounds}"
+        return label if self.per_round is None else f"{label} ({self.per_round}/round)"
+
+
+SMALL = [Workload(10, 5), Workload(100, 5), Workload(1000, 2)]
+LARGE = [Workload(10_000, 10), Workload(100_000, 10, 1_000)]  # fedsim-cohort only
+COLUMNS = (
+    "workload",
+    "runner",
+    "status",
+    "wall s",
+    "CPU s",
+    "peak tree RSS MB",
+    "wall / plain",
+    "stock / wall",
+)
+TARGET_WORKLOAD, SCALE_WORKLOAD = "1000×2", "10000×10"
+
+
+def child(runner: str, workload: Workload) -> int:
+    """Run one runner on one workload; print the result as the last stdout line; an exit code."""
+    os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
+    w = workload
+    try:
+        with tempfile.TemporaryDirectory(prefix=f"bench-{runner}-") as scratch:
+            path = Path(scratch) / "scenario.yaml"
+            write_scenario(path, runner, w.devices, w.rounds, w.per_round)
+            accuracy, failures = RUNNERS[runner].run(path, Path(scratch))
+    except Exception as exc:
+        traceback.print_exc()
+        # one line last, for the parent's status column
+        print(f"{type(exc).__name__}: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
+    print(RESULT_MARK + json.dumps({"accuracy": accuracy, "failures": failures}), flush=True)
+    return 0
+
+
+@dataclass(frozen=True)
+class Row:
+    workload: str
+    runner: str
+    status: str
+    wall_s: float | None = None
+    cpu_s: float | None = None
+    cpu_sampled_s: float | None = None
+    cpu_rusage_s: float | None = None
+    peak_rss_mb: float | None = None
+    accuracy: float | None = None
+    killed_after_exit: tuple[str, ...] = ()  # still running 3 s after the child exited
+    log: str = ""
+
+
+def _last_line(path: Path) -> str:
+    lines = [s.strip() for s in path.read_text(errors="replace").splitlines() if s.strip()]
+    return lines[-1][:160] if lines else "(no output)"
+
+
+def _result(path: Path) -> dict[str, Any]:
+    for line in reversed(path.read_text(errors="replace").splitlines()):
+        if line.startswith(RESULT_MARK):
+            return dict(json.loads(line[len(RESULT_MARK) :]))
+    return {}
+
+
+def _status(returncode: int | None, result: dict[str, Any], err: Path, timeout_s: float) -> str:
+    if returncode is None:
+        return f"timeout after {timeout_s:.0f} s"
+    if returncode != 0 or not result:
+        return f"failed: {_last_line(err)}"
+    failures = int(result.get("failures", 0))
+    return f"ok ({failures} device failures)" if failures else "ok"
+
+
+def _measure_one(runner: str, workload: Workload, logs: Path, timeout_s: float) -> Row:
+    w = workload
+    cmd = [sys.executable, "-m", "benchmarks.cohort", "--child", runner]
+    cmd += [str(v) for v in (w.devices, w.rounds, w.per_round) if v is not None]
+    # a fresh local Ray instance per child, never a cluster someone started on this machine
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "RAY_ADDRESS": "local"}
+    out, err = (logs / f"{w.devices}x{w.rounds}-{runner}{ext}" for ext in (".out", ".err"))
+    with out.open("wb") as stdout, err.open("wb") as stderr:
+        usage = measure(cmd, cwd=ROOT, env=env, stdout=stdout, stderr=stderr, timeout_s=timeout_s)
+    result = _result(out)
+    return Row(
+        workload=w.label,
+        runner=runner,
+        status=_status(usage.returncode, result, err, timeout_s),
+        wall_s=usage.wall_s,
+        cpu_s=usage.cpu_s,
+        cpu_sampled_s=usage.cpu_sampled_s,
+        cpu_rusage_s=usage.cpu_rusage_s,
+        peak_rss_mb=usage.peak_rss_bytes / 2**20,
+        accuracy=result.get("accuracy"),
+        killed_after_exit=usage.killed,
+        log=str(err),
+    )
+
+
+def _plan(args: argparse.Namespace) -> list[tuple[str, Workload]]:
+    grid = SMALL[:2] if args.quick else SMALL
+    plan = [(runner, w) for w in grid for runner in args.runners]
+    if not (args.quick or args.skip_large) and "fedsim-cohort" in args.runners:
+        plan += [("fedsim-cohort", w) for w in LARGE]
+    return plan
+
+
+def _wall(rows: list[Row], workload: str, runner: str) -> float | None:
+    for row in rows:
+        if (row.workload, row.runner) == (workload, runner) and row.status.startswith("ok"):
+            return row.wall_s
+    return None
+
+
+def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
+    return "–" if value is None else f"{value:{spec}}{suffix}"
+
+
+def table(rows: list[Row]) -> str:
+    lines = [
+        "| " + " | ".join(COLUMNS) + " |",
+        "|---|---|---|" + "---:|" * (len(COLUMNS) - 3),
+    ]
+    for row in rows:
+        ok = row.status.startswith("ok")
+        wall = row.wall_s if ok else None
+        plain, stock = _wall(rows, row.workload, "plain"), _wall(rows, row.workload, "stock")
+        ratio = wall / plain if wall and plain else None
+        speedup = stock / wall if wall and stock else None
+        cells = [
+            row.workload,
+            row.runner,
+            row.status.replace("|", "\\|"),
+            _fmt(row.wall_s, ".1f"),
+            _fmt(row.cpu_s, ".1f"),
+            _fmt(row.peak_rss_mb, ".0f"),
+            _fmt(ratio, ".2f", "×"),
+            _fmt(speedup, ".1f", "×"),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _verdict(ok: bool | None) -> str:
+    return "not measured" if ok is None else ("met" if ok else "NOT met")
+
+
+def targets(rows: list[Row]) -> str:
+    """DESIGN.md §12's simulation-overhead targets, and whether this run met them."""
+    cohort = _wall(rows, TARGET_WORKLOAD, "fedsim-cohort")
+    plain, stock = _wall(rows, TARGET_WORKLOAD, "plain"), _wall(rows, TARGET_WORKLOAD, "stock")
+    scale = next(
+        (r for r in rows if (r.workload, r.runner) == (SCALE_WORKLOAD, "fedsim-cohort")), None
+    )
+    vs_plain = None if cohort is None or plain is None else cohort <= 1.5 * plain
+    vs_stock = None if cohort is None or stock is None else stock >= 10 * cohort
+    fits = None
+    if scale is not None:
+        fits = scale.status.startswith("ok") and (scale.wall_s or 0) < 300
+        fits = fits and (scale.peak_rss_mb or 0) < 4 * 1024
+    return (
+        f"Targets (DESIGN.md §12), fedsim-cohort: {TARGET_WORKLOAD} within 1.5× of plain: "
+        f"{_verdict(vs_plain)}; ≥10× faster than stock on {TARGET_WORKLOAD}: {_verdict(vs_stock)}; "
+        f"{SCALE_WORKLOAD} in < 300 s with < 4 GB tree RSS: {_verdict(fits)}."
+    )
+
+
+def _progress(i: int, total: int, runner: str, workload: str, text: str) -> None:
+    print(f"[{i}/{total}] {workload} {runner}: {text}", file=sys.stderr, flush=True)
+
+
+def _done_text(row: Row) -> str:
+    text = f"{row.status}, {_fmt(row.wall_s, '.1f')} s wall, {_fmt(row.cpu_s, '.1f')} s CPU"
+    text += f", {_fmt(row.peak_rss_mb, '.0f')} MB, accuracy {_fmt(row.accuracy, '.4f')}"
+    if row.killed_after_exit:
+        text += f", killed {len(row.killed_after_exit)} leftover processes"
+        text += f" ({', '.join(row.killed_after_exit)})"
+    return text if row.status.startswith("ok") else f"{text} (log: {row.log})"
+
+
+def _child_args(parser: argparse.ArgumentParser, values: list[str]) -> tuple[str, Workload]:
+    runner, *sizes = values
+    if runner not in RUNNERS or len(sizes) not in (2, 3) or not all(v.isdigit() for v in sizes):
+        parser.error(
+            f"--child RUNNER N R [K]: got {' '.join(values)}; runners: {', '.join(RUNNERS)}"
+        )
+    n, rounds, *k = (int(v) for v in sizes)
+    return runner, Workload(n, rounds, k[0] if k else None)
+
+
+def _args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.cohort", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="only 10×5 and 100×5")
+    parser.add_argument("--skip-large", action="store_true", help="skip 10,000×10 and 100,000")
+    parser.add_argument("--runners", default=",".join(RUNNERS), help="comma-separated runners")
+    parser.add_argument("--json", type=Path, help="also write the rows to this file")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per child")
+    parser.add_argument("--child", nargs="+", metavar="ARG", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        args.child = _child_args(parser, args.child)
+    args.runners = [r.strip() for r in args.runners.split(",") if r.strip()]
+    unknown = sorted(set(args.runners) - set(RUNNERS))
+    if unknown:
+        parser.error(f"--runners: unknown {', '.join(unknown)}; known: {', '.join(RUNNERS)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _args(argv)
+    if args.child:
+        return child(*args.child)
+    become_subreaper()  # Ray daemons that outlive a child are re-parented here, then ended
+    logs = Path(tempfile.mkdtemp(prefix="fedsim-bench-cohort-"))
+    plan, rows = _plan(args), []
+    for i, (runner, workload) in enumerate(plan, 1):
+        _progress(i, len(plan), runner, workload.label, "started")
+        row = _measure_one(runner, workload, logs, args.timeout)
+        _progress(i, len(plan), runner, workload.label, _done_text(row))
+        rows.append(row)
+    print(table(rows))
+    print()
+    print(targets(rows))
+    if args.json:
+        args.json.write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")
+    print(f"child logs: {logs}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

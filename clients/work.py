@@ -29,6 +29,7 @@ from fedsim.core.state import DeviceState, DeviceStateStore
 
 STATE_FILE = "device-state.sqlite"
 MIN_GROUP = 8  # smaller groups of equal-sized devices train faster one by one
+WINDOW = 256  # devices in flight per worker: their data and updates, ~0.4 MB each for mlp-100
 
 __all__ = [
     "STATE_FILE",
@@ -194,27 +195,37 @@ def run_cohort(
 ) -> CohortReply[WeightedSum]:
     """Run the ordered devices and reduce their updates into this worker's block partials.
 
-    A stateful learner's device states are read in one query before and written back in one
-    transaction after (failed devices included: what they changed before failing is kept).
+    Devices run in windows of whole reduction blocks (about ``WINDOW`` devices), each window's
+    updates reduced and dropped before the next: a worker's memory does not grow with its share.
+    A stateful learner's states are read in one query and written in one transaction per window
+    (failed devices included: what they changed before failing is kept).
     """
     torch.set_num_threads(1)
     learner = _learner(scenario)
     vectorize = scenario.execution.vectorize and can_vectorize(_model(scenario), learner)
     work = _vectorized if vectorize else _sequential
-    if not learner.stateful:
-        done = work(scenario, fleet, order, order.device_ids, global_arrays, {})
-    else:
-        with state_store(out) as store:
-            states = store.get_many(order.device_ids)
-            done = work(scenario, fleet, order, order.device_ids, global_arrays, states)
-            store.put_many(states)
-    outcomes, updates = [], []
-    for offset, device_id in enumerate(order.device_ids):
-        result = done[device_id]
-        if isinstance(result, DeviceOutcome):
-            outcomes.append(result)
-            continue
-        outcomes.append(DeviceOutcome(device_id, "ok", result.num_examples, result.train_loss))
-        updates.append((order.first_position + offset, (result.arrays, result.num_examples)))
-    partials = reduce_blocks(aggregator, updates, order.block_size)
+    store = state_store(out) if learner.stateful else None
+    per_window = max(1, WINDOW // order.block_size) * order.block_size
+    partials: dict[int, WeightedSum] = {}
+    outcomes: list[DeviceOutcome] = []
+    try:
+        for start in range(0, len(order.device_ids), per_window):
+            ids = order.device_ids[start : start + per_window]
+            states = store.get_many(ids) if store is not None else {}
+            done = work(scenario, fleet, order, ids, global_arrays, states)
+            if store is not None:
+                store.put_many(states)
+            updates = []
+            for offset, device_id in enumerate(ids, start=order.first_position + start):
+                result = done.pop(device_id)
+                if isinstance(result, DeviceOutcome):
+                    outcomes.append(result)
+                    continue
+                n = result.num_examples
+                outcomes.append(DeviceOutcome(device_id, "ok", n, result.train_loss))
+                updates.append((offset, (result.arrays, n)))
+            partials |= reduce_blocks(aggregator, updates, order.block_size)  # whole blocks
+    finally:
+        if store is not None:
+            store.close()
     return CohortReply(partials, outcomes)

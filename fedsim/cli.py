@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 from fedsim.core.errors import EXIT_CODE_HELP, ExitCode, FedsimError
-from fedsim.core.scenario import DirichletPartition
+from fedsim.core.scenario import DirichletPartition, choose_engine
 
 __all__ = ["app", "main", "summarize"]
 
@@ -40,7 +40,7 @@ def summarize(scenario_path: str | Path) -> str:
         f"{scenario_path}: ok: {scenario.name}: {scenario.algorithm.kind} on "
         f"{scenario.task.dataset}/{scenario.task.model}, {len(fleet)} devices ({groups}), "
         f"{scenario.cohort_size} per round x {scenario.rounds} rounds, {split} split, "
-        f"{scenario.execution.mode} mode on {scenario.execution.engine}, seed {scenario.seed}"
+        f"{scenario.execution.mode} mode on {choose_engine(scenario)}, seed {scenario.seed}"
     )
 
 
@@ -58,15 +58,17 @@ def run(
     ),
     overwrite: bool = typer.Option(False, help="reuse --out even if it holds a run"),
     engine: str | None = typer.Option(
-        None, help="ray (Flower's simulation engine) or inline (one thread, no Ray)"
+        None,
+        help="auto (inline for small runs, else ray), ray (Flower's simulation engine) "
+        "or inline (one thread, no Ray)",
     ),
 ) -> None:
     """Run a scenario: a Flower simulation that writes metrics, plots and a summary."""
     from fedsim.progress import ProgressObserver
     from fedsim.runner import run as run_scenario
 
-    if engine not in (None, "ray", "inline"):
-        raise FedsimError("--engine", f"unknown engine '{engine}'", "use ray or inline")
+    if engine not in (None, "auto", "ray", "inline"):
+        raise FedsimError("--engine", f"unknown engine '{engine}'", "use auto, ray or inline")
     name = scenario.stem
     result = run_scenario(
         scenario,

@@ -26,14 +26,14 @@ from devices.fleet import load_fleet
 from fedsim.core.errors import FedsimError
 from fedsim.core.records import RunBinding
 from fedsim.core.results import MANIFEST, SUMMARY
-from fedsim.core.scenario import Scenario
+from fedsim.core.scenario import Scenario, choose_engine
 from fedsim.inline import run_inline
 from server.app import make_server_app
 from server.loop import LogObserver, RoundObserver
 
 __all__ = ["RunResult", "run"]
 
-Engine = Literal["ray", "inline"]
+Engine = Literal["auto", "ray", "inline"]
 FLOWER_LOG = "flower.log"
 
 
@@ -97,7 +97,7 @@ def run(
 ) -> RunResult:
     """Run a scenario end to end and return where its results are."""
     scenario, fleet = load_fleet(scenario_path)
-    engine = engine or scenario.execution.engine
+    chosen = choose_engine(scenario, engine)
     out_dir = _out_dir(scenario, out, overwrite)
     binding = RunBinding(
         scenario=str(Path(scenario_path).resolve()),
@@ -107,10 +107,10 @@ def run(
     server_app = make_server_app(binding, observer or LogObserver())
     client_app = make_client_app(binding)
     actors = scenario.execution.actors
-    if engine == "ray":
+    if chosen == "ray":
         actors = min(actors, os.cpu_count() or 1)
     nodes = actors if scenario.execution.mode == "cohort" else len(fleet)
-    if engine == "inline":
+    if chosen == "inline":
         run_inline(server_app, client_app, nodes)
     else:
         from flwr.simulation import run_simulation
@@ -134,4 +134,7 @@ def run(
     summary_path = out_dir / SUMMARY
     if not summary_path.exists():
         raise RuntimeError(f"the run ended without writing {summary_path}; see the log above")
-    return RunResult(out_dir, json.loads(summary_path.read_text(encoding="utf-8")))
+    summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    summary["engine"] = chosen  # how it ran (results do not depend on it)
+    summary_path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return RunResult(out_dir, summary)

@@ -89,7 +89,7 @@ def test_unknown_engine_option(write_scenario: Write) -> None:
     proc = fedsim("run", write_scenario(tiny_scenario()), "--engine", "spark")
 
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "error: --engine: unknown engine 'spark'; use ray or inline"
+    assert proc.stderr.strip() == "error: --engine: unknown engine 'spark'; use auto, ray or inline"
 
 
 def test_run_inline_from_the_command_line(write_scenario: Write, tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from clients.vectorized import train_vectorized
 from fedsim.core.aggregators import AGGREGATORS
 from fedsim.core.models import build_model, get_arrays
 from fedsim.core.results import read_model, read_rounds
+from fedsim.core.scenario import Scenario, choose_engine
 from fedsim.core.state import DeviceStateStore
 from fedsim.runner import run
 from server.loop import _orders
@@ -319,3 +320,30 @@ def test_worker_shares_are_whole_contiguous_blocks_covering_the_round(
         assert order.first_position % order.block_size == 0
         assert selected[order.first_position] == order.device_ids[0]
         assert order.round == 4
+
+
+@pytest.mark.parametrize(
+    ("engine", "per_round", "rounds", "cpus", "expected"),
+    [
+        ("auto", 10, 5, 2, "inline"),  # too small to pay back Ray's start-up
+        ("auto", 1000, 20, 2, "ray"),
+        ("auto", 1000, 20, 1, "inline"),  # one core: nothing to run in parallel
+        ("ray", 10, 5, 2, "ray"),  # an explicit choice is kept
+        ("inline", 1000, 20, 2, "inline"),
+    ],
+)
+def test_auto_engine_uses_ray_only_where_it_pays(
+    engine: str,
+    per_round: int,
+    rounds: int,
+    cpus: int,
+    expected: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: cpus)
+    scenario = Scenario.model_validate(
+        _blobs({"engine": engine}, rounds=rounds, clients_per_round=None)
+        | {"fleet": {"groups": [{"profile": "rpi4", "count": per_round}]}}
+    )
+
+    assert choose_engine(scenario) == expected

@@ -1,4 +1,4 @@
-"""The default scenario on Flower's Ray simulation engine, end to end (slow: Ray start-up)."""
+"""Flower's Ray simulation engine, end to end, in both execution modes (slow: Ray start-up)."""
 
 from __future__ import annotations
 
@@ -14,18 +14,28 @@ from tests.test_cli import fedsim
 pytestmark = pytest.mark.slow
 
 
-def test_quickstart_on_ray_is_deterministic_and_matches_inline(tmp_path: Path) -> None:
-    scenario = SCENARIOS / "quickstart.yaml"
+def test_quickstart_on_ray_is_deterministic_and_matches_inline_and_per_device(
+    tmp_path: Path,
+) -> None:
+    scenario = SCENARIOS / "quickstart.yaml"  # cohort mode, engine: ray
+    per_device = tmp_path / "per-device.yaml"
+    per_device.write_text(
+        f"extends: {scenario}\nname: per-device\nexecution: {{mode: per-device}}\n"
+    )
 
     first = fedsim("run", scenario, "--out", tmp_path / "ray-1")
     second = fedsim("run", scenario, "--out", tmp_path / "ray-2")
     inline = fedsim("run", scenario, "--out", tmp_path / "inline", "--engine", "inline")
+    nodes = fedsim("run", per_device, "--out", tmp_path / "ray-per-device")
 
-    for proc in (first, second, inline):
+    for proc in (first, second, inline, nodes):
         assert proc.returncode == 0, proc.stderr[-3000:]
     rounds = (tmp_path / "ray-1" / "rounds.jsonl").read_bytes()
     assert rounds == (tmp_path / "ray-2" / "rounds.jsonl").read_bytes()
     assert rounds == (tmp_path / "inline" / "rounds.jsonl").read_bytes()
+    assert rounds == (tmp_path / "ray-per-device" / "rounds.jsonl").read_bytes()
+    devices = (tmp_path / "ray-1" / "devices.csv").read_text()
+    assert devices == (tmp_path / "inline" / "devices.csv").read_text()
     records = read_rounds(tmp_path / "ray-1")
     assert len(records) == 15
     assert records[-1]["accuracy"] > 0.8
@@ -33,4 +43,6 @@ def test_quickstart_on_ray_is_deterministic_and_matches_inline(tmp_path: Path) -
     summary = json.loads((tmp_path / "ray-1" / "summary.json").read_text())
     assert summary["devices_by_profile"] == {"rpi4": 4, "nano33-ble-sense": 4, "esp32-s3": 2}
     assert (tmp_path / "ray-1" / "plots" / "accuracy.png").is_file()
-    assert "InjectedCrashError" in (tmp_path / "ray-1" / "flower.log").read_text()
+    assert "InjectedCrashError: injected crash of device" in devices
+    # per-device mode: each crash is a Flower error reply, its traceback in Flower's log
+    assert "InjectedCrashError" in (tmp_path / "ray-per-device" / "flower.log").read_text()

@@ -113,7 +113,7 @@ def _error_lines(path: Path) -> list[str]:
         (
             {"execution": {"engine": "rai"}},
             r"execution\.engine: 'rai' is not allowed \(did you mean 'ray'\?\); "
-            r"use 'ray' or 'inline'$",
+            r"use 'auto', 'ray' or 'inline'$",
         ),
         (
             {

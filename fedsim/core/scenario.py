@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -32,6 +33,7 @@ __all__ = [
     "PartitionSpec",
     "Scenario",
     "TaskSpec",
+    "choose_engine",
 ]
 
 
@@ -119,12 +121,14 @@ class ExecutionSpec(_Spec):
 
     ``mode``: ``cohort`` runs a share of each round's devices per Flower node (one node per Ray
     actor) and replies with partial aggregates; ``per-device`` runs one Flower node per device
-    (the faithful mode, and the one for real devices). ``vectorize`` (cohort mode) trains devices
+    (the faithful mode, and the one for real devices). ``engine: auto`` picks ``inline`` for runs
+    too small to pay back Ray's start-up (~10 s here) and ``ray`` otherwise (``fedsim.runner``).
+    ``vectorize`` (cohort mode) trains devices
     that share a model together with ``torch.func``; off, they train one by one, bit-identical to
     per-device mode.
     """
 
-    engine: Literal["ray", "inline"] = "ray"
+    engine: Literal["auto", "ray", "inline"] = "auto"
     mode: Literal["cohort", "per-device"] = "cohort"
     vectorize: bool = True
     actors: int = Field(2, ge=1, le=64, description="Ray actors (one CPU each)")
@@ -170,3 +174,20 @@ class Scenario(_Spec):
                 )
             )
         return problems
+
+
+# `engine: auto` uses Ray from this many device-rounds on (cohort_size × rounds), with ≥ 2 cores:
+# below it, Ray's fixed ~10 s start-up and shutdown cost more than a second core saves
+# (benchmarks/cohort.py: 1000 × 2 takes 7 s inline and 17 s on Ray with 2 actors).
+AUTO_RAY_MIN_DEVICE_ROUNDS = 20_000
+
+
+def choose_engine(
+    scenario: Scenario, engine: Literal["auto", "ray", "inline"] | None = None
+) -> Literal["ray", "inline"]:
+    """The engine a run uses: the one asked for, or for ``auto`` the faster one for its size."""
+    engine = engine or scenario.execution.engine
+    if engine != "auto":
+        return engine
+    work = scenario.cohort_size * scenario.rounds
+    return "ray" if (os.cpu_count() or 1) >= 2 and work >= AUTO_RAY_MIN_DEVICE_ROUNDS else "inline"

@@ -14,7 +14,7 @@ from clients.learners import LocalSgd
 from fedsim.core.errors import FedsimError
 from fedsim.core.results import read_rounds
 from fedsim.runner import run
-from tests.conftest import tiny_scenario
+from tests.conftest import ROOT, tiny_scenario
 
 Write = Callable[..., Path]
 
@@ -200,3 +200,21 @@ def test_a_run_that_stops_keeps_its_rounds_and_says_why(
     assert summary["rounds_completed"] == 1
     assert summary["error"] == "RuntimeError: evaluation blew up"
     assert len(read_rounds(tmp_path / "out")) == 1
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "scenarios").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_scenario_runs_a_short_round(
+    path: Path, write_scenario: Write, tmp_path: Path
+) -> None:
+    from devices.fleet import load_fleet
+
+    size = load_fleet(path)[0].fleet.size
+    short = write_scenario(
+        f"extends: {path}\nrounds: 1\nclients_per_round: {min(size, 40)}\n"
+        "execution: {engine: inline}\n"
+    )
+
+    result = run(short, tmp_path / "out")
+
+    assert result.summary["status"] == "completed"
+    assert read_rounds(result.out)[0]["participants"] > 0

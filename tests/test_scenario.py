@@ -83,7 +83,7 @@ def _error_lines(path: Path) -> list[str]:
         ),
         (
             {"task": {"dataset": "digit"}},
-            r"task\.dataset: unknown dataset 'digit'; known: blobs-784, digits "
+            r"task\.dataset: unknown dataset 'digit'; known: (\S+, )*digits, (\S+, )*\S+ "
             r"\(did you mean 'digits'\?\)$",
         ),
         (

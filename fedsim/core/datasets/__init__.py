@@ -1,0 +1,1 @@
+"""Dataset sources: builders that turn offline material into ``TaskData``."""

@@ -86,6 +86,61 @@ def run(
     )
 
 
+data_app = typer.Typer(
+    help="Datasets: list them, describe one, draw a preview grid.", no_args_is_help=True
+)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("list")
+def data_list() -> None:
+    """The registered datasets (nothing is loaded)."""
+    from rich.table import Table
+
+    from fedsim.core.data import DATASETS
+
+    table = Table("name", "task", "natural clients", "description", box=None)
+    for name in DATASETS.names():
+        source = DATASETS.get(name)
+        table.add_row(name, source.task, source.natural_groups or "-", source.description)
+    out.print(table)
+    out.print("`fedsim data info NAME` for classes, samples, size on disk, licence and source")
+
+
+@data_app.command("info")
+def data_info(
+    name: str = typer.Argument(..., help="a dataset name from `fedsim data list`"),
+    seed: int = typer.Option(0, help="the seed that splits or generates it"),
+) -> None:
+    """Classes, samples, natural groups, size on disk and licence of one dataset."""
+    from rich.table import Table
+
+    from fedsim.core.data_info import describe
+
+    table = Table(show_header=False, box=None)
+    for key, value in describe(name, seed).rows():
+        table.add_row(key, value)
+    out.print(table)
+
+
+@data_app.command("preview")
+def data_preview(
+    name: str = typer.Argument(..., help="a dataset name from `fedsim data list`"),
+    output: Path = typer.Option(..., "-o", "--output", help="PNG file to write"),
+    per_class: int = typer.Option(8, min=1, max=30, help="samples per class"),
+    seed: int = typer.Option(0),
+) -> None:
+    """A grid of test samples, one row per class, as a PNG."""
+    from fedsim.core.data import load_task_data
+    from fedsim.core.data_info import preview_samples
+    from fedsim.core.plots import plot_samples
+
+    data = load_task_data(name, seed)
+    x, y = preview_samples(data, per_class=per_class, seed=seed)
+    path = plot_samples(x, y, data.class_names, f"{name}: test samples", output)
+    out.print(f"{name}: {len(y)} samples → {path}")
+
+
 def main() -> None:
     """Console entry point: maps user errors to one line and exit code 2."""
     try:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
 
 from fedsim.core.results import read_rounds
 
-__all__ = ["plot_accuracy"]
+__all__ = ["plot_accuracy", "plot_samples"]
 
 
 def plot_accuracy(out: str | Path, title: str) -> Path:
@@ -36,5 +40,66 @@ def plot_accuracy(out: str | Path, title: str) -> Path:
     path = Path(out) / "plots" / "accuracy.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _as_image(sample: NDArray[Any]) -> NDArray[Any] | None:
+    """A 2-D picture of one sample if it is image-like (``[1,H,W]``, ``[H,W]``, or a square
+    vector), else None."""
+    squeezed = np.squeeze(sample)
+    if squeezed.ndim == 2:
+        return squeezed
+    side = round(float(np.sqrt(squeezed.size)))
+    if squeezed.ndim == 1 and side * side == squeezed.size and side >= 8:
+        return squeezed.reshape(side, side)
+    return None
+
+
+def plot_samples(
+    x: NDArray[Any], y: NDArray[Any], class_names: tuple[str, ...], title: str, path: Path
+) -> Path:
+    """A grid a person can check: one row per class (pictures for images and spectrograms,
+    curves for time series and tabular samples), or x→y curves for regression."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if y.dtype.kind == "f":  # regression: one curve per task, points as given
+        fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
+        ax.scatter(x.reshape(len(x), -1)[:, 0], y.reshape(len(y), -1)[:, 0], s=6)
+        ax.set(xlabel="x", ylabel="y", title=title)
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return path
+    classes = list(dict.fromkeys(int(c) for c in y))
+    per_class = max(int((y == c).sum()) for c in classes)
+    fig, axes = plt.subplots(
+        len(classes),
+        per_class,
+        figsize=(1.1 * per_class + 1.2, 1.1 * len(classes) + 0.6),
+        squeeze=False,
+        constrained_layout=True,
+    )
+    for row, c in enumerate(classes):
+        members = x[y == c]
+        for col in range(per_class):
+            ax = axes[row][col]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if col >= len(members):
+                ax.axis("off")
+                continue
+            picture = _as_image(members[col])
+            if picture is not None:
+                ax.imshow(picture, cmap="gray_r", aspect="auto", interpolation="nearest")
+            else:  # time series [T, C] or a feature vector: curves
+                ax.plot(members[col].reshape(members[col].shape[0], -1), lw=0.6)
+        name = class_names[c] if c < len(class_names) else str(c)
+        axes[row][0].set_ylabel(name[-16:], rotation=0, ha="right", va="center", fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

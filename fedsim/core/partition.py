@@ -76,6 +76,7 @@ def _split(
     partitioner.dataset = _index_dataset(labels, seed)
     with warnings.catch_warnings():  # its retries warn at length; failure is raised and explained
         warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", FutureWarning)  # pyarrow, inside ShardPartitioner
         return [list(partitioner.load_partition(i)["index"]) for i in range(n)]
 
 

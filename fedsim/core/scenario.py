@@ -191,6 +191,15 @@ class Scenario(_Spec):
                     f"set it to at most {self.fleet.size} or add devices to fleet.groups",
                 )
             )
+        if DATASETS.get(self.task.dataset).task == "regression":
+            problems.append(
+                (
+                    "task.dataset",
+                    f"'{self.task.dataset}' is a regression dataset, but {self.algorithm.kind} "
+                    "here trains classifiers",
+                    "use a classification dataset (fedsim data list)",
+                )
+            )
         return problems
 
 

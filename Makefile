@@ -10,7 +10,23 @@ export FLWR_TELEMETRY_ENABLED := 0
 # shown only when an install fails.
 PIP    := $(BIN)/python -m pip --quiet --disable-pip-version-check
 
-.PHONY: demo test check lint typecheck pytest clean
+# Debian packages the datasets read or run: speech synthesis for keyword spotting, Fashion-MNIST.
+SYSTEM_PACKAGES := espeak-ng flite sox dataset-fashion-mnist
+
+.PHONY: demo test check lint typecheck pytest clean system-packages
+
+# Installs only what is missing (as root, or through sudo); quick when all are there.
+system-packages:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+	  $$sudo apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq $$missing >/dev/null || \
+	  { echo "could not install:$$missing; run: sudo apt-get install$$missing"; exit 1; }; \
+	fi
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,10 +36,10 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -c "import torch, flwr, fedsim; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: system-packages $(STAMP)
 	$(BIN)/fedsim run scenarios/quickstart.yaml --out results/quickstart --overwrite
 
-test: $(STAMP) lint typecheck pytest
+test: system-packages $(STAMP) lint typecheck pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -32,7 +48,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+pytest: system-packages $(STAMP)
 	$(BIN)/pytest
 
 clean:

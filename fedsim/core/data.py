@@ -26,6 +26,7 @@ __all__ = [
     "LocalGenerator",
     "TaskData",
     "cache_dir",
+    "cached_arrays",
     "load_task_data",
 ]
 
@@ -105,6 +106,30 @@ def cache_dir() -> Path:
         return Path(os.environ["FEDSIM_CACHE"])
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "fedsim"
+
+
+def cached_arrays(
+    name: str, key: str, build: Callable[[], dict[str, NDArray[Any]]]
+) -> dict[str, NDArray[Any]]:
+    """``build()``'s arrays, kept in ``cache_dir()/<name>-<key>.npz``; built once per key.
+
+    Written atomically (a crash never leaves half a file); an unreadable file is rebuilt.
+    ``key`` must change whenever the arrays would (generator version, seed, parameters).
+    """
+    path = cache_dir() / f"{name}-{key}.npz"
+    if path.exists():
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                return {k: f[k] for k in f.files}
+        except (OSError, ValueError, KeyError, EOFError):
+            path.unlink(missing_ok=True)
+    arrays = build()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("wb") as f:
+        np.savez_compressed(f, **arrays)  # type: ignore[arg-type]
+    tmp.replace(path)
+    return arrays
 
 
 @DATASETS.register("digits")

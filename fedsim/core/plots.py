@@ -101,6 +101,7 @@ def plot_samples(
             else:  # time series [T, C] or a feature vector: curves
                 ax.plot(members[col].reshape(members[col].shape[0], -1), lw=0.6)
         name = class_names[c] if c < len(class_names) else str(c)
+        name = name if name.isascii() else f"class {c}"  # the plot font may lack the script
         axes[row][0].set_ylabel(name[-16:], rotation=0, ha="right", va="center", fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.savefig(path, dpi=110)

@@ -27,6 +27,7 @@ __all__ = [
     "TaskData",
     "cache_dir",
     "cached_arrays",
+    "character_task",
     "load_task_data",
 ]
 
@@ -80,6 +81,46 @@ class TaskData:
 
 
 Loader = Callable[[int], TaskData]
+
+
+def character_task(
+    name: str,
+    images: NDArray[np.float32],
+    hands: NDArray[np.int64],
+    test: NDArray[np.int64],
+    *,
+    licence: str,
+    class_names: tuple[str, ...],
+    group_kind: str,
+) -> TaskData:
+    """Classes × hands images (``[C, H, h, w]``; a hand is a writer or drawer, with id
+    ``hands[j]``) as a task: every character a class, hands at positions ``test`` held out for
+    the test split (unseen hands), the others the natural clients of the training split."""
+    count, total = images.shape[:2]
+    train = np.setdiff1d(np.arange(total), test)
+
+    def take(
+        which: NDArray[np.int64],
+    ) -> tuple[NDArray[np.float32], NDArray[np.int64], NDArray[np.int64]]:
+        x = images[:, which].reshape(-1, 1, *images.shape[2:])
+        y = np.repeat(np.arange(count, dtype=np.int64), len(which))
+        return x, y, np.tile(hands[which], count).astype(np.int64)
+
+    x_tr, y_tr, g_tr = take(train)
+    x_te, y_te, g_te = take(np.sort(test))
+    return TaskData(
+        name,
+        x_tr,
+        y_tr,
+        x_te,
+        y_te,
+        count,
+        licence,
+        groups_train=g_tr,
+        groups_test=g_te,
+        group_kind=group_kind,
+        class_names=class_names,
+    )
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from fedsim.core.data import TaskData, cache_dir
+from fedsim.core.data import TaskData, cache_dir, character_task
 from fedsim.core.errors import FedsimError
 from fedsim.core.seeds import derive_seed
 
@@ -607,28 +607,12 @@ def load_task(seed: int) -> TaskData:
     background, _ = split_alphabets(chars, seed)
     writers = chars.images.shape[1]
     order = np.random.default_rng(derive_seed(seed, "kanjivg", "test-writers")).permutation(writers)
-    held = max(1, round(TEST_WRITERS * writers))
-    test, train = np.sort(order[:held]), np.sort(order[held:])
-
-    def take(
-        who: NDArray[np.int64],
-    ) -> tuple[NDArray[np.float32], NDArray[np.int64], NDArray[np.int64]]:
-        x = chars.images[background][:, who].reshape(-1, 1, SIZE, SIZE)
-        y = np.repeat(np.arange(len(background), dtype=np.int64), len(who))
-        return x, y, np.tile(who, len(background)).astype(np.int64)
-
-    x_tr, y_tr, g_tr = take(train)
-    x_te, y_te, g_te = take(test)
-    return TaskData(
+    return character_task(
         "kanjivg",
-        x_tr,
-        y_tr,
-        x_te,
-        y_te,
-        len(background),
-        LICENCE,
-        groups_train=g_tr,
-        groups_test=g_te,
-        group_kind="writer",
+        chars.images[background],
+        np.arange(writers, dtype=np.int64),
+        order[: max(1, round(TEST_WRITERS * writers))],
+        licence=LICENCE,
         class_names=tuple(chars.codepoints[i] for i in background),
+        group_kind="writer",
     )

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from fedsim.core.data import TaskData, cached_arrays
+from fedsim.core.data import TaskData, cached_arrays, character_task
 from fedsim.core.errors import FedsimError
 
 __all__ = [
@@ -199,28 +199,13 @@ def load_task(seed: int) -> TaskData:
     """Every character is a class; drawers are the natural clients. ``TEST_DRAWERS`` drawers,
     chosen by ``seed``, form the test split, so test images come from unseen hands."""
     chars = load_characters()
-    count, drawers = chars.images.shape[:2]
-    order = np.random.default_rng(seed).permutation(drawers)
-    test, train = np.sort(order[:TEST_DRAWERS]), np.sort(order[TEST_DRAWERS:])
-
-    def take(which: NDArray[np.int64]) -> tuple[NDArray[np.float32], ...]:
-        x = chars.images[:, which].reshape(-1, 1, SIZE, SIZE)
-        y = np.repeat(np.arange(count, dtype=np.int64), len(which))
-        groups = np.tile(chars.drawers[which], count)
-        return x, y, groups  # type: ignore[return-value]
-
-    x_tr, y_tr, g_tr = take(train)
-    x_te, y_te, g_te = take(test)
-    return TaskData(
+    test = np.random.default_rng(seed).permutation(len(chars.drawers))[:TEST_DRAWERS]
+    return character_task(
         "omniglot",
-        x_tr,
-        y_tr,
-        x_te,
-        y_te,
-        count,
-        LICENCE,
-        groups_train=g_tr.astype(np.int64),
-        groups_test=g_te.astype(np.int64),
-        group_kind="drawer",
+        chars.images,
+        chars.drawers,
+        test,
+        licence=LICENCE,
         class_names=chars.names,
+        group_kind="drawer",
     )

@@ -332,3 +332,16 @@ def test_cached_arrays_build_once_and_rebuild_a_damaged_file(
     assert np.array_equal(first["x"], second["x"])
     assert np.array_equal(first["x"], third["x"])
     assert [p.name for p in tmp_path.iterdir()] == ["demo-k1.npz"]  # no temporary left over
+
+
+def test_real_omniglot_supports_the_same_episode_views_as_the_renders() -> None:
+    from fedsim.core.datasets.episodes import episode, split_alphabets
+
+    chars = omniglot.load_characters()
+    background, evaluation = split_alphabets(chars, seed=0, evaluation_fraction=0.25)
+    sx, sy, qx, qy = episode(chars, evaluation, 5, 1, 5, np.random.default_rng(0))
+
+    assert set(chars.alphabets[background]).isdisjoint(chars.alphabets[evaluation])
+    assert sx.shape == (5, 1, 28, 28)
+    assert qx.shape == (25, 1, 28, 28)
+    assert sorted(set(sy.tolist())) == sorted(set(qy.tolist())) == list(range(5))

@@ -54,6 +54,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from fedsim.core.data import TaskData, cache_dir, character_task
+from fedsim.core.datasets.episodes import class_incremental_stream, episode, split_alphabets
+from fedsim.core.datasets.svgpath import Chain, flatten, parse_path
 from fedsim.core.errors import FedsimError
 from fedsim.core.seeds import derive_seed
 
@@ -79,13 +81,7 @@ TEST_WRITERS = 0.2  # fraction of writers held out for load_task's test split
 MAX_BAD_FILES = 10  # unparsable SVGs tolerated (skipped and counted) before failing
 _KVG, _SVG = "{http://kanjivg.tagaini.net}", "{http://www.w3.org/2000/svg}"
 _BASE_FILE = re.compile(r"[0-9a-f]{5}\.svg")
-_TOKEN = re.compile(r"[A-Za-z]|[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
-_ARGS = {"M": 2, "L": 2, "H": 1, "V": 1, "C": 6, "S": 4, "Z": 0}
 _log = logging.getLogger(__name__)
-
-Chain = NDArray[np.float64]  # [3k+1, 2] cubic Bézier chain P0 C C P1 C C P2 ..., KanjiVG units
-_T = np.linspace(0, 1, 10)[:, None]
-_BERNSTEIN = np.concatenate([(1 - _T) ** 3, 3 * (1 - _T) ** 2 * _T, 3 * (1 - _T) * _T**2, _T**3], 1)
 
 
 @dataclass(frozen=True)
@@ -106,51 +102,6 @@ class _Glyph:
 
 
 # --- KanjiVG data ---------------------------------------------------------------------------
-
-
-def parse_path(d: str) -> list[Chain]:
-    """SVG path data (M L H V C S Z, absolute or relative) → absolute cubic Bézier chains, one
-    per subpath; straight segments become cubics."""
-    tokens = _TOKEN.findall(d)
-    chains: list[list[tuple[float, float]]] = []
-    x = y = sx = sy = cx = cy = 0.0
-    i, cmd = 0, ""
-    while i < len(tokens):
-        if tokens[i].isalpha():
-            cmd, i = tokens[i], i + 1
-        elif cmd in ("", "Z", "z"):
-            raise ValueError(f"number {tokens[i]!r} without a command")
-        op, n = cmd.upper(), _ARGS.get(cmd.upper(), -1)
-        if n < 0:
-            raise ValueError(f"unsupported path command {cmd!r}")
-        if len(tokens[i : i + n]) < n or any(t.isalpha() for t in tokens[i : i + n]):
-            raise ValueError(f"command {cmd!r} needs {n} numbers")
-        v, i = [float(t) for t in tokens[i : i + n]], i + n
-        ox, oy = (x, y) if cmd.islower() else (0.0, 0.0)
-        if op == "M":
-            x, y = sx, sy = cx, cy = ox + v[0], oy + v[1]
-            chains.append([(x, y)])
-            cmd = "l" if cmd == "m" else "L"  # further pairs after a moveto are linetos
-            continue
-        if not chains:
-            raise ValueError("path data does not start with a moveto")
-        if op in "CS":
-            c1 = (ox + v[0], oy + v[1]) if op == "C" else (2 * x - cx, 2 * y - cy)  # S mirrors
-            c2, end = (ox + v[-4], oy + v[-3]), (ox + v[-2], oy + v[-1])
-            cx, cy = c2
-        else:  # a straight segment, as a cubic; a following S mirrors nothing
-            if op == "Z":
-                end = (sx, sy)
-            elif op == "L":
-                end = (ox + v[0], oy + v[1])
-            else:
-                end = (ox + v[0], y) if op == "H" else (x, oy + v[0])
-            c1 = (x + (end[0] - x) / 3, y + (end[1] - y) / 3)
-            c2 = (x + 2 * (end[0] - x) / 3, y + 2 * (end[1] - y) / 3)
-            cx, cy = end
-        chains[-1] += [c1, c2, end]
-        x, y = end
-    return [np.array(c, dtype=np.float64) for c in chains if len(c) > 1]
 
 
 def _kanji_dir() -> Path:
@@ -222,7 +173,7 @@ def _canonical(glyph: _Glyph) -> NDArray[np.float64]:
 
     image = Image.new("L", (32, 32), 0)
     draw = ImageDraw.Draw(image)
-    lines = [_flatten(c) for s in glyph.strokes for c in s]
+    lines = [flatten(c) for s in glyph.strokes for c in s]
     points = np.concatenate(lines)
     centre = (points.min(0) + points.max(0)) / 2
     for line in lines:
@@ -326,13 +277,6 @@ def _writer(seed: int, writer: int) -> _Style:
     )
 
 
-def _flatten(chain: Chain) -> NDArray[np.float64]:
-    """A cubic chain [3k+1, 2] → polyline [9k+1, 2] (10 samples per segment)."""
-    segments = np.stack([chain[0:-1:3], chain[1::3], chain[2::3], chain[3::3]], axis=1)
-    curve = np.einsum("tj,kjd->ktd", _BERNSTEIN, segments)  # [k, 10, 2]
-    return np.concatenate([curve[0, :1], curve[:, 1:].reshape(-1, 2)])
-
-
 def _rotation(angle: float) -> NDArray[np.float64]:
     return np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
 
@@ -349,7 +293,7 @@ def _jitter(glyph: _Glyph, style: _Style, r: np.random.Generator) -> list[NDArra
         shift = centre + r.normal(0, style.offset, 2)
         for chain in stroke:
             p = (chain - centre) @ move.T + shift + r.normal(0, style.shake, chain.shape)
-            lines.append(_flatten(p + amps * np.sin(p @ waves.T + phases)))  # a smooth warp
+            lines.append(flatten(p + amps * np.sin(p @ waves.T + phases)))  # a smooth warp
     # complex glyphs are written larger, as Omniglot's drawers do
     scale = style.scale * float(np.exp(r.normal(0, 0.1))) * (0.94 + 0.025 * len(glyph.strokes))
     shear = np.array(
@@ -509,94 +453,6 @@ def _progress(show: bool, total: int) -> Iterator[Callable[[], None]]:
 
 
 # --- few-shot and continual views -----------------------------------------------------------
-
-
-def split_alphabets(
-    chars: Characters, seed: int, evaluation_fraction: float = 0.2
-) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-    """(background, evaluation) character indices; every alphabet lies wholly in one of them."""
-    present = np.unique(chars.alphabets)
-    if not 0 < evaluation_fraction < 1 or len(present) < 2:
-        raise ValueError(
-            f"split_alphabets: need 0 < evaluation_fraction < 1 and ≥ 2 alphabets, got "
-            f"{evaluation_fraction} and {len(present)}"
-        )
-    order = np.random.default_rng(derive_seed(seed, "kanjivg", "split")).permutation(present)
-    count = min(max(1, round(evaluation_fraction * len(present))), len(present) - 1)
-    evaluation = np.isin(chars.alphabets, order[:count])
-    return np.flatnonzero(~evaluation).astype(np.int64), np.flatnonzero(evaluation).astype(np.int64)
-
-
-def _stack(
-    chars: Characters, cls: NDArray[np.int64], who: NDArray[np.int64]
-) -> NDArray[np.float32]:
-    return chars.images[cls, who][:, None]  # [n, 1, 28, 28]
-
-
-def episode(
-    chars: Characters,
-    classes: NDArray[np.int64],
-    n_way: int,
-    k_shot: int,
-    q_queries: int,
-    rng: np.random.Generator,
-) -> tuple[NDArray[np.float32], NDArray[np.int64], NDArray[np.float32], NDArray[np.int64]]:
-    """An N-way K-shot episode from ``classes`` (character indices): support and query images
-    ``[n, 1, 28, 28]`` class by class, labels 0..n_way-1. The episode's writers are split into a
-    support pool and a query pool, so no writer appears on both sides."""
-    writers = chars.images.shape[1]
-    if (
-        not 1 <= n_way <= len(classes)
-        or k_shot < 1
-        or q_queries < 1
-        or k_shot + q_queries > writers
-    ):
-        raise ValueError(
-            f"episode: need 1 ≤ n_way ≤ {len(classes)} classes and k_shot, q_queries ≥ 1 with "
-            f"k_shot + q_queries ≤ {writers} writers, got {n_way}, {k_shot}, {q_queries}"
-        )
-    picked = rng.choice(np.asarray(classes, dtype=np.int64), n_way, replace=False)
-    order = rng.permutation(writers)
-    spare = writers - k_shot - q_queries
-    pool = k_shot + spare * k_shot // (k_shot + q_queries)  # the pools share the spare writers
-    support_w = np.concatenate([rng.choice(order[:pool], k_shot, replace=False) for _ in picked])
-    query_w = np.concatenate([rng.choice(order[pool:], q_queries, replace=False) for _ in picked])
-    labels = np.arange(n_way, dtype=np.int64)
-    return (
-        _stack(chars, np.repeat(picked, k_shot), support_w),
-        np.repeat(labels, k_shot),
-        _stack(chars, np.repeat(picked, q_queries), query_w),
-        np.repeat(labels, q_queries),
-    )
-
-
-def class_incremental_stream(
-    chars: Characters,
-    classes: NDArray[np.int64],
-    classes_per_mission: int,
-    samples_per_class: int,
-    rng: np.random.Generator,
-) -> Iterator[tuple[NDArray[np.float32], NDArray[np.int64]]]:
-    """Missions of ``classes_per_mission`` new classes each (the last may have fewer), every
-    class in exactly one mission; images ``[n, 1, 28, 28]`` shuffled within a mission, from
-    distinct writers per class; labels are the global character indices."""
-    writers = chars.images.shape[1]
-    if classes_per_mission < 1 or not 1 <= samples_per_class <= writers:
-        raise ValueError(
-            f"class_incremental_stream: need classes_per_mission ≥ 1 and 1 ≤ samples_per_class "
-            f"≤ {writers} writers, got {classes_per_mission}, {samples_per_class}"
-        )
-    shuffled = rng.permutation(np.asarray(classes, dtype=np.int64))
-    for start in range(0, len(shuffled), classes_per_mission):
-        mission = np.repeat(shuffled[start : start + classes_per_mission], samples_per_class)
-        who = np.concatenate(
-            [
-                rng.choice(writers, samples_per_class, replace=False)
-                for _ in range(len(mission) // samples_per_class)
-            ]
-        )
-        order = rng.permutation(len(mission))
-        yield _stack(chars, mission[order], who[order]), mission[order]
 
 
 def load_task(seed: int) -> TaskData:

@@ -345,3 +345,14 @@ def test_real_omniglot_supports_the_same_episode_views_as_the_renders() -> None:
     assert sx.shape == (5, 1, 28, 28)
     assert qx.shape == (25, 1, 28, 28)
     assert sorted(set(sy.tolist())) == sorted(set(qy.tolist())) == list(range(5))
+
+
+def test_samples_per_device_on_a_pooled_dataset_is_a_located_error(write_scenario) -> None:  # type: ignore[no-untyped-def]
+    scenario = tiny_scenario()
+    scenario["fleet"]["samples_per_device"] = 32
+
+    proc = fedsim("validate", write_scenario(scenario))
+
+    assert proc.returncode == 2
+    assert "fleet.samples_per_device: 'digits' is a pooled dataset" in proc.stderr
+    assert "remove samples_per_device" in proc.stderr

@@ -142,6 +142,62 @@ def data_preview(
     out.print(f"{name}: {len(y)} samples → {path}")
 
 
+devices_app = typer.Typer(help="Device profiles from the RDF catalog.", no_args_is_help=True)
+app.add_typer(devices_app, name="devices")
+
+
+def _bytes(n: int) -> str:
+    for unit, size in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.0f} {unit}" if n % size == 0 else f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
+@devices_app.command("profiles")
+def devices_profiles(
+    model: str | None = typer.Option(None, help="also say whether this model fits, e.g. mlp-100"),
+    dataset: str = typer.Option("digits", help="the dataset that fixes the model's input"),
+    batch: int = typer.Option(16, min=1, help="training batch size"),
+) -> None:
+    """Every profile's core, clock, memory, FPU and radios; with --model, whether training
+    (all layers, or the head only) and inference fit in SRAM."""
+    from rich.table import Table
+
+    from ontology.registry import default_registry
+
+    columns = ["profile", "core", "clock", "SRAM", "flash", "FPU", "radios"]
+    fits = None
+    if model is not None:
+        from devices.footprint import footprint, head_parameters
+        from fedsim.core.data import load_task_data
+        from fedsim.core.models import build_model
+
+        data = load_task_data(dataset, 0)
+        torch_model = build_model(model, data.num_features, max(data.num_classes, 1), 0)
+        full = footprint(torch_model, data.sample_shape, batch)
+        head = footprint(torch_model, data.sample_shape, batch, head_parameters(torch_model))
+        fits = (full, head)
+        columns += [f"train ({_bytes(full.train_bytes)})", f"head ({_bytes(head.train_bytes)})"]
+        columns += [f"infer ({_bytes(full.inference_bytes)})"]
+    table = Table(*columns, box=None)
+    for p in default_registry().profiles():
+        row = [
+            p.name,
+            f"{p.cores}× {p.core}",
+            f"{p.clock_mhz:g} MHz",
+            _bytes(p.sram_bytes),
+            _bytes(p.flash_bytes),
+            "yes" if p.fpu else "no",
+            ", ".join(p.radios) or "-",
+        ]
+        if fits is not None:
+            full, head = fits
+            needs = (full.train_bytes, head.train_bytes, full.inference_bytes)
+            row += ["fits" if n <= p.sram_bytes else "no" for n in needs]
+        table.add_row(*row)
+    out.print(table)
+
+
 def main() -> None:
     """Console entry point: maps user errors to one line and exit code 2."""
     try:

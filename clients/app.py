@@ -7,17 +7,20 @@ cohort mode the node is a worker and the message's ``CohortOrder`` names the dev
 
 from __future__ import annotations
 
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+import numpy as np
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from clients.work import InjectedCrashError, run_cohort, train_one
 from devices.fleet import load_fleet
 from fedsim.core.aggregators import aggregator_for
 from fedsim.core.cohort import CohortOrder
+from fedsim.core.payload import to_wire
 from fedsim.core.records import (
     ARRAYS,
     CONFIG,
     DEVICE_ID,
+    HEAD_ONLY,
     METRICS,
     NODE_PARTITION,
     NUM_EXAMPLES,
@@ -47,7 +50,8 @@ def make_client_app(binding: RunBinding | None = None) -> ClientApp:
         bound, node = _node(context)
         scenario, fleet = load_fleet(bound.scenario)
         config = msg.content[CONFIG]
-        global_arrays = msg.content[ARRAYS].to_numpy_ndarrays()  # type: ignore[union-attr]
+        received = msg.content[ARRAYS].to_numpy_ndarrays()  # type: ignore[union-attr]
+        global_arrays = [a.astype(np.float32) for a in received]  # float16 on the wire, maybe
         order = CohortOrder.from_config(config)  # type: ignore[arg-type]
         if order is not None:
             aggregator = aggregator_for(scenario.algorithm.kind)
@@ -55,11 +59,15 @@ def make_client_app(binding: RunBinding | None = None) -> ClientApp:
             return Message(result.content(aggregator), reply_to=msg)
 
         round_ = int(config[SERVER_ROUND])  # type: ignore[arg-type]
-        update = train_one(scenario, fleet, bound.out, node, round_, global_arrays)
+        head_only = bool(config.get(HEAD_ONLY, False))
+        update = train_one(scenario, fleet, bound.out, node, round_, global_arrays, head_only)
         metrics = MetricRecord(
             {DEVICE_ID: node, NUM_EXAMPLES: update.num_examples, TRAIN_LOSS: update.train_loss}
         )
-        reply = RecordDict({ARRAYS: ArrayRecord(update.arrays), METRICS: metrics})
+        sent = to_wire(update.arrays, scenario.fleet.payload_dtype)
+        trained = update.trained or (True,) * len(sent)
+        arrays = ArrayRecord({str(i): Array(a) for i, a in enumerate(sent) if trained[i]})
+        reply = RecordDict({ARRAYS: arrays, METRICS: metrics})
         return Message(reply, reply_to=msg)
 
     return app

@@ -18,11 +18,13 @@ from torch import nn
 from clients.learners import LEARNERS, Learner
 from clients.vectorized import can_vectorize, train_vectorized
 from devices.fleet import Fleet
+from devices.footprint import head_parameters
 from fedsim.core.aggregators import ModelAggregator
 from fedsim.core.cohort import CohortOrder, CohortReply, DeviceOutcome
 from fedsim.core.data import load_task_data
 from fedsim.core.models import build_model, get_arrays, set_arrays
-from fedsim.core.reduce import Arrays, WeightedSum, reduce_blocks
+from fedsim.core.payload import round_trip
+from fedsim.core.reduce import Arrays, ModelUpdate, WeightedSum, reduce_blocks
 from fedsim.core.scenario import Scenario
 from fedsim.core.seeds import derive_seed
 from fedsim.core.state import DeviceState, DeviceStateStore
@@ -48,9 +50,15 @@ class InjectedCrashError(RuntimeError):
 
 @dataclass(frozen=True)
 class DeviceUpdate:
-    arrays: Arrays
+    arrays: Arrays  # as the server receives them (rounded to the payload's number format)
     num_examples: int
     train_loss: float
+    trained: tuple[bool, ...] | None = None  # which tensors trained (None: all)
+
+    def update(self) -> ModelUpdate:
+        if self.trained is None:
+            return (self.arrays, self.num_examples)
+        return (self.arrays, self.num_examples, self.trained)
 
 
 def _crashes(seed: int, round_: int, device_id: int, prob: float) -> bool:
@@ -91,11 +99,13 @@ def train_device(
     global_arrays: Arrays,
     state: DeviceState,
     model: nn.Module | None = None,
+    head_only: bool = False,
 ) -> DeviceUpdate:
     """One device's round: start from the global arrays, train on its local data.
 
     ``state`` is the device's own state from earlier rounds; a stateful learner updates it in
-    place. Raises whatever the device would (an injected crash included); the caller records it.
+    place. ``head_only``: only the last layer trains (its SRAM cannot hold more, TinyOL style).
+    Raises whatever the device would (an injected crash included); the caller records it.
     """
     _check_crash(scenario, fleet, round_, device_id)
     torch.set_num_threads(1)  # one core per worker; also keeps float sums reproducible
@@ -103,19 +113,43 @@ def train_device(
     set_arrays(model, global_arrays)
     x, y = fleet.local_data(device_id)
     seed = _train_seed(scenario, round_, device_id)
-    loss = _learner(scenario).train(model, x, y, seed, state)
-    return DeviceUpdate(get_arrays(model), len(y), loss)
+    trained = None
+    if head_only:
+        head = head_parameters(model)
+        trained = tuple(name in head for name in model.state_dict())
+        frozen = [p for name, p in model.named_parameters() if name not in head]
+    else:
+        frozen = []
+    try:
+        for p in frozen:
+            p.requires_grad_(False)
+        loss = _learner(scenario).train(model, x, y, seed, state)
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+    arrays = round_trip(get_arrays(model), scenario.fleet.payload_dtype)
+    return DeviceUpdate(arrays, len(y), loss, trained)
 
 
 def train_one(
-    scenario: Scenario, fleet: Fleet, out: str, device_id: int, round_: int, global_arrays: Arrays
+    scenario: Scenario,
+    fleet: Fleet,
+    out: str,
+    device_id: int,
+    round_: int,
+    global_arrays: Arrays,
+    head_only: bool = False,
 ) -> DeviceUpdate:
     """Per-device mode: ``train_device`` with the device's state loaded and saved."""
     if not _learner(scenario).stateful:
-        return train_device(scenario, fleet, device_id, round_, global_arrays, {})
+        return train_device(
+            scenario, fleet, device_id, round_, global_arrays, {}, head_only=head_only
+        )
     with state_store(out) as store:
         state = store.get(device_id) or {}
-        update = train_device(scenario, fleet, device_id, round_, global_arrays, state)
+        update = train_device(
+            scenario, fleet, device_id, round_, global_arrays, state, head_only=head_only
+        )
         store.put(device_id, state)
     return update
 
@@ -139,7 +173,14 @@ def _sequential(
         state = states.setdefault(device_id, {})
         try:
             done[device_id] = train_device(
-                scenario, fleet, device_id, order.round, global_arrays, state, model
+                scenario,
+                fleet,
+                device_id,
+                order.round,
+                global_arrays,
+                state,
+                model,
+                head_only=device_id in order.head_only,
             )
         except Exception as exc:  # this device fails; its cohort goes on
             done[device_id] = _failure(device_id, exc)
@@ -165,8 +206,10 @@ def _vectorized(
             done[device_id] = _failure(device_id, exc)
     by_size: dict[int, list[int]] = {}
     for d in data:  # equal local sizes → identical batch schedules → one vectorised group
-        by_size.setdefault(len(data[d][1]), []).append(d)
+        if d not in order.head_only:  # head-only training runs one by one
+            by_size.setdefault(len(data[d][1]), []).append(d)
     alone = [d for group in by_size.values() if len(group) < MIN_GROUP for d in group]
+    alone += [d for d in data if d in order.head_only]
     done |= _sequential(scenario, fleet, order, sorted(alone), global_arrays, states)
     for group in by_size.values():
         if len(group) < MIN_GROUP:
@@ -180,8 +223,9 @@ def _vectorized(
         except Exception:  # find the failing device(s) one at a time
             done |= _sequential(scenario, fleet, order, group, global_arrays, states)
             continue
+        dtype = scenario.fleet.payload_dtype
         for device_id, (arrays, loss) in zip(group, trained, strict=True):
-            done[device_id] = DeviceUpdate(arrays, len(data[device_id][1]), loss)
+            done[device_id] = DeviceUpdate(round_trip(arrays, dtype), len(data[device_id][1]), loss)
     return done
 
 
@@ -215,7 +259,7 @@ def run_cohort(
             done = work(scenario, fleet, order, ids, global_arrays, states)
             if store is not None:
                 store.put_many(states)
-            updates = []
+            updates: list[tuple[int, ModelUpdate]] = []
             for offset, device_id in enumerate(ids, start=order.first_position + start):
                 result = done.pop(device_id)
                 if isinstance(result, DeviceOutcome):
@@ -223,7 +267,7 @@ def run_cohort(
                     continue
                 n = result.num_examples
                 outcomes.append(DeviceOutcome(device_id, "ok", n, result.train_loss))
-                updates.append((offset, (result.arrays, n)))
+                updates.append((offset, result.update()))
             partials |= reduce_blocks(aggregator, updates, order.block_size)  # whole blocks
     finally:
         if store is not None:

@@ -17,11 +17,20 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
+from devices.availability import AlwaysOn, Availability, MarkovOnOff, TraceError, read_trace
+from devices.cost import COST_MODELS
 from fedsim.core.data import TaskData, load_task_data
-from fedsim.core.errors import FedsimError
+from fedsim.core.errors import FedsimError, known_names
 from fedsim.core.partition import partition_indices
-from fedsim.core.profiles import DeviceProfile
-from fedsim.core.scenario import DirichletPartition, PartitionSpec, Scenario
+from fedsim.core.profiles import DeviceProfile, LinkPower, LinkType
+from fedsim.core.scenario import (
+    DeviceGroup,
+    DirichletPartition,
+    MarkovAvailability,
+    PartitionSpec,
+    Scenario,
+    TraceAvailability,
+)
 from fedsim.core.scenario_load import load_scenario, locate
 from fedsim.core.seeds import derive_seed
 from ontology.registry import DeviceRegistry, default_registry
@@ -37,6 +46,8 @@ class Device:
     crash_prob: float
     num_examples: int
     sample_indices: NDArray[np.int64] | None  # into a pooled dataset's training split
+    link: LinkPower | None = None  # None: the device cannot communicate (not the case here)
+    link_type: LinkType | None = None
 
 
 DEFAULT_SAMPLES_PER_DEVICE = 32
@@ -48,6 +59,7 @@ class Fleet:
     data: TaskData
     seed: int
     partition: PartitionSpec
+    availability: tuple[Availability, ...] = ()  # per group; empty: every device always on
 
     def __len__(self) -> int:
         return len(self.devices)
@@ -78,13 +90,25 @@ class Fleet:
         return counts
 
 
-def resolve_fleet(scenario: Scenario, registry: DeviceRegistry | None = None) -> Fleet:
-    """Expand the scenario's device groups; raise ``FedsimError`` (dotted path) on bad names."""
+def resolve_fleet(
+    scenario: Scenario, registry: DeviceRegistry | None = None, base: Path | None = None
+) -> Fleet:
+    """Expand the scenario's device groups; raise ``FedsimError`` (dotted path) on bad names.
+
+    ``base`` is the scenario file's folder, against which trace files are read."""
     registry = registry or default_registry()
     profiles = [
         registry.profile(group.profile, f"fleet.groups[{i}].profile")
         for i, group in enumerate(scenario.fleet.groups)
     ]
+    links = [
+        _link(registry, group, profile, f"fleet.groups[{i}].link")
+        for i, (group, profile) in enumerate(zip(scenario.fleet.groups, profiles, strict=True))
+    ]
+    if scenario.fleet.cost_model not in COST_MODELS:
+        raise FedsimError(
+            "fleet.cost_model", known_names("cost model", scenario.fleet.cost_model, COST_MODELS)
+        )
     data = load_task_data(scenario.task.dataset, scenario.seed)
     size, per_device = scenario.fleet.size, scenario.fleet.samples_per_device
     parts: tuple[NDArray[np.int64] | None, ...]
@@ -103,10 +127,17 @@ def resolve_fleet(scenario: Scenario, registry: DeviceRegistry | None = None) ->
         )
         sizes = [len(p) for p in parts if p is not None]
     devices: list[Device] = []
+    availability: list[Availability] = []
     for i, group in enumerate(scenario.fleet.groups):
+        first = len(devices)
+        availability.append(
+            _availability(scenario, group, range(first, first + group.count), base, i)
+        )
         for _ in range(group.count):
             d = len(devices)
-            devices.append(Device(d, i, profiles[i], group.faults.crash_prob, sizes[d], parts[d]))
+            devices.append(
+                Device(d, i, profiles[i], group.faults.crash_prob, sizes[d], parts[d], *links[i])
+            )
     empty = [d.device_id for d in devices if d.num_examples == 0]
     if empty:
         raise FedsimError(
@@ -114,14 +145,51 @@ def resolve_fleet(scenario: Scenario, registry: DeviceRegistry | None = None) ->
             f"{len(empty)} devices get no training samples (e.g. device {empty[0]})",
             "raise alpha or min_partition_size, or use fewer devices",
         )
-    return Fleet(tuple(devices), data, scenario.seed, scenario.fleet.partition)
+    always = all(isinstance(a, AlwaysOn) for a in availability)
+    return Fleet(
+        tuple(devices),
+        data,
+        scenario.seed,
+        scenario.fleet.partition,
+        () if always else tuple(availability),
+    )
+
+
+def _link(
+    registry: DeviceRegistry, group: DeviceGroup, profile: DeviceProfile, where: str
+) -> tuple[LinkPower, LinkType]:
+    """The group's link: the one it names, or the profile's preferred one."""
+    power = profile.link(group.link)
+    if power is None:
+        if group.link is None:
+            raise FedsimError(
+                where, f"profile '{profile.name}' has no link in the catalog", "add one to it"
+            )
+        raise FedsimError(
+            where, known_names(f"link of '{profile.name}'", group.link, profile.radios)
+        )
+    return power, registry.link_type(power.kind, where)
+
+
+def _availability(
+    scenario: Scenario, group: DeviceGroup, devices: range, base: Path | None, i: int
+) -> Availability:
+    spec = group.availability
+    if isinstance(spec, MarkovAvailability):
+        return MarkovOnOff(scenario.seed, spec.mean_on_s, spec.mean_off_s)
+    if isinstance(spec, TraceAvailability):
+        path = (base or Path.cwd()) / spec.file
+        return read_trace(path, f"fleet.groups[{i}].availability.file", devices)
+    return AlwaysOn()
 
 
 @lru_cache(maxsize=4)
 def _load(path: str, stamp: tuple[int, int]) -> tuple[Scenario, Fleet]:
     scenario = load_scenario(path)  # errors carry the file, line and key
     try:
-        return scenario, resolve_fleet(scenario)
+        return scenario, resolve_fleet(scenario, base=Path(path).parent)
+    except TraceError:  # already names the trace file and line
+        raise
     except FedsimError as exc:  # these carry a dotted path into the scenario only
         raise locate(path, exc) from None
 

@@ -82,8 +82,10 @@ def run(
     s = result.summary
     acc = s["final_accuracy"]
     out.print(
-        f"{name}: final accuracy {acc:.4f} after {s['rounds']} rounds, "
-        f"{s['failures']} device failures, {s['wall_s']:.1f} s → {result.out}"
+        f"{name}: final accuracy {acc:.4f} after {s['rounds']} rounds "
+        f"({s['sim_time_s']:.0f} simulated s, {s['energy_j']:.3g} J), {s['failures']} device "
+        f"failures, {s['stragglers'] + s['dropouts']} cut, {s['memory_skips']} skipped for "
+        f"memory, {s['wall_s']:.1f} s → {result.out}"
     )
 
 
@@ -159,15 +161,27 @@ def devices_profiles(
     dataset: str = typer.Option("digits", help="the dataset that fixes the model's input"),
     batch: int = typer.Option(16, min=1, help="training batch size"),
 ) -> None:
-    """Every profile's core, clock, memory, FPU and radios; with --model, whether training
-    (all layers, or the head only) and inference fit in SRAM."""
+    """Every profile's core, clock, memory, FPU, power (computing / idle), cycles per MAC and
+    links, then the link types; with --model, whether training (all layers, or the head only)
+    and inference fit in SRAM."""
     from rich.table import Table
 
     from ontology.registry import default_registry
 
-    columns = ["profile", "core", "clock", "SRAM", "flash", "FPU", "radios"]
+    def watts(mw: float) -> str:  # 3 significant digits at most, in W from 1 W up
+        return f"{mw / 1000:.3g} W" if mw >= 1000 else f"{mw:.3g} mW"
+
+    def rate(bps: float) -> str:
+        for unit, size in (("Mbit/s", 1e6), ("kbit/s", 1e3)):
+            if bps >= size:
+                return f"{bps / size:.3g} {unit}"
+        return f"{bps:.3g} bit/s"
+
+    registry = default_registry()
+    columns = ["profile", "core", "clock", "SRAM", "flash", "FPU", "power", "cycles/MAC", "links"]
     fits = None
     if model is not None:
+        from devices.cost import CyclesPerMac, SramFit, head_sram_bytes
         from devices.footprint import footprint, head_parameters
         from fedsim.core.data import load_task_data
         from fedsim.core.models import build_model
@@ -177,10 +191,14 @@ def devices_profiles(
         full = footprint(torch_model, data.sample_shape, batch)
         head = footprint(torch_model, data.sample_shape, batch, head_parameters(torch_model))
         fits = (full, head)
-        columns += [f"train ({_bytes(full.train_bytes)})", f"head ({_bytes(head.train_bytes)})"]
-        columns += [f"infer ({_bytes(full.inference_bytes)})"]
+        columns += [
+            "ms/sample",
+            f"train ({_bytes(full.train_bytes)})",
+            f"head ({_bytes(head_sram_bytes(head))})",
+            f"infer ({_bytes(full.inference_bytes)})",
+        ]
     table = Table(*columns, box=None)
-    for p in default_registry().profiles():
+    for p in registry.profiles():
         row = [
             p.name,
             f"{p.cores}× {p.core}",
@@ -188,14 +206,35 @@ def devices_profiles(
             _bytes(p.sram_bytes),
             _bytes(p.flash_bytes),
             "yes" if p.fpu else "no",
+            f"{watts(p.active_mw)} / {watts(p.idle_mw)}",
+            f"{p.cycles_per_mac:g}",
             ", ".join(p.radios) or "-",
         ]
         if fits is not None:
             full, head = fits
-            needs = (full.train_bytes, head.train_bytes, full.inference_bytes)
-            row += ["fits" if n <= p.sram_bytes else "no" for n in needs]
+            scope = SramFit().scope(p, full, head, "head-only")
+            macs = full.train_macs if scope == "full" else head.train_macs
+            row.append("-" if scope == "skip" else f"{CyclesPerMac().seconds(p, macs) * 1e3:.3g}")
+            row += [
+                "fits" if scope == "full" else "no",
+                "fits" if scope in ("full", "head") else "no",
+                "fits" if full.inference_bytes <= p.sram_bytes else "no",
+            ]
         table.add_row(*row)
     out.print(table)
+    if fits is not None:
+        out.print(
+            "train: all layers (weights, gradients, optimizer state, activations at the batch "
+            "size) in SRAM; head: only the last layer trains, the frozen layers stay in flash; "
+            "ms/sample: one training step's compute for what fits (cost model: MACs × cycles/MAC "
+            "÷ clock)"
+        )
+    links = Table("link", "throughput", "latency", "MTU", "label", box=None)
+    for t in registry.link_types():
+        latency = f"{t.latency_s:g} s" if t.latency_s >= 1 else f"{t.latency_s * 1000:g} ms"
+        links.add_row(t.kind, rate(t.throughput_bps), latency, f"{t.mtu_bytes} B", t.label)
+    out.print()
+    out.print(links)
 
 
 def main() -> None:

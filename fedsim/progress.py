@@ -1,4 +1,5 @@
-"""A terminal progress bar for a run: rounds done, latest accuracy, failures so far."""
+"""A terminal progress bar for a run: rounds done, latest accuracy, simulated time, and the
+devices so far that failed, were cut (stragglers, dropouts) or could not train (memory)."""
 
 from __future__ import annotations
 
@@ -16,14 +17,19 @@ class ProgressObserver:
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("rounds · acc {task.fields[acc]} · failures {task.fields[failures]}"),
+            TextColumn(
+                "rounds · acc {task.fields[acc]} · sim {task.fields[sim]} · failures "
+                "{task.fields[failures]} · cut {task.fields[cut]} · skipped {task.fields[skipped]}"
+            ),
             TimeElapsedColumn(),
             console=console,
             transient=False,
         )
         self._label = label
-        self._task = self._progress.add_task(label, total=None, acc="-", failures=0)
-        self._failures = 0
+        self._task = self._progress.add_task(
+            label, total=None, acc="-", sim="0 s", failures=0, cut=0, skipped=0
+        )
+        self._failures = self._cut = self._skipped = 0
 
     def start(self, total_rounds: int) -> None:
         self._progress.update(self._task, total=total_rounds)
@@ -31,8 +37,27 @@ class ProgressObserver:
 
     def round(self, record: RoundRecord) -> None:
         self._failures += record.failures
+        self._cut += record.stragglers + record.dropouts
+        self._skipped += record.memory_skips
         acc = f"{record.accuracy:.3f}" if record.accuracy is not None else "-"
-        self._progress.update(self._task, advance=1, acc=acc, failures=self._failures)
+        self._progress.update(
+            self._task,
+            advance=1,
+            acc=acc,
+            sim=_duration(record.sim_time_s),
+            failures=self._failures,
+            cut=self._cut,
+            skipped=self._skipped,
+        )
 
     def end(self) -> None:
         self._progress.stop()
+
+
+def _duration(seconds: float) -> str:
+    """Simulated time as a person reads it: 42 s, 12.5 min, 3.2 h."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"

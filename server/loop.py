@@ -22,19 +22,23 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
+from numpy.typing import NDArray
 from torch import nn
 
+from devices.clock import DevicePlan, FleetCosts, RoundCost
 from devices.fleet import Fleet, load_fleet
 from fedsim.core.aggregators import ModelAggregator, aggregator_for
 from fedsim.core.cohort import CohortOrder, CohortReply, DeviceOutcome
 from fedsim.core.data import TaskData, load_task_data
 from fedsim.core.errors import FedsimError
 from fedsim.core.models import build_model, get_arrays, set_arrays
-from fedsim.core.plots import plot_accuracy
+from fedsim.core.payload import to_wire
+from fedsim.core.plots import plot_accuracy, plot_fleet
 from fedsim.core.records import (
     ARRAYS,
     CONFIG,
     DEVICE_ID,
+    HEAD_ONLY,
     METRICS,
     NUM_EXAMPLES,
     SERVER_ROUND,
@@ -44,7 +48,14 @@ from fedsim.core.records import (
     RoundRecord,
     RunBinding,
 )
-from fedsim.core.reduce import Arrays, WeightedSum, block_size, merge_blocks, reduce_blocks
+from fedsim.core.reduce import (
+    Arrays,
+    ModelUpdate,
+    WeightedSum,
+    block_size,
+    merge_blocks,
+    reduce_blocks,
+)
 from fedsim.core.results import RunWriter
 from fedsim.core.scenario import Scenario
 from fedsim.core.seeds import derive_seed
@@ -117,70 +128,57 @@ def _discover(grid: Grid, fleet: Fleet, timeout_s: float) -> dict[int, int]:
     return nodes
 
 
-def _select(scenario: Scenario, round_: int) -> list[int]:
-    """This round's devices, drawn from the scenario seed, in ascending id order."""
+def _select(scenario: Scenario, round_: int, available: NDArray[np.bool_] | None) -> list[int]:
+    """This round's devices, drawn from the scenario seed among those online, in ascending id
+    order (fewer than ``clients_per_round`` if fewer are online)."""
     rng = np.random.default_rng(derive_seed(scenario.seed, "select", round_))
-    chosen = rng.choice(scenario.fleet.size, size=scenario.cohort_size, replace=False)
+    if available is None:
+        chosen = rng.choice(scenario.fleet.size, size=scenario.cohort_size, replace=False)
+    else:
+        online = np.flatnonzero(available)
+        size = min(scenario.cohort_size, len(online))
+        chosen = rng.choice(online, size=size, replace=False) if size else online
     return sorted(int(d) for d in chosen)
 
 
 def _collect(
     replies: Iterable[Message],
     node_to_device: dict[int, int],
-    fleet: Fleet,
-    round_: int,
     selected: list[int],
-    bytes_down: int,
-) -> tuple[list[tuple[int, tuple[Arrays, int]]], list[DeviceRecord]]:
-    """``(position, update)`` pairs in cohort order, and one record per selected device."""
+    global_arrays: Arrays,
+    planned_up: dict[int, int],
+) -> tuple[list[tuple[int, ModelUpdate]], list[DeviceOutcome]]:
+    """``(position, update)`` pairs in cohort order, and one outcome per selected device."""
     got: dict[int, Message] = {node_to_device[r.metadata.src_node_id]: r for r in replies}
-    updates, records = [], []
+    updates: list[tuple[int, ModelUpdate]] = []
+    outcomes = []
     for position, device_id in enumerate(selected):
-        profile = fleet[device_id].profile.name
         reply = got.get(device_id)
         if reply is None:
-            records.append(
-                DeviceRecord(
-                    round_,
-                    device_id,
-                    profile,
-                    "no-reply",
-                    0,
-                    None,
-                    bytes_down,
-                    0,
-                    "no reply before round_timeout_s",
-                )
-            )
+            outcomes.append(DeviceOutcome(device_id, "no-reply", error=NO_REPLY))
         elif reply.has_error():
-            records.append(
-                DeviceRecord(
-                    round_, device_id, profile, "failed", 0, None, bytes_down, 0, _reason(reply)
-                )
-            )
+            outcomes.append(DeviceOutcome(device_id, "failed", error=_reason(reply)))
         else:
-            arrays: ArrayRecord = reply.content[ARRAYS]  # type: ignore[assignment]
+            record: ArrayRecord = reply.content[ARRAYS]  # type: ignore[assignment]
+            sent = {int(k): a.numpy() for k, a in record.items()}
+            if sum(a.nbytes for a in sent.values()) != planned_up[device_id]:
+                raise RuntimeError(f"device {device_id} sent another payload than planned")
+            arrays = [sent.get(i, g).astype(np.float32) for i, g in enumerate(global_arrays)]
+            trained = tuple(i in sent for i in range(len(global_arrays)))
             metrics = reply.content[METRICS]
             n = int(metrics[NUM_EXAMPLES])  # type: ignore[arg-type]
-            updates.append((position, (arrays.to_numpy_ndarrays(), n)))
-            records.append(
-                DeviceRecord(
-                    round_,
-                    device_id,
-                    profile,
-                    "ok",
-                    n,
-                    float(metrics[TRAIN_LOSS]),  # type: ignore[arg-type]
-                    bytes_down,
-                    arrays.count_bytes(),
-                )
-            )
-    return updates, records
+            loss = float(metrics[TRAIN_LOSS])  # type: ignore[arg-type]
+            updates.append((position, (arrays, n) if all(trained) else (arrays, n, trained)))
+            outcomes.append(DeviceOutcome(device_id, "ok", n, loss))
+    return updates, outcomes
+
+
+NO_REPLY = "no reply before round_timeout_s"
 
 
 @dataclass
 class _RoundContext:
-    """What every round of one run needs; ``global_arrays`` is replaced after each round."""
+    """What every round of one run needs; ``global_arrays`` and ``clock`` change each round."""
 
     grid: Grid
     scenario: Scenario
@@ -188,52 +186,68 @@ class _RoundContext:
     model: nn.Module
     data: TaskData
     aggregator: ModelAggregator
+    costs: FleetCosts
     device_to_node: dict[int, int]  # per-device mode
     workers: list[int]  # cohort mode
     global_arrays: Arrays
+    clock: float = 0.0  # simulated seconds since the run started
 
     @property
     def node_to_device(self) -> dict[int, int]:
         return {n: d for d, n in self.device_to_node.items()}
 
 
-def _per_device_round(
-    ctx: _RoundContext, round_: int, selected: list[int], payload: ArrayRecord
-) -> tuple[WeightedSum, list[DeviceRecord]]:
-    messages = [
-        Message(
-            RecordDict({ARRAYS: payload, CONFIG: ConfigRecord({SERVER_ROUND: round_})}),
-            dst_node_id=ctx.device_to_node[d],
-            message_type=MessageType.TRAIN,
+@dataclass(frozen=True)
+class _Work:
+    """The devices sent work this round (ascending) and what they were sent."""
+
+    round: int
+    devices: list[int]
+    head_only: frozenset[int]
+    payload: ArrayRecord
+    bytes_up: dict[int, int]
+
+
+def _per_device_round(ctx: _RoundContext, work: _Work) -> tuple[WeightedSum, list[DeviceOutcome]]:
+    messages = []
+    for d in work.devices:
+        config = ConfigRecord({SERVER_ROUND: work.round, HEAD_ONLY: d in work.head_only})
+        messages.append(
+            Message(
+                RecordDict({ARRAYS: work.payload, CONFIG: config}),
+                dst_node_id=ctx.device_to_node[d],
+                message_type=MessageType.TRAIN,
+            )
         )
-        for d in selected
-    ]
     replies = ctx.grid.send_and_receive(messages, timeout=ctx.scenario.execution.round_timeout_s)
-    updates, devices = _collect(
-        replies, ctx.node_to_device, ctx.fleet, round_, selected, payload.count_bytes()
+    updates, outcomes = _collect(
+        replies, ctx.node_to_device, work.devices, ctx.global_arrays, work.bytes_up
     )
-    partials = reduce_blocks(ctx.aggregator, updates, block_size(len(selected)))
-    return merge_blocks(ctx.aggregator, partials), devices
+    partials = reduce_blocks(ctx.aggregator, updates, block_size(len(work.devices)))
+    return merge_blocks(ctx.aggregator, partials), outcomes
 
 
-def _orders(round_: int, selected: list[int], workers: int) -> list[CohortOrder]:
+def _orders(
+    round_: int, selected: list[int], workers: int, head_only: frozenset[int] = frozenset()
+) -> list[CohortOrder]:
     """Contiguous runs of whole reduction blocks, one per worker (fewer if blocks are few)."""
     block = block_size(len(selected))
     blocks = -(-len(selected) // block)
     orders = []
     for share in np.array_split(np.arange(blocks), min(workers, blocks)):
         first, end = int(share[0]) * block, min((int(share[-1]) + 1) * block, len(selected))
-        orders.append(CohortOrder(round_, selected[first:end], first, block))
+        ids = selected[first:end]
+        orders.append(CohortOrder(round_, ids, first, block, head_only.intersection(ids)))
     return orders
 
 
-def _cohort_round(
-    ctx: _RoundContext, round_: int, selected: list[int], payload: ArrayRecord
-) -> tuple[WeightedSum, list[DeviceRecord]]:
-    orders = _orders(round_, selected, len(ctx.workers))
+def _cohort_round(ctx: _RoundContext, work: _Work) -> tuple[WeightedSum, list[DeviceOutcome]]:
+    if not work.devices:
+        return ctx.aggregator.zero(), []
+    orders = _orders(work.round, work.devices, len(ctx.workers), work.head_only)
     messages = [
         Message(
-            RecordDict({ARRAYS: payload, CONFIG: order.config()}),
+            RecordDict({ARRAYS: work.payload, CONFIG: order.config()}),
             dst_node_id=worker,
             message_type=MessageType.TRAIN,
         )
@@ -242,44 +256,85 @@ def _cohort_round(
     by_worker = {m.metadata.dst_node_id: o for m, o in zip(messages, orders, strict=True)}
     replies = ctx.grid.send_and_receive(messages, timeout=ctx.scenario.execution.round_timeout_s)
     got = {r.metadata.src_node_id: r for r in replies}
-    size = payload.count_bytes()  # down per device; up too: an update is the model's size
     partials: dict[int, WeightedSum] = {}
     outcomes: list[DeviceOutcome] = []
     for worker, order in by_worker.items():
         reply = got.get(worker)
         if reply is None or reply.has_error():  # the worker's devices share its fate
             status: DeviceStatus = "no-reply" if reply is None else "failed"
-            reason = "no reply before round_timeout_s" if reply is None else _reason(reply)
+            reason = NO_REPLY if reply is None else _reason(reply)
             outcomes += [DeviceOutcome(d, status, error=reason) for d in order.device_ids]
             continue
         result = CohortReply.from_content(reply.content, ctx.aggregator)
         partials |= result.partials
         outcomes += result.outcomes
-    devices = [_device_record(ctx.fleet, round_, o, size) for o in outcomes]
-    devices.sort(key=lambda d: d.device_id)
-    return merge_blocks(ctx.aggregator, partials), devices
+    return merge_blocks(ctx.aggregator, partials), outcomes
 
 
 def _reason(reply: Message) -> str:
     return reply.error.reason.strip().splitlines()[-1][:200] if reply.error.reason else ""
 
 
-def _device_record(fleet: Fleet, round_: int, o: DeviceOutcome, size: int) -> DeviceRecord:
-    profile = fleet[o.device_id].profile.name
-    if o.status == "ok":
-        return DeviceRecord(
-            round_, o.device_id, profile, "ok", o.num_examples, o.train_loss, size, size
+def _device_records(
+    ctx: _RoundContext,
+    round_: int,
+    plans: list[DevicePlan],
+    outcomes: dict[int, DeviceOutcome],
+    cost: RoundCost,
+) -> list[DeviceRecord]:
+    """One record per selected device: what it did, and what the round cost it."""
+    records = []
+    for plan in plans:
+        d = plan.device_id
+        outcome = outcomes.get(d)
+        if outcome is None:  # it was never sent work
+            status: DeviceStatus = "no-reply" if plan.fate == "train" else plan.fate
+            outcome = DeviceOutcome(d, status)
+        ok = outcome.status == "ok"
+        records.append(
+            DeviceRecord(
+                round=round_,
+                device_id=d,
+                profile=ctx.fleet[d].profile.name,
+                status=outcome.status,
+                num_examples=outcome.num_examples,
+                train_loss=outcome.train_loss,
+                bytes_down=plan.bytes_down,
+                bytes_up=plan.bytes_up if ok else 0,
+                error=outcome.error,
+                scope=plan.scope,
+                busy_s=_sig(cost.busy_s[d]),
+                energy_mj=_sig(cost.energy_mj[d]),
+            )
         )
-    return DeviceRecord(round_, o.device_id, profile, o.status, 0, None, size, 0, o.error)
+    return records
+
+
+def _sig(x: float) -> float:
+    """``x`` to 9 significant digits: readable files, no information a person needs lost."""
+    return float(f"{x:.9g}")
 
 
 def _round(ctx: _RoundContext, round_: int) -> tuple[RoundRecord, list[DeviceRecord]]:
     scenario = ctx.scenario
-    selected = _select(scenario, round_)
-    payload = ArrayRecord(ctx.global_arrays)
+    available = ctx.costs.available(ctx.clock)
+    selected = _select(scenario, round_, available)
+    plans = ctx.costs.plan(selected, ctx.clock)
+    go = [p for p in plans if p.fate == "train"]
+    work = _Work(
+        round=round_,
+        devices=[p.device_id for p in go],
+        head_only=frozenset(p.device_id for p in go if p.scope == "head"),
+        payload=ArrayRecord(to_wire(ctx.global_arrays, scenario.fleet.payload_dtype)),
+        bytes_up={p.device_id: p.bytes_up for p in go},
+    )
     run = _cohort_round if ctx.workers else _per_device_round
-    partial, devices = run(ctx, round_, selected, payload)
+    partial, outcomes = run(ctx, work)
     ctx.global_arrays = ctx.aggregator.finalize(ctx.global_arrays, partial)
+    delivered = {o.device_id for o in outcomes if o.status == "ok"}
+    cost = ctx.costs.finish(plans, delivered)
+    ctx.clock += cost.round_s
+    devices = _device_records(ctx, round_, plans, {o.device_id: o for o in outcomes}, cost)
 
     accuracy = loss = None
     if round_ % scenario.evaluation.every == 0 or round_ == scenario.rounds:
@@ -287,11 +342,12 @@ def _round(ctx: _RoundContext, round_: int) -> tuple[RoundRecord, list[DeviceRec
         accuracy, loss = evaluate(ctx.model, ctx.data.x_test, ctx.data.y_test)
     ok = [d for d in devices if d.status == "ok"]
     examples = sum(d.num_examples for d in ok)
+    fates = [p.fate for p in plans]
     record = RoundRecord(
         round=round_,
         selected=len(selected),
         participants=len(ok),
-        failures=len(devices) - len(ok),
+        failures=sum(d.status in ("failed", "no-reply") for d in devices),
         accuracy=accuracy,
         loss=loss,
         train_loss=(
@@ -299,6 +355,14 @@ def _round(ctx: _RoundContext, round_: int) -> tuple[RoundRecord, list[DeviceRec
         ),
         bytes_down=sum(d.bytes_down for d in devices),
         bytes_up=sum(d.bytes_up for d in devices),
+        round_s=_sig(cost.round_s),
+        sim_time_s=_sig(ctx.clock),
+        energy_mj=_sig(sum(cost.energy_mj.values())),
+        offline=0 if available is None else int(len(available) - available.sum()),
+        memory_skips=fates.count("memory-skip"),
+        head_only=len(work.head_only),
+        stragglers=fates.count("straggler"),
+        dropouts=fates.count("dropout"),
     )
     return record, devices
 
@@ -318,6 +382,11 @@ def _summary(scenario: Scenario, fleet: Fleet, records: list[RoundRecord]) -> di
         "failures": sum(r.failures for r in records),
         "bytes_down": sum(r.bytes_down for r in records),
         "bytes_up": sum(r.bytes_up for r in records),
+        "sim_time_s": records[-1].sim_time_s,
+        "energy_j": _sig(sum(r.energy_mj for r in records) / 1000),
+        "memory_skips": sum(r.memory_skips for r in records),
+        "stragglers": sum(r.stragglers for r in records),
+        "dropouts": sum(r.dropouts for r in records),
     }
 
 
@@ -346,6 +415,7 @@ def run_rounds(grid: Grid, binding: RunBinding, observer: RoundObserver) -> dict
         model=model,
         data=data,
         aggregator=aggregator_for(scenario.algorithm.kind),
+        costs=FleetCosts(scenario, fleet, model),
         device_to_node=per_device,
         workers=workers,
         global_arrays=get_arrays(model),
@@ -374,7 +444,9 @@ def run_rounds(grid: Grid, binding: RunBinding, observer: RoundObserver) -> dict
 
     set_arrays(model, ctx.global_arrays)
     writer.model(dict(zip(model.state_dict(), ctx.global_arrays, strict=True)))
-    plot_accuracy(binding.out, f"{scenario.name} ({scenario.algorithm.kind}, seed {scenario.seed})")
+    title = f"{scenario.name} ({scenario.algorithm.kind}, seed {scenario.seed})"
+    plot_accuracy(binding.out, title)
+    plot_fleet(binding.out, title)
     summary = {
         **_summary(scenario, fleet, records),
         "wall_s": round(time.perf_counter() - started, 3),

@@ -30,11 +30,78 @@ def test_catalog_has_the_six_design_profiles_with_datasheet_figures() -> None:
         assert p.source  # every figure has its source noted
 
 
-def test_radios_are_read_as_sets() -> None:
+DESIGN_LINKS = {
+    "nano33-ble-sense": ("ble",),
+    "pico": ("serial",),  # USB CDC to a gateway: the Pico has no radio
+    "esp32-s3": ("ble", "wifi"),
+    "stm32f746-disco": ("ethernet", "serial"),
+    "rpi4": ("ble", "ethernet", "wifi"),
+    "rpi-zero2w": ("ble", "wifi"),
+}
+
+
+def test_links_are_read_sorted_by_kind_with_their_power() -> None:
     registry = default_registry()
 
-    assert registry.profile("esp32-s3").radios == ("ble", "wifi")
-    assert registry.profile("pico").radios == ()
+    for name, kinds in DESIGN_LINKS.items():
+        assert registry.profile(name).radios == kinds, name
+    wifi = registry.profile("esp32-s3").link("wifi")
+    assert wifi is not None
+    assert wifi.tx_mw > wifi.rx_mw > 0  # transmitting costs more than receiving
+
+
+@pytest.mark.parametrize("name", sorted(DESIGN_PROFILES))
+def test_every_profile_has_power_cycles_and_sourced_links(name: str) -> None:
+    p = default_registry().profile(name)
+
+    assert 0 < p.idle_mw < p.active_mw
+    assert p.cycles_per_mac > 0
+    assert p.power_source
+    assert p.cycles_source
+    assert p.links
+    for link in p.links:
+        assert min(link.tx_mw, link.rx_mw) > 0, link.kind
+        assert link.source, link.kind
+
+
+def test_soft_float_costs_far_more_cycles_per_mac_than_any_fpu() -> None:
+    profiles = default_registry().profiles()
+
+    soft = [p.cycles_per_mac for p in profiles if not p.fpu]
+    hard = [p.cycles_per_mac for p in profiles if p.fpu]
+    assert min(soft) > 10 * max(hard)
+
+
+def test_every_device_link_names_a_link_type() -> None:
+    registry = default_registry()
+
+    kinds = {t.kind for t in registry.link_types()}
+    assert {k for p in registry.profiles() for k in p.radios} <= kinds
+
+
+def test_link_types_are_read_with_their_figures() -> None:
+    registry = default_registry()
+
+    types = registry.link_types()
+
+    assert [t.kind for t in types] == ["ble", "ethernet", "lora", "serial", "wifi"]
+    serial = registry.link_type("serial")
+    assert serial.throughput_bps == 115200 * 8 / 10  # 8N1: 10 bits on the wire per byte
+    assert serial.mtu_bytes == 2048  # the serial frame's payload limit
+    ble = registry.link_type("ble")
+    assert (ble.latency_s, ble.mtu_bytes) == (0.03, 244)
+    assert all(t.source and t.label for t in types)
+    rate = {t.kind: t.throughput_bps for t in types}
+    assert rate["lora"] < rate["serial"] < rate["ble"] < rate["wifi"] < rate["ethernet"]
+
+
+def test_unknown_link_type_lists_known_and_suggests() -> None:
+    with pytest.raises(
+        FedsimError,
+        match=r"^x: unknown link 'wify'; known: ble, ethernet, lora, serial, wifi "
+        r"\(did you mean 'wifi'\?\)$",
+    ):
+        default_registry().link_type("wify", "x")
 
 
 def test_unknown_profile_lists_known_and_suggests() -> None:
@@ -46,16 +113,82 @@ def test_unknown_profile_lists_known_and_suggests() -> None:
         default_registry().profile("rpi5", "x")
 
 
+PREFIXES = (CATALOG_DIR / "devices.ttl").read_text().split("dev:nano33-ble-sense")[0]
+TINY = (
+    'dev:tiny a fedsim:DeviceProfile ; fedsim:profileName "tiny" ; rdfs:label "Tiny" ;\n'
+    '  fedsim:core "M0" ; fedsim:coreCount 1 ; fedsim:clockMHz 48.0 ; fedsim:sramBytes 32768 ;\n'
+    '  fedsim:flashBytes 262144 ; fedsim:hasFPU false ; fedsim:figureSource "test" ;\n'
+    "  fedsim:activePowerMilliwatts 10.0 ; fedsim:idlePowerMilliwatts 0.01 ;\n"
+    '  fedsim:powerSource "test" ; fedsim:cyclesPerMAC 100.0 ; fedsim:cyclesSource "test" .\n'
+)
+END = 'fedsim:cyclesSource "test" .'
+
+
+def tiny_with_link(link: str) -> str:
+    """TINY with one fedsim:hasLink node holding ``link``'s properties."""
+    return TINY.replace(END, f'fedsim:cyclesSource "test" ;\n  fedsim:hasLink [ {link} ] .')
+
+
 def test_registry_reads_any_catalog(tmp_path: Path) -> None:
     extra = tmp_path / "extra.ttl"
-    extra.write_text(
-        (CATALOG_DIR / "devices.ttl").read_text().split("dev:nano33-ble-sense")[0]
-        + 'dev:tiny a fedsim:DeviceProfile ; fedsim:profileName "tiny" ; rdfs:label "Tiny" ;'
-        ' fedsim:core "M0" ; fedsim:coreCount 1 ; fedsim:clockMHz 48.0 ; fedsim:sramBytes 32768 ;'
-        ' fedsim:flashBytes 262144 ; fedsim:hasFPU false ; fedsim:figureSource "test" .\n'
-    )
+    extra.write_text(PREFIXES + TINY)
 
     registry = DeviceRegistry.from_files([extra])
 
     assert registry.names() == ["tiny"]
-    assert registry.profile("tiny").sram_bytes == 32768
+    tiny = registry.profile("tiny")
+    assert (tiny.sram_bytes, tiny.active_mw, tiny.cycles_per_mac) == (32768, 10.0, 100.0)
+    assert tiny.link() is None
+    assert registry.link_types() == []
+
+
+def test_a_profile_missing_a_figure_is_a_located_error(tmp_path: Path) -> None:
+    extra = tmp_path / "extra.ttl"
+    extra.write_text(PREFIXES + TINY.replace(" fedsim:idlePowerMilliwatts 0.01 ;", ""))
+
+    with pytest.raises(
+        FedsimError,
+        match=r"extra\.ttl: profile 'tiny': missing fedsim:idlePowerMilliwatts; add it ",
+    ):
+        DeviceRegistry.from_files([extra])
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("clockMHz 48.0", 'clockMHz "48 MHz"', "fedsim:clockMHz is '48 MHz', not a number"),
+        ("coreCount 1", "coreCount 1, 2", "fedsim:coreCount has 2 values"),
+        ("idlePowerMilliwatts 0.01", "idlePowerMilliwatts -1.0", "idle_mw: Input should be"),
+    ],
+)
+def test_bad_figures_are_located_errors(tmp_path: Path, old: str, new: str, message: str) -> None:
+    extra = tmp_path / "extra.ttl"
+    extra.write_text(PREFIXES + TINY.replace(old, new))
+
+    with pytest.raises(FedsimError, match=rf"extra\.ttl: profile 'tiny': {message}"):
+        DeviceRegistry.from_files([extra])
+
+
+def test_a_link_missing_a_figure_is_a_located_error(tmp_path: Path) -> None:
+    extra = tmp_path / "extra.ttl"
+    extra.write_text(PREFIXES + tiny_with_link('fedsim:linkKind "ble"'))
+
+    with pytest.raises(
+        FedsimError, match=r"profile 'tiny': link 'ble': missing fedsim:txPowerMilliwatts"
+    ):
+        DeviceRegistry.from_files([CATALOG_DIR / "links.ttl", extra])
+
+
+def test_a_link_of_an_unknown_type_is_a_located_error(tmp_path: Path) -> None:
+    extra = tmp_path / "extra.ttl"
+    link = (
+        'fedsim:linkKind "blu" ; fedsim:txPowerMilliwatts 1.0 ; fedsim:rxPowerMilliwatts 1.0 ;'
+        ' fedsim:figureSource "test"'
+    )
+    extra.write_text(PREFIXES + tiny_with_link(link))
+
+    with pytest.raises(
+        FedsimError,
+        match=r"profile 'tiny': unknown link 'blu'; known: ble, .* \(did you mean 'ble'\?\)$",
+    ):
+        DeviceRegistry.from_files([CATALOG_DIR / "links.ttl", extra])

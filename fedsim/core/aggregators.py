@@ -9,12 +9,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from fedsim.core.plugins import Plugins
-from fedsim.core.reduce import Aggregator, Arrays, WeightedMean, WeightedSum
+from fedsim.core.reduce import Aggregator, Arrays, ModelUpdate, WeightedMean, WeightedSum
 
 __all__ = ["AGGREGATORS", "ModelAggregator", "aggregator_for"]
 
-# Updates are (model arrays, number of training examples).
-ModelAggregator = Aggregator[tuple[Arrays, int], WeightedSum, Arrays]
+# Updates are (model arrays, number of training examples[, which tensors trained]).
+ModelAggregator = Aggregator[ModelUpdate, WeightedSum, Arrays]
 AGGREGATORS: Plugins[Callable[[], ModelAggregator]] = Plugins("algorithm")
 
 

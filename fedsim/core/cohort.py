@@ -21,6 +21,7 @@ from fedsim.core.records import (
     DEVICE_IDS,
     ERRORS,
     FIRST_POSITION,
+    HEAD_ONLY,
     METRICS,
     NUM_EXAMPLES,
     SERVER_ROUND,
@@ -33,7 +34,14 @@ from fedsim.core.reduce import Aggregator, Packed
 __all__ = ["CohortOrder", "CohortReply", "DeviceOutcome"]
 
 P = TypeVar("P")
-_STATUS_CODES: dict[DeviceStatus, int] = {"ok": 0, "failed": 1, "no-reply": 2}
+_STATUS_CODES: dict[DeviceStatus, int] = {
+    "ok": 0,
+    "failed": 1,
+    "no-reply": 2,
+    "memory-skip": 3,
+    "straggler": 4,
+    "dropout": 5,
+}
 _STATUS_NAMES = {code: name for name, code in _STATUS_CODES.items()}
 
 
@@ -43,6 +51,7 @@ class CohortOrder:
     device_ids: list[int]  # ascending
     first_position: int  # position of device_ids[0] in the round's sorted cohort
     block_size: int
+    head_only: frozenset[int] = frozenset()  # devices that train only the head (memory)
 
     def config(self) -> ConfigRecord:
         return ConfigRecord(
@@ -51,6 +60,7 @@ class CohortOrder:
                 DEVICE_IDS: self.device_ids,
                 FIRST_POSITION: self.first_position,
                 BLOCK_SIZE: self.block_size,
+                HEAD_ONLY: sorted(self.head_only),
             }
         )
 
@@ -66,6 +76,7 @@ class CohortOrder:
             device_ids=[int(d) for d in ids],
             first_position=int(config[FIRST_POSITION]),  # type: ignore[arg-type]
             block_size=int(config[BLOCK_SIZE]),  # type: ignore[arg-type]
+            head_only=frozenset(int(d) for d in config[HEAD_ONLY]),  # type: ignore[union-attr]
         )
 
 

@@ -8,9 +8,19 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from fedsim.core.results import read_rounds
+from fedsim.core.results import DEVICES, read_rounds
 
-__all__ = ["plot_accuracy", "plot_samples"]
+__all__ = ["plot_accuracy", "plot_fleet", "plot_samples"]
+
+# devices.csv statuses, in the order participation bars stack them
+STATUS_COLOURS = {
+    "ok": "tab:green",
+    "failed": "tab:red",
+    "no-reply": "tab:pink",
+    "straggler": "tab:orange",
+    "dropout": "tab:purple",
+    "memory-skip": "tab:grey",
+}
 
 
 def plot_accuracy(out: str | Path, title: str) -> Path:
@@ -40,6 +50,83 @@ def plot_accuracy(out: str | Path, title: str) -> Path:
     path = Path(out) / "plots" / "accuracy.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _per_profile(out: Path) -> tuple[dict[str, dict[str, float]], dict[int, dict[str, int]]]:
+    """From devices.csv: totals per profile, and status counts per round."""
+    import csv
+
+    totals: dict[str, dict[str, float]] = {}
+    statuses: dict[int, dict[str, int]] = {}
+    with (out / DEVICES).open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            mine = totals.setdefault(
+                row["profile"], {"energy_mj": 0.0, "bytes": 0.0, "device_rounds": 0.0}
+            )
+            mine["energy_mj"] += float(row["energy_mj"])
+            mine["bytes"] += int(row["bytes_down"]) + int(row["bytes_up"])
+            mine["device_rounds"] += 1
+            counts = statuses.setdefault(int(row["round"]), {})
+            counts[row["status"]] = counts.get(row["status"], 0) + 1
+    return totals, statuses
+
+
+def plot_fleet(out: str | Path, title: str) -> Path:
+    """``plots/fleet.png``: accuracy vs simulated time (time-to-accuracy), who took part in each
+    round (and why not), and energy and bytes per device round by profile."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    records = read_rounds(out)
+    totals, statuses = _per_profile(out)
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7), constrained_layout=True)
+    (ax_time, ax_part), (ax_energy, ax_bytes) = axes
+    evaluated = [r for r in records if r["accuracy"] is not None]
+    ax_time.plot(
+        [0.0] + [r["sim_time_s"] for r in evaluated],
+        [np.nan] + [r["accuracy"] for r in evaluated],
+        marker="o",
+        ms=3,
+    )
+    ax_time.set(
+        xlabel="simulated time (s)", ylabel="accuracy", ylim=(0, 1), title="time to accuracy"
+    )
+
+    rounds = sorted(statuses)
+    bottom = np.zeros(len(rounds))
+    for status, colour in STATUS_COLOURS.items():
+        counts = np.array([statuses[r].get(status, 0) for r in rounds], dtype=float)
+        if counts.any():
+            ax_part.bar(rounds, counts, bottom=bottom, color=colour, label=status, width=0.8)
+            bottom += counts
+    offline = [r["offline"] for r in records]
+    if any(offline):
+        ax_part.plot([r["round"] for r in records], offline, "k--", lw=1, label="offline (fleet)")
+    ax_part.set(xlabel="round", ylabel="devices", title="participation per round")
+    ax_part.set_ylim(0, max(float(bottom.max(initial=0.0)), 1.0) * 1.35)  # room for the legend
+    ax_part.legend(fontsize=7, loc="upper center", ncol=4)
+
+    names = sorted(totals)
+    per = {n: max(totals[n]["device_rounds"], 1.0) for n in names}
+    ax_energy.bar(names, [totals[n]["energy_mj"] / per[n] / 1000 for n in names], color="tab:olive")
+    ax_energy.set(ylabel="J per device round", title="energy by device class")
+    ax_bytes.bar(names, [totals[n]["bytes"] / per[n] / 1024 for n in names], color="tab:cyan")
+    ax_bytes.set(ylabel="KiB per device round (down + up)", title="bytes by device class")
+    if all(totals[n]["energy_mj"] > 0 for n in names):
+        ax_energy.set_yscale("log")  # MCUs and Pis differ by orders of magnitude
+    for ax in (ax_energy, ax_bytes):
+        ax.tick_params(axis="x", labelrotation=30, labelsize=8)
+    for ax in axes.flat:
+        ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=10)
+    path = out / "plots" / "fleet.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 

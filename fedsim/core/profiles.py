@@ -1,16 +1,44 @@
-"""Device profiles as plain values: what the registry (``ontology``) returns for a device class."""
+"""Device profiles and link technologies as plain values: what the registry (``ontology``) returns.
+
+Canonical units: bytes, MHz, milliwatts, seconds, bits per second. Every figure carries its source.
+"""
 
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["DeviceProfile"]
+__all__ = ["LINK_PREFERENCE", "DeviceProfile", "LinkPower", "LinkType"]
+
+# The link a device uses when its scenario group names none: the first of these it has.
+LINK_PREFERENCE = ("wifi", "ethernet", "ble", "lora", "serial")
 
 
-class DeviceProfile(BaseModel):
-    """Datasheet figures of one device class, in canonical units (bytes, MHz)."""
-
+class _Value(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class LinkPower(_Value):
+    """What one of a device's links draws while sending and receiving (on top of idle)."""
+
+    kind: str = Field(description="link technology: ble, wifi, ethernet, lora, serial")
+    tx_mw: float = Field(ge=0)
+    rx_mw: float = Field(ge=0)
+    source: str
+
+
+class LinkType(_Value):
+    """A link technology as the application sees it: useful throughput and per-message costs."""
+
+    kind: str
+    label: str
+    throughput_bps: float = Field(gt=0, description="application-level payload bits per second")
+    latency_s: float = Field(ge=0, description="fixed cost of one message (setup, round trip)")
+    mtu_bytes: int = Field(gt=0, description="largest payload of one message; more is split")
+    source: str
+
+
+class DeviceProfile(_Value):
+    """Datasheet figures of one device class."""
 
     name: str = Field(description="short id used in scenarios, e.g. 'nano33-ble-sense'")
     label: str
@@ -20,5 +48,21 @@ class DeviceProfile(BaseModel):
     sram_bytes: int = Field(gt=0)
     flash_bytes: int = Field(gt=0)
     fpu: bool
-    radios: tuple[str, ...]
-    source: str = Field(description="where the figures come from")
+    source: str = Field(description="where the core, clock and memory figures come from")
+    links: tuple[LinkPower, ...] = ()
+    active_mw: float = Field(gt=0, description="whole device computing at full clock")
+    idle_mw: float = Field(ge=0, description="whole device waiting (sleep between rounds)")
+    power_source: str
+    cycles_per_mac: float = Field(gt=0, description="float32 multiply-accumulate, one core")
+    cycles_source: str
+
+    @property
+    def radios(self) -> tuple[str, ...]:
+        return tuple(link.kind for link in self.links)
+
+    def link(self, kind: str | None = None) -> LinkPower | None:
+        """The named link, or the preferred one (``LINK_PREFERENCE``); None if it has none."""
+        by_kind = {link.kind: link for link in self.links}
+        if kind is not None:
+            return by_kind.get(kind)
+        return next((by_kind[k] for k in LINK_PREFERENCE if k in by_kind), None)

@@ -40,13 +40,16 @@ FIRST_POSITION = "first-position"
 BLOCK_SIZE = "block-size"
 STATUS = "status"
 ERRORS = "errors"
+HEAD_ONLY = "head-only"  # devices (cohort) or this device (per-device) train only the head
 # run_config / node_config keys
 RUN_SCENARIO = "scenario"
 RUN_OUT = "out"
 RUN_COMMAND = "command"
 NODE_PARTITION = "partition-id"  # set by Flower's simulation engine for each virtual node
 
-DeviceStatus = Literal["ok", "failed", "no-reply"]
+# ok/failed/no-reply: the device trained (or tried); the others were never sent work: their
+# update could not have counted (DESIGN.md §5; devices/clock.py).
+DeviceStatus = Literal["ok", "failed", "no-reply", "memory-skip", "straggler", "dropout"]
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,9 @@ class DeviceRecord:
     bytes_down: int
     bytes_up: int
     error: str = ""
+    scope: str = ""  # full | head (what it trained) | skip
+    busy_s: float = 0.0  # simulated seconds downloading, computing and uploading
+    energy_mj: float = 0.0
 
     @classmethod
     def columns(cls) -> list[str]:
@@ -109,6 +115,15 @@ class RoundRecord:
     train_loss: float | None
     bytes_down: int
     bytes_up: int
+    # the simulated clock (devices/clock.py): none of these depend on wall time
+    round_s: float = 0.0
+    sim_time_s: float = 0.0  # at the end of this round, since the run started
+    energy_mj: float = 0.0  # all selected devices, this round
+    offline: int = 0  # fleet devices offline when the round started
+    memory_skips: int = 0
+    head_only: int = 0
+    stragglers: int = 0
+    dropouts: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

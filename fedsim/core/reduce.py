@@ -24,6 +24,7 @@ __all__ = [
     "MAX_BLOCKS",
     "Aggregator",
     "Arrays",
+    "ModelUpdate",
     "Packed",
     "WeightedMean",
     "WeightedSum",
@@ -51,28 +52,41 @@ class Aggregator(Protocol, Generic[U, P, G]):
 
 @dataclass(frozen=True)
 class WeightedSum:
-    """Σ wᵢ·xᵢ per tensor (float64) and Σ wᵢ; ``sums`` is empty until the first update."""
+    """Σ wᵢ·xᵢ per tensor (float64), Σ wᵢ per tensor over the updates that trained it, and Σ wᵢ
+    over all updates; ``sums`` is empty until the first update."""
 
     sums: tuple[NDArray[np.float64], ...]
     weight: float
+    weights: tuple[float, ...] = ()
+
+
+# An update: (arrays, n_examples), or with a third item saying which tensors it trained (a device
+# that trained only its head sends the others back unchanged; they get no vote).
+ModelUpdate = tuple[Arrays, int] | tuple[Arrays, int, tuple[bool, ...]]
 
 
 class WeightedMean:
-    """FedAvg's example-weighted mean of model arrays: θ ← Σ nᵢ·θᵢ / Σ nᵢ.
+    """FedAvg's example-weighted mean of model arrays: θ ← Σ nᵢ·θᵢ / Σ nᵢ, per tensor over the
+    devices that trained it (as HeteroFL averages each parameter over the clients holding it).
 
-    Updates are ``(arrays, n_examples)``. If no update arrives (every device failed), the global
-    state is kept.
+    Updates are ``(arrays, n_examples)`` or ``(arrays, n_examples, trained)``. A tensor no update
+    trained (every device failed, or trained only the head) keeps its global value.
     """
 
     def zero(self) -> WeightedSum:
         return WeightedSum((), 0.0)
 
-    def accumulate(self, partial: WeightedSum, update: tuple[Arrays, int]) -> WeightedSum:
-        arrays, weight = update
+    def accumulate(self, partial: WeightedSum, update: ModelUpdate) -> WeightedSum:
+        arrays, weight = update[0], update[1]
+        trained = update[2] if len(update) == 3 else (True,) * len(arrays)
         if weight < 0:
             raise ValueError(f"negative example count {weight}")
-        scaled = tuple(np.asarray(a, dtype=np.float64) * weight for a in arrays)
-        return self.merge(partial, WeightedSum(scaled, float(weight)))
+        scaled = tuple(
+            np.asarray(a, dtype=np.float64) * weight if t else np.zeros(np.shape(a))
+            for a, t in zip(arrays, trained, strict=True)
+        )
+        weights = tuple(float(weight) if t else 0.0 for t in trained)
+        return self.merge(partial, WeightedSum(scaled, float(weight), weights))
 
     def merge(self, left: WeightedSum, right: WeightedSum) -> WeightedSum:
         if not left.sums:
@@ -82,23 +96,28 @@ class WeightedMean:
         if len(left.sums) != len(right.sums):
             raise ValueError(f"cannot merge {len(left.sums)} tensors with {len(right.sums)}")
         sums = tuple(a + b for a, b in zip(left.sums, right.sums, strict=True))
-        return WeightedSum(sums, left.weight + right.weight)
+        weights = tuple(a + b for a, b in zip(left.weights, right.weights, strict=True))
+        return WeightedSum(sums, left.weight + right.weight, weights)
 
     def finalize(self, global_state: Arrays, partial: WeightedSum) -> Arrays:
         if not partial.sums or partial.weight == 0:
             return global_state
-        return [(s / partial.weight).astype(np.float32) for s in partial.sums]
+        return [
+            (s / w).astype(np.float32) if w > 0 else global_state[i]
+            for i, (s, w) in enumerate(zip(partial.sums, partial.weights, strict=True))
+        ]
 
     def pack(self, partial: WeightedSum) -> Packed:
         packed = {f"sum-{i}": s for i, s in enumerate(partial.sums)}
         packed["weight"] = np.asarray(partial.weight, dtype=np.float64)
+        packed["weights"] = np.asarray(partial.weights, dtype=np.float64)
         return packed
 
     def unpack(self, packed: Packed) -> WeightedSum:
-        sums = tuple(
-            np.asarray(packed[f"sum-{i}"], dtype=np.float64) for i in range(len(packed) - 1)
-        )
-        return WeightedSum(sums, float(packed["weight"]))
+        count = sum(1 for key in packed if key.startswith("sum-"))
+        sums = tuple(np.asarray(packed[f"sum-{i}"], dtype=np.float64) for i in range(count))
+        weights = tuple(float(w) for w in np.asarray(packed["weights"]).reshape(-1))
+        return WeightedSum(sums, float(packed["weight"]), weights)
 
 
 def reduce_all(aggregator: Aggregator[U, P, G], updates: Sequence[U]) -> P:

@@ -20,6 +20,8 @@ from fedsim.core.models import MODELS
 
 __all__ = [
     "AlgorithmSpec",
+    "AlwaysOn",
+    "AvailabilitySpec",
     "DeviceGroup",
     "DirichletPartition",
     "EvaluationSpec",
@@ -29,12 +31,14 @@ __all__ = [
     "FedProxSpec",
     "FleetSpec",
     "IidPartition",
+    "MarkovAvailability",
     "NaturalPartition",
     "OutputSpec",
     "PartitionSpec",
     "Scenario",
     "ShardPartition",
     "TaskSpec",
+    "TraceAvailability",
     "choose_engine",
 ]
 
@@ -65,9 +69,37 @@ class FaultSpec(_Spec):
     crash_prob: float = Field(0.0, ge=0.0, le=1.0)
 
 
+class AlwaysOn(_Spec):
+    kind: Literal["always-on"] = "always-on"
+
+
+class MarkovAvailability(_Spec):
+    """On for Exp(mean_on_s), off for Exp(mean_off_s), alternating; seeded per device."""
+
+    kind: Literal["markov"]
+    mean_on_s: float = Field(gt=0.0, description="mean online spell (1 / on→off rate)")
+    mean_off_s: float = Field(gt=0.0, description="mean offline spell (1 / off→on rate)")
+
+
+class TraceAvailability(_Spec):
+    """Online intervals from a CSV ``device,start,end`` (fleet device ids, simulated seconds)."""
+
+    kind: Literal["trace"]
+    file: str = Field(min_length=1, description="path relative to the scenario file")
+
+
+AvailabilitySpec = Annotated[
+    AlwaysOn | MarkovAvailability | TraceAvailability, Field(discriminator="kind")
+]
+
+
 class DeviceGroup(_Spec):
     profile: str = Field(description="device profile name in the registry, e.g. 'rpi4'")
     count: int = Field(ge=1)
+    link: str | None = Field(
+        None, description="which of the profile's links it uses (default: wifi, ethernet, ...)"
+    )
+    availability: AvailabilitySpec = AlwaysOn()
     faults: FaultSpec = FaultSpec()
 
 
@@ -106,6 +138,13 @@ class FleetSpec(_Spec):
     samples_per_device: int | None = Field(
         None, ge=1, description="generated datasets only: local samples per device (default 32)"
     )
+    memory_policy: Literal["skip", "head-only"] = Field(
+        "skip", description="a device whose SRAM cannot hold training: sit out, or train the head"
+    )
+    payload_dtype: Literal["float32", "float16"] = Field(
+        "float32", description="number format of the model sent down and the update sent up"
+    )
+    cost_model: str = Field("datasheet", description="datasheet (catalog figures) or fake")
 
     @property
     def size(self) -> int:
@@ -121,10 +160,19 @@ class _LocalSgd(_Spec):
 class FedAvgSpec(_LocalSgd):
     kind: Literal["fedavg"]
 
+    @property
+    def state_copies(self) -> int:
+        """Copies of the trainable parameters training keeps besides them (optimizer state)."""
+        return 0
+
 
 class FedProxSpec(_LocalSgd):
     kind: Literal["fedprox"]
     mu: float = Field(0.01, ge=0.0, description="weight of the proximal term mu/2·||w - w_t||²")
+
+    @property
+    def state_copies(self) -> int:
+        return 1 if self.mu > 0 else 0  # the anchor w_t
 
 
 AlgorithmSpec = Annotated[FedAvgSpec | FedProxSpec, Field(discriminator="kind")]
@@ -166,6 +214,9 @@ class Scenario(_Spec):
     algorithm: AlgorithmSpec
     rounds: int = Field(ge=1)
     clients_per_round: int | None = Field(None, ge=1, description="default: the whole fleet")
+    deadline_s: float | None = Field(
+        None, gt=0.0, description="simulated seconds a round waits; later devices are cut"
+    )
     evaluation: EvaluationSpec = EvaluationSpec()
     execution: ExecutionSpec = ExecutionSpec()
     output: OutputSpec = OutputSpec()

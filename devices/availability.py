@@ -1,0 +1,184 @@
+"""When a device is online: always, a two-state Markov process, or an imported trace.
+
+Simulated time is in seconds from the start of the run. Each model answers one question for a
+batch of devices at time ``t``: is the device online, and until when (``inf``: for good). A device
+that is online at a round's start but whose ``until`` falls before it finishes drops out
+mid-round.
+
+The Markov model draws each device's alternating on/off durations from the scenario seed, the
+device id and the interval's index with a counter-based hash, so the answer at time ``t`` does not
+depend on which devices were asked before, or in which order: seeded availability is reproducible
+in any execution mode, with any cohort.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from fedsim.core.errors import FedsimError
+from fedsim.core.seeds import derive_seed
+
+__all__ = ["AlwaysOn", "Availability", "MarkovOnOff", "Trace", "TraceError", "read_trace"]
+
+Ids = NDArray[np.int64]
+
+
+class Availability(Protocol):
+    def online(self, device_ids: Ids, t: float) -> tuple[NDArray[np.bool_], NDArray[np.float64]]:
+        """For each device at time ``t``: whether it is online, and until when (if it is)."""
+        ...
+
+
+class AlwaysOn:
+    def online(self, device_ids: Ids, t: float) -> tuple[NDArray[np.bool_], NDArray[np.float64]]:
+        return np.ones(len(device_ids), dtype=bool), np.full(len(device_ids), math.inf)
+
+
+_M1, _M2, _GOLDEN = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB), 0x9E3779B97F4A7C15
+
+
+def _uniform(key: int, device_ids: Ids, index: NDArray[np.int64]) -> NDArray[np.float64]:
+    """Uniform draws in (0, 1) from (key, device, index): SplitMix64's finaliser, vectorised."""
+    with np.errstate(over="ignore"):
+        x = np.uint64(key) + device_ids.astype(np.uint64) * np.uint64(_GOLDEN)
+        x = x ^ (index.astype(np.uint64) * np.uint64(0xD1B54A32D192ED03))
+        x = (x ^ (x >> np.uint64(30))) * _M1
+        x = (x ^ (x >> np.uint64(27))) * _M2
+        x = x ^ (x >> np.uint64(31))
+    return ((x >> np.uint64(11)).astype(np.float64) + 0.5) / float(1 << 53)
+
+
+class MarkovOnOff:
+    """A two-state continuous-time Markov chain per device: on for Exp(mean_on_s), off for
+    Exp(mean_off_s), alternating (rates 1/mean). Each device starts in the stationary
+    distribution: online with probability mean_on / (mean_on + mean_off)."""
+
+    def __init__(self, seed: int, mean_on_s: float, mean_off_s: float) -> None:
+        if mean_on_s <= 0 or mean_off_s <= 0:
+            raise ValueError("mean_on_s and mean_off_s must be positive")
+        self.mean = (mean_on_s, mean_off_s)
+        self._key = derive_seed(seed, "availability") << 32 | derive_seed(seed, "availability", 1)
+        self._state: dict[int, tuple[int, float, float]] = {}  # device → (index, start, end)
+
+    def _first_online(self, device_ids: Ids) -> NDArray[np.bool_]:
+        p_on = self.mean[0] / (self.mean[0] + self.mean[1])
+        return _uniform(self._key ^ 0x5EED, device_ids, np.zeros_like(device_ids)) < p_on
+
+    def _intervals(self, device_ids: Ids, t: float) -> tuple[Ids, NDArray[np.float64]]:
+        """Index and end of the interval that contains ``t``, for each device."""
+        known = [self._state.get(int(d), (0, 0.0, -1.0)) for d in device_ids]
+        index = np.array([k[0] for k in known], dtype=np.int64)
+        start = np.array([k[1] for k in known], dtype=np.float64)
+        end = np.array([k[2] for k in known], dtype=np.float64)
+        restart = (end < 0) | (start > t)  # new, or asked about the past: replay from zero
+        index[restart], start[restart] = 0, 0.0
+        end[restart] = self._duration(device_ids[restart], index[restart])
+        late = end <= t
+        while late.any():
+            index[late] += 1
+            start[late] = end[late]
+            end[late] += self._duration(device_ids[late], index[late])
+            late = end <= t
+        for d, k, s, e in zip(device_ids.tolist(), index.tolist(), start, end, strict=True):
+            self._state[d] = (k, float(s), float(e))
+        return index, end
+
+    def _duration(self, device_ids: Ids, index: Ids) -> NDArray[np.float64]:
+        on = self._first_online(device_ids) ^ (index % 2 == 1)
+        mean = np.where(on, self.mean[0], self.mean[1])
+        return -mean * np.log(_uniform(self._key, device_ids, index))
+
+    def online(self, device_ids: Ids, t: float) -> tuple[NDArray[np.bool_], NDArray[np.float64]]:
+        device_ids = np.asarray(device_ids, dtype=np.int64)
+        index, end = self._intervals(device_ids, t)
+        on = self._first_online(device_ids) ^ (index % 2 == 1)
+        return on, np.where(on, end, math.nan)
+
+
+class Trace:
+    """Online intervals per device, e.g. recorded from a real fleet; a device is offline outside
+    its intervals (and always, if the trace does not mention it)."""
+
+    def __init__(self, intervals: Mapping[int, Sequence[tuple[float, float]]]) -> None:
+        self._starts: dict[int, NDArray[np.float64]] = {}
+        self._ends: dict[int, NDArray[np.float64]] = {}
+        for device, spans in intervals.items():
+            merged: list[list[float]] = []
+            for start, end in sorted(spans):  # overlapping or touching spans join
+                if merged and start <= merged[-1][1]:
+                    merged[-1][1] = max(merged[-1][1], end)
+                else:
+                    merged.append([start, end])
+            self._starts[device] = np.array([s for s, _ in merged])
+            self._ends[device] = np.array([e for _, e in merged])
+
+    def devices(self) -> set[int]:
+        return set(self._starts)
+
+    def online(self, device_ids: Ids, t: float) -> tuple[NDArray[np.bool_], NDArray[np.float64]]:
+        on = np.zeros(len(device_ids), dtype=bool)
+        until = np.full(len(device_ids), math.nan)
+        for i, d in enumerate(np.asarray(device_ids).tolist()):
+            starts = self._starts.get(d)
+            if starts is None:
+                continue
+            j = int(np.searchsorted(starts, t, side="right")) - 1
+            if j >= 0 and t < self._ends[d][j]:
+                on[i], until[i] = True, self._ends[d][j]
+        return on, until
+
+
+TRACE_COLUMNS = ("device", "start", "end")
+
+
+class TraceError(FedsimError):
+    """A problem inside a trace file: ``where`` is already ``file:line``."""
+
+
+def read_trace(path: Path, where: str, devices: range) -> Trace:
+    """Read a CSV with a header ``device,start,end`` (fleet device ids, seconds of simulated
+    time, one online interval per row). Problems name the file and line."""
+    if not path.is_file():
+        raise FedsimError(
+            where, f"no trace file {path}", "give a CSV path relative to the scenario"
+        )
+    intervals: dict[int, list[tuple[float, float]]] = {}
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        if tuple(reader.fieldnames or ()) != TRACE_COLUMNS:
+            raise TraceError(
+                f"{path}:1",
+                f"header is {','.join(reader.fieldnames or ()) or 'empty'}",
+                f"the first line must be {','.join(TRACE_COLUMNS)}",
+            )
+        for line, row in enumerate(reader, start=2):
+            try:
+                device, start, end = int(row["device"]), float(row["start"]), float(row["end"])
+            except (TypeError, ValueError):
+                raise TraceError(
+                    f"{path}:{line}",
+                    f"cannot read {row}",
+                    "write an integer device id and two numbers of seconds",
+                ) from None
+            if not start < end or start < 0:
+                raise TraceError(
+                    f"{path}:{line}",
+                    f"interval [{start}, {end}) is empty or starts before 0",
+                    "each row needs 0 <= start < end",
+                )
+            if device not in devices:
+                raise TraceError(
+                    f"{path}:{line}",
+                    f"device {device} is not in this group (devices {devices.start}-"
+                    f"{devices.stop - 1})",
+                    "use the fleet's device ids (as in devices.csv)",
+                )
+            intervals.setdefault(device, []).append((start, end))
+    return Trace(intervals)

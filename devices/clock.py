@@ -1,0 +1,196 @@
+"""The simulated clock of a run: who can take part in a round, how long it lasts, what it costs.
+
+Before a round the server asks ``FleetCosts`` for a ``DevicePlan`` per selected device. Everything
+in it follows from the scenario (seed, profiles, links, availability, the model's counted
+footprint, the payload sizes), never from wall time, so it is the same in every execution mode:
+
+- **memory-skip**: its SRAM cannot hold training (nor, under ``head-only``, head training);
+- **dropout**: online at the round's start, but its online spell ends before it would finish;
+- **straggler**: it would finish after ``deadline_s``; the round cuts it at the deadline;
+- **train**: it trains (``full`` or ``head``) and its update arrives in time, unless it fails.
+
+Only ``train`` devices are sent work: a cut or dropped device's update would be discarded anyway.
+After the round ``finish`` gives its simulated duration (the slowest delivering device; the
+deadline if one was set and anyone missed it) and each device's energy.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from numpy.typing import NDArray
+from torch import nn
+
+from devices.cost import Activity, CostModel, Scope, cost_model
+from devices.fleet import Fleet
+from devices.footprint import Footprint, footprint, head_parameters
+from fedsim.core.payload import payload_bytes
+from fedsim.core.scenario import Scenario
+
+__all__ = ["EMPTY_ROUND_S", "DevicePlan", "Fate", "FleetCosts", "RoundCost"]
+
+Fate = Literal["train", "memory-skip", "straggler", "dropout"]
+# A round in which no device can train lasts the deadline, or this long without one.
+EMPTY_ROUND_S = 60.0
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    device_id: int
+    fate: Fate
+    scope: Scope
+    bytes_down: int
+    bytes_up: int
+    down_s: float
+    compute_s: float
+    up_s: float
+    stop_s: float | None = None  # straggler: the deadline; dropout: when it went offline
+
+    @property
+    def busy_s(self) -> float:
+        """Seconds from the round's start until it delivers (or stops)."""
+        full = self.down_s + self.compute_s + self.up_s
+        return full if self.stop_s is None else min(full, self.stop_s)
+
+    def activity(self, round_s: float, delivered: bool) -> Activity:
+        """Where its time went in a round of ``round_s``: transfers and compute up to where it
+        stopped, idle for the rest (none after a dropout: it is off)."""
+        if self.fate == "memory-skip":
+            return Activity(idle_s=round_s)
+        until = self.busy_s if delivered else min(self.busy_s, self.down_s + self.compute_s)
+        down = min(self.down_s, until)
+        compute = min(self.compute_s, until - down)
+        up = min(self.up_s, until - down - compute)
+        idle = 0.0 if self.fate == "dropout" else max(0.0, round_s - until)
+        return Activity(compute, down, up, idle)
+
+
+@dataclass(frozen=True)
+class RoundCost:
+    round_s: float
+    energy_mj: dict[int, float]
+    busy_s: dict[int, float]
+
+
+class FleetCosts:
+    """Per-profile training scope and per-device plans for one run's scenario and model."""
+
+    def __init__(self, scenario: Scenario, fleet: Fleet, model: nn.Module) -> None:
+        self.scenario, self.fleet = scenario, fleet
+        self.model: CostModel = cost_model(scenario.fleet.cost_model)
+        algorithm = scenario.algorithm
+        sample_shape = fleet.data.sample_shape
+        batch, copies = algorithm.batch_size, algorithm.state_copies
+        head = head_parameters(model)
+        self.full: Footprint = footprint(model, sample_shape, batch, None, copies)
+        self.head: Footprint = footprint(model, sample_shape, batch, head, copies)
+        names = list(model.state_dict())
+        self.head_mask = tuple(name in head for name in names)
+        shapes = [tuple(t.shape) for t in model.state_dict().values()]
+        dtype = scenario.fleet.payload_dtype
+        self.bytes_full = payload_bytes(shapes, dtype)
+        self.bytes_head = payload_bytes(shapes, dtype, self.head_mask)
+        self._scopes: dict[str, Scope] = {}
+
+    def scope(self, device_id: int) -> Scope:
+        profile = self.fleet[device_id].profile
+        if profile.name not in self._scopes:
+            policy = self.scenario.fleet.memory_policy
+            self._scopes[profile.name] = self.model.memory.scope(
+                profile, self.full, self.head, policy
+            )
+        return self._scopes[profile.name]
+
+    def available(self, t: float) -> NDArray[np.bool_] | None:
+        """Which devices are online at ``t`` (None: all, always)."""
+        if not self.fleet.availability:
+            return None
+        online = np.zeros(len(self.fleet), dtype=bool)
+        first = 0
+        for group, availability in zip(
+            self.scenario.fleet.groups, self.fleet.availability, strict=True
+        ):
+            ids = np.arange(first, first + group.count, dtype=np.int64)
+            online[first : first + group.count] = availability.online(ids, t)[0]
+            first += group.count
+        return online
+
+    def _until(self, device_ids: list[int], t: float) -> dict[int, float]:
+        """When each device's current online spell ends (inf: never)."""
+        if not self.fleet.availability:
+            return {}
+        ends: dict[int, float] = {}
+        for group, availability in enumerate(self.fleet.availability):
+            ids = np.array([d for d in device_ids if self.fleet[d].group == group], np.int64)
+            if len(ids):
+                _, until = availability.online(ids, t)
+                ends |= dict(zip(ids.tolist(), until.tolist(), strict=True))
+        return ends
+
+    def plan(self, device_ids: list[int], t: float) -> list[DevicePlan]:
+        """Each selected device's fate in the round starting at simulated time ``t``."""
+        deadline = self.scenario.deadline_s
+        until = self._until(device_ids, t)
+        epochs = self.scenario.algorithm.local_epochs
+        plans = []
+        for d in device_ids:
+            device, scope = self.fleet[d], self.scope(d)
+            if scope == "skip":
+                plans.append(DevicePlan(d, "memory-skip", scope, 0, 0, 0.0, 0.0, 0.0))
+                continue
+            assert device.link_type is not None
+            macs = (self.full if scope == "full" else self.head).train_macs
+            up = self.bytes_full if scope == "full" else self.bytes_head
+            down_s = self.model.link.seconds(device.link_type, self.bytes_full)
+            compute_s = self.model.compute.seconds(
+                device.profile, macs * device.num_examples * epochs
+            )
+            up_s = self.model.link.seconds(device.link_type, up)
+            plan = DevicePlan(d, "train", scope, self.bytes_full, up, down_s, compute_s, up_s)
+            off = until.get(d, math.inf) - t
+            if off < plan.busy_s and (deadline is None or off < deadline):
+                plan = _stop(plan, "dropout", off)
+            elif deadline is not None and plan.busy_s > deadline:
+                plan = _stop(plan, "straggler", deadline)
+            plans.append(plan)
+        return plans
+
+    def finish(self, plans: list[DevicePlan], delivered: set[int]) -> RoundCost:
+        """The round's simulated duration and each device's energy (mJ) and busy time."""
+        deadline = self.scenario.deadline_s
+        took_part = [p for p in plans if p.fate != "memory-skip"]
+        missed = any(p.device_id not in delivered for p in took_part)
+        if deadline is not None and (missed or not took_part):
+            round_s = deadline
+        elif took_part:
+            round_s = max(p.busy_s for p in took_part)
+        else:
+            round_s = EMPTY_ROUND_S
+        energy, busy = {}, {}
+        for p in plans:
+            ok = p.device_id in delivered
+            activity = p.activity(round_s, ok)
+            device = self.fleet[p.device_id]
+            energy[p.device_id] = self.model.energy.millijoules(
+                device.profile, device.link, activity
+            )
+            busy[p.device_id] = activity.compute_s + activity.down_s + activity.up_s
+        return RoundCost(round_s, energy, busy)
+
+
+def _stop(plan: DevicePlan, fate: Fate, at: float) -> DevicePlan:
+    return DevicePlan(
+        plan.device_id,
+        fate,
+        plan.scope,
+        # a download cut short counts the share of its airtime it got (latency included)
+        plan.bytes_down if at >= plan.down_s else int(plan.bytes_down * at / plan.down_s),
+        0,
+        plan.down_s,
+        plan.compute_s,
+        plan.up_s,
+        at,
+    )

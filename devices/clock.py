@@ -130,33 +130,66 @@ class FleetCosts:
                 ends |= dict(zip(ids.tolist(), until.tolist(), strict=True))
         return ends
 
+    def nominal(self, device_id: int) -> DevicePlan:
+        """What a round asks of the device if it stays online and nothing is cut."""
+        device, scope = self.fleet[device_id], self.scope(device_id)
+        if scope == "skip":
+            return DevicePlan(device_id, "memory-skip", scope, 0, 0, 0.0, 0.0, 0.0)
+        assert device.link_type is not None
+        macs = (self.full if scope == "full" else self.head).train_macs
+        up = self.bytes_full if scope == "full" else self.bytes_head
+        epochs = self.scenario.algorithm.local_epochs
+        return DevicePlan(
+            device_id,
+            "train",
+            scope,
+            self.bytes_full,
+            up,
+            self.model.link.seconds(device.link_type, self.bytes_full),
+            self.model.compute.seconds(device.profile, macs * device.num_examples * epochs),
+            self.model.link.seconds(device.link_type, up),
+        )
+
     def plan(self, device_ids: list[int], t: float) -> list[DevicePlan]:
         """Each selected device's fate in the round starting at simulated time ``t``."""
         deadline = self.scenario.deadline_s
         until = self._until(device_ids, t)
-        epochs = self.scenario.algorithm.local_epochs
         plans = []
         for d in device_ids:
-            device, scope = self.fleet[d], self.scope(d)
-            if scope == "skip":
-                plans.append(DevicePlan(d, "memory-skip", scope, 0, 0, 0.0, 0.0, 0.0))
-                continue
-            assert device.link_type is not None
-            macs = (self.full if scope == "full" else self.head).train_macs
-            up = self.bytes_full if scope == "full" else self.bytes_head
-            down_s = self.model.link.seconds(device.link_type, self.bytes_full)
-            compute_s = self.model.compute.seconds(
-                device.profile, macs * device.num_examples * epochs
-            )
-            up_s = self.model.link.seconds(device.link_type, up)
-            plan = DevicePlan(d, "train", scope, self.bytes_full, up, down_s, compute_s, up_s)
-            off = until.get(d, math.inf) - t
-            if off < plan.busy_s and (deadline is None or off < deadline):
-                plan = _stop(plan, "dropout", off)
-            elif deadline is not None and plan.busy_s > deadline:
-                plan = _stop(plan, "straggler", deadline)
+            plan = self.nominal(d)
+            if plan.fate == "train":
+                off = until.get(d, math.inf) - t
+                if off < plan.busy_s and (deadline is None or off < deadline):
+                    plan = _stop(plan, "dropout", off)
+                elif deadline is not None and plan.busy_s > deadline:
+                    plan = _stop(plan, "straggler", deadline)
             plans.append(plan)
         return plans
+
+    def describe(self) -> list[str]:
+        """One line per device group: what it trains and what a round costs it."""
+        lines, first = [], 0
+        for group in self.scenario.fleet.groups:
+            device = self.fleet[first]
+            p, plan = device.profile, self.nominal(first)
+            need = (
+                f"all layers need {_kb(self.full.train_bytes)} of SRAM, it has {_kb(p.sram_bytes)}"
+            )
+            if plan.fate == "memory-skip":
+                lines.append(f"{p.name} x{group.count}: sits rounds out ({need})")
+            else:
+                what = "all layers" if plan.scope == "full" else f"the head only ({need})"
+                link = device.link.kind if device.link else "-"
+                late = (
+                    self.scenario.deadline_s is not None and plan.busy_s > self.scenario.deadline_s
+                )
+                lines.append(
+                    f"{p.name} x{group.count}: trains {what}; a round takes ~{plan.busy_s:.3g} s "
+                    f"({plan.down_s:.3g} down over {link}, {plan.compute_s:.3g} compute, "
+                    f"{plan.up_s:.3g} up){', past the deadline: cut' if late else ''}"
+                )
+            first += group.count
+        return lines
 
     def finish(self, plans: list[DevicePlan], delivered: set[int]) -> RoundCost:
         """The round's simulated duration and each device's energy (mJ) and busy time."""
@@ -179,6 +212,10 @@ class FleetCosts:
             )
             busy[p.device_id] = activity.compute_s + activity.down_s + activity.up_s
         return RoundCost(round_s, energy, busy)
+
+
+def _kb(n: int) -> str:
+    return f"{n / 1024:.0f} KB" if n < 1 << 30 else f"{n / (1 << 30):.0f} GB"
 
 
 def _stop(plan: DevicePlan, fate: Fate, at: float) -> DevicePlan:

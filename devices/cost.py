@@ -5,8 +5,8 @@ Small pluggable objects with one method each (``DESIGN.md`` §5), bundled in a `
 - **memory** decides what a device can train: the whole model, only its head (TinyOL style: the
   frozen layers stay in flash, the head and what its training needs sit in SRAM), or nothing;
 - **compute** turns multiply-accumulates into seconds: MACs × cycles per MAC of the core ÷ clock;
-- **link** turns a payload into seconds: one fixed latency per message (payloads larger than the
-  link's MTU are split) plus bits ÷ throughput;
+- **link** turns a payload into seconds: one fixed latency per round trip (a packet on BLE, LoRa
+  and serial; a TCP window on WiFi and Ethernet) plus bits ÷ throughput;
 - **energy** adds active power × compute time, radio power × airtime and idle power × the rest of
   the round.
 
@@ -95,7 +95,8 @@ class CyclesPerMac:
 
 
 class Messages:
-    """``ceil(bytes / MTU)`` messages, each paying the link's latency, plus bits / throughput."""
+    """``ceil(bytes / mtu_bytes)`` round trips, each paying the link's latency, plus bits /
+    throughput."""
 
     def seconds(self, link: LinkType, nbytes: int) -> float:
         if nbytes <= 0:

@@ -37,11 +37,18 @@ def summarize(scenario_path: str | Path) -> str:
     params = scenario.fleet.partition.model_dump(exclude={"kind"})
     args = ", ".join(f"{k}={v}" for k, v in params.items())
     split = scenario.fleet.partition.kind + (f"({args})" if args else "")
+    from devices.clock import FleetCosts
+    from fedsim.core.models import build_model
+
+    data = fleet.data
+    model = build_model(scenario.task.model, data.num_features, max(data.num_classes, 1), 0)
+    groups_cost = "".join(f"\n  {line}" for line in FleetCosts(scenario, fleet, model).describe())
     return (
         f"{scenario_path}: ok: {scenario.name}: {scenario.algorithm.kind} on "
         f"{scenario.task.dataset}/{scenario.task.model}, {len(fleet)} devices ({groups}), "
         f"{scenario.cohort_size} per round x {scenario.rounds} rounds, {split} split, "
         f"{scenario.execution.mode} mode on {choose_engine(scenario)}, seed {scenario.seed}"
+        f"{groups_cost}"
     )
 
 

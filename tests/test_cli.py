@@ -34,15 +34,30 @@ def test_every_exit_code_has_a_help_line() -> None:
     assert all(EXIT_CODE_HELP[c].strip() for c in ExitCode)
 
 
-def test_validate_prints_a_one_line_summary() -> None:
+def test_validate_prints_a_summary_and_a_line_per_group() -> None:
     proc = fedsim("validate", "scenarios/quickstart.yaml")
 
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.count("\n") == 1
-    assert proc.stdout.startswith(
+    first, *groups = proc.stdout.splitlines()
+    assert first.startswith(
         "scenarios/quickstart.yaml: ok: quickstart: fedavg on digits/mlp, 10 devices "
         "(4 rpi4, 4 nano33-ble-sense, 2 esp32-s3), 8 per round x 15 rounds"
     )
+    assert [g.split()[0] for g in groups] == ["rpi4", "nano33-ble-sense", "esp32-s3"]
+    assert all("trains all layers; a round takes ~" in g for g in groups)
+
+
+def test_validate_says_which_groups_train_the_head_or_get_cut() -> None:
+    proc = fedsim("validate", "scenarios/heterogeneous-fleet.yaml")
+
+    assert proc.returncode == 0, proc.stderr
+    lines = {line.split()[0]: line for line in proc.stdout.splitlines()[1:]}
+    assert (
+        "trains the head only (all layers need 305 KB of SRAM, it has 256 KB)"
+        in (lines["nano33-ble-sense"])
+    )
+    assert lines["nano33-ble-sense"].endswith("past the deadline: cut")
+    assert "trains all layers" in lines["rpi4"]
 
 
 @pytest.mark.parametrize(

@@ -32,8 +32,10 @@ class LinkType(_Value):
     kind: str
     label: str
     throughput_bps: float = Field(gt=0, description="application-level payload bits per second")
-    latency_s: float = Field(ge=0, description="fixed cost of one message (setup, round trip)")
-    mtu_bytes: int = Field(gt=0, description="largest payload of one message; more is split")
+    latency_s: float = Field(ge=0, description="fixed cost of one round trip")
+    mtu_bytes: int = Field(
+        gt=0, description="payload per round trip: a packet (BLE, LoRa, serial), a TCP window"
+    )
     source: str
 
 

@@ -93,16 +93,25 @@ class FleetCosts:
         dtype = scenario.fleet.payload_dtype
         self.bytes_full = payload_bytes(shapes, dtype)
         self.bytes_head = payload_bytes(shapes, dtype, self.head_mask)
-        self._scopes: dict[str, Scope] = {}
+        self._scopes: dict[tuple[str, int | None, int | None], Scope] = {}
 
     def scope(self, device_id: int) -> Scope:
-        profile = self.fleet[device_id].profile
-        if profile.name not in self._scopes:
+        """What the device can train: its profile's memory, or the free memory the registry
+        gives it."""
+        device = self.fleet[device_id]
+        key = (device.profile.name, device.sram_bytes, device.flash_bytes)
+        if key not in self._scopes:
+            profile = device.profile
+            if device.sram_bytes is not None or device.flash_bytes is not None:
+                profile = profile.model_copy(
+                    update={
+                        "sram_bytes": device.sram_bytes or profile.sram_bytes,
+                        "flash_bytes": device.flash_bytes or profile.flash_bytes,
+                    }
+                )
             policy = self.scenario.fleet.memory_policy
-            self._scopes[profile.name] = self.model.memory.scope(
-                profile, self.full, self.head, policy
-            )
-        return self._scopes[profile.name]
+            self._scopes[key] = self.model.memory.scope(profile, self.full, self.head, policy)
+        return self._scopes[key]
 
     def available(self, t: float) -> NDArray[np.bool_] | None:
         """Which devices are online at ``t`` (None: all, always)."""
@@ -167,28 +176,28 @@ class FleetCosts:
         return plans
 
     def describe(self) -> list[str]:
-        """One line per device group: what it trains and what a round costs it."""
-        lines, first = [], 0
-        for group in self.scenario.fleet.groups:
-            device = self.fleet[first]
-            p, plan = device.profile, self.nominal(first)
-            need = (
-                f"all layers need {_kb(self.full.train_bytes)} of SRAM, it has {_kb(p.sram_bytes)}"
-            )
+        """One line per device group and profile: what it trains and what a round costs it."""
+        kinds: dict[tuple[int, str, Scope], list[int]] = {}
+        for device in self.fleet.devices:
+            key = (device.group, device.profile.name, self.scope(device.device_id))
+            kinds.setdefault(key, []).append(device.device_id)
+        lines = []
+        deadline = self.scenario.deadline_s
+        for (_, name, _), ids in kinds.items():
+            device = self.fleet[ids[0]]
+            plan, sram = self.nominal(ids[0]), device.sram_bytes or device.profile.sram_bytes
+            need = f"all layers need {_kb(self.full.train_bytes)} of SRAM, it has {_kb(sram)}"
             if plan.fate == "memory-skip":
-                lines.append(f"{p.name} x{group.count}: sits rounds out ({need})")
-            else:
-                what = "all layers" if plan.scope == "full" else f"the head only ({need})"
-                link = device.link.kind if device.link else "-"
-                late = (
-                    self.scenario.deadline_s is not None and plan.busy_s > self.scenario.deadline_s
-                )
-                lines.append(
-                    f"{p.name} x{group.count}: trains {what}; a round takes ~{plan.busy_s:.3g} s "
-                    f"({plan.down_s:.3g} down over {link}, {plan.compute_s:.3g} compute, "
-                    f"{plan.up_s:.3g} up){', past the deadline: cut' if late else ''}"
-                )
-            first += group.count
+                lines.append(f"{name} x{len(ids)}: sits rounds out ({need})")
+                continue
+            what = "all layers" if plan.scope == "full" else f"the head only ({need})"
+            link = device.link.kind if device.link else "-"
+            late = deadline is not None and plan.busy_s > deadline
+            lines.append(
+                f"{name} x{len(ids)}: trains {what}; a round takes ~{plan.busy_s:.3g} s "
+                f"({plan.down_s:.3g} down over {link}, {plan.compute_s:.3g} compute, "
+                f"{plan.up_s:.3g} up){', past the deadline: cut' if late else ''}"
+            )
         return lines
 
     def finish(self, plans: list[DevicePlan], delivered: set[int]) -> RoundCost:

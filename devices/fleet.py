@@ -33,9 +33,10 @@ from fedsim.core.scenario import (
 )
 from fedsim.core.scenario_load import load_scenario, locate
 from fedsim.core.seeds import derive_seed
+from ontology.fleet_registry import FleetRegistry, query_path
 from ontology.registry import DeviceRegistry, default_registry
 
-__all__ = ["Device", "Fleet", "load_fleet", "resolve_fleet"]
+__all__ = ["Device", "Fleet", "load_fleet", "open_registry", "resolve_fleet"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,10 @@ class Device:
     sample_indices: NDArray[np.int64] | None  # into a pooled dataset's training split
     link: LinkPower | None = None  # None: the device cannot communicate (not the case here)
     link_type: LinkType | None = None
+    name: str | None = None  # its registry name and IRI, if its group selected registry devices
+    iri: str | None = None
+    sram_bytes: int | None = None  # free memory the registry gives it (else its profile's)
+    flash_bytes: int | None = None
 
 
 DEFAULT_SAMPLES_PER_DEVICE = 32
@@ -97,14 +102,13 @@ def resolve_fleet(
 
     ``base`` is the scenario file's folder, against which trace files are read."""
     registry = registry or default_registry()
-    profiles = [
-        registry.profile(group.profile, f"fleet.groups[{i}].profile")
+    members = _members(scenario, registry, base)  # per group: (registry name, profile) each
+    links = {
+        (i, profile.name): _link(registry, group, profile, f"fleet.groups[{i}].link")
         for i, group in enumerate(scenario.fleet.groups)
-    ]
-    links = [
-        _link(registry, group, profile, f"fleet.groups[{i}].link")
-        for i, (group, profile) in enumerate(zip(scenario.fleet.groups, profiles, strict=True))
-    ]
+        for m in members[i]
+        for profile in (m.profile,)
+    }
     if scenario.fleet.cost_model not in COST_MODELS:
         raise FedsimError(
             "fleet.cost_model", known_names("cost model", scenario.fleet.cost_model, COST_MODELS)
@@ -133,10 +137,22 @@ def resolve_fleet(
         availability.append(
             _availability(scenario, group, range(first, first + group.count), base, i)
         )
-        for _ in range(group.count):
+        for m in members[i]:
             d = len(devices)
             devices.append(
-                Device(d, i, profiles[i], group.faults.crash_prob, sizes[d], parts[d], *links[i])
+                Device(
+                    d,
+                    i,
+                    m.profile,
+                    group.faults.crash_prob,
+                    sizes[d],
+                    parts[d],
+                    *links[i, m.profile.name],
+                    name=m.name,
+                    iri=m.iri,
+                    sram_bytes=m.sram_bytes,
+                    flash_bytes=m.flash_bytes,
+                )
             )
     empty = [d.device_id for d in devices if d.num_examples == 0]
     if empty:
@@ -153,6 +169,81 @@ def resolve_fleet(
         scenario.fleet.partition,
         () if always else tuple(availability),
     )
+
+
+@dataclass(frozen=True)
+class _Member:
+    name: str | None
+    iri: str | None
+    profile: DeviceProfile
+    sram_bytes: int | None = None
+    flash_bytes: int | None = None
+
+
+def _members(
+    scenario: Scenario, registry: DeviceRegistry, base: Path | None
+) -> list[list[_Member]]:
+    """Each group's devices: ``count`` of its profile (unnamed), or ``count`` registry devices
+    drawn with the seed from those its query returns, in name order."""
+    members: list[list[_Member]] = []
+    fleet_registry = None
+    try:
+        for i, group in enumerate(scenario.fleet.groups):
+            if group.profile is not None:
+                profile = registry.profile(group.profile, f"fleet.groups[{i}].profile")
+                members.append([_Member(None, None, profile)] * group.count)
+                continue
+            assert group.query is not None
+            if fleet_registry is None:
+                fleet_registry = open_registry(scenario, base)
+            where = f"fleet.groups[{i}].query"
+            try:
+                path = query_path(group.query, base)
+            except FedsimError as exc:
+                raise FedsimError(where, exc.what, exc.fix) from None
+            rows = fleet_registry.query(path, group.bind)
+            by_name = {str(r["name"]): r for r in rows if "name" in r}
+            found = [by_name[name] for name in sorted(by_name)]
+            if len(found) < group.count:
+                raise FedsimError(
+                    where,
+                    f"'{group.query}' {group.bind or ''} selects {len(found)} registry devices, "
+                    f"the group asks for {group.count}",
+                    "lower count, or register more devices (registry.data)",
+                )
+            rng = np.random.default_rng(derive_seed(scenario.seed, "group", i))
+            chosen = sorted(rng.choice(len(found), size=group.count, replace=False).tolist())
+            members.append(
+                [
+                    _Member(
+                        str(found[c]["name"]),
+                        found[c].get("device"),
+                        registry.profile(str(found[c]["profile"]), where),
+                        found[c].get("ram"),
+                        found[c].get("flash"),
+                    )
+                    for c in chosen
+                ]
+            )
+    finally:
+        if fleet_registry is not None:
+            fleet_registry.close()
+    return members
+
+
+def open_registry(scenario: Scenario, base: Path | None) -> FleetRegistry:
+    """The scenario's registry (catalog + ``registry.data``), or the catalog alone."""
+    spec = scenario.registry
+    if spec is None:
+        return FleetRegistry.open()
+    root = base or Path.cwd()
+    for i, name in enumerate(spec.data):
+        if not (root / name).is_file():
+            raise FedsimError(
+                f"registry.data[{i}]", f"no file {root / name}", "give a Turtle file's path"
+            )
+    db = root / spec.db if spec.db is not None else None
+    return FleetRegistry.open([root / name for name in spec.data], spec.store, db)
 
 
 def _link(

@@ -244,6 +244,11 @@ def devices_profiles(
     out.print(links)
 
 
+from fedsim.registry_cli import registry_app  # noqa: E402 (sub-app, after the main app)
+
+app.add_typer(registry_app, name="registry")
+
+
 def main() -> None:
     """Console entry point: maps user errors to one line and exit code 2."""
     try:

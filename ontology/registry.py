@@ -193,7 +193,7 @@ class DeviceRegistry:
     @staticmethod
     def _read_link_types(graph: Graph, where: str) -> dict[str, LinkType]:
         types: dict[str, LinkType] = {}
-        for subject, rows in _rows(graph, "link_types.rq", "type").items():
+        for subject, rows in _rows(graph, "link-types.rq", "type").items():
             what = _label(rows, subject, "link type", "kind")
             link_type = _build(LinkType, _values(rows, LINK_TYPE_FIGURES, what, where), what, where)
             if link_type.kind in types:
@@ -202,7 +202,7 @@ class DeviceRegistry:
         return types
 
     def _read_profiles(self, graph: Graph, where: str) -> dict[str, DeviceProfile]:
-        links = _rows(graph, "device_links.rq", "device")
+        links = _rows(graph, "device-links.rq", "device")
         profiles: dict[str, DeviceProfile] = {}
         for subject, rows in _rows(graph, "profiles.rq", "device").items():
             what = _label(rows, subject, "profile", "name")

@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -26,7 +27,7 @@ from numpy.typing import NDArray
 from torch import nn
 
 from devices.clock import DevicePlan, FleetCosts, RoundCost
-from devices.fleet import Fleet, load_fleet
+from devices.fleet import Fleet, load_fleet, open_registry
 from fedsim.core.aggregators import ModelAggregator, aggregator_for
 from fedsim.core.cohort import CohortOrder, CohortReply, DeviceOutcome
 from fedsim.core.data import TaskData, load_task_data
@@ -59,6 +60,7 @@ from fedsim.core.reduce import (
 from fedsim.core.results import RunWriter
 from fedsim.core.scenario import Scenario
 from fedsim.core.seeds import derive_seed
+from ontology.history import write_participation
 from server.evaluate import evaluate
 
 __all__ = ["LogObserver", "RoundObserver", "run_rounds"]
@@ -390,6 +392,17 @@ def _summary(scenario: Scenario, fleet: Fleet, records: list[RoundRecord]) -> di
     }
 
 
+def _write_back(scenario: Scenario, fleet: Fleet, binding: RunBinding) -> None:
+    """The run's participation as RDF in the run folder, and in a persistent registry."""
+    out = Path(binding.out)
+    members = [(d.iri, d.profile.name) for d in fleet.devices]
+    path = write_participation(scenario, members, out, out.name)
+    assert scenario.registry is not None
+    if scenario.registry.db is not None:
+        with open_registry(scenario, Path(binding.scenario).parent) as registry:
+            registry.store.load([path])
+
+
 def run_rounds(grid: Grid, binding: RunBinding, observer: RoundObserver) -> dict[str, Any]:
     """Run the scenario bound to this app on ``grid``; write results; return the summary.
 
@@ -444,6 +457,8 @@ def run_rounds(grid: Grid, binding: RunBinding, observer: RoundObserver) -> dict
 
     set_arrays(model, ctx.global_arrays)
     writer.model(dict(zip(model.state_dict(), ctx.global_arrays, strict=True)))
+    if scenario.registry is not None and scenario.registry.write_back:
+        _write_back(scenario, fleet, binding)
     title = f"{scenario.name} ({scenario.algorithm.kind}, seed {scenario.seed})"
     plot_accuracy(binding.out, title)
     plot_fleet(binding.out, title)

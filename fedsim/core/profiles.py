@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["LINK_PREFERENCE", "DeviceProfile", "LinkPower", "LinkType"]
+__all__ = ["LINK_PREFERENCE", "DeviceProfile", "LinkPower", "LinkType", "ModelFigures"]
 
 # The link a device uses when its scenario group names none: the first of these it has.
 LINK_PREFERENCE = ("wifi", "ethernet", "ble", "lora", "serial")
@@ -68,3 +68,26 @@ class DeviceProfile(_Value):
         if kind is not None:
             return by_kind.get(kind)
         return next((by_kind[k] for k in LINK_PREFERENCE if k in by_kind), None)
+
+
+class ModelFigures(_Value):
+    """A model architecture on a dataset, with its counted costs (``devices.model_catalog``)."""
+
+    architecture: str
+    dataset: str
+    input_shape: tuple[int, ...]
+    num_classes: int
+    sensors: tuple[str, ...]  # fedsim vocabulary sensor classes, e.g. "Microphone"
+    parameters: int
+    forward_macs: int
+    train_macs: int
+    inference_ram_bytes: int  # activations at batch 1; weights read from flash
+    inference_flash_bytes: int
+    train_ram_bytes: int
+    head_train_ram_bytes: int
+    train_batch_size: int
+    quantization: str = "float32"
+
+    @property
+    def name(self) -> str:
+        return f"{self.architecture}.{self.dataset}"

@@ -13,7 +13,7 @@ import json
 import os
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fedsim.core.data import DATASETS
 from fedsim.core.models import MODELS
@@ -35,6 +35,7 @@ __all__ = [
     "NaturalPartition",
     "OutputSpec",
     "PartitionSpec",
+    "RegistrySpec",
     "Scenario",
     "ShardPartition",
     "TaskSpec",
@@ -94,13 +95,30 @@ AvailabilitySpec = Annotated[
 
 
 class DeviceGroup(_Spec):
-    profile: str = Field(description="device profile name in the registry, e.g. 'rpi4'")
+    """Devices of one profile (``profile`` + ``count``), or ``count`` devices drawn (seeded) from
+    those a registry query returns (``query`` + ``bind``), e.g. all that can train a model."""
+
+    profile: str | None = Field(None, description="device profile name in the registry")
+    query: str | None = Field(
+        None, description="a named query (ontology/queries) or .rq file returning ?name ?profile"
+    )
+    bind: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="the query's variables, e.g. {modelName: mlp.kws}"
+    )
     count: int = Field(ge=1)
     link: str | None = Field(
         None, description="which of the profile's links it uses (default: wifi, ethernet, ...)"
     )
     availability: AvailabilitySpec = AlwaysOn()
     faults: FaultSpec = FaultSpec()
+
+    @model_validator(mode="after")
+    def _profile_or_query(self) -> DeviceGroup:
+        if (self.profile is None) == (self.query is None):
+            raise ValueError("give either profile (a device class) or query (registry devices)")
+        if self.bind and self.query is None:
+            raise ValueError("bind only applies to a query")
+        return self
 
 
 class IidPartition(_Spec):
@@ -201,6 +219,19 @@ class ExecutionSpec(_Spec):
     round_timeout_s: float = Field(600.0, gt=0.0)
 
 
+class RegistrySpec(_Spec):
+    """The registry a run reads devices from and writes its participation to (DESIGN.md §8)."""
+
+    store: Literal["memory", "oxigraph"] = "memory"
+    db: str | None = Field(
+        None, description="oxigraph only: a persistent store folder (relative to the scenario)"
+    )
+    data: list[str] = Field(
+        default_factory=list, description="Turtle files of fleet devices (relative paths)"
+    )
+    write_back: bool = Field(True, description="record who took part in which round, and how")
+
+
 class OutputSpec(_Spec):
     dir: str = "results"
 
@@ -219,6 +250,7 @@ class Scenario(_Spec):
     )
     evaluation: EvaluationSpec = EvaluationSpec()
     execution: ExecutionSpec = ExecutionSpec()
+    registry: RegistrySpec | None = None
     output: OutputSpec = OutputSpec()
 
     @property

@@ -1,0 +1,271 @@
+"""``fedsim registry ...``: validate, query, match, fits, inventory, TD export/import, serve.
+
+Every command reads the catalog (profiles, links, model descriptions) plus ``--data`` Turtle files
+of fleet devices into a store (``--store memory`` by default, or ``oxigraph``; ``--db FOLDER`` for a
+persistent one). Query answers print as a table, CSV or JSON (``--format``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from fedsim.core.errors import FedsimError
+
+__all__ = ["registry_app"]
+
+registry_app = typer.Typer(
+    help="The semantic registry: devices, models and runs in RDF.", no_args_is_help=True
+)
+
+DataOpt = typer.Option([], "--data", help="Turtle file of fleet devices (repeatable)")
+StoreOpt = typer.Option("memory", "--store", help="memory (rdflib) or oxigraph")
+DbOpt = typer.Option(None, "--db", help="oxigraph: a persistent store folder")
+FormatOpt = typer.Option("table", "--format", help="table, csv or json")
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=True)
+
+
+def _open(data: Sequence[Path], store: str, db: Path | None) -> Any:
+    from ontology.fleet_registry import FleetRegistry
+
+    if store not in ("memory", "oxigraph"):
+        raise FedsimError("--store", f"unknown store '{store}'", "use memory or oxigraph")
+    for path in data:
+        if not path.is_file():
+            raise FedsimError("--data", f"no file {path}", "give a Turtle file of devices")
+    return FleetRegistry.open(list(data), store, db)  # type: ignore[arg-type]
+
+
+def _print(rows: Sequence[dict[str, Any]], columns: Sequence[str], fmt: str, title: str) -> None:
+    out = _console()
+    if fmt == "json":
+        out.print(json.dumps([{c: r.get(c) for c in columns} for r in rows], indent=2), end="\n")
+    elif fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        out.print(buffer.getvalue(), end="", markup=False)
+    elif fmt == "table":
+        from rich.table import Table
+
+        table = Table(*columns, title=title, box=None, title_justify="left")
+        for row in rows:
+            table.add_row(*(_cell(row.get(c)) for c in columns))
+        out.print(table)
+    else:
+        raise FedsimError("--format", f"unknown format '{fmt}'", "use table, csv or json")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _dump(items: Sequence[Any]) -> list[dict[str, Any]]:
+    return [item.model_dump() for item in items]
+
+
+@registry_app.command("query")
+def query(
+    file: str = typer.Argument(..., help="a .rq file or a named query (ontology/queries)"),
+    bind: list[str] = typer.Option([], "--bind", help="name=value (repeatable)"),
+    data: list[Path] = DataOpt,
+    store: str = StoreOpt,
+    db: Path | None = DbOpt,
+    fmt: str = FormatOpt,
+) -> None:
+    """Run a SELECT query; its variables are bound with --bind (typed, never pasted in)."""
+    from ontology.fleet_registry import parse_binding
+
+    bindings = dict(parse_binding(b) for b in bind)
+    with _open(data, store, db) as registry:
+        rows = registry.query(file, bindings)
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    _print(rows, columns, fmt, f"{file}: {len(rows)} rows")
+
+
+@registry_app.command("match")
+def match(
+    model: str = typer.Option(..., "--model", help="a model description, e.g. mlp-100.kws"),
+    data: list[Path] = DataOpt,
+    store: str = StoreOpt,
+    db: Path | None = DbOpt,
+    fmt: str = FormatOpt,
+) -> None:
+    """Which device classes, and which registered devices, can run MODEL, and train it
+    (full: all layers; head: the last layer, the rest in flash; no)."""
+    with _open(data, store, db) as registry:
+        profiles = registry.profiles_for(model)
+        devices = registry.devices_for(model)
+    _print(
+        _dump(profiles),
+        ["profile", "ram", "flash", "train", "sensors"],
+        fmt,
+        f"profiles that can run {model} (sensors: built in, or to attach)",
+    )
+    if devices or data or db:
+        _print(
+            _dump(devices),
+            ["name", "profile", "fleet", "ram", "flash", "train"],
+            fmt,
+            f"registered devices that can run {model}: {len(devices)}",
+        )
+
+
+@registry_app.command("fits")
+def fits(
+    device: str = typer.Option(..., "--device", help="a registered device or a profile name"),
+    data: list[Path] = DataOpt,
+    store: str = StoreOpt,
+    db: Path | None = DbOpt,
+    fmt: str = FormatOpt,
+) -> None:
+    """Which models a device (or a device class) can run, and train."""
+    with _open(data, store, db) as registry:
+        models = registry.models_for(device)
+    columns = ["model", "inference_ram", "flash_need", "train_ram", "train", "sensors"]
+    _print(_dump(models), columns, fmt, f"models that fit {device}: {len(models)}")
+
+
+@registry_app.command("inventory")
+def inventory(
+    data: list[Path] = DataOpt,
+    store: str = StoreOpt,
+    db: Path | None = DbOpt,
+    fmt: str = FormatOpt,
+) -> None:
+    """The registered devices by profile and fleet."""
+    with _open(data, store, db) as registry:
+        rows = registry.inventory()
+    total = sum(r.devices for r in rows)
+    _print(_dump(rows), ["profile", "fleet", "devices"], fmt, f"{total} devices")
+
+
+@registry_app.command("history")
+def history(
+    run: str = typer.Option(..., "--run", help="a run id (its results folder name)"),
+    data: list[Path] = DataOpt,
+    store: str = StoreOpt,
+    db: Path | None = DbOpt,
+    fmt: str = FormatOpt,
+) -> None:
+    """Devices seen in a run, with rounds, updates delivered, energy, bytes, mean loss (from a
+    persistent registry, or --data RUN_DIR/participation.ttl)."""
+    with _open(data, store, db) as registry:
+        rows = registry.run_devices(run)
+    columns = ["device", "profile", "rounds", "delivered", "energy_mj", "bytes", "mean_loss"]
+    _print(_dump(rows), columns, fmt, f"run {run}: {len(rows)} devices")
+
+
+@registry_app.command("catalog-models")
+def catalog_models() -> None:
+    """Regenerate ontology/catalog/models.ttl from the torch models (every architecture on every
+    classification dataset: counted MACs, parameters, RAM and flash)."""
+    from devices.model_catalog import write_model_catalog
+
+    path = write_model_catalog()
+    _console().print(f"wrote {path}")
+
+
+@registry_app.command("validate")
+def validate(
+    files: list[Path] = typer.Argument(None, help="Turtle files (default: the shipped catalog)"),
+) -> None:
+    """Check device, model and run descriptions against the SHACL shapes (ontology/shapes):
+    one line per violation (node, property, value, fix); exit 2 if there is any."""
+    from ontology.validate import validate_files
+
+    for path in files or []:
+        if not path.is_file():
+            raise FedsimError(str(path), "no such file", "give Turtle files to validate")
+    violations = validate_files(files or [], with_catalog=True)
+    out = _console()
+    if violations:
+        for v in violations:
+            out.print(f"{v.line()}", markup=False)
+        raise FedsimError(
+            "registry validate",
+            f"{len(violations)} violations",
+            "fix each as its line says, then run validate again",
+        )
+    what = ", ".join(str(f) for f in files) if files else "the catalog"
+    out.print(f"{what}: conforms to the fedsim shapes")
+
+
+def _graph(data: Sequence[Path]) -> Any:
+    from ontology.registry import CATALOG_DIR
+    from ontology.validate import load_turtle
+
+    for path in data:
+        if not path.is_file():
+            raise FedsimError("--data", f"no file {path}", "give a Turtle file of devices")
+    return load_turtle([*sorted(CATALOG_DIR.glob("*.ttl")), *data])
+
+
+@registry_app.command("export-td")
+def export_td(
+    thing: str = typer.Argument(..., help="a device (name or device:<name>) or a profile name"),
+    data: list[Path] = DataOpt,
+    output: Path | None = typer.Option(None, "-o", "--output", help="write here, not stdout"),
+) -> None:
+    """A W3C Thing Description (TD 1.1 JSON-LD) of a registered device or a device profile."""
+    from ontology.fleet_registry import FleetRegistry
+    from ontology.td import export_td as export
+    from ontology.vocab import DEV, DEVICE
+
+    graph = _graph(data)
+    with FleetRegistry.open(list(data)) as registry:
+        names = {r["name"]: r["device"] for r in registry.query("device-iris")}
+        profiles = {r["name"] for r in registry.query("profile-names")}
+    if thing in names:
+        iri = str(names[thing])
+    elif thing in profiles:
+        iri = str(DEV[thing])
+    elif ":" in thing:
+        iri = thing
+    else:
+        iri = str(DEVICE[thing])  # reported as unknown, with the closest names, by export
+    text = json.dumps(export(graph, iri), indent=2, ensure_ascii=False) + "\n"
+    if output is None:
+        _console().print(text, end="", markup=False)
+    else:
+        output.write_text(text, encoding="utf-8")
+        _console().print(f"wrote {output}")
+
+
+@registry_app.command("import-td")
+def import_td(
+    file: Path = typer.Argument(..., help="a TD (JSON-LD) exported by fedsim or written alike"),
+    output: Path | None = typer.Option(None, "-o", "--output", help="Turtle file to write"),
+) -> None:
+    """The fedsim description in a Thing Description, as Turtle (checked against the TD JSON
+    Schema; parsed offline with the local TD 1.1 context)."""
+    from ontology.td import import_td as read_td
+
+    if not file.is_file():
+        raise FedsimError(str(file), "no such file", "give a TD JSON-LD file")
+    try:
+        document = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise FedsimError(
+            f"{file}:{exc.lineno}", f"not JSON: {exc.msg}", "fix the syntax"
+        ) from None
+    text = read_td(document, str(file)).serialize(format="turtle")
+    if output is None:
+        _console().print(text, end="", markup=False)
+    else:
+        output.write_text(text, encoding="utf-8")
+        _console().print(f"wrote {output}")

@@ -1,0 +1,101 @@
+# ruff: noqa: N815  (RDF terms are camelCase by convention; these are the vocabulary's own names)
+"""The fedsim vocabulary as a Python namespace: a typo in a term is an error, not a new IRI.
+
+Generated from ``ontology/fedsim.ttl`` and checked against it by ``tests/test_vocab.py`` (every
+term here is declared there, and the other way round).
+"""
+
+from __future__ import annotations
+
+from rdflib import Namespace, URIRef
+from rdflib.namespace import DefinedNamespace
+
+__all__ = ["DEV", "DEVICE", "FEDSIM", "LINK", "MODEL", "RUN"]
+
+
+class FEDSIM(DefinedNamespace):
+    """Terms of ``https://w3id.org/fedsim/vocab#``."""
+
+    _NS = Namespace("https://w3id.org/fedsim/vocab#")
+    _fail = True
+
+    Accelerometer: URIRef
+    CO2Sensor: URIRef
+    Camera: URIRef
+    Device: URIRef
+    DeviceLink: URIRef
+    DeviceProfile: URIRef
+    Flash: URIRef
+    Gyroscope: URIRef
+    HumiditySensor: URIRef
+    LightSensor: URIRef
+    LinkType: URIRef
+    Magnetometer: URIRef
+    Microphone: URIRef
+    ModelDescription: URIRef
+    Participation: URIRef
+    PressureSensor: URIRef
+    RAM: URIRef
+    Run: URIRef
+    TemperatureSensor: URIRef
+    activePowerMilliwatts: URIRef
+    architecture: URIRef
+    busySeconds: URIRef
+    bytesDown: URIRef
+    bytesUp: URIRef
+    clockMHz: URIRef
+    core: URIRef
+    coreCount: URIRef
+    cyclesPerMAC: URIRef
+    cyclesSource: URIRef
+    datasetName: URIRef
+    deviceName: URIRef
+    energyMillijoules: URIRef
+    figureSource: URIRef
+    flashBytes: URIRef
+    fleetName: URIRef
+    forwardMACs: URIRef
+    freeFlashBytes: URIRef
+    freeSramBytes: URIRef
+    hasFPU: URIRef
+    hasLink: URIRef
+    hasProfile: URIRef
+    headTrainRamBytes: URIRef
+    idlePowerMilliwatts: URIRef
+    inRun: URIRef
+    inferenceFlashBytes: URIRef
+    inferenceRamBytes: URIRef
+    inputShape: URIRef
+    latencySeconds: URIRef
+    linkKind: URIRef
+    modelName: URIRef
+    mtuBytes: URIRef
+    numClasses: URIRef
+    numExamples: URIRef
+    parameterCount: URIRef
+    participant: URIRef
+    powerSource: URIRef
+    profileName: URIRef
+    quantization: URIRef
+    requiresSensor: URIRef
+    round: URIRef
+    runId: URIRef
+    rxPowerMilliwatts: URIRef
+    scenarioName: URIRef
+    scenarioSha256: URIRef
+    sramBytes: URIRef
+    status: URIRef
+    throughputBps: URIRef
+    trainBatchSize: URIRef
+    trainLoss: URIRef
+    trainMACs: URIRef
+    trainRamBytes: URIRef
+    txPowerMilliwatts: URIRef
+    usedModel: URIRef
+
+
+DEV = Namespace("https://w3id.org/fedsim/catalog/device/")  # device profiles
+LINK = Namespace("https://w3id.org/fedsim/catalog/link/")  # link types
+MODEL = Namespace("https://w3id.org/fedsim/catalog/model/")  # model descriptions
+DEVICE = Namespace("https://w3id.org/fedsim/device/")  # fleet devices
+RUN = Namespace("https://w3id.org/fedsim/run/")  # runs

@@ -269,3 +269,28 @@ def import_td(
     else:
         output.write_text(text, encoding="utf-8")
         _console().print(f"wrote {output}")
+
+
+@registry_app.command("serve")
+def serve(
+    data: list[Path] = DataOpt,
+    store: str = typer.Option("oxigraph", "--store", help="oxigraph (fast) or memory"),
+    db: Path | None = DbOpt,
+    host: str = typer.Option("127.0.0.1", help="address to listen on"),
+    port: int = typer.Option(3030, help="port (0: any free one)"),
+    timeout_s: float = typer.Option(10.0, "--timeout", help="seconds a query may run"),
+    max_rows: int = typer.Option(10_000, "--max-rows", help="rows returned at most"),
+) -> None:
+    """Serve the registry read-only over the SPARQL 1.1 Protocol at http://HOST:PORT/sparql
+    (GET/POST; JSON, XML or CSV results; updates refused) until Ctrl-C."""
+    import time
+
+    from ontology.endpoint import serve as start
+
+    with (
+        _open(data, store, db) as registry,
+        start(registry.store, host, port, timeout_s, max_rows) as server,
+    ):
+        _console().print(f"SPARQL endpoint: {server.url} (read-only; Ctrl-C stops it)")
+        while True:
+            time.sleep(3600)

@@ -52,6 +52,8 @@ OFFERS = {  # per query form, what the endpoint can answer in; the first is the 
     "ask": [JSON, XML],
     "graph": [TURTLE, NTRIPLES],
 }
+FORM_NAMES = {"select": "SELECT", "ask": "ASK", "graph": "CONSTRUCT or DESCRIBE"}
+PLAIN = "text/plain; charset=utf-8"
 RESULTS_NS = "http://www.w3.org/2005/sparql-results#"
 _LOG = logging.getLogger(__name__)
 Item = TypeVar("Item")
@@ -270,9 +272,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._guarded(lambda: self._post(parse_qs(url.query, keep_blank_values=True)), url.path)
 
     def do_PUT(self) -> None:
-        self._send(
-            HTTPStatus.METHOD_NOT_ALLOWED, b"read-only endpoint: use GET or POST\n", "text/plain"
-        )
+        reason = b"read-only endpoint: use GET or POST\n"
+        self._send(HTTPStatus.METHOD_NOT_ALLOWED, reason, PLAIN, {"Allow": "GET, POST"})
 
     def do_DELETE(self) -> None:
         self.do_PUT()
@@ -288,17 +289,20 @@ class _Handler(BaseHTTPRequestHandler):
                 )
             action()
         except _HttpError as error:
-            self._send(error.status, f"{error.reason}\n".encode(), "text/plain; charset=utf-8")
+            self._send(error.status, f"{error.reason}\n".encode(), PLAIN)
         except Exception as exc:
             _LOG.exception("SPARQL endpoint: query failed")
             body = f"internal error: {type(exc).__name__}: {exc}\n".encode()
-            self._send(HTTPStatus.INTERNAL_SERVER_ERROR, body, "text/plain; charset=utf-8")
+            self._send(HTTPStatus.INTERNAL_SERVER_ERROR, body, PLAIN)
 
     def _post(self, params: dict[str, list[str]]) -> None:
         content_type = self.headers.get_content_type()
         if content_type == "application/sparql-update":
             raise _HttpError(HTTPStatus.FORBIDDEN, "read-only endpoint: SPARQL updates are refused")
-        body = self._body().decode(self.headers.get_content_charset("utf-8"))
+        try:
+            body = self._body().decode(self.headers.get_content_charset("utf-8"))
+        except (LookupError, UnicodeDecodeError) as exc:
+            raise _HttpError(HTTPStatus.BAD_REQUEST, f"cannot decode the body: {exc}") from None
         if content_type == "application/x-www-form-urlencoded":
             form = parse_qs(body, keep_blank_values=True)
             self._query({**params, **{k: params.get(k, []) + v for k, v in form.items()}})
@@ -341,7 +345,7 @@ class _Handler(BaseHTTPRequestHandler):
         if media_type is None:
             raise _HttpError(
                 HTTPStatus.NOT_ACCEPTABLE,
-                f"a {answer.form.upper()} result can be sent as {', '.join(offers)}",
+                f"a {FORM_NAMES[answer.form]} result can be sent as {', '.join(offers)}",
             )
         extra = (
             {TRUNCATED_HEADER: str(len(answer.rows) + len(answer.triples))}

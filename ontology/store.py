@@ -90,7 +90,8 @@ INTEGER_TYPES = {
     ]
 }
 FLOAT_TYPES = {str(XSD.decimal), str(XSD.double), str(XSD.float)}
-PLAIN_TYPES = {str(XSD.string), str(RDF.langString)}  # reported as no datatype
+XSD_STRING, XSD_BOOLEAN, RDF_LANG_STRING = str(XSD.string), str(XSD.boolean), str(RDF.langString)
+PLAIN_TYPES = {XSD_STRING, RDF_LANG_STRING}  # reported as no datatype
 VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 QUERY_FORMS = ("SELECT", "CONSTRUCT", "ASK", "DESCRIBE")
 SERIAL_FORMATS = {
@@ -132,7 +133,7 @@ class Term:
                 return float(self.value)
         except ValueError:
             return self.value
-        if self.datatype == str(XSD.boolean) and self.value in ("true", "false", "1", "0"):
+        if self.datatype == XSD_BOOLEAN and self.value in ("true", "false", "1", "0"):
             return self.value in ("true", "1")
         return self.value
 
@@ -190,7 +191,7 @@ _TOKENS = re.compile(
        |\"\"\"(?:[^"\\]|\\.|"(?!""))*\"\"\"|'''(?:[^'\\]|\\.|'(?!''))*'''
        |"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')
       |(?P<word>[A-Za-z_][\w.-]*(?::[\w.:%-]*)?|:[\w.:%-]*)
-      |(?P<open>\{)|(?P<close>\})""",
+      |(?P<open>\{)|(?P<close>\})|(?P<paren>[()])""",
     re.VERBOSE,
 )
 
@@ -199,12 +200,17 @@ def _group_start(query: str) -> int:
     """Where the query's outermost group pattern opens (just after its ``{``).
 
     That is the first top-level ``{`` of a SELECT, ASK or DESCRIBE, and of a CONSTRUCT the one
-    after its template (the short form ``CONSTRUCT WHERE { … }`` admits triples only).
+    after its template (the short form ``CONSTRUCT WHERE { … }`` admits triples only). Braces in
+    parentheses (``SELECT (EXISTS { … } AS ?x)``) are expressions, not the group.
     """
-    depth, form, template_done = 0, "", False
+    depth, parens, form, template_done = 0, 0, "", False
     for token in _TOKENS.finditer(query):
         kind, text = token.lastgroup, token.group().upper()
-        if kind == "word" and depth == 0 and not form and text in QUERY_FORMS:
+        if kind == "paren":
+            parens += 1 if text == "(" else -1
+        elif parens and depth == 0:
+            continue
+        elif kind == "word" and depth == 0 and not form and text in QUERY_FORMS:
             form = text
         elif kind == "word" and depth == 0 and form == "CONSTRUCT" and text == "WHERE":
             if not template_done:
@@ -248,15 +254,15 @@ def _from_rdflib(node: Node) -> Term:
 
 
 def _from_ox(node: OxTerm) -> Term:
+    if isinstance(node, ox.Literal):  # the common case first: this runs per value of every row
+        datatype = node.datatype.value
+        if datatype == RDF_LANG_STRING:
+            return Term("literal", node.value, None, node.language)
+        return Term("literal", node.value, None if datatype == XSD_STRING else datatype)
     if isinstance(node, ox.NamedNode):
         return Term("uri", node.value)
     if isinstance(node, ox.BlankNode):
         return Term("bnode", node.value)
-    if isinstance(node, ox.Literal):
-        datatype = node.datatype.value
-        return Term(
-            "literal", node.value, None if datatype in PLAIN_TYPES else datatype, node.language
-        )
     raise TypeError(f"unexpected pyoxigraph term {node!r}")  # RDF-star triples: not used here
 
 
@@ -305,8 +311,13 @@ class RegistryStore(ABC):
         self._add_turtle(text, where, None)
 
     def execute(self, query: str, bindings: Mapping[str, Binding] | None = None) -> QueryResult:
-        """Any query form: SELECT → ``Solutions``, ASK → bool, CONSTRUCT/DESCRIBE → ``Triples``."""
+        """Any query form: SELECT → ``Solutions``, ASK → bool, CONSTRUCT/DESCRIBE → ``Triples``.
+
+        Bindings hold for the query's outermost group pattern, on both backends alike.
+        """
         terms = {name: _rdf_term(name, value) for name, value in (bindings or {}).items()}
+        if terms:
+            _group_start(query)  # the same refusals on both backends (Oxigraph binds there)
         return self._execute(query, terms)
 
     def select(self, query: str, bindings: Mapping[str, Binding] | None = None) -> list[Row]:
@@ -374,17 +385,23 @@ class MemoryStore(RegistryStore):
     def __init__(self, path: Path | None = None) -> None:
         if path is not None:
             raise FedsimError(str(path), "the memory store has no path", "use kind 'oxigraph'")
-        self._graph = Graph()
+        self._graph: Graph | None = Graph()
+
+    @property
+    def _live(self) -> Graph:
+        if self._graph is None:
+            raise FedsimError("store", "the memory store is closed", "open a new one")
+        return self._graph
 
     def _add_turtle(self, text: str, where: str, base: Path | None) -> None:
         try:
-            self._graph.parse(data=text, format="turtle", publicID=base.as_uri() if base else None)
+            self._live.parse(data=text, format="turtle", publicID=base.as_uri() if base else None)
         except BadSyntax as exc:
             raise _turtle_error(where, exc.lines + 1, str(exc._why)) from None
 
     def _execute(self, query: str, terms: dict[str, BindTerm]) -> QueryResult:
         try:
-            result = self._graph.query(query, initBindings=terms)
+            result = self._live.query(query, initBindings=terms)
         except Exception as exc:  # pyparsing's ParseException, or rdflib's on unknown prefixes
             raise QueryError(" ".join(str(exc).split())) from None
         if result.type == "ASK":
@@ -403,17 +420,20 @@ class MemoryStore(RegistryStore):
         return Solutions(names, rows())
 
     def add_graph(self, graph: Graph) -> None:
-        self._graph += graph  # addN: no len() or bool() on either graph
+        live = self._live  # no len() or bool() on either graph: each would count the triples
+        live.addN((s, p, o, live) for s, p, o in graph)
 
     def triples_count(self) -> int:
-        return len(self._graph)
+        return len(self._live)
 
     def serialize(self, format: Literal["turtle", "nt", "xml"] = "turtle") -> str:
         _serial_format(format)
-        return self._graph.serialize(format=format)
+        return self._live.serialize(format=format)
 
     def close(self) -> None:
-        self._graph.close()
+        if self._graph is not None:
+            self._graph.close()
+        self._graph = None
 
 
 class OxigraphStore(RegistryStore):
@@ -451,14 +471,14 @@ class OxigraphStore(RegistryStore):
                 (_ox_to_rdflib(t.subject), _ox_to_rdflib(t.predicate), _ox_to_rdflib(t.object))
                 for t in result
             )
-        variables = [(v.value, v) for v in result.variables]
+        names = [v.value for v in result.variables]
 
         def rows() -> Iterator[dict[str, Term]]:
-            for solution in result:
-                values = ((name, solution[var]) for name, var in variables)
+            for solution in result:  # a solution iterates its values in the variables' order
+                values = zip(names, solution, strict=True)
                 yield {name: _from_ox(node) for name, node in values if node is not None}
 
-        return Solutions([name for name, _ in variables], rows())
+        return Solutions(names, rows())
 
     def add_graph(self, graph: Graph) -> None:
         self._live.extend(

@@ -58,10 +58,13 @@ def _ask(wrapper: SPARQLWrapper, query: str, fmt: str) -> Any:
 
 
 def _http(
-    url: str, data: bytes | None = None, headers: dict[str, str] | None = None
+    url: str,
+    data: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    method: str | None = None,
 ) -> tuple[int, dict[str, str], str]:
     """Status, headers and body text of one request, errors included."""
-    request = urllib.request.Request(url, data=data, headers=headers or {})
+    request = urllib.request.Request(url, data=data, headers=headers or {}, method=method)
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, dict(response.headers), response.read().decode()
@@ -137,6 +140,18 @@ def test_construct_as_turtle(client: SPARQLWrapper) -> None:
     assert len(graph) == 30
 
 
+def test_construct_as_n_triples(served: tuple[RegistryStore, SparqlServer]) -> None:
+    query = PREFIX + "CONSTRUCT { ?d fedsim:deviceName ?n } WHERE { ?d fedsim:deviceName ?n }"
+
+    status, headers, body = _http(
+        _get(served[1], query=query), headers={"Accept": "application/n-triples"}
+    )
+
+    assert status == 200
+    assert headers["Content-Type"].startswith("application/n-triples")
+    assert len(Graph().parse(data=body, format="nt")) == 30
+
+
 @pytest.mark.parametrize(
     ("data", "headers", "params"),
     [
@@ -189,16 +204,18 @@ def test_long_results_are_truncated_and_say_so(served: tuple[RegistryStore, Spar
 
 
 @pytest.mark.parametrize(
-    ("path", "data", "headers", "status", "reason"),
+    ("method", "path", "data", "headers", "status", "reason"),
     [
-        ("/other", None, {}, 404, "the endpoint is /sparql"),
-        ("/sparql", None, {}, 400, "expected one query parameter, got 0"),
-        ("/sparql?query=ASK{}", None, {"Accept": "text/csv"}, 406, "ASK result can be sent as"),
-        ("/sparql", b"x", {"Content-Type": "text/plain"}, 415, "cannot read a text/plain body"),
+        ("GET", "/other", None, {}, 404, "the endpoint is /sparql"),
+        ("GET", "/sparql", None, {}, 400, "expected one query parameter, got 0"),
+        ("GET", "/sparql?query=ASK{}", None, {"Accept": "text/csv"}, 406, "ASK result can be"),
+        ("POST", "/sparql", b"x", {"Content-Type": "text/plain"}, 415, "cannot read a text/plain"),
+        ("PUT", "/sparql", b"x", {}, 405, "read-only endpoint: use GET or POST"),
     ],
 )
 def test_other_mistakes_have_their_status(
     served: tuple[RegistryStore, SparqlServer],
+    method: str,
     path: str,
     data: bytes | None,
     headers: dict[str, str],
@@ -207,7 +224,7 @@ def test_other_mistakes_have_their_status(
 ) -> None:
     url = served[1].url.removesuffix("/sparql") + path
 
-    got, _, body = _http(url, data, headers)
+    got, _, body = _http(url, data, headers, method)
 
     assert got == status
     assert reason in body

@@ -4,6 +4,12 @@ selected by query, runs writing their participation back, and the ``fedsim regis
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -253,7 +259,7 @@ def test_cli_unknown_model_exits_2_with_a_suggestion() -> None:
 def test_cli_validate_reports_each_violation_and_exits_2(tmp_path: Path) -> None:
     bad = tmp_path / "bad.ttl"
     bad.write_text(
-        FLEET.read_text().replace('fedsim:freeSramBytes 4000', 'fedsim:freeSramBytes "4 KB"')
+        FLEET.read_text().replace("fedsim:freeSramBytes 4000", 'fedsim:freeSramBytes "4 KB"')
     )
 
     good = fedsim("registry", "validate", str(FLEET))
@@ -279,3 +285,30 @@ def test_cli_export_and_import_a_thing_description(tmp_path: Path) -> None:
     assert set(back.predicate_objects(URIRef("https://w3id.org/fedsim/device/nano-1"))) == set(
         original.predicate_objects(URIRef("https://w3id.org/fedsim/device/nano-1"))
     )
+
+
+def test_cli_serve_answers_sparql_and_refuses_updates() -> None:
+    command = [sys.executable, "-m", "fedsim.cli", "registry", "serve", "--port", "0"]
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "COLUMNS": "200"}
+    server = subprocess.Popen(
+        [*command, "--data", str(FLEET)], stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT
+    )
+    try:
+        assert server.stdout is not None
+        url = server.stdout.readline().split()[2]
+        query = (
+            "SELECT (COUNT(?d) AS ?n) WHERE { ?d <https://w3id.org/fedsim/vocab#deviceName> ?x }"
+        )
+        request = urllib.request.Request(
+            url + "?" + urllib.parse.urlencode({"query": query}),
+            headers={"Accept": "application/sparql-results+json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            answer = json.load(response)
+        assert answer["results"]["bindings"][0]["n"]["value"] == "7"
+        update = urllib.parse.urlencode({"update": "DROP ALL"}).encode()
+        with pytest.raises(urllib.error.HTTPError, match="403"):
+            urllib.request.urlopen(urllib.request.Request(url, data=update), timeout=30)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -8,7 +8,13 @@ import pytest
 
 from tests.conftest import ROOT
 
-TOP_FLOOR = {"fedsim.cli", "fedsim.runner", "fedsim.inline", "fedsim.progress"}
+TOP_FLOOR = {
+    "fedsim.cli",
+    "fedsim.registry_cli",
+    "fedsim.runner",
+    "fedsim.inline",
+    "fedsim.progress",
+}
 PACKAGES = ("fedsim", "clients", "server", "ontology", "devices")
 
 

@@ -208,6 +208,46 @@ def test_a_binding_of_another_type_is_refused(
         store.select(PROFILES, {"sram": value})  # type: ignore[dict-item]
 
 
+@pytest.mark.parametrize(
+    "query",
+    [
+        "# a comment with { braces\nSELECT ?name WHERE { ?p fedsim:profileName ?name }",
+        'SELECT ?name WHERE { ?p fedsim:profileName ?name FILTER (?name != "}{") }',
+        "SELECT ?name WHERE { { SELECT ?p WHERE { ?p a fedsim:DeviceProfile } }"
+        " ?p fedsim:profileName ?name }",
+    ],
+    ids=["comment", "string", "subquery"],
+)
+def test_bindings_hold_for_the_outermost_group(store: RegistryStore, query: str) -> None:
+    rows = store.select(PREFIX + query, {"name": "esp32-s3"})
+
+    assert [r["name"] for r in rows] == ["esp32-s3"]
+
+
+def test_braces_of_an_expression_are_not_the_group() -> None:
+    # rdflib 7.6 cannot evaluate EXISTS in a projection ("What do I do with this CompValue?")
+    query = (
+        "SELECT (EXISTS { ?p a fedsim:DeviceProfile } AS ?e) ?name"
+        " WHERE { ?p fedsim:profileName ?name }"
+    )
+
+    with open_store("oxigraph") as store:
+        store.load(CATALOG)
+        rows = store.select(PREFIX + query, {"name": "esp32-s3"})
+
+    assert rows == [{"e": True, "name": "esp32-s3"}]
+
+
+def test_bindings_bind_construct_and_refuse_its_short_form(store: RegistryStore) -> None:
+    template = "{ ?p fedsim:profileName ?name }"
+
+    graph = store.construct(f"{PREFIX}CONSTRUCT {template} WHERE {template}", {"name": "rpi4"})
+
+    assert [str(o) for o in graph.objects()] == ["rpi4"]
+    with pytest.raises(QueryError, match=r"write CONSTRUCT \{ template \} WHERE \{ pattern \}"):
+        store.construct(f"{PREFIX}CONSTRUCT WHERE {template}", {"name": "rpi4"})
+
+
 def test_a_binding_name_must_be_a_variable_name(store: RegistryStore) -> None:
     with pytest.raises(FedsimError, match=r"bindings.\?name: not a SPARQL variable name"):
         store.select(PROFILES, {"?name": "pico"})
@@ -302,8 +342,9 @@ def test_unknown_names_list_the_known_ones() -> None:
         open_store("memory", Path("db"))
 
 
-def test_a_closed_oxigraph_store_says_so() -> None:
-    store = open_store("oxigraph")
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_closed_store_says_so(kind: str) -> None:
+    store = open_store(kind)  # type: ignore[arg-type]
     store.close()
 
     with pytest.raises(FedsimError, match="closed"):

@@ -5,8 +5,9 @@ the catalog and the fleet, then answers the inventory (devices by profile and si
 capability match (devices that can run a model) twice: as ``queries/model-devices.rq`` states it,
 and as the grouped form written here (``OPTIONAL`` + ``GROUP BY``/``HAVING``), which the .rq
 adopted after its first, nested ``FILTER NOT EXISTS`` form proved quadratic on Oxigraph 0.5
-(> 60 s at 100k devices); the two columns should now agree. Each (backend, size) runs in a fresh child process, so peak RSS is its own;
-each query runs under a time limit, and one that ran out is skipped at the larger sizes.
+(> 60 s at 100k devices); the two columns should now agree. Each (backend, size) runs in a fresh
+child process, so peak RSS is its own; each query runs under a time limit, and one that ran out
+is skipped at the larger sizes.
 
     .venv/bin/python -m benchmarks.registry [--quick] [--shacl] [--timeout S] [--json PATH]
     .venv/bin/python -m benchmarks.registry --child BACKEND N [--skip NAME ...]   # one, raw

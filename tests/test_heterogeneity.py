@@ -310,3 +310,17 @@ def test_summary_carries_time_and_energy(write_scenario: Write, tmp_path: Path) 
     assert result.summary["sim_time_s"] == rounds[-1]["sim_time_s"] > 0
     assert result.summary["energy_j"] == pytest.approx(sum(r["energy_mj"] for r in rounds) / 1000)
     assert result.summary["memory_skips"] == 2 * 3  # the Picos, every round
+
+
+def test_a_base_scenario_s_trace_path_is_relative_to_the_base(
+    write_scenario: Write, tmp_path: Path
+) -> None:
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "online.csv").write_text("device,start,end\n0,0,1000000\n")
+    group = {"profile": "rpi4", "count": 2, "availability": {"kind": "trace", "file": "online.csv"}}
+    write_scenario(_scenario(_fleet(group)), "base/base.yaml")
+    child = write_scenario("extends: base/base.yaml\nrounds: 1\n", "child.yaml")
+
+    out = run(child, tmp_path / "out").out
+
+    assert {int(r["device_id"]) for r in _devices(out)} == {0}

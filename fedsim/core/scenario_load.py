@@ -86,6 +86,8 @@ def _chain(path: Path) -> list[_Source]:
         if any(s.path.resolve() == path.resolve() for s in chain):
             raise FedsimError(str(chain[-1].path), f"extends: cycle back to {path}", "remove it")
         source = _read(path)
+        if chain:  # a base: its relative paths mean relative to it, not to the child
+            _anchor_paths(source.data, path.parent)
         chain.append(source)
         parent = source.data.pop("extends", None)
         if parent is None:
@@ -93,6 +95,34 @@ def _chain(path: Path) -> list[_Source]:
         if not isinstance(parent, str):
             raise FedsimError(f"{path}: extends", "expected a file path", "e.g. extends: base.yaml")
         path = path.parent / parent
+
+
+def _anchor(value: Any, folder: Path) -> Any:
+    if isinstance(value, str) and value and not Path(value).is_absolute():
+        return str((folder / value).resolve())
+    return value
+
+
+def _anchor_paths(data: dict[str, Any], folder: Path) -> None:
+    """Make a base scenario's file paths absolute: ``registry.data``, ``registry.db``, trace
+    files, and ``.rq`` query files of fleet groups (named queries stay names)."""
+    registry = data.get("registry")
+    if isinstance(registry, dict):
+        if isinstance(registry.get("data"), list):
+            registry["data"] = [_anchor(v, folder) for v in registry["data"]]
+        if "db" in registry:
+            registry["db"] = _anchor(registry["db"], folder)
+    fleet = data.get("fleet")
+    groups = fleet.get("groups") if isinstance(fleet, dict) else None
+    for group in groups if isinstance(groups, list) else []:
+        if not isinstance(group, dict):
+            continue
+        availability = group.get("availability")
+        if isinstance(availability, dict) and "file" in availability:
+            availability["file"] = _anchor(availability["file"], folder)
+        query = group.get("query")
+        if isinstance(query, str) and query.endswith(".rq"):
+            group["query"] = _anchor(query, folder)
 
 
 def _line(node: yaml.Node | None, loc: Loc) -> int | None:

@@ -1,9 +1,5 @@
-"""The round loop: discover nodes, then per round select, send, collect, reduce, evaluate, record.
-
-Per-device mode sends one message per selected device to that device's node. Cohort mode cuts the
-round's sorted cohort into reduction blocks (``fedsim.core.reduce``), gives each worker node a
-contiguous run of whole blocks, and merges the block partials the workers return. Either way the
-global model is the same: same blocks, same order.
+"""The round loop: discover nodes, then per round select, plan (``devices.clock``), send and
+collect (``server.dispatch``), reduce, evaluate, record; at the end, write results back.
 
 Device failures are data: an error reply or a missing reply is counted in the round's record and
 in ``devices.csv``, and the remaining updates are aggregated. A failed device in a cohort fails
@@ -14,53 +10,37 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from numpy.typing import NDArray
-from torch import nn
 
 from devices.clock import DevicePlan, FleetCosts, RoundCost
 from devices.fleet import Fleet, load_fleet, open_registry
-from fedsim.core.aggregators import ModelAggregator, aggregator_for
-from fedsim.core.cohort import CohortOrder, CohortReply, DeviceOutcome
-from fedsim.core.data import TaskData, load_task_data
+from fedsim.core.aggregators import aggregator_for
+from fedsim.core.cohort import DeviceOutcome
+from fedsim.core.data import load_task_data
 from fedsim.core.errors import FedsimError
 from fedsim.core.models import build_model, get_arrays, set_arrays
 from fedsim.core.payload import to_wire
 from fedsim.core.plots import plot_accuracy, plot_fleet
 from fedsim.core.records import (
-    ARRAYS,
-    CONFIG,
     DEVICE_ID,
-    HEAD_ONLY,
     METRICS,
-    NUM_EXAMPLES,
-    SERVER_ROUND,
-    TRAIN_LOSS,
     DeviceRecord,
     DeviceStatus,
     RoundRecord,
     RunBinding,
 )
-from fedsim.core.reduce import (
-    Arrays,
-    ModelUpdate,
-    WeightedSum,
-    block_size,
-    merge_blocks,
-    reduce_blocks,
-)
 from fedsim.core.results import RunWriter
 from fedsim.core.scenario import Scenario
 from fedsim.core.seeds import derive_seed
 from ontology.history import write_participation
+from server.dispatch import RoundContext, Work, cohort_round, per_device_round
 from server.evaluate import evaluate
 
 __all__ = ["LogObserver", "RoundObserver", "run_rounds"]
@@ -143,142 +123,8 @@ def _select(scenario: Scenario, round_: int, available: NDArray[np.bool_] | None
     return sorted(int(d) for d in chosen)
 
 
-def _collect(
-    replies: Iterable[Message],
-    node_to_device: dict[int, int],
-    selected: list[int],
-    global_arrays: Arrays,
-    planned_up: dict[int, int],
-) -> tuple[list[tuple[int, ModelUpdate]], list[DeviceOutcome]]:
-    """``(position, update)`` pairs in cohort order, and one outcome per selected device."""
-    got: dict[int, Message] = {node_to_device[r.metadata.src_node_id]: r for r in replies}
-    updates: list[tuple[int, ModelUpdate]] = []
-    outcomes = []
-    for position, device_id in enumerate(selected):
-        reply = got.get(device_id)
-        if reply is None:
-            outcomes.append(DeviceOutcome(device_id, "no-reply", error=NO_REPLY))
-        elif reply.has_error():
-            outcomes.append(DeviceOutcome(device_id, "failed", error=_reason(reply)))
-        else:
-            record: ArrayRecord = reply.content[ARRAYS]  # type: ignore[assignment]
-            sent = {int(k): a.numpy() for k, a in record.items()}
-            if sum(a.nbytes for a in sent.values()) != planned_up[device_id]:
-                raise RuntimeError(f"device {device_id} sent another payload than planned")
-            arrays = [sent.get(i, g).astype(np.float32) for i, g in enumerate(global_arrays)]
-            trained = tuple(i in sent for i in range(len(global_arrays)))
-            metrics = reply.content[METRICS]
-            n = int(metrics[NUM_EXAMPLES])  # type: ignore[arg-type]
-            loss = float(metrics[TRAIN_LOSS])  # type: ignore[arg-type]
-            updates.append((position, (arrays, n) if all(trained) else (arrays, n, trained)))
-            outcomes.append(DeviceOutcome(device_id, "ok", n, loss))
-    return updates, outcomes
-
-
-NO_REPLY = "no reply before round_timeout_s"
-
-
-@dataclass
-class _RoundContext:
-    """What every round of one run needs; ``global_arrays`` and ``clock`` change each round."""
-
-    grid: Grid
-    scenario: Scenario
-    fleet: Fleet
-    model: nn.Module
-    data: TaskData
-    aggregator: ModelAggregator
-    costs: FleetCosts
-    device_to_node: dict[int, int]  # per-device mode
-    workers: list[int]  # cohort mode
-    global_arrays: Arrays
-    clock: float = 0.0  # simulated seconds since the run started
-
-    @property
-    def node_to_device(self) -> dict[int, int]:
-        return {n: d for d, n in self.device_to_node.items()}
-
-
-@dataclass(frozen=True)
-class _Work:
-    """The devices sent work this round (ascending) and what they were sent."""
-
-    round: int
-    devices: list[int]
-    head_only: frozenset[int]
-    payload: ArrayRecord
-    bytes_up: dict[int, int]
-
-
-def _per_device_round(ctx: _RoundContext, work: _Work) -> tuple[WeightedSum, list[DeviceOutcome]]:
-    messages = []
-    for d in work.devices:
-        config = ConfigRecord({SERVER_ROUND: work.round, HEAD_ONLY: d in work.head_only})
-        messages.append(
-            Message(
-                RecordDict({ARRAYS: work.payload, CONFIG: config}),
-                dst_node_id=ctx.device_to_node[d],
-                message_type=MessageType.TRAIN,
-            )
-        )
-    replies = ctx.grid.send_and_receive(messages, timeout=ctx.scenario.execution.round_timeout_s)
-    updates, outcomes = _collect(
-        replies, ctx.node_to_device, work.devices, ctx.global_arrays, work.bytes_up
-    )
-    partials = reduce_blocks(ctx.aggregator, updates, block_size(len(work.devices)))
-    return merge_blocks(ctx.aggregator, partials), outcomes
-
-
-def _orders(
-    round_: int, selected: list[int], workers: int, head_only: frozenset[int] = frozenset()
-) -> list[CohortOrder]:
-    """Contiguous runs of whole reduction blocks, one per worker (fewer if blocks are few)."""
-    block = block_size(len(selected))
-    blocks = -(-len(selected) // block)
-    orders = []
-    for share in np.array_split(np.arange(blocks), min(workers, blocks)):
-        first, end = int(share[0]) * block, min((int(share[-1]) + 1) * block, len(selected))
-        ids = selected[first:end]
-        orders.append(CohortOrder(round_, ids, first, block, head_only.intersection(ids)))
-    return orders
-
-
-def _cohort_round(ctx: _RoundContext, work: _Work) -> tuple[WeightedSum, list[DeviceOutcome]]:
-    if not work.devices:
-        return ctx.aggregator.zero(), []
-    orders = _orders(work.round, work.devices, len(ctx.workers), work.head_only)
-    messages = [
-        Message(
-            RecordDict({ARRAYS: work.payload, CONFIG: order.config()}),
-            dst_node_id=worker,
-            message_type=MessageType.TRAIN,
-        )
-        for order, worker in zip(orders, ctx.workers, strict=False)
-    ]
-    by_worker = {m.metadata.dst_node_id: o for m, o in zip(messages, orders, strict=True)}
-    replies = ctx.grid.send_and_receive(messages, timeout=ctx.scenario.execution.round_timeout_s)
-    got = {r.metadata.src_node_id: r for r in replies}
-    partials: dict[int, WeightedSum] = {}
-    outcomes: list[DeviceOutcome] = []
-    for worker, order in by_worker.items():
-        reply = got.get(worker)
-        if reply is None or reply.has_error():  # the worker's devices share its fate
-            status: DeviceStatus = "no-reply" if reply is None else "failed"
-            reason = NO_REPLY if reply is None else _reason(reply)
-            outcomes += [DeviceOutcome(d, status, error=reason) for d in order.device_ids]
-            continue
-        result = CohortReply.from_content(reply.content, ctx.aggregator)
-        partials |= result.partials
-        outcomes += result.outcomes
-    return merge_blocks(ctx.aggregator, partials), outcomes
-
-
-def _reason(reply: Message) -> str:
-    return reply.error.reason.strip().splitlines()[-1][:200] if reply.error.reason else ""
-
-
 def _device_records(
-    ctx: _RoundContext,
+    ctx: RoundContext,
     round_: int,
     plans: list[DevicePlan],
     outcomes: dict[int, DeviceOutcome],
@@ -317,20 +163,20 @@ def _sig(x: float) -> float:
     return float(f"{x:.9g}")
 
 
-def _round(ctx: _RoundContext, round_: int) -> tuple[RoundRecord, list[DeviceRecord]]:
+def _round(ctx: RoundContext, round_: int) -> tuple[RoundRecord, list[DeviceRecord]]:
     scenario = ctx.scenario
     available = ctx.costs.available(ctx.clock)
     selected = _select(scenario, round_, available)
     plans = ctx.costs.plan(selected, ctx.clock)
     go = [p for p in plans if p.fate == "train"]
-    work = _Work(
+    work = Work(
         round=round_,
         devices=[p.device_id for p in go],
         head_only=frozenset(p.device_id for p in go if p.scope == "head"),
         payload=ArrayRecord(to_wire(ctx.global_arrays, scenario.fleet.payload_dtype)),
         bytes_up={p.device_id: p.bytes_up for p in go},
     )
-    run = _cohort_round if ctx.workers else _per_device_round
+    run = cohort_round if ctx.workers else per_device_round
     partial, outcomes = run(ctx, work)
     ctx.global_arrays = ctx.aggregator.finalize(ctx.global_arrays, partial)
     delivered = {o.device_id for o in outcomes if o.status == "ok"}
@@ -421,7 +267,7 @@ def run_rounds(grid: Grid, binding: RunBinding, observer: RoundObserver) -> dict
     cohort = scenario.execution.mode == "cohort"
     workers = _workers(grid, DISCOVERY_TIMEOUT_S) if cohort else []
     per_device = {} if cohort else _discover(grid, fleet, DISCOVERY_TIMEOUT_S)
-    ctx = _RoundContext(
+    ctx = RoundContext(
         grid=grid,
         scenario=scenario,
         fleet=fleet,

@@ -22,7 +22,7 @@ from fedsim.core.results import read_model, read_rounds
 from fedsim.core.scenario import Scenario, choose_engine
 from fedsim.core.state import DeviceStateStore
 from fedsim.runner import run
-from server.loop import _orders
+from server.dispatch import worker_orders as _orders
 from tests.conftest import tiny_scenario
 
 Write = Callable[..., Path]

@@ -1,0 +1,180 @@
+"""Sending a round's work and collecting it: one message per device (per-device mode) or one
+``CohortOrder`` per worker (cohort mode), and the replies reduced into the round's partial.
+
+Per-device mode sends one message per device to that device's node. Cohort mode cuts the round's
+sorted cohort into reduction blocks (``fedsim.core.reduce``), gives each worker node a contiguous
+run of whole blocks, and merges the block partials the workers return. Either way the global model
+is the same: same blocks, same order. A failed device in a cohort fails alone; a worker that fails
+or does not reply takes down only the devices it was running.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+from torch import nn
+
+from devices.clock import FleetCosts
+from devices.fleet import Fleet
+from fedsim.core.aggregators import ModelAggregator
+from fedsim.core.cohort import CohortOrder, CohortReply, DeviceOutcome
+from fedsim.core.data import TaskData
+from fedsim.core.records import (
+    ARRAYS,
+    CONFIG,
+    HEAD_ONLY,
+    METRICS,
+    NUM_EXAMPLES,
+    SERVER_ROUND,
+    TRAIN_LOSS,
+    DeviceStatus,
+)
+from fedsim.core.reduce import (
+    Arrays,
+    ModelUpdate,
+    WeightedSum,
+    block_size,
+    merge_blocks,
+    reduce_blocks,
+)
+from fedsim.core.scenario import Scenario
+
+__all__ = ["NO_REPLY", "RoundContext", "Work", "cohort_round", "per_device_round", "worker_orders"]
+
+
+def collect(
+    replies: Iterable[Message],
+    node_to_device: dict[int, int],
+    selected: list[int],
+    global_arrays: Arrays,
+    planned_up: dict[int, int],
+) -> tuple[list[tuple[int, ModelUpdate]], list[DeviceOutcome]]:
+    """``(position, update)`` pairs in cohort order, and one outcome per selected device."""
+    got: dict[int, Message] = {node_to_device[r.metadata.src_node_id]: r for r in replies}
+    updates: list[tuple[int, ModelUpdate]] = []
+    outcomes = []
+    for position, device_id in enumerate(selected):
+        reply = got.get(device_id)
+        if reply is None:
+            outcomes.append(DeviceOutcome(device_id, "no-reply", error=NO_REPLY))
+        elif reply.has_error():
+            outcomes.append(DeviceOutcome(device_id, "failed", error=error_reason(reply)))
+        else:
+            record: ArrayRecord = reply.content[ARRAYS]  # type: ignore[assignment]
+            sent = {int(k): a.numpy() for k, a in record.items()}
+            if sum(a.nbytes for a in sent.values()) != planned_up[device_id]:
+                raise RuntimeError(f"device {device_id} sent another payload than planned")
+            arrays = [sent.get(i, g).astype(np.float32) for i, g in enumerate(global_arrays)]
+            trained = tuple(i in sent for i in range(len(global_arrays)))
+            metrics = reply.content[METRICS]
+            n = int(metrics[NUM_EXAMPLES])  # type: ignore[arg-type]
+            loss = float(metrics[TRAIN_LOSS])  # type: ignore[arg-type]
+            updates.append((position, (arrays, n) if all(trained) else (arrays, n, trained)))
+            outcomes.append(DeviceOutcome(device_id, "ok", n, loss))
+    return updates, outcomes
+
+
+NO_REPLY = "no reply before round_timeout_s"
+
+
+@dataclass
+class RoundContext:
+    """What every round of one run needs; ``global_arrays`` and ``clock`` change each round."""
+
+    grid: Grid
+    scenario: Scenario
+    fleet: Fleet
+    model: nn.Module
+    data: TaskData
+    aggregator: ModelAggregator
+    costs: FleetCosts
+    device_to_node: dict[int, int]  # per-device mode
+    workers: list[int]  # cohort mode
+    global_arrays: Arrays
+    clock: float = 0.0  # simulated seconds since the run started
+
+    @property
+    def node_to_device(self) -> dict[int, int]:
+        return {n: d for d, n in self.device_to_node.items()}
+
+
+@dataclass(frozen=True)
+class Work:
+    """The devices sent work this round (ascending) and what they were sent."""
+
+    round: int
+    devices: list[int]
+    head_only: frozenset[int]
+    payload: ArrayRecord
+    bytes_up: dict[int, int]
+
+
+def per_device_round(ctx: RoundContext, work: Work) -> tuple[WeightedSum, list[DeviceOutcome]]:
+    messages = []
+    for d in work.devices:
+        config = ConfigRecord({SERVER_ROUND: work.round, HEAD_ONLY: d in work.head_only})
+        messages.append(
+            Message(
+                RecordDict({ARRAYS: work.payload, CONFIG: config}),
+                dst_node_id=ctx.device_to_node[d],
+                message_type=MessageType.TRAIN,
+            )
+        )
+    replies = ctx.grid.send_and_receive(messages, timeout=ctx.scenario.execution.round_timeout_s)
+    updates, outcomes = collect(
+        replies, ctx.node_to_device, work.devices, ctx.global_arrays, work.bytes_up
+    )
+    partials = reduce_blocks(ctx.aggregator, updates, block_size(len(work.devices)))
+    return merge_blocks(ctx.aggregator, partials), outcomes
+
+
+def worker_orders(
+    round_: int, selected: list[int], workers: int, head_only: frozenset[int] = frozenset()
+) -> list[CohortOrder]:
+    """Contiguous runs of whole reduction blocks, one per worker (fewer if blocks are few)."""
+    block = block_size(len(selected))
+    blocks = -(-len(selected) // block)
+    orders = []
+    for share in np.array_split(np.arange(blocks), min(workers, blocks)):
+        first, end = int(share[0]) * block, min((int(share[-1]) + 1) * block, len(selected))
+        ids = selected[first:end]
+        orders.append(CohortOrder(round_, ids, first, block, head_only.intersection(ids)))
+    return orders
+
+
+def cohort_round(ctx: RoundContext, work: Work) -> tuple[WeightedSum, list[DeviceOutcome]]:
+    if not work.devices:
+        return ctx.aggregator.zero(), []
+    orders = worker_orders(work.round, work.devices, len(ctx.workers), work.head_only)
+    messages = [
+        Message(
+            RecordDict({ARRAYS: work.payload, CONFIG: order.config()}),
+            dst_node_id=worker,
+            message_type=MessageType.TRAIN,
+        )
+        for order, worker in zip(orders, ctx.workers, strict=False)
+    ]
+    by_worker = {m.metadata.dst_node_id: o for m, o in zip(messages, orders, strict=True)}
+    replies = ctx.grid.send_and_receive(messages, timeout=ctx.scenario.execution.round_timeout_s)
+    got = {r.metadata.src_node_id: r for r in replies}
+    partials: dict[int, WeightedSum] = {}
+    outcomes: list[DeviceOutcome] = []
+    for worker, order in by_worker.items():
+        reply = got.get(worker)
+        if reply is None or reply.has_error():  # the worker's devices share its fate
+            status: DeviceStatus = "no-reply" if reply is None else "failed"
+            reason = NO_REPLY if reply is None else error_reason(reply)
+            outcomes += [DeviceOutcome(d, status, error=reason) for d in order.device_ids]
+            continue
+        result = CohortReply.from_content(reply.content, ctx.aggregator)
+        partials |= result.partials
+        outcomes += result.outcomes
+    return merge_blocks(ctx.aggregator, partials), outcomes
+
+
+def error_reason(reply: Message) -> str:
+    return reply.error.reason.strip().splitlines()[-1][:200] if reply.error.reason else ""

@@ -74,6 +74,15 @@ def _cell(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def _emit(text: str, output: Path | None) -> None:
+    """``text`` to stdout, or to the file ``output``."""
+    if output is None:
+        _console().print(text, end="", markup=False)
+    else:
+        output.write_text(text, encoding="utf-8")
+        _console().print(f"wrote {output}")
+
+
 def _dump(items: Sequence[Any]) -> list[dict[str, Any]]:
     return [item.model_dump() for item in items]
 
@@ -239,11 +248,7 @@ def export_td(
     else:
         iri = str(DEVICE[thing])  # reported as unknown, with the closest names, by export
     text = json.dumps(export(graph, iri), indent=2, ensure_ascii=False) + "\n"
-    if output is None:
-        _console().print(text, end="", markup=False)
-    else:
-        output.write_text(text, encoding="utf-8")
-        _console().print(f"wrote {output}")
+    _emit(text, output)
 
 
 @registry_app.command("import-td")
@@ -264,11 +269,7 @@ def import_td(
             f"{file}:{exc.lineno}", f"not JSON: {exc.msg}", "fix the syntax"
         ) from None
     text = read_td(document, str(file)).serialize(format="turtle")
-    if output is None:
-        _console().print(text, end="", markup=False)
-    else:
-        output.write_text(text, encoding="utf-8")
-        _console().print(f"wrote {output}")
+    _emit(text, output)
 
 
 @registry_app.command("serve")

@@ -21,6 +21,7 @@ from rdflib import URIRef
 from fedsim.core.errors import FedsimError, known_names
 from ontology.registry import CATALOG_DIR, QUERY_DIR
 from ontology.store import RegistryStore, open_store
+from ontology.vocab import PREFIXES
 
 __all__ = [
     "DeviceMatch",
@@ -101,17 +102,6 @@ def query_path(name_or_path: str | Path, base: Path | None = None) -> Path:
         known_names("query", str(name_or_path), known),
         "name a query in ontology/queries or give the path of a .rq file",
     )
-
-
-PREFIXES = {
-    "fedsim": "https://w3id.org/fedsim/vocab#",
-    "dev": "https://w3id.org/fedsim/catalog/device/",
-    "link": "https://w3id.org/fedsim/catalog/link/",
-    "model": "https://w3id.org/fedsim/catalog/model/",
-    "device": "https://w3id.org/fedsim/device/",
-    "run": "https://w3id.org/fedsim/run/",
-    "sosa": "http://www.w3.org/ns/sosa/",
-}
 
 
 def parse_binding(text: str) -> tuple[str, Any]:

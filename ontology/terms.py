@@ -20,6 +20,7 @@ from rdflib.namespace import RDF, XSD
 from rdflib.term import Node
 
 from fedsim.core.errors import FedsimError
+from ontology.vocab import PREFIXES
 
 __all__ = [
     "PREFIXES",
@@ -52,22 +53,6 @@ Row: TypeAlias = dict[str, Value]
 RdfTriple: TypeAlias = tuple[Node, Node, Node]
 OxTerm: TypeAlias = ox.NamedNode | ox.BlankNode | ox.Literal | ox.Triple
 
-PREFIXES = {  # ontology/README.md; used when serialising
-    "fedsim": "https://w3id.org/fedsim/vocab#",
-    "dev": "https://w3id.org/fedsim/catalog/device/",
-    "link": "https://w3id.org/fedsim/catalog/link/",
-    "model": "https://w3id.org/fedsim/catalog/model/",
-    "device": "https://w3id.org/fedsim/device/",
-    "run": "https://w3id.org/fedsim/run/",
-    "sosa": "http://www.w3.org/ns/sosa/",
-    "ssn-system": "http://www.w3.org/ns/ssn/systems/",
-    "s3n": "http://w3id.org/s3n/",
-    "schema": "http://schema.org/",
-    "unit": "http://qudt.org/vocab/unit/",
-    "nnet": "https://w3id.org/tinyml-schema/neural-network-schema#",
-    "rdfs": "http://www.w3.org/2000/01/rdf-schema#",
-    "xsd": str(XSD),
-}
 INTEGER_TYPES = {
     str(XSD[t])
     for t in [

@@ -28,7 +28,7 @@ from rdflib.plugins.parsers.notation3 import BadSyntax
 from rdflib.term import Node
 
 from fedsim.core.errors import FedsimError
-from ontology.vocab import FEDSIM
+from ontology.vocab import FEDSIM, PREFIXES
 
 __all__ = [
     "PREFIXES",
@@ -46,24 +46,6 @@ SHAPES_PATH = HERE / "shapes" / "fedsim-shapes.ttl"
 VOCABULARY_PATH = HERE / "fedsim.ttl"
 CATALOG_DIR = HERE / "catalog"
 
-# The registry's prefixes (ontology/README.md), used to name nodes in messages and in TDs.
-PREFIXES: dict[str, str] = {
-    "fedsim": "https://w3id.org/fedsim/vocab#",
-    "dev": "https://w3id.org/fedsim/catalog/device/",
-    "link": "https://w3id.org/fedsim/catalog/link/",
-    "model": "https://w3id.org/fedsim/catalog/model/",
-    "device": "https://w3id.org/fedsim/device/",
-    "run": "https://w3id.org/fedsim/run/",
-    "sosa": "http://www.w3.org/ns/sosa/",
-    "ssn-system": "http://www.w3.org/ns/ssn/systems/",
-    "s3n": "http://w3id.org/s3n/",
-    "schema": "http://schema.org/",
-    "unit": "http://qudt.org/vocab/unit/",
-    "nnet": "https://w3id.org/tinyml-schema/neural-network-schema#",
-    "rdf": str(RDF),
-    "rdfs": str(RDFS),
-    "xsd": str(XSD),
-}
 
 FSH = Namespace("https://w3id.org/fedsim/shapes#")
 SOSA = Namespace(PREFIXES["sosa"])

@@ -8,9 +8,9 @@ term here is declared there, and the other way round).
 from __future__ import annotations
 
 from rdflib import Namespace, URIRef
-from rdflib.namespace import DefinedNamespace
+from rdflib.namespace import RDF, RDFS, XSD, DefinedNamespace
 
-__all__ = ["DEV", "DEVICE", "FEDSIM", "LINK", "MODEL", "RUN"]
+__all__ = ["DEV", "DEVICE", "FEDSIM", "LINK", "MODEL", "PREFIXES", "RUN"]
 
 
 class FEDSIM(DefinedNamespace):
@@ -99,3 +99,23 @@ LINK = Namespace("https://w3id.org/fedsim/catalog/link/")  # link types
 MODEL = Namespace("https://w3id.org/fedsim/catalog/model/")  # model descriptions
 DEVICE = Namespace("https://w3id.org/fedsim/device/")  # fleet devices
 RUN = Namespace("https://w3id.org/fedsim/run/")  # runs
+
+# The registry's prefixes (ontology/README.md): to name nodes in messages, TDs, serialisations and
+# ``prefix:name`` bindings.
+PREFIXES: dict[str, str] = {
+    "fedsim": "https://w3id.org/fedsim/vocab#",
+    "dev": str(DEV),
+    "link": str(LINK),
+    "model": str(MODEL),
+    "device": str(DEVICE),
+    "run": str(RUN),
+    "sosa": "http://www.w3.org/ns/sosa/",
+    "ssn-system": "http://www.w3.org/ns/ssn/systems/",
+    "s3n": "http://w3id.org/s3n/",
+    "schema": "http://schema.org/",
+    "unit": "http://qudt.org/vocab/unit/",
+    "nnet": "https://w3id.org/tinyml-schema/neural-network-schema#",
+    "rdf": str(RDF),
+    "rdfs": str(RDFS),
+    "xsd": str(XSD),
+}

@@ -199,23 +199,11 @@ class FleetRegistry:
 
     def models_for(self, device: str) -> list[ModelFit]:
         """Models that fit a fleet device, or a profile if ``device`` names one."""
-        profiles = {
-            str(r["name"])
-            for r in self.store.select(
-                "SELECT ?name WHERE { ?p <https://w3id.org/fedsim/vocab#profileName> ?name }",
-                None,
-            )
-        }
+        profiles = {str(r["name"]) for r in self.query("profile-names")}
         if device in profiles:
             rows = self.query("profile-models", {"profileName": device})
         else:
-            devices = [
-                str(r["name"])
-                for r in self.store.select(
-                    "SELECT ?name WHERE { ?d <https://w3id.org/fedsim/vocab#deviceName> ?name }",
-                    None,
-                )
-            ]
+            devices = [str(r["name"]) for r in self.query("device-iris")]
             if device not in devices:
                 raise FedsimError(
                     "device", known_names("device or profile", device, [*devices, *profiles])

@@ -36,7 +36,7 @@ def _model(scenario_path: Path, arrays: Arrays | None = None) -> torch.nn.Module
     """An ``mlp-100``: fedsim's initial global model, or holding ``arrays``."""
     scenario, fleet = load_fleet(scenario_path)  # cached per process
     seed = derive_seed(scenario.seed, "init")
-    model = build_model(MODEL, fleet.data.num_features, fleet.data.num_classes, seed)
+    model = build_model(MODEL, fleet.data.num_features, fleet.data.num_outputs, seed)
     if arrays is not None:
         set_arrays(model, arrays)
     return model

@@ -15,7 +15,6 @@ from clients.work import InjectedCrashError, run_cohort, train_one
 from devices.fleet import load_fleet
 from fedsim.core.aggregators import aggregator_for
 from fedsim.core.cohort import CohortOrder
-from fedsim.core.payload import to_wire
 from fedsim.core.records import (
     ARRAYS,
     CONFIG,
@@ -64,9 +63,8 @@ def make_client_app(binding: RunBinding | None = None) -> ClientApp:
         metrics = MetricRecord(
             {DEVICE_ID: node, NUM_EXAMPLES: update.num_examples, TRAIN_LOSS: update.train_loss}
         )
-        sent = to_wire(update.arrays, scenario.fleet.payload_dtype)
-        trained = update.trained or (True,) * len(sent)
-        arrays = ArrayRecord({str(i): Array(a) for i, a in enumerate(sent) if trained[i]})
+        assert update.wire is not None
+        arrays = ArrayRecord({key: Array(a) for key, a in update.wire.items()})
         reply = RecordDict({ARRAYS: arrays, METRICS: metrics})
         return Message(reply, reply_to=msg)
 

@@ -11,11 +11,13 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
+from devices.footprint import head_parameters
+from fedsim.core.models import task_loss
 from fedsim.core.plugins import Plugins
-from fedsim.core.scenario import AlgorithmSpec, FedProxSpec
+from fedsim.core.scenario import AlgorithmSpec, FedProxSpec, TinyMetaFedSpec, TinyReptileSpec
 from fedsim.core.state import DeviceState
 
-__all__ = ["LEARNERS", "Learner", "LocalSgd"]
+__all__ = ["LEARNERS", "Learner", "LocalSgd", "OnlineSteps", "ReconstructThenUpdate"]
 
 
 class Learner(Protocol):
@@ -62,7 +64,6 @@ class LocalSgd:
         inputs, targets = torch.from_numpy(x), torch.from_numpy(y)
         anchor = [p.detach().clone() for p in model.parameters()] if self.mu > 0 else []
         optimizer = torch.optim.SGD(model.parameters(), lr=self.lr)
-        loss_fn = nn.CrossEntropyLoss()
         model.train()
         total, seen = 0.0, 0
         for _ in range(self.epochs):
@@ -70,7 +71,7 @@ class LocalSgd:
             for start in range(0, len(order), self.batch_size):
                 batch = order[start : start + self.batch_size]
                 optimizer.zero_grad()
-                loss = loss_fn(model(inputs[batch]), targets[batch])
+                loss = task_loss(model(inputs[batch]), targets[batch])
                 objective = loss
                 if anchor:
                     drift = sum(
@@ -78,10 +79,107 @@ class LocalSgd:
                         for p, a in zip(model.parameters(), anchor, strict=True)
                     )
                     objective = loss + 0.5 * self.mu * drift
-                objective.backward()
+                torch.autograd.backward(objective)
                 optimizer.step()
                 total += loss.item() * len(batch)
                 seen += len(batch)
+        return total / max(seen, 1)
+
+
+def stream_order(n: int, length: int, seed: int) -> torch.Tensor:
+    """The order a device's stream presents its ``n`` samples: ``length`` indices, a seeded
+    permutation repeated (a fresh one each pass) when the round needs more than ``n``."""
+    generator = torch.Generator().manual_seed(seed)
+    passes = [torch.randperm(n, generator=generator) for _ in range(-(-length // n))]
+    return torch.cat(passes)[:length]
+
+
+def _sgd_steps(
+    model: nn.Module,
+    params: list[nn.Parameter],
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    order: torch.Tensor,
+    lr: float,
+    batch_size: int,
+) -> tuple[float, int]:
+    """Plain SGD on ``params`` over ``order`` in batches; (sum of batch losses × size, samples)."""
+    optimizer = torch.optim.SGD(params, lr=lr) if params else None
+    total = 0.0
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        loss = task_loss(model(inputs[batch]), targets[batch])
+        if optimizer is not None:
+            optimizer.zero_grad()
+            torch.autograd.backward(loss)
+            optimizer.step()
+        total += loss.item() * len(batch)
+    return total, len(order)
+
+
+@dataclass(frozen=True)
+class OnlineSteps:
+    """TinyReptile's device side: from θ, ``steps`` SGD steps of ``batch_size`` samples each,
+    taken from the device's stream in order (batch 1: each sample is used once, as it arrives,
+    and dropped: nothing is kept but the model)."""
+
+    lr: float
+    steps: int
+    batch_size: int
+    stateful: ClassVar[bool] = False
+
+    def train(
+        self,
+        model: nn.Module,
+        x: NDArray[np.float32],
+        y: NDArray[np.int64],
+        seed: int,
+        state: DeviceState | None = None,
+    ) -> float:
+        order = stream_order(len(y), self.steps * self.batch_size, seed)
+        params = [p for p in model.parameters() if p.requires_grad]
+        model.train()
+        total, seen = _sgd_steps(
+            model, params, torch.from_numpy(x), torch.from_numpy(y), order, self.lr, self.batch_size
+        )
+        return total / max(seen, 1)
+
+
+@dataclass(frozen=True)
+class ReconstructThenUpdate:
+    """TinyMetaFed's device side (DESIGN.md §6.3): reconstruct the local part (the head) on the
+    first ``support_steps`` batches of the stream with the rest frozen, then update the global
+    part on the next ``steps`` batches (the query samples) with the head frozen. Returns the mean
+    query loss. Without a local part it is ``OnlineSteps``."""
+
+    lr: float
+    steps: int
+    support_steps: int
+    batch_size: int
+    local_head: bool = True
+    stateful: ClassVar[bool] = False
+
+    def train(
+        self,
+        model: nn.Module,
+        x: NDArray[np.float32],
+        y: NDArray[np.int64],
+        seed: int,
+        state: DeviceState | None = None,
+    ) -> float:
+        support = self.support_steps * self.batch_size if self.local_head else 0
+        order = stream_order(len(y), support + self.steps * self.batch_size, seed)
+        head = head_parameters(model) if self.local_head else set()
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        inputs, targets = torch.from_numpy(x), torch.from_numpy(y)
+        model.train()
+        if support:
+            local = [p for n, p in named if n in head]
+            _sgd_steps(model, local, inputs, targets, order[:support], self.lr, self.batch_size)
+        shared = [p for n, p in named if n not in head]
+        total, seen = _sgd_steps(
+            model, shared, inputs, targets, order[support:], self.lr, self.batch_size
+        )
         return total / max(seen, 1)
 
 
@@ -99,5 +197,25 @@ def _fedprox() -> LearnerFactory:
     def make(spec: AlgorithmSpec) -> Learner:
         assert isinstance(spec, FedProxSpec)
         return LocalSgd(spec.lr, spec.local_epochs, spec.batch_size, mu=spec.mu)
+
+    return make
+
+
+@LEARNERS.register("tinyreptile")
+def _tinyreptile() -> LearnerFactory:
+    def make(spec: AlgorithmSpec) -> Learner:
+        assert isinstance(spec, TinyReptileSpec)
+        return OnlineSteps(spec.lr, spec.steps, spec.batch_size)
+
+    return make
+
+
+@LEARNERS.register("tinymetafed")
+def _tinymetafed() -> LearnerFactory:
+    def make(spec: AlgorithmSpec) -> Learner:
+        assert isinstance(spec, TinyMetaFedSpec)
+        return ReconstructThenUpdate(
+            spec.lr, spec.steps, spec.support_steps, spec.batch_size, spec.local_head
+        )
 
     return make

@@ -23,6 +23,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from clients.learners import Learner, LocalSgd
+from fedsim.core.models import task_loss
 from fedsim.core.reduce import Arrays
 
 __all__ = ["CHUNK", "can_vectorize", "train_vectorized"]
@@ -61,7 +62,7 @@ def _train_chunk(
     def objective(
         params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        loss = nn.functional.cross_entropy(functional_call(model, params, (x,)), y)
+        loss = task_loss(functional_call(model, params, (x,)), y)
         if learner.mu <= 0:
             return loss, loss.detach()
         drift = sum(((params[k] - start[k]) ** 2).sum() for k in names)

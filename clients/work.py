@@ -12,7 +12,9 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
+from numpy.typing import NDArray
 from torch import nn
 
 from clients.learners import LEARNERS, Learner
@@ -23,7 +25,7 @@ from fedsim.core.aggregators import ModelAggregator
 from fedsim.core.cohort import CohortOrder, CohortReply, DeviceOutcome
 from fedsim.core.data import load_task_data
 from fedsim.core.models import build_model, get_arrays, set_arrays
-from fedsim.core.payload import round_trip
+from fedsim.core.payload import round_trip, sent_mask
 from fedsim.core.reduce import Arrays, ModelUpdate, WeightedSum, reduce_blocks
 from fedsim.core.scenario import Scenario
 from fedsim.core.seeds import derive_seed
@@ -54,6 +56,7 @@ class DeviceUpdate:
     num_examples: int
     train_loss: float
     trained: tuple[bool, ...] | None = None  # which tensors trained (None: all)
+    wire: dict[str, NDArray[np.generic]] | None = None  # what it sends (``Scenario.upload``)
 
     def update(self) -> ModelUpdate:
         if self.trained is None:
@@ -75,7 +78,7 @@ def _check_crash(scenario: Scenario, fleet: Fleet, round_: int, device_id: int) 
 
 def _model(scenario: Scenario) -> nn.Module:
     data = load_task_data(scenario.task.dataset, scenario.seed)
-    return build_model(scenario.task.model, data.num_features, data.num_classes, 0)
+    return build_model(scenario.task.model, data.num_features, data.num_outputs, 0)
 
 
 def _learner(scenario: Scenario) -> Learner:
@@ -113,13 +116,10 @@ def train_device(
     set_arrays(model, global_arrays)
     x, y = fleet.local_data(device_id)
     seed = _train_seed(scenario, round_, device_id)
-    trained = None
-    if head_only:
-        head = head_parameters(model)
-        trained = tuple(name in head for name in model.state_dict())
-        frozen = [p for name, p in model.named_parameters() if name not in head]
-    else:
-        frozen = []
+    head = head_parameters(model)
+    head_mask = [name in head for name in model.state_dict()]
+    sent = sent_mask(head_mask, head_only, scenario.algorithm.local_head)
+    frozen = [p for name, p in model.named_parameters() if head_only and name not in head]
     try:
         for p in frozen:
             p.requires_grad_(False)
@@ -127,8 +127,10 @@ def train_device(
     finally:
         for p in frozen:
             p.requires_grad_(True)
-    arrays = round_trip(get_arrays(model), scenario.fleet.payload_dtype)
-    return DeviceUpdate(arrays, len(y), loss, trained)
+    wire = scenario.upload.encode(get_arrays(model), global_arrays, sent)
+    arrays = scenario.upload.decode(wire, global_arrays, sent)
+    weight = scenario.algorithm.update_weight(len(y))
+    return DeviceUpdate(arrays, weight, loss, None if all(sent) else sent, wire)
 
 
 def train_one(

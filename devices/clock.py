@@ -27,7 +27,7 @@ from torch import nn
 from devices.cost import Activity, CostModel, Scope, cost_model
 from devices.fleet import Fleet
 from devices.footprint import Footprint, footprint, head_parameters
-from fedsim.core.payload import payload_bytes
+from fedsim.core.payload import payload_bytes, sent_mask
 from fedsim.core.scenario import Scenario
 
 __all__ = ["EMPTY_ROUND_S", "DevicePlan", "Fate", "FleetCosts", "RoundCost"]
@@ -90,9 +90,12 @@ class FleetCosts:
         names = list(model.state_dict())
         self.head_mask = tuple(name in head for name in names)
         shapes = [tuple(t.shape) for t in model.state_dict().values()]
-        dtype = scenario.fleet.payload_dtype
-        self.bytes_full = payload_bytes(shapes, dtype)
-        self.bytes_head = payload_bytes(shapes, dtype, self.head_mask)
+        self.bytes_full = payload_bytes(shapes, scenario.fleet.payload_dtype)  # sent down
+        local = algorithm.local_head
+        self.sent_full = sent_mask(self.head_mask, False, local)
+        self.sent_head = sent_mask(self.head_mask, True, local)
+        self.up_full = scenario.upload.bytes(shapes, self.sent_full)
+        self.up_head = scenario.upload.bytes(shapes, self.sent_head)
         self._scopes: dict[tuple[str, int | None, int | None], Scope] = {}
 
     def scope(self, device_id: int) -> Scope:
@@ -112,6 +115,10 @@ class FleetCosts:
             policy = self.scenario.fleet.memory_policy
             self._scopes[key] = self.model.memory.scope(profile, self.full, self.head, policy)
         return self._scopes[key]
+
+    def sent(self, device_id: int) -> tuple[bool, ...]:
+        """Which tensors the device uploads (changes of), given what it can train."""
+        return self.sent_head if self.scope(device_id) == "head" else self.sent_full
 
     def available(self, t: float) -> NDArray[np.bool_] | None:
         """Which devices are online at ``t`` (None: all, always)."""
@@ -146,8 +153,8 @@ class FleetCosts:
             return DevicePlan(device_id, "memory-skip", scope, 0, 0, 0.0, 0.0, 0.0)
         assert device.link_type is not None
         macs = (self.full if scope == "full" else self.head).train_macs
-        up = self.bytes_full if scope == "full" else self.bytes_head
-        epochs = self.scenario.algorithm.local_epochs
+        up = self.up_full if scope == "full" else self.up_head
+        samples = self.scenario.algorithm.samples_processed(device.num_examples)
         return DevicePlan(
             device_id,
             "train",
@@ -155,7 +162,7 @@ class FleetCosts:
             self.bytes_full,
             up,
             self.model.link.seconds(device.link_type, self.bytes_full),
-            self.model.compute.seconds(device.profile, macs * device.num_examples * epochs),
+            self.model.compute.seconds(device.profile, macs * samples),
             self.model.link.seconds(device.link_type, up),
         )
 

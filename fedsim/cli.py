@@ -41,7 +41,7 @@ def summarize(scenario_path: str | Path) -> str:
     from fedsim.core.models import build_model
 
     data = fleet.data
-    model = build_model(scenario.task.model, data.num_features, max(data.num_classes, 1), 0)
+    model = build_model(scenario.task.model, data.num_features, data.num_outputs, 0)
     groups_cost = "".join(f"\n  {line}" for line in FleetCosts(scenario, fleet, model).describe())
     return (
         f"{scenario_path}: ok: {scenario.name}: {scenario.algorithm.kind} on "
@@ -87,9 +87,15 @@ def run(
         command=shlex.join(["fedsim", *sys.argv[1:]]),
     )
     s = result.summary
-    acc = s["final_accuracy"]
+    if "adapted" in s:
+        a = s["adapted"]
+        score = f"after adaptation {a['metric']} {a['mean']:.4g} ± {a['ci95']:.2g} (95% CI)"
+    elif s["final_accuracy"] is not None:
+        score = f"final accuracy {s['final_accuracy']:.4f}"
+    else:
+        score = f"final loss {s['final_loss']:.4g}"
     out.print(
-        f"{name}: final accuracy {acc:.4f} after {s['rounds']} rounds "
+        f"{name}: {score} after {s['rounds']} rounds "
         f"({s['sim_time_s']:.0f} simulated s, {s['energy_j']:.3g} J), {s['failures']} device "
         f"failures, {s['stragglers'] + s['dropouts']} cut, {s['memory_skips']} skipped for "
         f"memory, {s['wall_s']:.1f} s → {result.out}"
@@ -194,7 +200,7 @@ def devices_profiles(
         from fedsim.core.models import build_model
 
         data = load_task_data(dataset, 0)
-        torch_model = build_model(model, data.num_features, max(data.num_classes, 1), 0)
+        torch_model = build_model(model, data.num_features, data.num_outputs, 0)
         full = footprint(torch_model, data.sample_shape, batch)
         head = footprint(torch_model, data.sample_shape, batch, head_parameters(torch_model))
         fits = (full, head)

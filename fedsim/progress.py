@@ -18,7 +18,7 @@ class ProgressObserver:
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn(
-                "rounds · acc {task.fields[acc]} · sim {task.fields[sim]} · failures "
+                "rounds · {task.fields[acc]} · sim {task.fields[sim]} · failures "
                 "{task.fields[failures]} · cut {task.fields[cut]} · skipped {task.fields[skipped]}"
             ),
             TimeElapsedColumn(),
@@ -27,7 +27,7 @@ class ProgressObserver:
         )
         self._label = label
         self._task = self._progress.add_task(
-            label, total=None, acc="-", sim="0 s", failures=0, cut=0, skipped=0
+            label, total=None, acc="acc -", sim="0 s", failures=0, cut=0, skipped=0
         )
         self._failures = self._cut = self._skipped = 0
 
@@ -39,11 +39,10 @@ class ProgressObserver:
         self._failures += record.failures
         self._cut += record.stragglers + record.dropouts
         self._skipped += record.memory_skips
-        acc = f"{record.accuracy:.3f}" if record.accuracy is not None else "-"
         self._progress.update(
             self._task,
             advance=1,
-            acc=acc,
+            acc=headline(record) or self._progress.tasks[self._task].fields["acc"],
             sim=_duration(record.sim_time_s),
             failures=self._failures,
             cut=self._cut,
@@ -52,6 +51,17 @@ class ProgressObserver:
 
     def end(self) -> None:
         self._progress.stop()
+
+
+def headline(record: RoundRecord) -> str | None:
+    """The round's evaluation in a few characters (None: not evaluated this round)."""
+    if record.adapted is not None:
+        return f"adapted {'acc' if record.accuracy is not None else 'mse'} {record.adapted:.3g}"
+    if record.accuracy is not None:
+        return f"acc {record.accuracy:.3f}"
+    if record.loss is not None:
+        return f"mse {record.loss:.3g}"
+    return None
 
 
 def _duration(seconds: float) -> str:

@@ -11,7 +11,7 @@ or does not reply takes down only the devices it was running.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
@@ -23,6 +23,7 @@ from devices.fleet import Fleet
 from fedsim.core.aggregators import ModelAggregator
 from fedsim.core.cohort import CohortOrder, CohortReply, DeviceOutcome
 from fedsim.core.data import TaskData
+from fedsim.core.payload import Upload, round_trip
 from fedsim.core.records import (
     ARRAYS,
     CONFIG,
@@ -42,6 +43,7 @@ from fedsim.core.reduce import (
     reduce_blocks,
 )
 from fedsim.core.scenario import Scenario
+from server.adapt import AdaptResult, HeldOutDevice
 
 __all__ = ["NO_REPLY", "RoundContext", "Work", "cohort_round", "per_device_round", "worker_orders"]
 
@@ -49,15 +51,17 @@ __all__ = ["NO_REPLY", "RoundContext", "Work", "cohort_round", "per_device_round
 def collect(
     replies: Iterable[Message],
     node_to_device: dict[int, int],
-    selected: list[int],
-    global_arrays: Arrays,
-    planned_up: dict[int, int],
+    work: Work,
+    base: Arrays,
+    upload: Upload,
 ) -> tuple[list[tuple[int, ModelUpdate]], list[DeviceOutcome]]:
-    """``(position, update)`` pairs in cohort order, and one outcome per selected device."""
+    """``(position, update)`` pairs in cohort order, and one outcome per device sent work.
+
+    ``base``: the global arrays as devices received them (what sparse changes are added to)."""
     got: dict[int, Message] = {node_to_device[r.metadata.src_node_id]: r for r in replies}
     updates: list[tuple[int, ModelUpdate]] = []
     outcomes = []
-    for position, device_id in enumerate(selected):
+    for position, device_id in enumerate(work.devices):
         reply = got.get(device_id)
         if reply is None:
             outcomes.append(DeviceOutcome(device_id, "no-reply", error=NO_REPLY))
@@ -65,15 +69,15 @@ def collect(
             outcomes.append(DeviceOutcome(device_id, "failed", error=error_reason(reply)))
         else:
             record: ArrayRecord = reply.content[ARRAYS]  # type: ignore[assignment]
-            sent = {int(k): a.numpy() for k, a in record.items()}
-            if sum(a.nbytes for a in sent.values()) != planned_up[device_id]:
+            wire = {k: a.numpy() for k, a in record.items()}
+            if sum(a.nbytes for a in wire.values()) != work.bytes_up[device_id]:
                 raise RuntimeError(f"device {device_id} sent another payload than planned")
-            arrays = [sent.get(i, g).astype(np.float32) for i, g in enumerate(global_arrays)]
-            trained = tuple(i in sent for i in range(len(global_arrays)))
+            sent = work.sent[device_id]
+            arrays = upload.decode(wire, base, sent)
             metrics = reply.content[METRICS]
             n = int(metrics[NUM_EXAMPLES])  # type: ignore[arg-type]
             loss = float(metrics[TRAIN_LOSS])  # type: ignore[arg-type]
-            updates.append((position, (arrays, n) if all(trained) else (arrays, n, trained)))
+            updates.append((position, (arrays, n) if all(sent) else (arrays, n, sent)))
             outcomes.append(DeviceOutcome(device_id, "ok", n, loss))
     return updates, outcomes
 
@@ -96,6 +100,8 @@ class RoundContext:
     workers: list[int]  # cohort mode
     global_arrays: Arrays
     clock: float = 0.0  # simulated seconds since the run started
+    held_out: list[HeldOutDevice] = field(default_factory=list)  # evaluation.adapt
+    adaptation: AdaptResult | None = None  # the latest one
 
     @property
     def node_to_device(self) -> dict[int, int]:
@@ -111,6 +117,7 @@ class Work:
     head_only: frozenset[int]
     payload: ArrayRecord
     bytes_up: dict[int, int]
+    sent: dict[int, tuple[bool, ...]]  # which tensors each device uploads (changes of)
 
 
 def per_device_round(ctx: RoundContext, work: Work) -> tuple[WeightedSum, list[DeviceOutcome]]:
@@ -125,9 +132,9 @@ def per_device_round(ctx: RoundContext, work: Work) -> tuple[WeightedSum, list[D
             )
         )
     replies = ctx.grid.send_and_receive(messages, timeout=ctx.scenario.execution.round_timeout_s)
-    updates, outcomes = collect(
-        replies, ctx.node_to_device, work.devices, ctx.global_arrays, work.bytes_up
-    )
+    upload = ctx.scenario.upload
+    base = round_trip(ctx.global_arrays, upload.dtype)
+    updates, outcomes = collect(replies, ctx.node_to_device, work, base, upload)
     partials = reduce_blocks(ctx.aggregator, updates, block_size(len(work.devices)))
     return merge_blocks(ctx.aggregator, partials), outcomes
 

@@ -8,6 +8,7 @@ alone; a worker that fails or does not reply takes down only the devices it was 
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -21,13 +22,13 @@ from numpy.typing import NDArray
 
 from devices.clock import DevicePlan, FleetCosts, RoundCost
 from devices.fleet import Fleet, load_fleet, open_registry
-from fedsim.core.aggregators import aggregator_for
+from fedsim.core.aggregators import aggregator_for, server_step
 from fedsim.core.cohort import DeviceOutcome
 from fedsim.core.data import load_task_data
 from fedsim.core.errors import FedsimError
 from fedsim.core.models import build_model, get_arrays, set_arrays
 from fedsim.core.payload import to_wire
-from fedsim.core.plots import plot_accuracy, plot_fleet
+from fedsim.core.plots import plot_accuracy, plot_adaptation, plot_fleet
 from fedsim.core.records import (
     DEVICE_ID,
     METRICS,
@@ -40,6 +41,7 @@ from fedsim.core.results import RunWriter
 from fedsim.core.scenario import Scenario
 from fedsim.core.seeds import derive_seed
 from ontology.history import write_participation
+from server.adapt import AdaptResult, adapt_and_score, held_out_devices
 from server.dispatch import RoundContext, Work, cohort_round, per_device_round
 from server.evaluate import evaluate
 
@@ -175,19 +177,26 @@ def _round(ctx: RoundContext, round_: int) -> tuple[RoundRecord, list[DeviceReco
         head_only=frozenset(p.device_id for p in go if p.scope == "head"),
         payload=ArrayRecord(to_wire(ctx.global_arrays, scenario.fleet.payload_dtype)),
         bytes_up={p.device_id: p.bytes_up for p in go},
+        sent={p.device_id: ctx.costs.sent(p.device_id) for p in go},
     )
     run = cohort_round if ctx.workers else per_device_round
     partial, outcomes = run(ctx, work)
-    ctx.global_arrays = ctx.aggregator.finalize(ctx.global_arrays, partial)
+    averaged = ctx.aggregator.finalize(ctx.global_arrays, partial)
+    epsilon = scenario.algorithm.server_lr(round_, scenario.rounds)
+    ctx.global_arrays = server_step(ctx.global_arrays, averaged, epsilon)
     delivered = {o.device_id for o in outcomes if o.status == "ok"}
     cost = ctx.costs.finish(plans, delivered)
     ctx.clock += cost.round_s
     devices = _device_records(ctx, round_, plans, {o.device_id: o for o in outcomes}, cost)
 
-    accuracy = loss = None
+    accuracy = loss = adapted = None
     if round_ % scenario.evaluation.every == 0 or round_ == scenario.rounds:
         set_arrays(ctx.model, ctx.global_arrays)
         accuracy, loss = evaluate(ctx.model, ctx.data.x_test, ctx.data.y_test)
+        if scenario.evaluation.adapt is not None:
+            adapted = ctx.adaptation = adapt_and_score(
+                ctx.model, ctx.global_arrays, ctx.held_out, scenario.evaluation.adapt, scenario.seed
+            )
     ok = [d for d in devices if d.status == "ok"]
     examples = sum(d.num_examples for d in ok)
     fates = [p.fate for p in plans]
@@ -211,6 +220,8 @@ def _round(ctx: RoundContext, round_: int) -> tuple[RoundRecord, list[DeviceReco
         head_only=len(work.head_only),
         stragglers=fates.count("straggler"),
         dropouts=fates.count("dropout"),
+        adapted=None if adapted is None else _sig(adapted.mean),
+        adapted_ci95=None if adapted is None else _sig(adapted.ci95),
     )
     return record, devices
 
@@ -238,6 +249,50 @@ def _summary(scenario: Scenario, fleet: Fleet, records: list[RoundRecord]) -> di
     }
 
 
+class _Usage:
+    """Running totals of what rounds asked of devices, for per-device-round means."""
+
+    def __init__(self) -> None:
+        self.selected = self.delivered = 0
+        self.totals = dict.fromkeys(
+            ("samples", "bytes_down", "bytes_up", "energy_mj", "busy_s"), 0.0
+        )
+
+    def add(self, scenario: Scenario, devices: list[DeviceRecord]) -> None:
+        for d in devices:
+            self.selected += 1
+            self.totals["bytes_down"] += d.bytes_down
+            self.totals["energy_mj"] += d.energy_mj
+            self.totals["busy_s"] += d.busy_s
+            if d.status == "ok":
+                self.delivered += 1
+                self.totals["bytes_up"] += d.bytes_up
+                self.totals["samples"] += scenario.algorithm.samples_processed(d.num_examples)
+
+    def means(self) -> dict[str, float]:
+        """Samples and bytes up per delivering device; the rest per selected device."""
+        out = {}
+        for key, total in self.totals.items():
+            count = self.delivered if key in ("samples", "bytes_up") else self.selected
+            out[key] = _sig(total / count) if count else 0.0
+        return out
+
+
+def _adaptation(out: str, result: AdaptResult, title: str) -> dict[str, Any]:
+    """``adaptation.json`` and ``plots/adaptation.png``; the summary's part."""
+    payload = {
+        "metric": result.metric,
+        "mean": _sig(result.mean),
+        "ci95": _sig(result.ci95),
+        "before": _sig(result.before),
+        "curve": [_sig(v) for v in result.curve],
+        "per_device": [_sig(v) for v in result.per_device],
+    }
+    (Path(out) / "adaptation.json").write_text(json.dumps(payload, indent=2) + "\n")
+    plot_adaptation(out, title)
+    return {k: payload[k] for k in ("metric", "mean", "ci95", "before")}
+
+
 def _write_back(scenario: Scenario, fleet: Fleet, binding: RunBinding) -> None:
     """The run's participation as RDF in the run folder, and in a persistent registry."""
     out = Path(binding.out)
@@ -262,7 +317,7 @@ def run_rounds(grid: Grid, binding: RunBinding, observer: RoundObserver) -> dict
     writer.manifest(scenario, binding.scenario, binding.command)
     data = load_task_data(scenario.task.dataset, scenario.seed)
     model = build_model(
-        scenario.task.model, data.num_features, data.num_classes, derive_seed(scenario.seed, "init")
+        scenario.task.model, data.num_features, data.num_outputs, derive_seed(scenario.seed, "init")
     )
     cohort = scenario.execution.mode == "cohort"
     workers = _workers(grid, DISCOVERY_TIMEOUT_S) if cohort else []
@@ -279,13 +334,17 @@ def run_rounds(grid: Grid, binding: RunBinding, observer: RoundObserver) -> dict
         workers=workers,
         global_arrays=get_arrays(model),
     )
+    if scenario.evaluation.adapt is not None:
+        ctx.held_out = held_out_devices(data, scenario.evaluation.adapt, scenario.seed)
     records: list[RoundRecord] = []
+    usage = _Usage()
     observer.start(scenario.rounds)
     try:
         for round_ in range(1, scenario.rounds + 1):
             record, devices = _round(ctx, round_)
             writer.round(record, devices)
             records.append(record)
+            usage.add(scenario, devices)
             observer.round(record)
     except BaseException as exc:  # keep what was done: the rounds so far, and why it stopped
         error = f"{type(exc).__name__}: {exc}"
@@ -310,7 +369,11 @@ def run_rounds(grid: Grid, binding: RunBinding, observer: RoundObserver) -> dict
     plot_fleet(binding.out, title)
     summary = {
         **_summary(scenario, fleet, records),
+        "per_device_round": usage.means(),
+        "train_ram_bytes": ctx.costs.full.train_bytes,
         "wall_s": round(time.perf_counter() - started, 3),
     }
+    if ctx.adaptation is not None:
+        summary["adapted"] = _adaptation(binding.out, ctx.adaptation, title)
     writer.summary(summary)
     return summary

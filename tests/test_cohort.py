@@ -29,6 +29,16 @@ Write = Callable[..., Path]
 ALGORITHMS = {
     "fedavg": {"kind": "fedavg", "lr": 0.1, "local_epochs": 1, "batch_size": 16},
     "fedprox": {"kind": "fedprox", "lr": 0.1, "local_epochs": 2, "batch_size": 8, "mu": 0.5},
+    "tinyreptile": {"kind": "tinyreptile", "lr": 0.1, "steps": 6, "batch_size": 4},
+    "tinymetafed": {
+        "kind": "tinymetafed",
+        "lr": 0.1,
+        "steps": 4,
+        "support_steps": 2,
+        "batch_size": 3,
+        "top_p": 0.3,
+        "schedule": "cosine",
+    },
 }
 
 

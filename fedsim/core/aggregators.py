@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
+
 from fedsim.core.plugins import Plugins
 from fedsim.core.reduce import Aggregator, Arrays, ModelUpdate, WeightedMean, WeightedSum
 
-__all__ = ["AGGREGATORS", "ModelAggregator", "aggregator_for"]
+__all__ = ["AGGREGATORS", "ModelAggregator", "aggregator_for", "server_step"]
 
 # Updates are (model arrays, number of training examples[, which tensors trained]).
 ModelAggregator = Aggregator[ModelUpdate, WeightedSum, Arrays]
@@ -26,6 +28,27 @@ def _fedavg() -> Callable[[], ModelAggregator]:
 @AGGREGATORS.register("fedprox")
 def _fedprox() -> Callable[[], ModelAggregator]:
     return WeightedMean  # FedProx changes the local objective only; the server averages as FedAvg
+
+
+@AGGREGATORS.register("tinyreptile")
+def _tinyreptile() -> Callable[[], ModelAggregator]:
+    return WeightedMean  # the mean of φᵢ; the server's Reptile step (server_step) follows it
+
+
+@AGGREGATORS.register("tinymetafed")
+def _tinymetafed() -> Callable[[], ModelAggregator]:
+    return WeightedMean  # of θ + sparse Δᵢ (unsent entries = θ), i.e. θ + mean of sparse Δᵢ
+
+
+def server_step(global_arrays: Arrays, averaged: Arrays, epsilon: float) -> Arrays:
+    """θ ← θ + ε·(mean − θ): Reptile's outer step; ε = 1 returns the mean itself (FedAvg)."""
+    if epsilon == 1.0:
+        return averaged
+    step = np.float32(epsilon)
+    return [
+        (g + step * (a - g)).astype(np.float32)
+        for g, a in zip(global_arrays, averaged, strict=True)
+    ]
 
 
 def aggregator_for(kind: str) -> ModelAggregator:

@@ -75,6 +75,13 @@ class TaskData:
         return tuple(int(d) for d in self.x_test.shape[1:])
 
     @property
+    def num_outputs(self) -> int:
+        """Outputs of a model for this task: the classes, or the regression target's width."""
+        if self.num_classes:
+            return self.num_classes
+        return int(np.prod(self.y_test.shape[1:])) or 1
+
+    @property
     def num_features(self) -> int:
         """Values per sample (what a flattening model's first layer takes)."""
         return int(np.prod(self.sample_shape))

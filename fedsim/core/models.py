@@ -11,9 +11,10 @@ from numpy.typing import NDArray
 from fedsim.core.plugins import Plugins
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
-__all__ = ["MODELS", "Builder", "build_model", "get_arrays", "set_arrays"]
+__all__ = ["MODELS", "Builder", "build_model", "get_arrays", "set_arrays", "task_loss"]
 
 # (values per sample, number of classes, seed) → a freshly initialised model; models flatten
 # their input, so image-shaped samples ([1, 28, 28]) and vectors both work
@@ -61,6 +62,36 @@ def _logreg() -> Builder:
         return nn.Sequential(nn.Flatten(), nn.Linear(num_features, num_classes))
 
     return build
+
+
+@MODELS.register("tanh-64x2")
+def _tanh64() -> Builder:
+    """1-64-64-1 tanh MLP: the Reptile sine-wave reference network (DESIGN.md §6.4)."""
+
+    def build(num_features: int, num_outputs: int, seed: int) -> nn.Module:
+        import torch
+        from torch import nn
+
+        torch.manual_seed(seed)
+        return nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(num_features, 64),
+            nn.Tanh(),
+            nn.Linear(64, 64),
+            nn.Tanh(),
+            nn.Linear(64, num_outputs),
+        )
+
+    return build
+
+
+def task_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy for class indices, mean squared error for float targets."""
+    from torch import nn
+
+    if targets.is_floating_point():
+        return nn.functional.mse_loss(outputs, targets)
+    return nn.functional.cross_entropy(outputs, targets)
 
 
 def build_model(name: str, num_features: int, num_classes: int, seed: int) -> nn.Module:

@@ -9,7 +9,9 @@ Bytes counted are the tensors' payload (numbers × size); per-message framing is
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -17,9 +19,20 @@ from numpy.typing import NDArray
 
 from fedsim.core.reduce import Arrays
 
-__all__ = ["PayloadDtype", "payload_bytes", "round_trip", "to_wire"]
+__all__ = [
+    "INDEX",
+    "VALUE",
+    "PayloadDtype",
+    "Upload",
+    "payload_bytes",
+    "round_trip",
+    "sent_mask",
+    "to_wire",
+]
 
 PayloadDtype = Literal["float32", "float16"]
+INDEX, VALUE = "index", "value"  # a sparse upload's two arrays
+INDEX_BYTES = 4  # uint32 positions: models up to 4 G parameters
 
 
 def to_wire(
@@ -44,3 +57,82 @@ def payload_bytes(
     return sum(
         int(np.prod(shape)) * size for i, shape in enumerate(shapes) if sent is None or sent[i]
     )
+
+
+def sent_mask(head: Sequence[bool], head_only: bool, local_head: bool) -> tuple[bool, ...]:
+    """Which tensors a device uploads: those it trained (all, or the head when its memory allows
+    only that), minus the head when the algorithm keeps it on the device (TinyMetaFed)."""
+    return tuple((h or not head_only) and not (h and local_head) for h in head)
+
+
+@dataclass(frozen=True)
+class Upload:
+    """How a device's update travels up, in one definition for the device, the server and the
+    cost model (so the bytes counted are the bytes of the payload the codec builds).
+
+    Dense (``fraction`` 1): the sent tensors, each number in ``dtype``. Sparse (TinyMetaFed's
+    top-P%): of the change φ − θ over the sent tensors, flattened and concatenated, only the
+    ``ceil(fraction·n)`` largest by magnitude travel, as ``index`` (uint32, ascending) and ``value``
+    (``dtype``); the receiver adds them to the θ it sent. Unsent entries are θ: no change.
+    """
+
+    dtype: PayloadDtype
+    fraction: float = 1.0
+
+    @property
+    def sparse(self) -> bool:
+        return self.fraction < 1.0
+
+    def entries(self, sizes: Sequence[int]) -> int:
+        """How many changes a sparse upload carries for sent tensors of ``sizes`` elements."""
+        total = int(sum(sizes))
+        return min(total, math.ceil(self.fraction * total)) if total else 0
+
+    def bytes(self, shapes: Sequence[tuple[int, ...]], sent: Sequence[bool]) -> int:
+        if not self.sparse:
+            return payload_bytes(shapes, self.dtype, sent)
+        sizes = [int(np.prod(s)) for s, keep in zip(shapes, sent, strict=True) if keep]
+        return self.entries(sizes) * (INDEX_BYTES + np.dtype(self.dtype).itemsize)
+
+    def encode(
+        self, arrays: Arrays, base: Arrays, sent: Sequence[bool]
+    ) -> dict[str, NDArray[np.generic]]:
+        """What the device sends: named arrays (tensor positions, or ``index`` and ``value``)."""
+        if not self.sparse:
+            return {str(i): np.asarray(a, self.dtype) for i, a in enumerate(arrays) if sent[i]}
+        keep = [i for i, s in enumerate(sent) if s]
+        if not keep:
+            delta = np.zeros(0, np.float32)
+        else:
+            delta = np.concatenate([(arrays[i] - base[i]).ravel() for i in keep])
+        k = self.entries([delta.size])
+        # largest |Δ| first; ties by position (stable), so every process picks the same entries
+        index = np.sort(np.argsort(-np.abs(delta), kind="stable")[:k]).astype(np.uint32)
+        return {INDEX: index, VALUE: delta[index].astype(self.dtype)}
+
+    def decode(
+        self, wire: Mapping[str, NDArray[np.generic]], base: Arrays, sent: Sequence[bool]
+    ) -> Arrays:
+        """The float32 arrays the receiver reconstructs (``base``: the θ it sent, as sent)."""
+        if not self.sparse:
+            return [
+                np.asarray(wire[str(i)], np.float32) if sent[i] else base[i]
+                for i in range(len(base))
+            ]
+        keep = [i for i, s in enumerate(sent) if s]
+        flat = np.concatenate([base[i].ravel() for i in keep]) if keep else np.zeros(0, np.float32)
+        flat = flat.astype(np.float32, copy=True)
+        index = np.asarray(wire[INDEX])
+        if index.size and (index.dtype != np.uint32 or int(index.max()) >= flat.size):
+            raise ValueError(f"sparse update: indices must be uint32 below {flat.size}")
+        flat[index.astype(np.int64)] += np.asarray(wire[VALUE], np.float32)
+        out = list(base)
+        offset = 0
+        for i in keep:
+            out[i] = flat[offset : offset + base[i].size].reshape(base[i].shape)
+            offset += base[i].size
+        return out
+
+    def apply(self, arrays: Arrays, base: Arrays, sent: Sequence[bool]) -> Arrays:
+        """What the receiver gets for ``arrays``: ``decode(encode(...))``."""
+        return self.decode(self.encode(arrays, base, sent), base, sent)

@@ -10,7 +10,7 @@ from numpy.typing import NDArray
 
 from fedsim.core.results import DEVICES, read_rounds
 
-__all__ = ["plot_accuracy", "plot_fleet", "plot_samples"]
+__all__ = ["plot_accuracy", "plot_adaptation", "plot_fleet", "plot_samples"]
 
 # devices.csv statuses, in the order participation bars stack them
 STATUS_COLOURS = {
@@ -31,23 +31,66 @@ def plot_accuracy(out: str | Path, title: str) -> Path:
     import matplotlib.pyplot as plt
 
     records = read_rounds(out)
-    rounds = [r for r in records if r["accuracy"] is not None]
+    rounds = [r for r in records if r["loss"] is not None]
     failed = [r for r in records if r["failures"]]
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(9, 3.4), constrained_layout=True)
     x = [r["round"] for r in rounds]
-    ax_acc.plot(x, [r["accuracy"] for r in rounds], marker="o", ms=3, label="global test")
+    regression = all(r["accuracy"] is None for r in rounds)
+    if not regression:
+        ax_acc.plot(x, [r["accuracy"] for r in rounds], marker="o", ms=3, label="global test")
+    else:
+        ax_acc.text(0.5, 0.5, "regression: no accuracy", ha="center", transform=ax_acc.transAxes)
     ax_acc.set(xlabel="round", ylabel="accuracy", ylim=(0, 1), title="accuracy")
     ax_loss.plot(x, [r["loss"] for r in rounds], marker="o", ms=3, color="tab:red")
-    ax_loss.set(xlabel="round", ylabel="cross-entropy", title="loss")
+    ylabel = "mean squared error" if regression else "cross-entropy"
+    ax_loss.set(xlabel="round", ylabel=ylabel, title="loss (global model, test split)")
     for r in failed:
         ax_acc.axvline(r["round"], color="grey", alpha=0.3, lw=1)
     if failed:
         ax_acc.plot([], [], color="grey", alpha=0.5, label="round with device failures")
-    ax_acc.legend(loc="lower right", fontsize=8)
+    if not regression:
+        ax_acc.legend(loc="lower right", fontsize=8)
     for ax in (ax_acc, ax_loss):
         ax.grid(alpha=0.3)
     fig.suptitle(title, fontsize=10)
     path = Path(out) / "plots" / "accuracy.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_adaptation(out: str | Path, title: str) -> Path:
+    """``plots/adaptation.png``: held-out devices' score after adapting θ vs round (95% CI band),
+    and the final round's adaptation curve (score vs adaptation steps)."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    final = json.loads((Path(out) / "adaptation.json").read_text(encoding="utf-8"))
+    metric = "MSE" if final["metric"] == "mse" else "accuracy"
+    rounds = [r for r in read_rounds(out) if r.get("adapted") is not None]
+    fig, (ax_round, ax_steps) = plt.subplots(1, 2, figsize=(9, 3.4), constrained_layout=True)
+    x = np.array([r["round"] for r in rounds])
+    mean = np.array([r["adapted"] for r in rounds])
+    ci = np.array([r["adapted_ci95"] for r in rounds])
+    ax_round.plot(x, mean, marker="o", ms=3, label="after adaptation")
+    ax_round.fill_between(x, mean - ci, mean + ci, alpha=0.25, label="95% CI")
+    ax_round.set(xlabel="round", ylabel=metric, title="held-out devices, adapted")
+    ax_round.legend(fontsize=8)
+    steps = np.arange(len(final["curve"]))
+    ax_steps.plot(steps, final["curve"], marker="o", ms=3, color="tab:green")
+    ax_steps.set(xlabel="adaptation steps", ylabel=metric, title="final θ: adaptation curve")
+    if final["metric"] == "mse":
+        for ax in (ax_round, ax_steps):
+            ax.set_yscale("log")
+    for ax in (ax_round, ax_steps):
+        ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=10)
+    path = Path(out) / "plots" / "adaptation.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from typing import Annotated, Literal
 
@@ -17,8 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from fedsim.core.data import DATASETS
 from fedsim.core.models import MODELS
+from fedsim.core.payload import Upload
 
 __all__ = [
+    "AdaptSpec",
     "AlgorithmSpec",
     "AlwaysOn",
     "AvailabilitySpec",
@@ -39,6 +42,8 @@ __all__ = [
     "Scenario",
     "ShardPartition",
     "TaskSpec",
+    "TinyMetaFedSpec",
+    "TinyReptileSpec",
     "TraceAvailability",
     "choose_engine",
 ]
@@ -174,8 +179,33 @@ class _LocalSgd(_Spec):
     local_epochs: int = Field(1, ge=1)
     batch_size: int = Field(16, ge=1)
 
+    def samples_processed(self, num_examples: int) -> int:
+        """Samples one device's round runs through training (forward and backward)."""
+        return num_examples * self.local_epochs
+
+    def update_weight(self, num_examples: int) -> int:
+        """A device's weight in the server's mean: its local samples (FedAvg)."""
+        return num_examples
+
+    def server_lr(self, round_: int, rounds: int) -> float:
+        """ε of θ ← θ + ε·(mean update − θ); 1 = take the mean (FedAvg)."""
+        return 1.0
+
+    @property
+    def upload_fraction(self) -> float:
+        """Fraction of the global parameters' changes a device uploads (1: the dense model)."""
+        return 1.0
+
+    @property
+    def local_head(self) -> bool:
+        """True: the head stays on the device, reconstructed each round, never uploaded."""
+        return False
+
 
 class FedAvgSpec(_LocalSgd):
+    """FedAvg (McMahan et al.). With ``batch_size`` ≥ a device's samples and one epoch, each device
+    takes one full-batch gradient step per round: FedSGD, the jointly trained "average model"."""
+
     kind: Literal["fedavg"]
 
     @property
@@ -193,11 +223,108 @@ class FedProxSpec(_LocalSgd):
         return 1 if self.mu > 0 else 0  # the anchor w_t
 
 
-AlgorithmSpec = Annotated[FedAvgSpec | FedProxSpec, Field(discriminator="kind")]
+class _Reptile(_LocalSgd):
+    """Online steps on the device, a Reptile step on the server (DESIGN.md §6.2).
+
+    A device starts from θ and takes ``steps`` SGD steps of ``batch_size`` samples from its stream
+    (batch 1 = online: each sample seen once, then dropped); the server moves θ a fraction ε_t of
+    the way to the mean of what devices return: θ ← θ + ε_t·mean(φᵢ − θ). ε_t goes from
+    ``epsilon`` to ``epsilon_end`` over the run (``schedule``).
+    """
+
+    lr: float = Field(0.02, gt=0.0, description="device (inner) SGD learning rate")
+    batch_size: int = Field(1, ge=1, description="samples per online step (1: one at a time)")
+    steps: int = Field(5, ge=1, description="online SGD steps per device round")
+    epsilon: float = Field(1.0, gt=0.0, le=1.0, description="server step size ε at round 1")
+    epsilon_end: float = Field(0.0, ge=0.0, le=1.0, description="ε approached at the end")
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+
+    def samples_processed(self, num_examples: int) -> int:
+        return self.steps * self.batch_size
+
+    def update_weight(self, num_examples: int) -> int:
+        """Samples processed, the same for every device: Reptile's mean over devices is uniform."""
+        return self.samples_processed(num_examples)
+
+    def server_lr(self, round_: int, rounds: int) -> float:
+        if self.schedule == "constant":
+            return self.epsilon
+        done = (round_ - 1) / rounds  # 0 at the first round, as in Reptile's reference code
+        if self.schedule == "cosine":
+            done = 0.5 * (1.0 - math.cos(math.pi * done))
+        return (1.0 - done) * self.epsilon + done * self.epsilon_end
+
+
+class TinyReptileSpec(_Reptile):
+    """TinyReptile (Ren et al.): federated Reptile with online learning. ``clients_per_round: 1``
+    is the paper's serial processing; ``schedule: constant`` with ``epsilon: 1`` and one device
+    per round is sequential fine-tuning (θ becomes each device's φ in turn)."""
+
+    kind: Literal["tinyreptile"]
+
+    @property
+    def state_copies(self) -> int:
+        return 0  # φ replaces θ in place; the device sends φ
+
+
+class TinyMetaFedSpec(_Reptile):
+    """TinyMetaFed: TinyReptile with partial local reconstruction and top-P% upload (§6.3).
+
+    ``local: head``: the last layer is local; each round the device first reconstructs it on its
+    support samples (``support_steps``, the rest frozen), then updates the global part on its query
+    samples (``steps``, the head frozen), and uploads only the ``top_p`` largest changes of the
+    global part as (index, value) pairs. The server's Reptile step sees the sparse changes.
+    """
+
+    kind: Literal["tinymetafed"]
+    local: Literal["head", "none"] = Field("head", description="parameters kept on the device")
+    support_steps: int = Field(2, ge=0, description="online steps reconstructing the local part")
+    top_p: float = Field(
+        0.25, gt=0.0, le=1.0, description="fraction of global changes uploaded (largest |Δ|)"
+    )
+
+    @property
+    def upload_fraction(self) -> float:
+        return self.top_p
+
+    @property
+    def local_head(self) -> bool:
+        return self.local == "head"
+
+    def samples_processed(self, num_examples: int) -> int:
+        support = self.support_steps if self.local_head else 0
+        return (support + self.steps) * self.batch_size
+
+    @property
+    def state_copies(self) -> int:
+        return 1  # θ_g as received, to compute the change to upload
+
+
+AlgorithmSpec = Annotated[
+    FedAvgSpec | FedProxSpec | TinyReptileSpec | TinyMetaFedSpec, Field(discriminator="kind")
+]
+
+
+class AdaptSpec(_Spec):
+    """Evaluation on held-out devices (DESIGN.md §6.2): each held-out natural group of the test
+    split (a sine task, a speaker, a writer, a subject, a room) is a device never seen in training;
+    it starts from θ, takes ``steps`` SGD steps on ``support`` of its samples, and is scored on the
+    rest (``query: rest``) or on all of them (``all``, the Reptile sine reference: the 50-point
+    grid). The same support samples every evaluation, so rounds compare."""
+
+    support: int = Field(10, ge=1, description="K: labelled samples a held-out device adapts on")
+    steps: int = Field(32, ge=0, description="SGD steps on them")
+    lr: float = Field(0.02, gt=0.0)
+    batch_size: int | None = Field(None, ge=1, description="samples per step (default: all K)")
+    query: Literal["rest", "all"] = "rest"
+    max_devices: int | None = Field(None, ge=2, description="evaluate this many held-out devices")
 
 
 class EvaluationSpec(_Spec):
     every: int = Field(1, ge=1, description="evaluate the global model every N rounds (and last)")
+    adapt: AdaptSpec | None = Field(
+        None, description="also score θ after adaptation on held-out devices (meta-learning)"
+    )
 
 
 class ExecutionSpec(_Spec):
@@ -257,6 +384,11 @@ class Scenario(_Spec):
     def cohort_size(self) -> int:
         return self.clients_per_round or self.fleet.size
 
+    @property
+    def upload(self) -> Upload:
+        """How devices' updates travel up (number format; dense or top-P sparse)."""
+        return Upload(self.fleet.payload_dtype, self.algorithm.upload_fraction)
+
     def digest(self) -> str:
         """SHA-256 of the validated scenario (defaults included), stable across key order."""
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
@@ -274,13 +406,15 @@ class Scenario(_Spec):
                     f"set it to at most {self.fleet.size} or add devices to fleet.groups",
                 )
             )
-        if DATASETS.get(self.task.dataset).task == "regression":
+        data = DATASETS.get(self.task.dataset)
+        if self.evaluation.adapt is not None and data.natural_groups is None:
             problems.append(
                 (
-                    "task.dataset",
-                    f"'{self.task.dataset}' is a regression dataset, but {self.algorithm.kind} "
-                    "here trains classifiers",
-                    "use a classification dataset (fedsim data list)",
+                    "evaluation.adapt",
+                    f"'{self.task.dataset}' has no natural groups (writers, speakers, tasks...), "
+                    "so there are no held-out devices to adapt",
+                    "remove evaluation.adapt or use a dataset with natural groups "
+                    "(fedsim data list)",
                 )
             )
         return problems

@@ -223,13 +223,6 @@ def test_natural_partition_errors_are_located() -> None:
         _parts(NaturalPartition(kind="natural"), 17, "omniglot")
 
 
-def test_a_regression_dataset_with_a_classifier_algorithm_is_refused(write_scenario) -> None:  # type: ignore[no-untyped-def]
-    proc = fedsim("validate", write_scenario(tiny_scenario(task={"dataset": "sine"})))
-
-    assert proc.returncode == 2
-    assert "task.dataset: 'sine' is a regression dataset" in proc.stderr
-
-
 # --- streams ------------------------------------------------------------------------------
 
 

@@ -12,12 +12,19 @@ from numpy.typing import NDArray
 from torch import nn
 
 from devices.footprint import head_parameters
-from fedsim.core.models import task_loss
+from fedsim.core.models import sgd_step, task_loss
 from fedsim.core.plugins import Plugins
 from fedsim.core.scenario import AlgorithmSpec, FedProxSpec, TinyMetaFedSpec, TinyReptileSpec
 from fedsim.core.state import DeviceState
 
-__all__ = ["LEARNERS", "Learner", "LocalSgd", "OnlineSteps", "ReconstructThenUpdate"]
+__all__ = [
+    "LEARNERS",
+    "Learner",
+    "LocalSgd",
+    "OnlineSteps",
+    "ReconstructThenUpdate",
+    "stream_order",
+]
 
 
 class Learner(Protocol):
@@ -104,15 +111,12 @@ def _sgd_steps(
     batch_size: int,
 ) -> tuple[float, int]:
     """Plain SGD on ``params`` over ``order`` in batches; (sum of batch losses × size, samples)."""
-    optimizer = torch.optim.SGD(params, lr=lr) if params else None
     total = 0.0
     for start in range(0, len(order), batch_size):
         batch = order[start : start + batch_size]
         loss = task_loss(model(inputs[batch]), targets[batch])
-        if optimizer is not None:
-            optimizer.zero_grad()
-            torch.autograd.backward(loss)
-            optimizer.step()
+        if params:
+            sgd_step(params, loss, lr)
         total += loss.item() * len(batch)
     return total, len(order)
 

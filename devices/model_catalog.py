@@ -25,7 +25,7 @@ TRAIN_BATCH = 16  # the scenario default (algorithm.batch_size)
 
 def model_figures(architecture: str, dataset: str, batch: int = TRAIN_BATCH) -> ModelFigures:
     data = load_task_data(dataset, 0)
-    model = build_model(architecture, data.num_features, data.num_classes, 0)
+    model = build_model(architecture, data.num_features, data.num_outputs, 0)
     full = footprint(model, data.sample_shape, batch)
     head = footprint(model, data.sample_shape, batch, head_parameters(model))
     return ModelFigures(

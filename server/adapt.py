@@ -21,7 +21,7 @@ from torch import nn
 
 from fedsim.core.data import TaskData
 from fedsim.core.errors import FedsimError
-from fedsim.core.models import set_arrays, task_loss
+from fedsim.core.models import set_arrays, sgd_step, task_loss
 from fedsim.core.reduce import Arrays
 from fedsim.core.scenario import AdaptSpec
 from fedsim.core.seeds import derive_seed
@@ -114,7 +114,7 @@ def adapt_and_score(
         model.train()
         xs, ys = torch.from_numpy(device.x_support), torch.from_numpy(device.y_support)
         xq, yq = torch.from_numpy(device.x_query), torch.from_numpy(device.y_query)
-        optimizer = torch.optim.SGD(model.parameters(), lr=spec.lr)
+        params = list(model.parameters())
         batch = spec.batch_size or len(ys)
         generator = torch.Generator().manual_seed(derive_seed(seed, "adapt-order", device.group))
         order = torch.cat(
@@ -126,9 +126,7 @@ def adapt_and_score(
         curves[i, 0] = _score(model, xq, yq)
         for step in range(spec.steps):
             rows = order[step * batch : (step + 1) * batch]
-            optimizer.zero_grad()
-            torch.autograd.backward(task_loss(model(xs[rows]), ys[rows]))
-            optimizer.step()
+            sgd_step(params, task_loss(model(xs[rows]), ys[rows]), spec.lr)
             curves[i, step + 1] = _score(model, xq, yq)
     set_arrays(model, theta)
     metric = "mse" if devices and devices[0].y_query.dtype.kind == "f" else "accuracy"

@@ -27,7 +27,7 @@ from fedsim.core.errors import FedsimError
 from fedsim.core.models import build_model, get_arrays
 from fedsim.core.payload import Upload, round_trip, sent_mask
 from fedsim.core.results import read_model, read_rounds
-from fedsim.core.scenario import AdaptSpec, TinyMetaFedSpec, TinyReptileSpec
+from fedsim.core.scenario import AdaptSpec, TinyReptileSpec
 from fedsim.core.scenario_load import load_scenario
 from fedsim.core.seeds import derive_seed
 from fedsim.runner import run
@@ -197,7 +197,8 @@ def test_dense_upload_is_the_rounded_tensors_it_trained() -> None:
     changed = [np.full((2, 2), 1.0001, F32), np.full(3, 0.3, F32)]
     upload = Upload("float16")
     wire = upload.encode(changed, base, (True, False))
-    assert list(wire) == ["0"] and wire["0"].dtype == np.float16
+    assert list(wire) == ["0"]
+    assert wire["0"].dtype == np.float16
     got = upload.decode(wire, base, (True, False))
     np.testing.assert_array_equal(got[0], round_trip(changed, "float16")[0])
     assert got[1] is base[1]
@@ -214,7 +215,7 @@ def test_a_sparse_update_with_bad_indices_is_rejected() -> None:
         upload.decode(signed, base, (True,))
 
 
-# -- held-out devices -------------------------------------------------------------------------------
+# -- held-out devices ------------------------------------------------------------------------------
 
 
 def test_mean_ci95_uses_the_student_t_quantile() -> None:
@@ -233,7 +234,8 @@ def test_held_out_devices_are_the_test_groups_with_fixed_support_samples() -> No
     again = held_out_devices(data, AdaptSpec(support=10), seed=0)
     assert all(np.array_equal(a.x_support, b.x_support) for a, b in zip(rest, again, strict=True))
     on_grid = held_out_devices(data, AdaptSpec(support=10, query="all", max_devices=7), seed=0)
-    assert len(on_grid) == 7 and all(len(d.x_query) == 50 for d in on_grid)
+    assert len(on_grid) == 7
+    assert all(len(d.x_query) == 50 for d in on_grid)
     with pytest.raises(FedsimError, match="at most 49"):
         held_out_devices(data, AdaptSpec(support=50), seed=0)
 
@@ -244,9 +246,11 @@ def test_adaptation_improves_a_sine_model_and_zero_steps_scores_theta_itself() -
     model = build_model("tanh-64x2", 1, 1, 0)
     theta = get_arrays(model)
     none = adapt_and_score(model, theta, devices, AdaptSpec(support=10, steps=0), seed=0)
-    assert none.metric == "mse" and none.mean == none.before == none.curve[0]
+    assert none.metric == "mse"
+    assert none.mean == none.before == none.curve[0]
     some = adapt_and_score(model, theta, devices, AdaptSpec(support=10, steps=32), seed=0)
-    assert some.before == none.before and len(some.curve) == 33
+    assert some.before == none.before
+    assert len(some.curve) == 33
     assert some.mean < 0.9 * some.before  # 32 steps on 10 points fit a sine a little
     assert all(np.array_equal(a, b) for a, b in zip(get_arrays(model), theta, strict=True))
 
@@ -255,16 +259,19 @@ def test_adaptation_improves_a_sine_model_and_zero_steps_scores_theta_itself() -
 
 
 def _sine(algorithm: dict[str, Any], **overrides: Any) -> dict[str, Any]:
-    return tiny_scenario(
-        name="sine",
-        task={"dataset": "sine", "model": "tanh-64x2"},
-        fleet={"groups": [{"profile": "nano33-ble-sense", "count": 30}], "samples_per_device": 20},
-        algorithm=algorithm,
-        rounds=12,
-        clients_per_round=2,
-        evaluation={"every": 4, "adapt": {"support": 10, "steps": 8, "max_devices": 10}},
-        **overrides,
-    )
+    settings: dict[str, Any] = {
+        "name": "sine",
+        "task": {"dataset": "sine", "model": "tanh-64x2"},
+        "fleet": {
+            "groups": [{"profile": "nano33-ble-sense", "count": 30}],
+            "samples_per_device": 20,
+        },
+        "algorithm": algorithm,
+        "rounds": 12,
+        "clients_per_round": 2,
+        "evaluation": {"every": 4, "adapt": {"support": 10, "steps": 8, "max_devices": 10}},
+    }
+    return tiny_scenario(**{**settings, **overrides})
 
 
 REPTILE = {"kind": "tinyreptile", "lr": 0.02, "steps": 4, "batch_size": 5}

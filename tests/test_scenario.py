@@ -17,7 +17,7 @@ from tests.conftest import SCENARIOS, tiny_scenario
 Write = Callable[..., Path]
 
 
-@pytest.mark.parametrize("path", sorted(SCENARIOS.glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(SCENARIOS.rglob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_scenario_validates(path: Path) -> None:
     scenario, fleet = plan(path)
 
@@ -79,7 +79,7 @@ def _error_lines(path: Path) -> list[str]:
         (
             {"algorithm": {"kind": "fedavgg"}},
             r"algorithm: unknown kind 'fedavgg' \(did you mean 'fedavg'\?\); "
-            r"known kinds: fedavg, fedprox$",
+            r"known kinds: fedavg, fedprox, tinyreptile, tinymetafed$",
         ),
         (
             {"task": {"dataset": "digit"}},
@@ -88,7 +88,7 @@ def _error_lines(path: Path) -> list[str]:
         ),
         (
             {"task": {"model": "mpl"}},
-            r"task\.model: unknown model 'mpl'; known: logreg, mlp, mlp-100 "
+            r"task\.model: unknown model 'mpl'; known: logreg, mlp, mlp-100, tanh-64x2 "
             r"\(did you mean 'mlp'\?\)$",
         ),
         (

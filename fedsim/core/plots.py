@@ -84,7 +84,7 @@ def plot_adaptation(out: str | Path, title: str) -> Path:
     steps = np.arange(len(final["curve"]))
     ax_steps.plot(steps, final["curve"], marker="o", ms=3, color="tab:green")
     ax_steps.set(xlabel="adaptation steps", ylabel=metric, title="final θ: adaptation curve")
-    if final["metric"] == "mse":
+    if final["metric"] == "mse" and np.all(np.isfinite(final["curve"])) and min(final["curve"]) > 0:
         for ax in (ax_round, ax_steps):
             ax.set_yscale("log")
     for ax in (ax_round, ax_steps):

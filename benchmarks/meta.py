@@ -9,16 +9,16 @@ training RAM at its batch size) and how well θ adapts on held-out devices (mean
 * **tinyreptile b=1**: the same samples one at a time (online, batch 1: least RAM), the learning
   rate divided by the batch size so a round moves φ as far;
 * **tinymetafed P=…**: serial, local head reconstructed on the first batch, top-P upload;
-* **fedavg**: ``cohort`` devices per round, the same local steps (batched Reptile with ε = 1,
-  itself a first-order meta-learner, so a strong baseline);
-* **fedsgd**: the same devices and rounds, one full-batch step each: the jointly trained model;
+* **fedavg**: ``cohort`` devices per round, the same local steps, θ ← mean φᵢ (FedAvg with K local
+  steps is batched Reptile with ε = 1, itself a first-order meta-learner: a strong baseline);
+* **fedsgd**: the same devices and rounds, one step on all the samples: the jointly trained model;
 * **sequential fine-tuning**: serial, θ ← each device's φ (ε = 1 throughout);
 * **local-only**: no federation; each held-out device adapts the untrained θ₀.
 
 ``--reference`` adds FedAvg at ``cohort`` × the budget (the DESIGN.md §6.4 reference row).
 
-    .venv/bin/python -m benchmarks.meta [--family sine|kws|har|presence|kanjivg|all] [--quick]
-        [--reference] [--out results/bench-meta]
+    .venv/bin/python -m benchmarks.meta [--family NAME|all] [--quick] [--reference]
+        [--out results/bench-meta]          # NAME: sine kws har presence kanjivg omniglot
 
 Prints one table per family and writes ``<out>/<family>.md``, ``.csv`` and ``.png`` (adapted score
 vs device rounds spent, per method). ``--quick`` divides the budget by 10 (a smoke run).
@@ -68,6 +68,7 @@ FAMILIES = {
     "har": Family("har-tinyreptile.yaml", 400, 7),
     "presence": Family("presence-tinyreptile.yaml", 400, 8),
     "kanjivg": Family("kanjivg-tinyreptile.yaml", 400, 10),
+    "omniglot": Family("omniglot-tinyreptile.yaml", 400, 10),
 }
 
 
@@ -75,6 +76,7 @@ FAMILIES = {
 class Row:
     method: str
     device_rounds: int
+    trained: int  # device rounds that delivered (not skipped for memory, cut or failed)
     samples: float  # per device round
     bytes_up: float  # per device round
     energy_mj: float  # per device round
@@ -100,7 +102,10 @@ def _methods(base: dict[str, Any], family: Family, budget: int, reference: bool)
         "rounds": rounds,
         "evaluation": _every(base, max(1, every // family.cohort)),
     }
-    fedavg = {"kind": "fedavg", "lr": lr, "local_epochs": 1, "batch_size": batch}
+    # FedAvg with K local steps per round is batched Reptile with ε = 1 (θ ← mean φᵢ): run it that
+    # way, so every device processes exactly the same samples as in the serial methods (FedAvg's
+    # epochs over a natural device's whole data would not); FedSGD is one step on all of them.
+    averaged = {**reptile, "epsilon": 1.0, "schedule": "constant"}
     out: list[Any] = [
         ("tinyreptile", {**serial, "algorithm": reptile}),
         (
@@ -122,41 +127,21 @@ def _methods(base: dict[str, Any], family: Family, budget: int, reference: bool)
         }
         out.append((f"tinymetafed P={top:g}", {**serial, "algorithm": meta}))
     out += [
-        ("fedavg", {**cohort, "algorithm": fedavg, "fleet": _samples(base, samples)}),
+        (f"fedavg ({steps} local steps)", {**cohort, "algorithm": averaged}),
         (
-            "fedsgd",
-            {
-                **cohort,
-                "algorithm": {**fedavg, "batch_size": samples},
-                "fleet": _samples(base, samples),
-            },
+            f"fedsgd (1 step of {samples})",
+            {**cohort, "algorithm": {**averaged, "steps": 1, "batch_size": samples}},
         ),
-        (
-            "sequential fine-tuning",
-            {**serial, "algorithm": {**reptile, "epsilon": 1.0, "schedule": "constant"}},
-        ),
+        ("sequential fine-tuning", {**serial, "algorithm": averaged}),
     ]
     if reference:
         far = {**cohort, "rounds": budget, "evaluation": _every(base, every)}
-        out.append(
-            (
-                f"fedavg x{family.cohort} budget",
-                {**far, "algorithm": fedavg, "fleet": _samples(base, samples)},
-            )
-        )
+        out.append((f"fedavg x{family.cohort} budget", {**far, "algorithm": averaged}))
     return out
 
 
 def _every(base: dict[str, Any], every: int) -> dict[str, Any]:
     return {**base["evaluation"], "every": every}
-
-
-def _samples(base: dict[str, Any], samples: int) -> dict[str, Any]:
-    """FedAvg's epoch over a generated device's samples = the reptile steps' samples."""
-    fleet = dict(base["fleet"])
-    if "samples_per_device" in fleet:
-        fleet["samples_per_device"] = samples
-    return fleet
 
 
 def _run(
@@ -176,6 +161,7 @@ def _run(
     return Row(
         label,
         s["rounds"] * cohort,
+        s["device_rounds"]["trained"],
         per["samples"],
         per["bytes_up"],
         per["energy_mj"],
@@ -202,7 +188,7 @@ def _local_only(base_path: Path) -> Row:
         model, get_arrays(model), devices, scenario.evaluation.adapt, scenario.seed
     )
     return Row(
-        "local-only", 0, 0, 0, 0, 0, result.metric, result.mean, result.ci95, result.before, 0
+        "local-only", 0, 0, 0, 0, 0, 0, result.metric, result.mean, result.ci95, result.before, 0
     )
 
 
@@ -217,13 +203,13 @@ def _table(family: str, rows: list[Row], budget: int) -> str:
         f"### {family}: {budget} device rounds per method; held-out devices' {metric} after "
         f"adaptation ({better})",
         "",
-        "| method | device rounds | samples / dev-round | bytes up / dev-round | energy mJ / "
+        "| method | device rounds | trained | samples / dev-round | bytes up / dev-round | energy mJ / "
         f"dev-round | train RAM KB | {metric} adapted (95% CI) | {metric} before | wall s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| {r.method} | {r.device_rounds} | {r.samples:.0f} | {r.bytes_up:,.0f} | "
+            f"| {r.method} | {r.device_rounds} | {r.trained} | {r.samples:.0f} | {r.bytes_up:,.0f} | "
             f"{r.energy_mj:.3g} | {r.train_ram_kb:.1f} | {r.adapted:.4g} ± {r.ci95:.2g} | "
             f"{r.before:.4g} | {r.wall_s:.0f} |"
         )

@@ -71,7 +71,8 @@ def held_out_devices(data: TaskData, spec: AdaptSpec, seed: int) -> list[HeldOut
                 f"{spec.support} support samples{' and one to score' if spare else ''}",
                 f"set evaluation.adapt.support to at most {len(rows) - spare}",
             )
-        order = np.random.default_rng(derive_seed(seed, "adapt-support", g)).permutation(rows)
+        rng = np.random.default_rng(derive_seed(seed, "adapt-support", g))
+        order = _stratified(rows, data.y_test[rows], rng)
         support = np.sort(order[: spec.support])
         query = rows if spec.query == "all" else np.sort(order[spec.support :])
         devices.append(
@@ -84,6 +85,21 @@ def held_out_devices(data: TaskData, spec: AdaptSpec, seed: int) -> list[HeldOut
             )
         )
     return devices
+
+
+def _stratified(
+    rows: NDArray[np.int64], y: NDArray[np.generic], rng: np.random.Generator
+) -> NDArray[np.int64]:
+    """``rows`` shuffled so that for class labels any prefix covers the classes evenly (K support
+    samples of a 5-way task are K/5 per class, as in N-way K-shot); regression: just shuffled."""
+    if y.dtype.kind == "f":
+        return rng.permutation(rows)
+    ranks = np.empty(len(rows), dtype=np.int64)  # position within its class, in random order
+    for label in np.unique(y):
+        mine = np.flatnonzero(y == label)
+        ranks[mine] = rng.permutation(len(mine))
+    ties = rng.permutation(len(rows))  # which class goes first within a rank
+    return rows[np.lexsort((ties, ranks))]
 
 
 @torch.no_grad()

@@ -369,6 +369,7 @@ def run_rounds(grid: Grid, binding: RunBinding, observer: RoundObserver) -> dict
     plot_fleet(binding.out, title)
     summary = {
         **_summary(scenario, fleet, records),
+        "device_rounds": {"selected": usage.selected, "trained": usage.delivered},
         "per_device_round": usage.means(),
         "train_ram_bytes": ctx.costs.full.train_bytes,
         "wall_s": round(time.perf_counter() - started, 3),

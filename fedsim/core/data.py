@@ -322,7 +322,10 @@ def _kanjivg_5way() -> DatasetSource:
 
     return DatasetSource(
         lambda seed: fewshot.few_shot_task(
-            "kanjivg-5way", kanjivg.render_characters(seed=seed, progress=True), seed, kanjivg.LICENCE
+            "kanjivg-5way",
+            kanjivg.render_characters(seed=seed, progress=True),
+            seed,
+            kanjivg.LICENCE,
         ),
         "5-way few-shot tasks of KanjiVG characters, one per device (background alphabets); "
         "100 held-out tasks from unseen alphabets",

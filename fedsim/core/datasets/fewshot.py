@@ -37,9 +37,9 @@ def _draw(
     writers = chars.images.shape[1]
     xs, ys = [], []
     for label, (c, count) in enumerate(zip(classes.tolist(), per_class.tolist(), strict=True)):
-        who = np.concatenate(
-            [rng.permutation(writers) for _ in range(-(-count // writers) or 1)]
-        )[:count]
+        who = np.concatenate([rng.permutation(writers) for _ in range(-(-count // writers) or 1)])[
+            :count
+        ]
         xs.append(chars.images[c, who][:, None])
         ys.append(np.full(count, label, dtype=np.int64))
     return np.concatenate(xs).astype(np.float32), np.concatenate(ys)

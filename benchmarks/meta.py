@@ -204,7 +204,8 @@ def _table(family: str, rows: list[Row], budget: int) -> str:
         f"adaptation ({better})",
         "",
         "| method | device rounds | trained | samples / dev-round | bytes up / dev-round | "
-        f"energy mJ / dev-round | train RAM KB | {metric} adapted (95% CI) | {metric} before | wall s |",
+        f"energy mJ / dev-round | train RAM KB | {metric} adapted (95% CI) | {metric} before "
+        "| wall s |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import torch
@@ -36,7 +36,7 @@ class Learner(Protocol):
         self,
         model: nn.Module,
         x: NDArray[np.float32],
-        y: NDArray[np.int64],
+        y: NDArray[Any],
         seed: int,
         state: DeviceState,
     ) -> float:
@@ -63,7 +63,7 @@ class LocalSgd:
         self,
         model: nn.Module,
         x: NDArray[np.float32],
-        y: NDArray[np.int64],
+        y: NDArray[Any],
         seed: int,
         state: DeviceState | None = None,
     ) -> float:
@@ -136,7 +136,7 @@ class OnlineSteps:
         self,
         model: nn.Module,
         x: NDArray[np.float32],
-        y: NDArray[np.int64],
+        y: NDArray[Any],
         seed: int,
         state: DeviceState | None = None,
     ) -> float:
@@ -167,7 +167,7 @@ class ReconstructThenUpdate:
         self,
         model: nn.Module,
         x: NDArray[np.float32],
-        y: NDArray[np.int64],
+        y: NDArray[Any],
         seed: int,
         state: DeviceState | None = None,
     ) -> float:

@@ -11,16 +11,25 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
+from clients.tinyol import OnlineHead
 from devices.footprint import head_parameters
 from fedsim.core.models import sgd_step, task_loss
 from fedsim.core.plugins import Plugins
-from fedsim.core.scenario import AlgorithmSpec, FedProxSpec, TinyMetaFedSpec, TinyReptileSpec
+from fedsim.core.scenario import (
+    AlgorithmSpec,
+    FedAvgSpec,
+    FedProxSpec,
+    TinyMetaFedSpec,
+    TinyOLSpec,
+    TinyReptileSpec,
+)
 from fedsim.core.state import DeviceState
 
 __all__ = [
     "LEARNERS",
     "Learner",
     "LocalSgd",
+    "OnlineHeadLearner",
     "OnlineSteps",
     "ReconstructThenUpdate",
     "stream_order",
@@ -187,13 +196,63 @@ class ReconstructThenUpdate:
         return total / max(seen, 1)
 
 
+@dataclass(frozen=True)
+class OnlineHeadLearner:
+    """TinyOL on a simulated device: features from the frozen model body (computed as the device's
+    extractor would, one forward pass), then ``clients.tinyol.OnlineHead`` (numpy, the firmware's
+    reference) takes one SGD step per sample on the last layer, ``passes`` times over the stream
+    in order; the layer is written back into the model. Softmax cross-entropy for class labels,
+    ½·squared error for regression targets."""
+
+    lr: float
+    passes: int
+    stateful: ClassVar[bool] = False
+
+    def train(
+        self,
+        model: nn.Module,
+        x: NDArray[np.float32],
+        y: NDArray[Any],
+        seed: int,
+        state: DeviceState | None = None,
+    ) -> float:
+        head = [m for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d)][-1]
+        if not isinstance(head, nn.Linear):
+            raise TypeError("tinyol trains a linear output layer; this model ends in a Conv2d")
+        captured: list[torch.Tensor] = []
+        hook = head.register_forward_pre_hook(lambda _, args: captured.append(args[0]))
+        try:
+            with torch.no_grad():
+                model.eval()
+                model(torch.from_numpy(x))
+        finally:
+            hook.remove()
+        features = captured[0].numpy().astype(np.float32)
+        online = OnlineHead(
+            head.weight.detach().numpy().copy(),
+            head.bias.detach().numpy().copy(),
+            self.lr,
+            "mse" if y.dtype.kind == "f" else "softmax",
+        )
+        order = stream_order(len(y), len(y) * self.passes, seed).numpy()
+        total = sum(online.step(features[i], y[i]) for i in order)
+        with torch.no_grad():
+            head.weight.copy_(torch.from_numpy(online.weight))
+            head.bias.copy_(torch.from_numpy(online.bias))
+        return total / max(len(order), 1)
+
+
 LearnerFactory = Callable[[AlgorithmSpec], Learner]
 LEARNERS: Plugins[LearnerFactory] = Plugins("learner")
 
 
 @LEARNERS.register("fedavg")
 def _fedavg() -> LearnerFactory:
-    return lambda spec: LocalSgd(spec.lr, spec.local_epochs, spec.batch_size)
+    def make(spec: AlgorithmSpec) -> Learner:
+        assert isinstance(spec, FedAvgSpec)
+        return LocalSgd(spec.lr, spec.local_epochs, spec.batch_size)
+
+    return make
 
 
 @LEARNERS.register("fedprox")
@@ -221,5 +280,14 @@ def _tinymetafed() -> LearnerFactory:
         return ReconstructThenUpdate(
             spec.lr, spec.steps, spec.support_steps, spec.batch_size, spec.local_head
         )
+
+    return make
+
+
+@LEARNERS.register("tinyol")
+def _tinyol() -> LearnerFactory:
+    def make(spec: AlgorithmSpec) -> Learner:
+        assert isinstance(spec, TinyOLSpec)
+        return OnlineHeadLearner(spec.lr, spec.passes)
 
     return make

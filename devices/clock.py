@@ -113,7 +113,11 @@ class FleetCosts:
                     }
                 )
             policy = self.scenario.fleet.memory_policy
-            self._scopes[key] = self.model.memory.scope(profile, self.full, self.head, policy)
+            if self.scenario.algorithm.head_only:  # the head or nothing, whatever fits
+                fits = self.model.memory.scope(profile, self.full, self.head, "head-only")
+                self._scopes[key] = "skip" if fits == "skip" else "head"
+            else:
+                self._scopes[key] = self.model.memory.scope(profile, self.full, self.head, policy)
         return self._scopes[key]
 
     def sent(self, device_id: int) -> tuple[bool, ...]:

@@ -30,6 +30,7 @@ ALGORITHMS = {
     "fedavg": {"kind": "fedavg", "lr": 0.1, "local_epochs": 1, "batch_size": 16},
     "fedprox": {"kind": "fedprox", "lr": 0.1, "local_epochs": 2, "batch_size": 8, "mu": 0.5},
     "tinyreptile": {"kind": "tinyreptile", "lr": 0.1, "steps": 6, "batch_size": 4},
+    "tinyol": {"kind": "tinyol", "lr": 0.05, "passes": 2},
     "tinymetafed": {
         "kind": "tinymetafed",
         "lr": 0.1,

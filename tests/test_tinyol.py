@@ -3,11 +3,20 @@ autograd, running normalisation, adding classes, and learning from a stream with
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
+from clients.learners import OnlineHeadLearner, stream_order
 from clients.tinyol import OnlineHead, RunningNorm
+from fedsim.core.models import build_model
+from fedsim.core.results import read_model, read_rounds
+from fedsim.core.seeds import derive_seed
+from fedsim.runner import run
+from tests.conftest import tiny_scenario
 
 
 def test_one_softmax_step_matches_a_hand_computed_update() -> None:
@@ -108,3 +117,41 @@ def test_a_stream_is_learned_one_sample_at_a_time_and_nothing_is_stored() -> Non
     assert accuracy > 0.95
     assert head.seen == 600
     assert head.state_floats == 4 * 17 + 2 * 16  # the layer and two running vectors, no samples
+
+
+# -- federated TinyOL: the same head on simulated devices ---------------------------------------
+
+
+def test_a_simulated_tinyol_device_runs_the_online_head_on_frozen_features() -> None:
+    rng = np.random.default_rng(4)
+    x, y = rng.standard_normal((9, 6)).astype(np.float32), rng.integers(0, 3, 9)
+    model = build_model("mlp", 6, 3, 0)
+    body = [p.detach().clone() for p in list(model.parameters())[:2]]
+    features = torch.relu(torch.from_numpy(x) @ body[0].T + body[1]).numpy()
+    reference = OnlineHead(
+        model[3].weight.detach().numpy().copy(), model[3].bias.detach().numpy().copy(), 0.1
+    )
+
+    OnlineHeadLearner(lr=0.1, passes=2).train(model, x, y, seed=8)
+
+    for i in stream_order(9, 18, 8).numpy():
+        reference.step(features[i], int(y[i]))
+    np.testing.assert_allclose(model[3].weight.detach().numpy(), reference.weight, atol=1e-6)
+    np.testing.assert_allclose(model[3].bias.detach().numpy(), reference.bias, atol=1e-6)
+    assert all(torch.equal(p, q) for p, q in zip(list(model.parameters())[:2], body, strict=True))
+
+
+def test_a_tinyol_run_trains_and_sends_only_heads(
+    write_scenario: Callable[..., Path], tmp_path: Path
+) -> None:
+    scenario = tiny_scenario(algorithm={"kind": "tinyol", "lr": 0.05}, rounds=4)
+    out = run(write_scenario(scenario), tmp_path / "ol").out
+    rounds = read_rounds(out)
+    assert all(r["head_only"] == r["participants"] == 5 for r in rounds)
+    head_bytes = 4 * (32 * 10 + 10)  # mlp on digits: the 32 → 10 layer, float32
+    assert all(r["bytes_up"] == 5 * head_bytes for r in rounds)
+    assert rounds[-1]["accuracy"] > rounds[0]["accuracy"]
+    final = read_model(out)
+    init = build_model("mlp", 64, 10, derive_seed(7, "init")).state_dict()
+    assert torch.equal(torch.from_numpy(final["1.weight"]), init["1.weight"])  # body: frozen
+    assert not torch.equal(torch.from_numpy(final["3.weight"]), init["3.weight"])

@@ -40,6 +40,11 @@ def _tinymetafed() -> Callable[[], ModelAggregator]:
     return WeightedMean  # of θ + sparse Δᵢ (unsent entries = θ), i.e. θ + mean of sparse Δᵢ
 
 
+@AGGREGATORS.register("tinyol")
+def _tinyol() -> Callable[[], ModelAggregator]:
+    return WeightedMean  # of the heads (the only tensors devices train and send)
+
+
 def server_step(global_arrays: Arrays, averaged: Arrays, epsilon: float) -> Arrays:
     """θ ← θ + ε·(mean − θ): Reptile's outer step; ε = 1 returns the mean itself (FedAvg)."""
     if epsilon == 1.0:

@@ -43,6 +43,7 @@ __all__ = [
     "ShardPartition",
     "TaskSpec",
     "TinyMetaFedSpec",
+    "TinyOLSpec",
     "TinyReptileSpec",
     "TraceAvailability",
     "choose_engine",
@@ -174,14 +175,8 @@ class FleetSpec(_Spec):
         return sum(group.count for group in self.groups)
 
 
-class _LocalSgd(_Spec):
-    lr: float = Field(0.1, gt=0.0)
-    local_epochs: int = Field(1, ge=1)
-    batch_size: int = Field(16, ge=1)
-
-    def samples_processed(self, num_examples: int) -> int:
-        """Samples one device's round runs through training (forward and backward)."""
-        return num_examples * self.local_epochs
+class _Algorithm(_Spec):
+    """What every algorithm tells the rest of fedsim (defaults: FedAvg's)."""
 
     def update_weight(self, num_examples: int) -> int:
         """A device's weight in the server's mean: its local samples (FedAvg)."""
@@ -200,6 +195,48 @@ class _LocalSgd(_Spec):
     def local_head(self) -> bool:
         """True: the head stays on the device, reconstructed each round, never uploaded."""
         return False
+
+    @property
+    def head_only(self) -> bool:
+        """True: devices only ever train the last layer (the rest is a frozen extractor)."""
+        return False
+
+
+class _LocalSgd(_Algorithm):
+    lr: float = Field(0.1, gt=0.0)
+    local_epochs: int = Field(1, ge=1)
+    batch_size: int = Field(16, ge=1)
+
+    def samples_processed(self, num_examples: int) -> int:
+        """Samples one device's round runs through training (forward and backward)."""
+        return num_examples * self.local_epochs
+
+
+class TinyOLSpec(_Algorithm):
+    """Federated TinyOL (Ren et al.; DESIGN.md §6.1): the model minus its last layer is a frozen
+    feature extractor (in flash); each device trains only the output layer, one SGD step per
+    arriving sample (batch 1), ``passes`` times over its stream, keeping nothing but the layer,
+    with ``clients/tinyol.py``'s numpy ``OnlineHead`` (the firmware's reference). The server
+    averages the layers (FedAvg of heads)."""
+
+    kind: Literal["tinyol"]
+    lr: float = Field(0.01, gt=0.0, description="per-sample SGD learning rate")
+    passes: int = Field(1, ge=1, description="passes over the device's stream per round")
+
+    @property
+    def batch_size(self) -> int:
+        return 1
+
+    @property
+    def state_copies(self) -> int:
+        return 0
+
+    @property
+    def head_only(self) -> bool:
+        return True
+
+    def samples_processed(self, num_examples: int) -> int:
+        return num_examples * self.passes
 
 
 class FedAvgSpec(_LocalSgd):
@@ -301,7 +338,8 @@ class TinyMetaFedSpec(_Reptile):
 
 
 AlgorithmSpec = Annotated[
-    FedAvgSpec | FedProxSpec | TinyReptileSpec | TinyMetaFedSpec, Field(discriminator="kind")
+    FedAvgSpec | FedProxSpec | TinyReptileSpec | TinyMetaFedSpec | TinyOLSpec,
+    Field(discriminator="kind"),
 ]
 
 

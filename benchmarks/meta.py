@@ -8,7 +8,8 @@ training RAM at its batch size) and how well θ adapts on held-out devices (mean
 * **tinyreptile**: serial (one device per round), the base scenario's online steps;
 * **tinyreptile b=1**: the same samples one at a time (online, batch 1: least RAM), the learning
   rate divided by the batch size so a round moves φ as far;
-* **tinymetafed P=…**: serial, local head reconstructed on the first batch, top-P upload;
+* **tinymetafed P=…**: serial, local head reconstructed on the first batch, top-P upload; held-out
+  devices reconstruct the head first too (half the adaptation steps on the head, then all);
 * **fedavg**: ``cohort`` devices per round, the same local steps, θ ← mean φᵢ (FedAvg with K local
   steps is batched Reptile with ε = 1, itself a first-order meta-learner: a strong baseline);
 * **fedsgd**: the same devices and rounds, one step on all the samples: the jointly trained model;
@@ -126,7 +127,14 @@ def _methods(base: dict[str, Any], family: Family, budget: int, reference: bool)
             "top_p": top,
             "local": "head",
         }
-        out.append((f"tinymetafed P={top:g}", {**serial, "algorithm": meta}))
+        # a new device reconstructs the head first, as TinyMetaFed's devices do (same total steps)
+        adapt = dict(serial["evaluation"]["adapt"])
+        adapt["head_steps"] = adapt.get("steps", 32) // 2
+        adapt["steps"] = adapt.get("steps", 32) - adapt["head_steps"]
+        evaluation = {**serial["evaluation"], "adapt": adapt}
+        out.append(
+            (f"tinymetafed P={top:g}", {**serial, "algorithm": meta, "evaluation": evaluation})
+        )
     out += [
         (f"fedavg ({steps} local steps)", {**cohort, "algorithm": averaged}),
         (

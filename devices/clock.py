@@ -90,7 +90,10 @@ class FleetCosts:
         names = list(model.state_dict())
         self.head_mask = tuple(name in head for name in names)
         shapes = [tuple(t.shape) for t in model.state_dict().values()]
-        self.bytes_full = payload_bytes(shapes, scenario.fleet.payload_dtype)  # sent down
+        # sent down: the model; for a head-only algorithm (TinyOL) only the head, as the frozen
+        # extractor ships in flash with the firmware and never changes
+        down = self.head_mask if algorithm.head_only else None
+        self.bytes_down = payload_bytes(shapes, scenario.fleet.payload_dtype, down)
         local = algorithm.local_head
         self.sent_full = sent_mask(self.head_mask, False, local)
         self.sent_head = sent_mask(self.head_mask, True, local)
@@ -163,9 +166,9 @@ class FleetCosts:
             device_id,
             "train",
             scope,
-            self.bytes_full,
+            self.bytes_down,
             up,
-            self.model.link.seconds(device.link_type, self.bytes_full),
+            self.model.link.seconds(device.link_type, self.bytes_down),
             self.model.compute.seconds(device.profile, macs * samples),
             self.model.link.seconds(device.link_type, up),
         )

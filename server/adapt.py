@@ -57,6 +57,15 @@ def held_out_devices(data: TaskData, spec: AdaptSpec, seed: int) -> list[HeldOut
             "remove evaluation.adapt, or use a dataset with natural groups (fedsim data list)",
         )
     groups = np.unique(data.groups_test)
+    train = data.groups_train if data.groups_train is not None else np.zeros(0, np.int64)
+    seen = np.intersect1d(groups, train)
+    if len(seen):
+        raise FedsimError(
+            "evaluation.adapt",
+            f"'{data.name}''s test split shares {len(seen)} {data.group_kind or 'group'}(s) with "
+            f"training (e.g. {int(seen[0])}): they are not held-out devices",
+            "use a dataset whose test groups are unseen (e.g. presence-rooms instead of presence)",
+        )
     if spec.max_devices is not None and len(groups) > spec.max_devices:
         rng = np.random.default_rng(derive_seed(seed, "adapt-devices"))
         groups = np.sort(rng.choice(groups, spec.max_devices, replace=False))
@@ -104,6 +113,7 @@ def _stratified(
 
 @torch.no_grad()
 def _score(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    model.eval()
     outputs = model(x)
     if y.is_floating_point():
         return float(task_loss(outputs, y).item())
@@ -119,32 +129,44 @@ def mean_ci95(values: NDArray[np.float64]) -> tuple[float, float]:
     return mean, float(stats.t.ppf(0.975, len(values) - 1)) * sem
 
 
+def _adapt(
+    model: nn.Module, theta: Arrays, device: HeldOutDevice, spec: AdaptSpec, seed: int
+) -> list[float]:
+    """One held-out device: θ, then ``head_steps`` on the head, then ``steps`` on everything;
+    its query score before and after each step."""
+    set_arrays(model, theta)
+    xs, ys = torch.from_numpy(device.x_support), torch.from_numpy(device.y_support)
+    xq, yq = torch.from_numpy(device.x_query), torch.from_numpy(device.y_query)
+    head = list(
+        [m for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d)][-1].parameters()
+    )
+    everything = list(model.parameters())
+    batch = spec.batch_size or len(ys)
+    total = spec.head_steps + spec.steps
+    generator = torch.Generator().manual_seed(derive_seed(seed, "adapt-order", device.group))
+    passes = -(-total * batch // len(ys)) or 1
+    order = torch.cat([torch.randperm(len(ys), generator=generator) for _ in range(passes)])
+    curve = [_score(model, xq, yq)]
+    for step in range(total):
+        rows = order[step * batch : (step + 1) * batch]
+        model.train()
+        params = head if step < spec.head_steps else everything
+        sgd_step(params, task_loss(model(xs[rows]), ys[rows]), spec.lr)
+        curve.append(_score(model, xq, yq))
+    return curve
+
+
 def adapt_and_score(
     model: nn.Module, theta: Arrays, devices: list[HeldOutDevice], spec: AdaptSpec, seed: int
 ) -> AdaptResult:
     """Adapt a copy of θ on each held-out device's support samples; score on its query."""
-    torch.set_num_threads(1)
-    curves = np.zeros((len(devices), spec.steps + 1))
-    for i, device in enumerate(devices):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the devices train; put back for the caller afterwards
+    try:
+        curves = np.array([_adapt(model, theta, d, spec, seed) for d in devices])
+    finally:
+        torch.set_num_threads(threads)
         set_arrays(model, theta)
-        model.train()
-        xs, ys = torch.from_numpy(device.x_support), torch.from_numpy(device.y_support)
-        xq, yq = torch.from_numpy(device.x_query), torch.from_numpy(device.y_query)
-        params = list(model.parameters())
-        batch = spec.batch_size or len(ys)
-        generator = torch.Generator().manual_seed(derive_seed(seed, "adapt-order", device.group))
-        order = torch.cat(
-            [
-                torch.randperm(len(ys), generator=generator)
-                for _ in range(-(-spec.steps * batch // len(ys)) or 1)
-            ]
-        )
-        curves[i, 0] = _score(model, xq, yq)
-        for step in range(spec.steps):
-            rows = order[step * batch : (step + 1) * batch]
-            sgd_step(params, task_loss(model(xs[rows]), ys[rows]), spec.lr)
-            curves[i, step + 1] = _score(model, xq, yq)
-    set_arrays(model, theta)
     metric = "mse" if devices and devices[0].y_query.dtype.kind == "f" else "accuracy"
     mean, ci = mean_ci95(curves[:, -1])
     return AdaptResult(

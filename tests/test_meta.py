@@ -26,7 +26,7 @@ from fedsim.core.data import load_task_data
 from fedsim.core.datasets.episodes import split_alphabets
 from fedsim.core.datasets.fewshot import few_shot_task
 from fedsim.core.errors import FedsimError
-from fedsim.core.models import build_model, get_arrays
+from fedsim.core.models import build_model, get_arrays, set_arrays
 from fedsim.core.payload import Upload, round_trip, sent_mask
 from fedsim.core.results import read_model, read_rounds
 from fedsim.core.scenario import AdaptSpec, TinyReptileSpec
@@ -167,22 +167,26 @@ def test_sparse_upload_carries_exactly_the_top_p_changes(
     wire = upload.encode(changed, base, sent)
     shapes = [b.shape for b in base]
     assert sum(a.nbytes for a in wire.values()) == upload.bytes(shapes, sent)  # bytes = payload
+    dense = Upload(dtype).bytes(shapes, sent)
+    assert upload.bytes(shapes, sent) <= dense  # never more than the dense tensors
 
     got = upload.decode(wire, base, sent)
     keep = [i for i, s in enumerate(sent) if s]
-    total = sum(base[i].size for i in keep)
-    assert len(wire["index"]) == (math.ceil(fraction * total) if total else 0)
     for i, s in enumerate(sent):
         if not s:
             assert got[i] is base[i]  # unsent tensors: θ itself
-    if not keep:
+    if "index" not in wire:  # sparse would not have been smaller: the dense tensors went
+        for i in keep:
+            np.testing.assert_array_equal(got[i], round_trip([changed[i]], dtype)[0])
         return
+    total = sum(base[i].size for i in keep)
+    assert len(wire["index"]) == math.ceil(round(fraction * total, 9))
     delta = np.concatenate([(changed[i] - base[i]).ravel() for i in keep])
     moved = np.concatenate([(got[i] - base[i]).ravel() for i in keep])
     chosen = np.zeros(delta.size, bool)
     chosen[wire["index"]] = True
     assert np.all(moved[~chosen] == 0)  # everything not chosen is unchanged
-    if (~chosen).any() and chosen.any():  # and nothing left out beats what was chosen
+    if (~chosen).any():  # and nothing left out beats what was chosen
         assert np.abs(delta[~chosen]).max() <= np.abs(delta[chosen]).min()
     sent_values = np.concatenate([base[i].ravel() for i in keep])[chosen] + wire["value"].astype(
         F32
@@ -192,6 +196,17 @@ def test_sparse_upload_carries_exactly_the_top_p_changes(
     )
     tolerance = 1e-3 if dtype == "float16" else 1e-6
     np.testing.assert_allclose(wire["value"].astype(F32), delta[chosen], rtol=tolerance, atol=1e-6)
+
+
+def test_top_p_counts_are_exact_and_dense_wins_when_smaller() -> None:
+    base, changed = [np.zeros(100, F32)], [np.arange(100, dtype=F32)]
+    seven = Upload("float32", 0.07).encode(changed, base, (True,))
+    assert seven["index"].tolist() == list(range(93, 100))  # 0.07 × 100 = 7, the 7 largest
+    half = Upload("float32", 0.5)  # 50 × (4 + 4) B = 400 B, no less than 100 × 4 B dense
+    assert list(half.encode(changed, base, (True,))) == ["0"]
+    assert half.bytes([(100,)], (True,)) == 400
+    third = Upload("float16", 0.34)  # 34 × (4 + 2) = 204 B > 200 B dense in float16
+    assert list(third.encode(changed, base, (True,))) == ["0"]
 
 
 def test_dense_upload_is_the_rounded_tensors_it_trained() -> None:
@@ -342,6 +357,8 @@ def test_tinymetafed_modes_agree_with_float16_sparse_uploads_and_head_only_devic
             "groups": [*base["fleet"]["groups"], {"profile": "pico", "count": 4}],
         }
         base["task"] = {"dataset": "blobs-784", "model": "mlp-100"}
+        # everything global, so the head-only picos upload their heads' sparse changes
+        base["algorithm"] = {**base["algorithm"], "local": "none", "top_p": 0.2}
         return base
 
     a = run(write_scenario(scenario({"mode": "per-device"}), "a.yaml"), tmp_path / "a").out
@@ -380,6 +397,38 @@ def test_fedavg_on_a_regression_task_trains_on_squared_error(
     assert losses[-1] < losses[0]  # it learns something: the mean of the tasks, about 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["per_device_round"]["samples"] == 20
+
+
+def test_held_out_devices_must_not_be_training_devices() -> None:
+    data = load_task_data("presence", 0)  # the same rooms, later days: not held out
+    with pytest.raises(FedsimError, match="shares 8 room"):
+        held_out_devices(data, AdaptSpec(support=10), seed=0)
+
+
+def test_head_steps_train_only_the_head_first() -> None:
+    data = load_task_data("sine", 0)
+    devices = held_out_devices(data, AdaptSpec(support=10, max_devices=3), seed=0)
+    model = build_model("tanh-64x2", 1, 1, 0)
+    theta = get_arrays(model)
+    head_only = adapt_and_score(model, theta, devices, AdaptSpec(head_steps=5, steps=0), seed=0)
+    assert len(head_only.curve) == 6
+    assert head_only.mean < head_only.before  # the head alone fits a little
+    spec = AdaptSpec(support=10, head_steps=5, steps=0)
+    for device in devices:  # and nothing but the head moved
+        set_arrays(model, theta)
+        adapt_and_score(model, theta, [device], spec, seed=0)
+    assert all(np.array_equal(a, b) for a, b in zip(get_arrays(model), theta, strict=True))
+
+
+def test_metafed_with_a_local_head_refuses_head_only_devices_and_zero_support(
+    write_scenario: Write,
+) -> None:
+    head_only = _sine(METAFED)
+    head_only["fleet"] = {**head_only["fleet"], "memory_policy": "head-only"}
+    with pytest.raises(FedsimError, match="would upload nothing"):
+        load_scenario(write_scenario(head_only, "h.yaml"))
+    with pytest.raises(FedsimError, match="support_steps to at least 1"):
+        load_scenario(write_scenario(_sine({**METAFED, "support_steps": 0}), "z.yaml"))
 
 
 def test_adaptation_needs_held_out_devices(write_scenario: Write) -> None:

@@ -79,7 +79,7 @@ def _error_lines(path: Path) -> list[str]:
         (
             {"algorithm": {"kind": "fedavgg"}},
             r"algorithm: unknown kind 'fedavgg' \(did you mean 'fedavg'\?\); "
-            r"known kinds: fedavg, fedprox, tinyreptile, tinymetafed$",
+            r"known kinds: fedavg, fedprox, tinyreptile, tinymetafed, tinyol$",
         ),
         (
             {"task": {"dataset": "digit"}},

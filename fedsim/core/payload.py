@@ -83,29 +83,36 @@ class Upload:
     def sparse(self) -> bool:
         return self.fraction < 1.0
 
-    def entries(self, sizes: Sequence[int]) -> int:
-        """How many changes a sparse upload carries for sent tensors of ``sizes`` elements."""
-        total = int(sum(sizes))
-        return min(total, math.ceil(self.fraction * total)) if total else 0
+    def entries(self, total: int) -> int:
+        """How many changes a sparse upload carries for ``total`` sent numbers (the 1e-9 keeps
+        float rounding from adding one: 0.07 × 100 is 7, not 8)."""
+        return min(total, math.ceil(self.fraction * total - 1e-9)) if total else 0
+
+    def _sparse_pays(self, total: int) -> bool:
+        """Sparse only while (index + value) per kept change costs less than every value: at
+        P ≥ 1/2 (float32) or 1/3 (float16) the dense tensors are smaller, and are sent instead."""
+        itemsize = np.dtype(self.dtype).itemsize
+        return self.sparse and self.entries(total) * (INDEX_BYTES + itemsize) < total * itemsize
 
     def bytes(self, shapes: Sequence[tuple[int, ...]], sent: Sequence[bool]) -> int:
-        if not self.sparse:
+        total = sum(int(np.prod(s)) for s, keep in zip(shapes, sent, strict=True) if keep)
+        if not self._sparse_pays(total):
             return payload_bytes(shapes, self.dtype, sent)
-        sizes = [int(np.prod(s)) for s, keep in zip(shapes, sent, strict=True) if keep]
-        return self.entries(sizes) * (INDEX_BYTES + np.dtype(self.dtype).itemsize)
+        return self.entries(total) * (INDEX_BYTES + np.dtype(self.dtype).itemsize)
 
     def encode(
         self, arrays: Arrays, base: Arrays, sent: Sequence[bool]
     ) -> dict[str, NDArray[np.generic]]:
         """What the device sends: named arrays (tensor positions, or ``index`` and ``value``)."""
-        if not self.sparse:
+        total = sum(a.size for a, s in zip(arrays, sent, strict=True) if s)
+        if not self._sparse_pays(total):
             return {str(i): np.asarray(a, self.dtype) for i, a in enumerate(arrays) if sent[i]}
         keep = [i for i, s in enumerate(sent) if s]
         if not keep:
             delta = np.zeros(0, np.float32)
         else:
             delta = np.concatenate([(arrays[i] - base[i]).ravel() for i in keep])
-        k = self.entries([delta.size])
+        k = self.entries(delta.size)
         # largest |Δ| first; ties by position (stable), so every process picks the same entries
         index = np.sort(np.argsort(-np.abs(delta), kind="stable")[:k]).astype(np.uint32)
         return {INDEX: index, VALUE: delta[index].astype(self.dtype)}
@@ -114,7 +121,7 @@ class Upload:
         self, wire: Mapping[str, NDArray[np.generic]], base: Arrays, sent: Sequence[bool]
     ) -> Arrays:
         """The float32 arrays the receiver reconstructs (``base``: the θ it sent, as sent)."""
-        if not self.sparse:
+        if INDEX not in wire:  # dense (an upload sent dense because that was smaller, too)
             return [
                 np.asarray(wire[str(i)], np.float32) if sent[i] else base[i]
                 for i in range(len(base))

@@ -260,7 +260,7 @@ class FedProxSpec(_LocalSgd):
         return 1 if self.mu > 0 else 0  # the anchor w_t
 
 
-class _Reptile(_LocalSgd):
+class _Reptile(_Algorithm):
     """Online steps on the device, a Reptile step on the server (DESIGN.md §6.2).
 
     A device starts from θ and takes ``steps`` SGD steps of ``batch_size`` samples from its stream
@@ -320,6 +320,15 @@ class TinyMetaFedSpec(_Reptile):
         0.25, gt=0.0, le=1.0, description="fraction of global changes uploaded (largest |Δ|)"
     )
 
+    @model_validator(mode="after")
+    def _head_is_reconstructed(self) -> TinyMetaFedSpec:
+        if self.local == "head" and self.support_steps < 1:
+            raise ValueError(
+                "with local: head the head is only ever trained by the support steps; set "
+                "support_steps to at least 1 (or local: none)"
+            )
+        return self
+
     @property
     def upload_fraction(self) -> float:
         return self.top_p
@@ -351,7 +360,10 @@ class AdaptSpec(_Spec):
     grid). The same support samples every evaluation, so rounds compare."""
 
     support: int = Field(10, ge=1, description="K: labelled samples a held-out device adapts on")
-    steps: int = Field(32, ge=0, description="SGD steps on them")
+    head_steps: int = Field(
+        0, ge=0, description="first, steps on the head alone (TinyMetaFed's reconstruction)"
+    )
+    steps: int = Field(32, ge=0, description="then SGD steps on all parameters")
     lr: float = Field(0.02, gt=0.0)
     batch_size: int | None = Field(None, ge=1, description="samples per step (default: all K)")
     query: Literal["rest", "all"] = "rest"
@@ -442,6 +454,15 @@ class Scenario(_Spec):
                     f"{self.clients_per_round} devices per round, but the fleet has only "
                     f"{self.fleet.size}",
                     f"set it to at most {self.fleet.size} or add devices to fleet.groups",
+                )
+            )
+        if self.algorithm.local_head and self.fleet.memory_policy == "head-only":
+            problems.append(
+                (
+                    "fleet.memory_policy",
+                    f"{self.algorithm.kind} keeps the head on the device, so a device that can "
+                    "train only its head would upload nothing",
+                    "use memory_policy: skip, or algorithm.local: none",
                 )
             )
         data = DATASETS.get(self.task.dataset)

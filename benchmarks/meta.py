@@ -68,8 +68,8 @@ FAMILIES = {
     "kws": Family("kws-tinyreptile.yaml", 400, 10),
     "har": Family("har-tinyreptile.yaml", 400, 7),
     "presence": Family("presence-tinyreptile.yaml", 400, 8),
-    "kanjivg": Family("kanjivg-tinyreptile.yaml", 400, 10),
-    "omniglot": Family("omniglot-tinyreptile.yaml", 400, 10),
+    "kanjivg": Family("kanjivg-tinyreptile.yaml", 2000, 10),
+    "omniglot": Family("omniglot-tinyreptile.yaml", 2000, 10),
 }
 
 

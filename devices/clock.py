@@ -204,7 +204,11 @@ class FleetCosts:
             if plan.fate == "memory-skip":
                 lines.append(f"{name} x{len(ids)}: sits rounds out ({need})")
                 continue
-            what = "all layers" if plan.scope == "full" else f"the head only ({need})"
+            if self.scenario.algorithm.head_only:
+                why = f"{self.scenario.algorithm.kind}: the rest is a frozen extractor in flash"
+            else:
+                why = need
+            what = "all layers" if plan.scope == "full" else f"the head only ({why})"
             link = device.link.kind if device.link else "-"
             late = deadline is not None and plan.busy_s > deadline
             lines.append(

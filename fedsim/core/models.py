@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -14,7 +15,16 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-__all__ = ["MODELS", "Builder", "build_model", "get_arrays", "set_arrays", "sgd_step", "task_loss"]
+__all__ = [
+    "MODELS",
+    "Builder",
+    "build_model",
+    "encoder_of",
+    "get_arrays",
+    "set_arrays",
+    "sgd_step",
+    "task_loss",
+]
 
 # (values per sample, number of classes, seed) → a freshly initialised model; models flatten
 # their input, so image-shaped samples ([1, 28, 28]) and vectors both work
@@ -83,6 +93,47 @@ def _tanh64() -> Builder:
         )
 
     return build
+
+
+@MODELS.register("conv4")
+def _conv4() -> Builder:
+    """Conv-4 (Vinyals et al.; Snell et al.): 4 × [3×3 conv 64, BatchNorm, ReLU, 2×2 max-pool],
+    flattened (64-d on 28×28 input), then a linear head. Without the head it is the prototypical
+    encoder of federated reconnaissance (DESIGN.md §6.5)."""
+
+    def build(num_features: int, num_outputs: int, seed: int) -> nn.Module:
+        import torch
+        from torch import nn
+
+        torch.manual_seed(seed)
+        side = math.isqrt(num_features)
+        if side * side != num_features:
+            raise ValueError(f"conv4 takes square single-channel images, got {num_features} values")
+        blocks: list[nn.Module] = [nn.Unflatten(1, (1, side, side))]
+        channels = 1
+        for _ in range(4):
+            blocks += [
+                nn.Conv2d(channels, 64, 3, padding=1),
+                nn.BatchNorm2d(64),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+            ]
+            channels = 64
+        for _ in range(4):
+            side //= 2
+        blocks += [nn.Flatten(), nn.Linear(64 * side * side, num_outputs)]
+        return nn.Sequential(nn.Flatten(), *blocks)
+
+    return build
+
+
+def encoder_of(model: nn.Module) -> nn.Module:
+    """The model without its last layer (a ``Sequential``'s feature extractor)."""
+    from torch import nn
+
+    if not isinstance(model, nn.Sequential):
+        raise TypeError("encoder_of needs an nn.Sequential model")
+    return model[:-1]
 
 
 def task_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

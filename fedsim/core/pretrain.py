@@ -101,25 +101,35 @@ def pretrain_encoder(
         h, w = chars.images.shape[2:]
         model = build_model(config.architecture, h * w, 1, derive_seed(config.seed, "pretrain"))
         encoder = encoder_of(model)
-        optimizer = torch.optim.Adam(encoder.parameters(), lr=config.lr)
         rng = np.random.default_rng(derive_seed(config.seed, "episodes"))
         encoder.train()
-        for step in range(config.episodes):
-            xs, ys, xq, yq = episode(
-                pool, classes, config.n_way, config.k_shot, config.q_queries, rng
-            )
-            support = encoder(torch.from_numpy(xs).flatten(1))
-            query = encoder(torch.from_numpy(xq).flatten(1))
-            logits = prototype_logits(support, torch.from_numpy(ys), query, config.n_way)
-            loss = nn.functional.cross_entropy(logits, torch.from_numpy(yq))
-            optimizer.zero_grad()
-            torch.autograd.backward(loss)
-            optimizer.step()
-            if progress is not None:
-                progress(step + 1, float(loss.item()))
+        with torch.enable_grad():  # even when a caller evaluates under no_grad
+            _train(encoder, pool, classes, config, rng, progress)
         return dict(zip(model.state_dict(), get_arrays(model), strict=True))
 
     return cached_arrays("pretrain", config.key(), build)
+
+
+def _train(
+    encoder: nn.Module,
+    pool: CharacterSet,
+    classes: NDArray[np.int64],
+    config: PretrainConfig,
+    rng: np.random.Generator,
+    progress: Callable[[int, float], None] | None,
+) -> None:
+    optimizer = torch.optim.Adam(encoder.parameters(), lr=config.lr)
+    for step in range(config.episodes):
+        xs, ys, xq, yq = episode(pool, classes, config.n_way, config.k_shot, config.q_queries, rng)
+        support = encoder(torch.from_numpy(xs).flatten(1))
+        query = encoder(torch.from_numpy(xq).flatten(1))
+        logits = prototype_logits(support, torch.from_numpy(ys), query, config.n_way)
+        loss = nn.functional.cross_entropy(logits, torch.from_numpy(yq))
+        optimizer.zero_grad()
+        torch.autograd.backward(loss)
+        optimizer.step()
+        if progress is not None:
+            progress(step + 1, float(loss.item()))
 
 
 def load_encoder(config: PretrainConfig, num_features: int = 784) -> nn.Module:
@@ -133,7 +143,6 @@ def load_encoder(config: PretrainConfig, num_features: int = 784) -> nn.Module:
     return encoder
 
 
-@torch.no_grad()
 def few_shot_accuracy(
     config: PretrainConfig, n_way: int, k_shot: int, episodes: int = 200, q_queries: int = 5
 ) -> tuple[float, float]:
@@ -146,9 +155,10 @@ def few_shot_accuracy(
     scores = []
     for _ in range(episodes):
         xs, ys, xq, yq = episode(chars, evaluation, n_way, k_shot, q_queries, rng)
-        support = encoder(torch.from_numpy(xs).flatten(1))
-        query = encoder(torch.from_numpy(xq).flatten(1))
-        logits = prototype_logits(support, torch.from_numpy(ys), query, n_way)
+        with torch.no_grad():
+            support = encoder(torch.from_numpy(xs).flatten(1))
+            query = encoder(torch.from_numpy(xq).flatten(1))
+            logits = prototype_logits(support, torch.from_numpy(ys), query, n_way)
         scores.append(float((logits.argmax(1).numpy() == yq).mean()))
     values = np.array(scores)
     return float(values.mean()), float(1.96 * values.std(ddof=1) / np.sqrt(len(values)))

@@ -291,3 +291,26 @@ def _tinyol() -> LearnerFactory:
         return OnlineHeadLearner(spec.lr, spec.passes)
 
     return make
+
+
+@dataclass(frozen=True)
+class EmbedOnly:
+    """Prototype averaging's device side takes no training step: ``clients.work`` embeds the
+    mission's samples and reports per-class sums (``_reconnoitre``); this only says so."""
+
+    stateful: ClassVar[bool] = False
+
+    def train(
+        self,
+        model: nn.Module,
+        x: NDArray[np.float32],
+        y: NDArray[Any],
+        seed: int,
+        state: DeviceState | None = None,
+    ) -> float:
+        raise TypeError("prototype averaging takes no gradient step; devices report class sums")
+
+
+@LEARNERS.register("prototypes")
+def _prototypes() -> LearnerFactory:
+    return lambda spec: EmbedOnly()

@@ -9,8 +9,9 @@ compute the same thing.
 from __future__ import annotations
 
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,10 +25,11 @@ from devices.footprint import head_parameters
 from fedsim.core.aggregators import ModelAggregator
 from fedsim.core.cohort import CohortOrder, CohortReply, DeviceOutcome
 from fedsim.core.data import load_task_data
-from fedsim.core.models import build_model, get_arrays, set_arrays
+from fedsim.core.models import build_model, encoder_of, get_arrays, set_arrays
 from fedsim.core.payload import round_trip, sent_mask
-from fedsim.core.reduce import Arrays, ModelUpdate, WeightedSum, reduce_blocks
-from fedsim.core.scenario import Scenario
+from fedsim.core.prototypes import ClassSums, class_sums, decode_report, encode_report
+from fedsim.core.reduce import Arrays, ModelUpdate, reduce_blocks
+from fedsim.core.scenario import PrototypesSpec, Scenario
 from fedsim.core.seeds import derive_seed
 from fedsim.core.state import DeviceState, DeviceStateStore
 
@@ -57,8 +59,12 @@ class DeviceUpdate:
     train_loss: float
     trained: tuple[bool, ...] | None = None  # which tensors trained (None: all)
     wire: dict[str, NDArray[np.generic]] | None = None  # what it sends (``Scenario.upload``)
+    report: ClassSums | None = None  # prototype averaging: its mission's per-class sums
 
-    def update(self) -> ModelUpdate:
+    def update(self, mission: str = "") -> ModelUpdate | ClassSums:
+        """What the aggregator accumulates; ``mission`` names a report ("device:round")."""
+        if self.report is not None:
+            return replace(self.report, mission=mission)
         if self.trained is None:
             return (self.arrays, self.num_examples)
         return (self.arrays, self.num_examples, self.trained)
@@ -114,7 +120,9 @@ def train_device(
     torch.set_num_threads(1)  # one core per worker; also keeps float sums reproducible
     model = model or _model(scenario)
     set_arrays(model, global_arrays)
-    x, y = fleet.local_data(device_id)
+    x, y = fleet.round_data(device_id, round_)
+    if isinstance(scenario.algorithm, PrototypesSpec):
+        return _reconnoitre(scenario, model, x, y, global_arrays)
     seed = _train_seed(scenario, round_, device_id)
     head = head_parameters(model)
     head_mask = [name in head for name in model.state_dict()]
@@ -131,6 +139,26 @@ def train_device(
     arrays = scenario.upload.decode(wire, global_arrays, sent)
     weight = scenario.algorithm.update_weight(len(y))
     return DeviceUpdate(arrays, weight, loss, None if all(sent) else sent, wire)
+
+
+@torch.no_grad()
+def _reconnoitre(
+    scenario: Scenario,
+    model: nn.Module,
+    x: NDArray[np.float32],
+    y: NDArray[np.int64],
+    global_arrays: Arrays,
+) -> DeviceUpdate:
+    """A prototype-averaging mission: embed the new samples with the frozen encoder and report
+    per class their sum and count (as the server will decode it: checked, in the wire format)."""
+    encoder = encoder_of(model)
+    encoder.eval()
+    inputs = torch.from_numpy(x)
+    embeddings = torch.cat([encoder(inputs[i : i + 256]) for i in range(0, len(x), 256)])
+    wire = encode_report(class_sums("", embeddings.numpy(), y), scenario.fleet.payload_dtype)
+    num_classes, dim = global_arrays[-2].shape
+    report = decode_report(wire, "", num_classes, dim)
+    return DeviceUpdate(global_arrays, len(y), 0.0, (False,) * len(global_arrays), wire, report)
 
 
 def train_one(
@@ -238,7 +266,7 @@ def run_cohort(
     order: CohortOrder,
     global_arrays: Arrays,
     aggregator: ModelAggregator,
-) -> CohortReply[WeightedSum]:
+) -> CohortReply[Any]:
     """Run the ordered devices and reduce their updates into this worker's block partials.
 
     Devices run in windows of whole reduction blocks (about ``WINDOW`` devices), each window's
@@ -252,7 +280,7 @@ def run_cohort(
     work = _vectorized if vectorize else _sequential
     store = state_store(out) if learner.stateful else None
     per_window = max(1, WINDOW // order.block_size) * order.block_size
-    partials: dict[int, WeightedSum] = {}
+    partials: dict[int, Any] = {}
     outcomes: list[DeviceOutcome] = []
     try:
         for start in range(0, len(order.device_ids), per_window):
@@ -261,7 +289,7 @@ def run_cohort(
             done = work(scenario, fleet, order, ids, global_arrays, states)
             if store is not None:
                 store.put_many(states)
-            updates: list[tuple[int, ModelUpdate]] = []
+            updates: list[tuple[int, ModelUpdate | ClassSums]] = []
             for offset, device_id in enumerate(ids, start=order.first_position + start):
                 result = done.pop(device_id)
                 if isinstance(result, DeviceOutcome):
@@ -269,7 +297,7 @@ def run_cohort(
                     continue
                 n = result.num_examples
                 outcomes.append(DeviceOutcome(device_id, "ok", n, result.train_loss))
-                updates.append((offset, result.update()))
+                updates.append((offset, result.update(f"{device_id}:{order.round}")))
             partials |= reduce_blocks(aggregator, updates, order.block_size)  # whole blocks
     finally:
         if store is not None:

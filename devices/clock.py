@@ -28,6 +28,7 @@ from devices.cost import Activity, CostModel, Scope, cost_model
 from devices.fleet import Fleet
 from devices.footprint import Footprint, footprint, head_parameters
 from fedsim.core.payload import payload_bytes, sent_mask
+from fedsim.core.prototypes import report_bytes
 from fedsim.core.scenario import Scenario
 
 __all__ = ["EMPTY_ROUND_S", "DevicePlan", "Fate", "FleetCosts", "RoundCost"]
@@ -92,7 +93,11 @@ class FleetCosts:
         shapes = [tuple(t.shape) for t in model.state_dict().values()]
         # sent down: the model; for a head-only algorithm (TinyOL) only the head, as the frozen
         # extractor ships in flash with the firmware and never changes
-        down = self.head_mask if algorithm.head_only else None
+        down: tuple[bool, ...] | None = self.head_mask if algorithm.head_only else None
+        if fleet.missions is not None:  # prototypes: the encoder is in flash; the prototypes travel
+            down = tuple(i >= len(shapes) - 2 for i in range(len(shapes)))
+            self.dim = int(shapes[-2][1])
+            self.class_sizes = np.bincount(fleet.data.y_train, minlength=fleet.data.num_classes)
         self.bytes_down = payload_bytes(shapes, scenario.fleet.payload_dtype, down)
         local = algorithm.local_head
         self.sent_full = sent_mask(self.head_mask, False, local)
@@ -116,7 +121,11 @@ class FleetCosts:
                     }
                 )
             policy = self.scenario.fleet.memory_policy
-            if self.scenario.algorithm.head_only:  # the head or nothing, whatever fits
+            if not self.scenario.algorithm.trains:  # inference only: weights in flash
+                ram = self.full.inference_bytes - self.full.weight_bytes
+                room = ram <= profile.sram_bytes and self.full.weight_bytes <= profile.flash_bytes
+                self._scopes[key] = "full" if room else "skip"
+            elif self.scenario.algorithm.head_only:  # the head or nothing, whatever fits
                 fits = self.model.memory.scope(profile, self.full, self.head, "head-only")
                 self._scopes[key] = "skip" if fits == "skip" else "head"
             else:
@@ -153,7 +162,7 @@ class FleetCosts:
                 ends |= dict(zip(ids.tolist(), until.tolist(), strict=True))
         return ends
 
-    def nominal(self, device_id: int) -> DevicePlan:
+    def nominal(self, device_id: int, round_: int = 1) -> DevicePlan:
         """What a round asks of the device if it stays online and nothing is cut."""
         device, scope = self.fleet[device_id], self.scope(device_id)
         if scope == "skip":
@@ -162,6 +171,12 @@ class FleetCosts:
         macs = (self.full if scope == "full" else self.head).train_macs
         up = self.up_full if scope == "full" else self.up_head
         samples = self.scenario.algorithm.samples_processed(device.num_examples)
+        if self.fleet.missions is not None:  # prototype averaging: embed the mission, report it
+            classes, samples = self._mission(device_id, round_)
+            macs = self.full.forward_macs
+            up = report_bytes(
+                classes, self.dim, np.dtype(self.scenario.fleet.payload_dtype).itemsize
+            )
         return DevicePlan(
             device_id,
             "train",
@@ -173,13 +188,21 @@ class FleetCosts:
             self.model.link.seconds(device.link_type, up),
         )
 
-    def plan(self, device_ids: list[int], t: float) -> list[DevicePlan]:
+    def _mission(self, device_id: int, round_: int) -> tuple[int, int]:
+        """(classes, samples) of the device's mission in ``round_``."""
+        assert self.fleet.missions is not None
+        classes = self.fleet.mission_classes(device_id, round_)
+        limit = self.fleet.missions[1]
+        have = self.class_sizes[classes]
+        return len(classes), int(np.minimum(have, limit).sum() if limit else have.sum())
+
+    def plan(self, device_ids: list[int], t: float, round_: int = 1) -> list[DevicePlan]:
         """Each selected device's fate in the round starting at simulated time ``t``."""
         deadline = self.scenario.deadline_s
         until = self._until(device_ids, t)
         plans = []
         for d in device_ids:
-            plan = self.nominal(d)
+            plan = self.nominal(d, round_)
             if plan.fate == "train":
                 off = until.get(d, math.inf) - t
                 if off < plan.busy_s and (deadline is None or off < deadline):

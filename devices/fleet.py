@@ -28,6 +28,7 @@ from fedsim.core.scenario import (
     DirichletPartition,
     MarkovAvailability,
     PartitionSpec,
+    PrototypesSpec,
     Scenario,
     TraceAvailability,
 )
@@ -65,6 +66,9 @@ class Fleet:
     seed: int
     partition: PartitionSpec
     availability: tuple[Availability, ...] = ()  # per group; empty: every device always on
+    # class-incremental missions (classes per mission, samples per class or all): each round a
+    # device learns new classes instead of revisiting its local data
+    missions: tuple[int, int | None] | None = None
 
     def __len__(self) -> int:
         return len(self.devices)
@@ -87,6 +91,44 @@ class Fleet:
         return self.data.generate(
             derive_seed(self.seed, "local-data", device_id), device.num_examples, probs
         )
+
+    def round_data(
+        self, device_id: int, round_: int
+    ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+        """What the device learns from in ``round_``: its local data, or its mission's samples."""
+        if self.missions is None:
+            return self.local_data(device_id)
+        return self.mission_data(device_id, round_)
+
+    def mission_classes(self, device_id: int, round_: int) -> NDArray[np.int64]:
+        """The classes of the device's mission in ``round_``: the classes are dealt out once
+        (seeded), device i owning every N-th of them, and its mission in round r is its r-th slice
+        of k classes (the slices of rounds it sits out are never learned). Empty when its classes
+        are used up."""
+        assert self.missions is not None
+        per = self.missions[0]
+        order = np.random.default_rng(derive_seed(self.seed, "mission-classes")).permutation(
+            self.data.num_classes
+        )
+        owned = order[device_id :: len(self.devices)]
+        return np.sort(owned[(round_ - 1) * per : round_ * per]).astype(np.int64)
+
+    def mission_data(
+        self, device_id: int, round_: int
+    ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+        """The mission's labelled samples: ``samples_per_class`` (or all) training samples of each
+        of its classes, drawn without replacement (seeded by class)."""
+        assert self.missions is not None
+        limit = self.missions[1]
+        rows = []
+        for c in self.mission_classes(device_id, round_).tolist():
+            mine = np.flatnonzero(self.data.y_train == c)
+            if limit is not None and limit < len(mine):
+                rng = np.random.default_rng(derive_seed(self.seed, "mission-samples", c))
+                mine = np.sort(rng.choice(mine, limit, replace=False))
+            rows.append(mine)
+        index = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+        return self.data.x_train[index], self.data.y_train[index]
 
     def by_profile(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -168,7 +210,15 @@ def resolve_fleet(
         scenario.seed,
         scenario.fleet.partition,
         () if always else tuple(availability),
+        _missions(scenario),
     )
+
+
+def _missions(scenario: Scenario) -> tuple[int, int | None] | None:
+    algorithm = scenario.algorithm
+    if isinstance(algorithm, PrototypesSpec):
+        return (algorithm.classes_per_mission, algorithm.samples_per_class)
+    return None
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
+from numpy.typing import NDArray
 from torch import nn
 
 from devices.clock import FleetCosts
@@ -24,6 +26,7 @@ from fedsim.core.aggregators import ModelAggregator
 from fedsim.core.cohort import CohortOrder, CohortReply, DeviceOutcome
 from fedsim.core.data import TaskData
 from fedsim.core.payload import Upload, round_trip
+from fedsim.core.prototypes import CLASSES, ClassSums, PrototypeError, decode_report
 from fedsim.core.records import (
     ARRAYS,
     CONFIG,
@@ -37,7 +40,6 @@ from fedsim.core.records import (
 from fedsim.core.reduce import (
     Arrays,
     ModelUpdate,
-    WeightedSum,
     block_size,
     merge_blocks,
     reduce_blocks,
@@ -54,12 +56,12 @@ def collect(
     work: Work,
     base: Arrays,
     upload: Upload,
-) -> tuple[list[tuple[int, ModelUpdate]], list[DeviceOutcome]]:
+) -> tuple[list[tuple[int, ModelUpdate | ClassSums]], list[DeviceOutcome]]:
     """``(position, update)`` pairs in cohort order, and one outcome per device sent work.
 
     ``base``: the global arrays as devices received them (what sparse changes are added to)."""
     got: dict[int, Message] = {node_to_device[r.metadata.src_node_id]: r for r in replies}
-    updates: list[tuple[int, ModelUpdate]] = []
+    updates: list[tuple[int, ModelUpdate | ClassSums]] = []
     outcomes = []
     for position, device_id in enumerate(work.devices):
         reply = got.get(device_id)
@@ -72,11 +74,21 @@ def collect(
             wire = {k: a.numpy() for k, a in record.items()}
             if sum(a.nbytes for a in wire.values()) != work.bytes_up[device_id]:
                 raise RuntimeError(f"device {device_id} sent another payload than planned")
-            sent = work.sent[device_id]
-            arrays = upload.decode(wire, base, sent)
             metrics = reply.content[METRICS]
             n = int(metrics[NUM_EXAMPLES])  # type: ignore[arg-type]
             loss = float(metrics[TRAIN_LOSS])  # type: ignore[arg-type]
+            if CLASSES in wire:  # a prototype-averaging report: checked, or refused whole
+                mission = f"{device_id}:{work.round}"
+                try:
+                    report = decode_report(wire, mission, *base[-2].shape)
+                except PrototypeError as exc:
+                    outcomes.append(DeviceOutcome(device_id, "failed", error=str(exc)[:200]))
+                    continue
+                updates.append((position, report))
+                outcomes.append(DeviceOutcome(device_id, "ok", n, loss))
+                continue
+            sent = work.sent[device_id]
+            arrays = upload.decode(wire, base, sent)
             updates.append((position, (arrays, n) if all(sent) else (arrays, n, sent)))
             outcomes.append(DeviceOutcome(device_id, "ok", n, loss))
     return updates, outcomes
@@ -102,6 +114,7 @@ class RoundContext:
     clock: float = 0.0  # simulated seconds since the run started
     held_out: list[HeldOutDevice] = field(default_factory=list)  # evaluation.adapt
     adaptation: AdaptResult | None = None  # the latest one
+    base_classes: NDArray[np.bool_] | None = None  # prototype averaging: the first seen classes
 
     @property
     def node_to_device(self) -> dict[int, int]:
@@ -120,7 +133,7 @@ class Work:
     sent: dict[int, tuple[bool, ...]]  # which tensors each device uploads (changes of)
 
 
-def per_device_round(ctx: RoundContext, work: Work) -> tuple[WeightedSum, list[DeviceOutcome]]:
+def per_device_round(ctx: RoundContext, work: Work) -> tuple[Any, list[DeviceOutcome]]:
     messages = []
     for d in work.devices:
         config = ConfigRecord({SERVER_ROUND: work.round, HEAD_ONLY: d in work.head_only})
@@ -153,7 +166,7 @@ def worker_orders(
     return orders
 
 
-def cohort_round(ctx: RoundContext, work: Work) -> tuple[WeightedSum, list[DeviceOutcome]]:
+def cohort_round(ctx: RoundContext, work: Work) -> tuple[Any, list[DeviceOutcome]]:
     if not work.devices:
         return ctx.aggregator.zero(), []
     orders = worker_orders(work.round, work.devices, len(ctx.workers), work.head_only)
@@ -168,7 +181,7 @@ def cohort_round(ctx: RoundContext, work: Work) -> tuple[WeightedSum, list[Devic
     by_worker = {m.metadata.dst_node_id: o for m, o in zip(messages, orders, strict=True)}
     replies = ctx.grid.send_and_receive(messages, timeout=ctx.scenario.execution.round_timeout_s)
     got = {r.metadata.src_node_id: r for r in replies}
-    partials: dict[int, WeightedSum] = {}
+    partials: dict[int, Any] = {}
     outcomes: list[DeviceOutcome] = []
     for worker, order in by_worker.items():
         reply = got.get(worker)

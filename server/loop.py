@@ -29,6 +29,7 @@ from fedsim.core.errors import FedsimError
 from fedsim.core.models import build_model, get_arrays, set_arrays
 from fedsim.core.payload import to_wire
 from fedsim.core.plots import plot_accuracy, plot_adaptation, plot_fleet
+from fedsim.core.pretrain import PretrainConfig, pretrain_encoder
 from fedsim.core.records import (
     DEVICE_ID,
     METRICS,
@@ -38,7 +39,7 @@ from fedsim.core.records import (
     RunBinding,
 )
 from fedsim.core.results import RunWriter
-from fedsim.core.scenario import Scenario
+from fedsim.core.scenario import PrototypesSpec, Scenario
 from fedsim.core.seeds import derive_seed
 from ontology.history import write_participation
 from server.adapt import AdaptResult, adapt_and_score, held_out_devices
@@ -169,7 +170,7 @@ def _round(ctx: RoundContext, round_: int) -> tuple[RoundRecord, list[DeviceReco
     scenario = ctx.scenario
     available = ctx.costs.available(ctx.clock)
     selected = _select(scenario, round_, available)
-    plans = ctx.costs.plan(selected, ctx.clock)
+    plans = ctx.costs.plan(selected, ctx.clock, round_)
     go = [p for p in plans if p.fate == "train"]
     work = Work(
         round=round_,
@@ -189,10 +190,13 @@ def _round(ctx: RoundContext, round_: int) -> tuple[RoundRecord, list[DeviceReco
     ctx.clock += cost.round_s
     devices = _device_records(ctx, round_, plans, {o.device_id: o for o in outcomes}, cost)
 
-    accuracy = loss = adapted = None
+    accuracy = loss = adapted = base = None
     if round_ % scenario.evaluation.every == 0 or round_ == scenario.rounds:
         set_arrays(ctx.model, ctx.global_arrays)
-        accuracy, loss = evaluate(ctx.model, ctx.data.x_test, ctx.data.y_test)
+        if ctx.fleet.missions is not None:  # class-incremental: score the classes seen so far
+            accuracy, loss, base = _reconnaissance(ctx)
+        else:
+            accuracy, loss = evaluate(ctx.model, ctx.data.x_test, ctx.data.y_test)
         if scenario.evaluation.adapt is not None:
             adapted = ctx.adaptation = adapt_and_score(
                 ctx.model, ctx.global_arrays, ctx.held_out, scenario.evaluation.adapt, scenario.seed
@@ -220,10 +224,27 @@ def _round(ctx: RoundContext, round_: int) -> tuple[RoundRecord, list[DeviceReco
         head_only=len(work.head_only),
         stragglers=fates.count("straggler"),
         dropouts=fates.count("dropout"),
+        base_accuracy=base,
         adapted=None if adapted is None else _sig(adapted.mean),
         adapted_ci95=None if adapted is None else _sig(adapted.ci95),
     )
     return record, devices
+
+
+def _reconnaissance(ctx: RoundContext) -> tuple[float | None, float | None, float | None]:
+    """Prototype averaging: accuracy and loss on the test samples of every class reconnoitred so
+    far, and accuracy on the classes of the first evaluated round (what the server retains)."""
+    seen = ctx.global_arrays[-1] > 0
+    if not seen.any():
+        return None, None, None
+    if ctx.base_classes is None:
+        ctx.base_classes = seen.copy()
+    y = ctx.data.y_test
+    mask = seen[y]
+    accuracy, loss = evaluate(ctx.model, ctx.data.x_test[mask], y[mask])
+    first = ctx.base_classes[y]
+    base, _ = evaluate(ctx.model, ctx.data.x_test[first], y[first])
+    return accuracy, loss, base
 
 
 def _summary(scenario: Scenario, fleet: Fleet, records: list[RoundRecord]) -> dict[str, Any]:
@@ -304,6 +325,23 @@ def _write_back(scenario: Scenario, fleet: Fleet, binding: RunBinding) -> None:
             registry.store.load([path])
 
 
+def _load_encoder(model: torch.nn.Module, spec: PrototypesSpec, seed: int) -> None:
+    """Put the pre-trained encoder (``fedsim pretrain``; trained now if not cached) into the model;
+    the prototype head stays empty."""
+    e = spec.encoder
+    config = PretrainConfig(
+        e.dataset, "conv4", e.episodes, e.n_way, e.k_shot, e.q_queries, e.lr, e.rotations, seed
+    )
+
+    def show(step: int, loss: float) -> None:
+        if step % 100 == 0 or step == config.episodes:
+            log.info("pre-training the encoder: %d/%d episodes, loss %.3f", step, e.episodes, loss)
+
+    trained = list(pretrain_encoder(config, show).values())
+    arrays = get_arrays(model)
+    set_arrays(model, [*trained[:-2], *arrays[-2:]])  # conv4's linear head ↔ prototype buffers
+
+
 def run_rounds(grid: Grid, binding: RunBinding, observer: RoundObserver) -> dict[str, Any]:
     """Run the scenario bound to this app on ``grid``; write results; return the summary.
 
@@ -319,6 +357,8 @@ def run_rounds(grid: Grid, binding: RunBinding, observer: RoundObserver) -> dict
     model = build_model(
         scenario.task.model, data.num_features, data.num_outputs, derive_seed(scenario.seed, "init")
     )
+    if isinstance(scenario.algorithm, PrototypesSpec):  # the frozen, pre-trained encoder
+        _load_encoder(model, scenario.algorithm, scenario.seed)
     cohort = scenario.execution.mode == "cohort"
     workers = _workers(grid, DISCOVERY_TIMEOUT_S) if cohort else []
     per_device = {} if cohort else _discover(grid, fleet, DISCOVERY_TIMEOUT_S)

@@ -7,16 +7,19 @@ partial aggregates) need it.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from fedsim.core.plugins import Plugins
-from fedsim.core.reduce import Aggregator, Arrays, ModelUpdate, WeightedMean, WeightedSum
+from fedsim.core.prototypes import PrototypeArrays
+from fedsim.core.reduce import Aggregator, Arrays, WeightedMean
 
 __all__ = ["AGGREGATORS", "ModelAggregator", "aggregator_for", "server_step"]
 
-# Updates are (model arrays, number of training examples[, which tensors trained]).
-ModelAggregator = Aggregator[ModelUpdate, WeightedSum, Arrays]
+# Updates are (model arrays, number of training examples[, which tensors trained]), or for
+# prototype averaging a mission's per-class sums (``ClassSums``); the global state is the arrays.
+ModelAggregator = Aggregator[Any, Any, Arrays]
 AGGREGATORS: Plugins[Callable[[], ModelAggregator]] = Plugins("algorithm")
 
 
@@ -43,6 +46,11 @@ def _tinymetafed() -> Callable[[], ModelAggregator]:
 @AGGREGATORS.register("tinyol")
 def _tinyol() -> Callable[[], ModelAggregator]:
     return WeightedMean  # of the heads (the only tensors devices train and send)
+
+
+@AGGREGATORS.register("prototypes")
+def _prototypes() -> Callable[[], ModelAggregator]:
+    return PrototypeArrays  # per-class sums and counts added up (fedsim.core.prototypes)
 
 
 def server_step(global_arrays: Arrays, averaged: Arrays, epsilon: float) -> Arrays:

@@ -355,6 +355,45 @@ def _omniglot_5way() -> DatasetSource:
     )
 
 
+@DATASETS.register("kanjivg-unseen")
+def _kanjivg_unseen() -> DatasetSource:
+    from fedsim.core.datasets import fewshot, kanjivg
+
+    return DatasetSource(
+        lambda seed: fewshot.unseen_classes_task(
+            "kanjivg-unseen",
+            kanjivg.render_characters(seed=seed, progress=True),
+            seed,
+            kanjivg.LICENCE,
+        ),
+        "the KanjiVG characters of the evaluation alphabets (unseen by the pre-trained encoder), "
+        "15 training and 5 test writers each: federated reconnaissance",
+        kanjivg.LICENCE,
+        "PyPI kanjivg (KanjiVG stroke SVGs), rendered locally (as kanjivg)",
+        natural_groups="writer",
+        files=lambda: sorted(cache_dir().glob("kanjivg-*.npz")),
+        sensors=("Camera",),
+    )
+
+
+@DATASETS.register("omniglot-unseen")
+def _omniglot_unseen() -> DatasetSource:
+    from fedsim.core.datasets import fewshot, omniglot
+
+    return DatasetSource(
+        lambda seed: fewshot.unseen_classes_task(
+            "omniglot-unseen", omniglot.load_characters(), seed, omniglot.LICENCE
+        ),
+        "the real Omniglot characters of the evaluation alphabets (unseen by the pre-trained "
+        "encoder), 15 training and 5 test drawers each",
+        "MIT (Lake, Salakhutdinov & Tenenbaum 2015)",
+        f"a directory: $FEDSIM_OMNIGLOT, else {omniglot.DEFAULT_DIR} (as omniglot)",
+        natural_groups="drawer",
+        files=omniglot.source_files,
+        sensors=("Camera",),
+    )
+
+
 @DATASETS.register("sine")
 def _sine() -> DatasetSource:
     from fedsim.core.datasets import sine

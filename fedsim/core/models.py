@@ -127,6 +127,24 @@ def _conv4() -> Builder:
     return build
 
 
+@MODELS.register("conv4-proto")
+def _conv4_proto() -> Builder:
+    """Conv-4 encoder + a nearest-prototype head (federated reconnaissance, DESIGN.md §6.5): the
+    head holds per class the sum of reported embeddings and their count (buffers, no parameters)
+    and scores a sample by −(squared distance) to each seen class's mean (−inf if unseen)."""
+
+    def build(num_features: int, num_outputs: int, seed: int) -> nn.Module:
+        from torch import nn
+
+        from fedsim.core.prototype_head import PrototypeHead
+
+        conv4 = MODELS.get("conv4")(num_features, num_outputs, seed)
+        body = list(conv4.children())[:-1]
+        return nn.Sequential(*body, PrototypeHead(64, num_outputs))
+
+    return build
+
+
 def encoder_of(model: nn.Module) -> nn.Module:
     """The model without its last layer (a ``Sequential``'s feature extractor)."""
     from torch import nn

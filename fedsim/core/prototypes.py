@@ -28,11 +28,14 @@ from numpy.typing import NDArray
 
 __all__ = [
     "ClassSums",
+    "PrototypeArrays",
     "PrototypeError",
     "PrototypeMerge",
     "PrototypePartial",
     "PrototypeState",
     "class_sums",
+    "decode_report",
+    "encode_report",
     "reference_blend",
     "report_bytes",
 ]
@@ -185,29 +188,74 @@ class PrototypeMerge:
         return PrototypeState(sums, counts, global_state.merged | frozenset(new))
 
     def pack(self, partial: PrototypePartial) -> dict[str, NDArray[Any]]:
-        packed: dict[str, NDArray[Any]] = {}
-        for mission, r in partial.reports.items():
-            packed[f"{mission}/classes"] = r.classes
-            packed[f"{mission}/sums"] = r.sums
-            packed[f"{mission}/counts"] = r.counts
-        return packed
+        return pack_reports(partial)
 
     def unpack(self, packed: Mapping[str, NDArray[Any]]) -> PrototypePartial:
-        missions = sorted({key.rsplit("/", 1)[0] for key in packed})
-        reports = {}
-        for m in missions:
-            try:
-                report = ClassSums(
-                    m,
-                    np.asarray(packed[f"{m}/classes"], np.int64),
-                    np.asarray(packed[f"{m}/sums"], np.float64),
-                    np.asarray(packed[f"{m}/counts"], np.int64),
-                )
-            except KeyError as missing:
-                raise PrototypeError(f"mission {m}: the packed partial lacks {missing}") from None
+        partial = unpack_reports(packed)
+        for report in partial.reports.values():
             self.check(report)
-            reports[m] = report
-        return PrototypePartial(reports)
+        return partial
+
+
+def pack_reports(partial: PrototypePartial) -> dict[str, NDArray[Any]]:
+    """A partial as named arrays (``<mission>/classes``, ``/sums``, ``/counts``)."""
+    packed: dict[str, NDArray[Any]] = {}
+    for mission, r in partial.reports.items():
+        packed[f"{mission}/classes"] = r.classes
+        packed[f"{mission}/sums"] = r.sums
+        packed[f"{mission}/counts"] = r.counts
+    return packed
+
+
+def unpack_reports(packed: Mapping[str, NDArray[Any]]) -> PrototypePartial:
+    reports = {}
+    for m in sorted({key.rsplit("/", 1)[0] for key in packed}):
+        try:
+            sums = np.asarray(packed[f"{m}/sums"], np.float64)
+            reports[m] = ClassSums(
+                m,
+                np.asarray(packed[f"{m}/classes"], np.int64),
+                sums,
+                np.asarray(packed[f"{m}/counts"], np.int64),
+            )
+        except KeyError as missing:
+            raise PrototypeError(f"mission {m}: the packed partial lacks {missing}") from None
+    return PrototypePartial(reports)
+
+
+class PrototypeArrays:
+    """``PrototypeMerge`` over the engine's global arrays: the model's last two arrays are the
+    prototype head's ``sums [C, D]`` and ``counts [C]`` (``conv4-proto``); the rest (the frozen
+    encoder) never changes. Keeps the ids of the missions it merged, so a report merged in one
+    round is never added again."""
+
+    def __init__(self) -> None:
+        self.merged: frozenset[str] = frozenset()
+
+    def zero(self) -> PrototypePartial:
+        return PrototypePartial()
+
+    def accumulate(self, partial: PrototypePartial, update: ClassSums) -> PrototypePartial:
+        return PrototypePartial(_join(partial.reports, {update.mission: update}))
+
+    def merge(self, left: PrototypePartial, right: PrototypePartial) -> PrototypePartial:
+        return PrototypePartial(_join(left.reports, right.reports))
+
+    def finalize(
+        self, global_state: list[NDArray[np.float32]], partial: PrototypePartial
+    ) -> list[NDArray[np.float32]]:
+        sums, counts = global_state[-2], global_state[-1]
+        merge = PrototypeMerge(*sums.shape)
+        state = PrototypeState(sums.astype(np.float64), counts.astype(np.int64), self.merged)
+        new = merge.finalize(state, partial)
+        self.merged = new.merged
+        return [*global_state[:-2], new.sums.astype(np.float32), new.counts.astype(np.float32)]
+
+    def pack(self, partial: PrototypePartial) -> dict[str, NDArray[Any]]:
+        return pack_reports(partial)
+
+    def unpack(self, packed: Mapping[str, NDArray[Any]]) -> PrototypePartial:
+        return unpack_reports(packed)
 
 
 def reference_blend(server_mean: F64, server_count: int, new_sum: F64, new_count: int) -> F64:
@@ -222,3 +270,34 @@ def reference_blend(server_mean: F64, server_count: int, new_sum: F64, new_count
         server_count + new_count
     )
     return blended
+
+
+CLASSES, SUMS, COUNTS = "classes", "sums", "counts"  # a report on the wire
+
+
+def encode_report(report: ClassSums, dtype: str = "float32") -> dict[str, NDArray[Any]]:
+    """What a device sends: class indices and counts as uint32, sums in the payload's format."""
+    return {
+        CLASSES: report.classes.astype(np.uint32),
+        SUMS: report.sums.astype(dtype),
+        COUNTS: report.counts.astype(np.uint32),
+    }
+
+
+def decode_report(
+    wire: Mapping[str, NDArray[Any]], mission: str, num_classes: int, dim: int
+) -> ClassSums:
+    """The report a server merges, checked (``PrototypeError`` names the mission and the fault)."""
+    missing = {CLASSES, SUMS, COUNTS} - set(wire)
+    if missing:
+        raise PrototypeError(f"mission {mission}: the report lacks {', '.join(sorted(missing))}")
+    report = ClassSums(
+        mission,
+        np.asarray(wire[CLASSES]).astype(np.int64),
+        np.asarray(wire[SUMS]).astype(np.float64),
+        np.asarray(wire[COUNTS]).astype(np.int64),
+    )
+    if report.sums.ndim == 1 and len(report.classes) == 0:
+        report = ClassSums(mission, report.classes, report.sums.reshape(0, dim), report.counts)
+    PrototypeMerge(num_classes, dim).check(report)
+    return report

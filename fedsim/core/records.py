@@ -124,6 +124,9 @@ class RoundRecord:
     head_only: int = 0
     stragglers: int = 0
     dropouts: int = 0
+    # class-incremental runs: accuracy on the classes first seen (what the server retains); the
+    # accuracy above is then over every class reconnoitred so far
+    base_accuracy: float | None = None
     # evaluation.adapt: held-out devices' score after adapting θ (accuracy, or MSE for regression)
     adapted: float | None = None
     adapted_ci95: float | None = None  # half-width of its 95% confidence interval

@@ -27,6 +27,7 @@ __all__ = [
     "AvailabilitySpec",
     "DeviceGroup",
     "DirichletPartition",
+    "EncoderSpec",
     "EvaluationSpec",
     "ExecutionSpec",
     "FaultSpec",
@@ -38,6 +39,7 @@ __all__ = [
     "NaturalPartition",
     "OutputSpec",
     "PartitionSpec",
+    "PrototypesSpec",
     "RegistrySpec",
     "Scenario",
     "ShardPartition",
@@ -201,6 +203,11 @@ class _Algorithm(_Spec):
         """True: devices only ever train the last layer (the rest is a frozen extractor)."""
         return False
 
+    @property
+    def trains(self) -> bool:
+        """False: devices only run the model forward (their memory must hold inference only)."""
+        return True
+
 
 class _LocalSgd(_Algorithm):
     lr: float = Field(0.1, gt=0.0)
@@ -237,6 +244,48 @@ class TinyOLSpec(_Algorithm):
 
     def samples_processed(self, num_examples: int) -> int:
         return num_examples * self.passes
+
+
+class EncoderSpec(_Spec):
+    """The frozen encoder of prototype averaging: Conv-4 pre-trained episodically on the background
+    alphabets of ``dataset`` (``fedsim.core.pretrain``; cached by this config and the seed)."""
+
+    dataset: Literal["kanjivg", "omniglot"] = "kanjivg"
+    episodes: int = Field(2000, ge=1)
+    n_way: int = Field(5, ge=2)
+    k_shot: int = Field(5, ge=1)
+    q_queries: int = Field(5, ge=1)
+    lr: float = Field(1e-3, gt=0.0)
+    rotations: bool = True
+
+
+class PrototypesSpec(_Algorithm):
+    """Federated reconnaissance (Hendryx et al.; DESIGN.md §6.5): each round is a mission; every
+    selected device embeds ``classes_per_mission`` new classes' samples with the frozen encoder
+    and sends per-class sums and counts; the server adds them up; a sample is classified as the
+    nearest prototype among all classes reconnoitred so far. No gradient step anywhere."""
+
+    kind: Literal["prototypes"]
+    encoder: EncoderSpec = EncoderSpec()
+    classes_per_mission: int = Field(5, ge=1, description="new classes per device per mission")
+    samples_per_class: int | None = Field(
+        None, ge=1, description="labelled samples per new class (default: all it has)"
+    )
+
+    @property
+    def batch_size(self) -> int:
+        return 1  # embeds one sample at a time: inference memory only
+
+    @property
+    def state_copies(self) -> int:
+        return 0
+
+    @property
+    def trains(self) -> bool:
+        return False
+
+    def samples_processed(self, num_examples: int) -> int:
+        return num_examples  # forward passes only
 
 
 class FedAvgSpec(_LocalSgd):
@@ -347,7 +396,7 @@ class TinyMetaFedSpec(_Reptile):
 
 
 AlgorithmSpec = Annotated[
-    FedAvgSpec | FedProxSpec | TinyReptileSpec | TinyMetaFedSpec | TinyOLSpec,
+    FedAvgSpec | FedProxSpec | TinyReptileSpec | TinyMetaFedSpec | TinyOLSpec | PrototypesSpec,
     Field(discriminator="kind"),
 ]
 
@@ -465,6 +514,25 @@ class Scenario(_Spec):
                     "use memory_policy: skip, or algorithm.local: none",
                 )
             )
+        if isinstance(self.algorithm, PrototypesSpec):
+            unseen = f"{self.algorithm.encoder.dataset}-unseen"
+            if self.task.dataset != unseen:
+                problems.append(
+                    (
+                        "task.dataset",
+                        f"prototype averaging learns the classes its encoder never saw: with "
+                        f"encoder.dataset {self.algorithm.encoder.dataset} that is {unseen}",
+                        f"set task.dataset: {unseen}",
+                    )
+                )
+            if self.task.model != "conv4-proto":
+                problems.append(
+                    (
+                        "task.model",
+                        "prototype averaging needs the Conv-4 encoder with a prototype head",
+                        "set task.model: conv4-proto",
+                    )
+                )
         data = DATASETS.get(self.task.dataset)
         if self.evaluation.adapt is not None and data.natural_groups is None:
             problems.append(

@@ -16,11 +16,11 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from fedsim.core.data import TaskData
+from fedsim.core.data import TaskData, character_task
 from fedsim.core.datasets.episodes import CharacterSet, split_alphabets
 from fedsim.core.seeds import derive_seed
 
-__all__ = ["N_WAY", "TEST_PER_CLASS", "TEST_TASKS", "few_shot_task"]
+__all__ = ["N_WAY", "TEST_PER_CLASS", "TEST_TASKS", "few_shot_task", "unseen_classes_task"]
 
 N_WAY = 5
 TEST_TASKS = 100
@@ -80,4 +80,26 @@ def few_shot_task(name: str, chars: CharacterSet, seed: int, licence: str) -> Ta
         groups_test=np.concatenate(groups),
         group_kind="task",
         class_names=tuple(f"class {i} of the task" for i in range(N_WAY)),
+    )
+
+
+UNSEEN_TEST_WRITERS = 5
+
+
+def unseen_classes_task(name: str, chars: CharacterSet, seed: int, licence: str) -> TaskData:
+    """Every character of the *evaluation* alphabets a class (none seen by an encoder pre-trained
+    on the background alphabets with the same seed: ``fedsim.core.pretrain``);
+    ``UNSEEN_TEST_WRITERS`` writers, chosen by seed, hold the test drawings, the others the
+    training drawings. The classes federated reconnaissance learns incrementally."""
+    _, evaluation = split_alphabets(chars, seed)
+    writers = chars.images.shape[1]
+    test = np.random.default_rng(derive_seed(seed, name, "test-writers")).permutation(writers)
+    return character_task(
+        name,
+        chars.images[evaluation],
+        np.arange(writers, dtype=np.int64),
+        test[:UNSEEN_TEST_WRITERS].astype(np.int64),
+        licence=licence,
+        class_names=tuple(str(c) for c in evaluation.tolist()),
+        group_kind="writer",
     )

@@ -1,0 +1,133 @@
+"""Federated reconnaissance in the engine: missions, exact merged prototypes, both execution modes,
+bad reports refused alone (DESIGN.md §6.5)."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import clients.work
+from devices.fleet import load_fleet
+from fedsim.core.errors import FedsimError
+from fedsim.core.models import build_model, encoder_of, set_arrays
+from fedsim.core.prototypes import report_bytes
+from fedsim.core.results import read_model, read_rounds
+from fedsim.core.scenario_load import load_scenario
+from fedsim.runner import run
+from tests.conftest import tiny_scenario
+
+Write = Callable[..., Path]
+ENCODER = {"dataset": "omniglot", "episodes": 3, "n_way": 3, "k_shot": 2, "q_queries": 2}
+
+
+def _scenario(**overrides: Any) -> dict[str, Any]:
+    settings: dict[str, Any] = {
+        "name": "recon",
+        "seed": 0,
+        "task": {"dataset": "omniglot-unseen", "model": "conv4-proto"},
+        "fleet": {"groups": [{"profile": "rpi-zero2w", "count": 3}]},
+        "algorithm": {
+            "kind": "prototypes",
+            "encoder": ENCODER,
+            "classes_per_mission": 4,
+            "samples_per_class": 5,
+        },
+        "rounds": 3,
+    }
+    return tiny_scenario(**{**settings, **overrides})
+
+
+def test_missions_merge_into_the_central_prototypes(write_scenario: Write, tmp_path: Path) -> None:
+    path = write_scenario(_scenario())
+    out = run(path, tmp_path / "r").out
+    rounds = read_rounds(out)
+    assert [r["bytes_up"] for r in rounds] == [3 * report_bytes(4, 64)] * 3
+    assert all(r["train_loss"] == 0.0 for r in rounds)  # no gradient step
+    assert rounds[0]["base_accuracy"] == rounds[0]["accuracy"]
+    model = read_model(out)
+    sums, counts = list(model.values())[-2:]
+    assert counts.sum() == 3 * 3 * 4 * 5  # devices × rounds × classes × samples
+    # the same samples embedded centrally, summed per class
+    _, fleet = load_fleet(path)
+    net = build_model("conv4-proto", 784, fleet.data.num_classes, 0)
+    set_arrays(net, list(model.values()))
+    encoder = encoder_of(net).eval()
+    central = np.zeros_like(sums, dtype=np.float64)
+    for d in range(3):
+        for r in (1, 2, 3):
+            x, y = fleet.round_data(d, r)
+            with torch.no_grad():
+                e = encoder(torch.from_numpy(x)).numpy().astype(np.float64)
+            np.add.at(central, y, e)
+    np.testing.assert_allclose(sums, central, rtol=1e-5, atol=1e-4)
+    classes = [set(fleet.mission_classes(d, r).tolist()) for d in range(3) for r in (1, 2, 3)]
+    assert sum(map(len, classes)) == len(set().union(*classes))  # no class learned twice
+
+
+def test_per_device_and_cohort_modes_give_the_same_prototypes(
+    write_scenario: Write, tmp_path: Path
+) -> None:
+    a = run(
+        write_scenario(_scenario(execution={"engine": "inline", "mode": "per-device"}), "a.yaml"),
+        tmp_path / "a",
+    ).out
+    b = run(
+        write_scenario(_scenario(execution={"engine": "inline", "actors": 2}), "b.yaml"),
+        tmp_path / "b",
+    ).out
+    assert read_rounds(a) == read_rounds(b)
+    ma, mb = read_model(a), read_model(b)
+    assert all(np.array_equal(ma[k], mb[k]) for k in ma)
+    assert (a / "devices.csv").read_text() == (b / "devices.csv").read_text()
+
+
+@pytest.mark.parametrize("mode", ["per-device", "cohort"])
+def test_a_report_with_nan_is_refused_and_nothing_of_it_merged(
+    mode: str, write_scenario: Write, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = clients.work.class_sums
+
+    def poisoned(mission: str, embeddings: np.ndarray, labels: np.ndarray) -> Any:
+        report = original(mission, embeddings, labels)
+        if 0 in labels:  # whoever reports class 0 sends garbage
+            report.sums[0, 0] = np.nan
+        return report
+
+    monkeypatch.setattr(clients.work, "class_sums", poisoned)
+    scenario = _scenario(execution={"engine": "inline", "mode": mode}, rounds=6)
+    path = write_scenario(scenario)
+    out = run(path, tmp_path / mode).out
+    with (out / "devices.csv").open() as f:
+        failed = [row for row in csv.DictReader(f) if row["status"] == "failed"]
+    assert len(failed) == 1
+    assert "sums contain NaN or infinity" in failed[0]["error"]
+    counts = list(read_model(out).values())[-1]
+    _, fleet = load_fleet(path)
+    lost = fleet.mission_classes(int(failed[0]["device_id"]), int(failed[0]["round"]))
+    assert 0 in lost
+    assert counts[lost].sum() == 0  # the whole report refused, not just class 0
+    delivered = sum(len(fleet.mission_classes(d, r)) * 5 for d in range(3) for r in range(1, 7))
+    assert counts.sum() == delivered - len(lost) * 5  # every other report merged
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"task": {"dataset": "kanjivg-unseen", "model": "conv4-proto"}},
+            "set task.dataset: omniglot-unseen",
+        ),
+        ({"task": {"dataset": "omniglot-unseen", "model": "conv4"}}, "set task.model: conv4-proto"),
+    ],
+)
+def test_a_mismatched_encoder_dataset_or_model_is_refused(
+    change: dict[str, Any], message: str, write_scenario: Write
+) -> None:
+    with pytest.raises(FedsimError, match=message):
+        load_scenario(write_scenario(_scenario(**change)))

@@ -107,8 +107,11 @@ def _conv4() -> Builder:
 
         torch.manual_seed(seed)
         side = math.isqrt(num_features)
-        if side * side != num_features:
-            raise ValueError(f"conv4 takes square single-channel images, got {num_features} values")
+        if side * side != num_features or side < 16:
+            raise ValueError(
+                f"conv4 takes square single-channel images of side ≥ 16 (four 2×2 poolings), "
+                f"got {num_features} values"
+            )
         blocks: list[nn.Module] = [nn.Unflatten(1, (1, side, side))]
         channels = 1
         for _ in range(4):

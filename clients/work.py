@@ -154,9 +154,10 @@ def _reconnoitre(
     encoder = encoder_of(model)
     encoder.eval()
     inputs = torch.from_numpy(x)
-    embeddings = torch.cat([encoder(inputs[i : i + 256]) for i in range(0, len(x), 256)])
-    wire = encode_report(class_sums("", embeddings.numpy(), y), scenario.fleet.payload_dtype)
     num_classes, dim = global_arrays[-2].shape
+    parts = [encoder(inputs[i : i + 256]).numpy() for i in range(0, len(x), 256)]
+    embeddings = np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)  # nothing new
+    wire = encode_report(class_sums("", embeddings, y), scenario.fleet.payload_dtype)
     report = decode_report(wire, "", num_classes, dim)
     return DeviceUpdate(global_arrays, len(y), 0.0, (False,) * len(global_arrays), wire, report)
 

@@ -97,7 +97,6 @@ class FleetCosts:
         if fleet.missions is not None:  # prototypes: the encoder is in flash; the prototypes travel
             down = tuple(i >= len(shapes) - 2 for i in range(len(shapes)))
             self.dim = int(shapes[-2][1])
-            self.class_sizes = np.bincount(fleet.data.y_train, minlength=fleet.data.num_classes)
         self.bytes_down = payload_bytes(shapes, scenario.fleet.payload_dtype, down)
         local = algorithm.local_head
         self.sent_full = sent_mask(self.head_mask, False, local)
@@ -189,12 +188,9 @@ class FleetCosts:
         )
 
     def _mission(self, device_id: int, round_: int) -> tuple[int, int]:
-        """(classes, samples) of the device's mission in ``round_``."""
-        assert self.fleet.missions is not None
-        classes = self.fleet.mission_classes(device_id, round_)
-        limit = self.fleet.missions[1]
-        have = self.class_sizes[classes]
-        return len(classes), int(np.minimum(have, limit).sum() if limit else have.sum())
+        """(classes it has samples of, samples) of the device's mission in ``round_``."""
+        rows = self.fleet.mission_rows(device_id, round_)
+        return len(np.unique(self.fleet.data.y_train[rows])), len(rows)
 
     def plan(self, device_ids: list[int], t: float, round_: int = 1) -> list[DevicePlan]:
         """Each selected device's fate in the round starting at simulated time ``t``."""
@@ -232,6 +228,8 @@ class FleetCosts:
             else:
                 why = need
             what = "all layers" if plan.scope == "full" else f"the head only ({why})"
+            if not self.scenario.algorithm.trains:
+                what = "nothing (embeds its samples: inference only)"
             link = device.link.kind if device.link else "-"
             late = deadline is not None and plan.busy_s > deadline
             lines.append(

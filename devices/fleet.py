@@ -27,6 +27,7 @@ from fedsim.core.scenario import (
     DeviceGroup,
     DirichletPartition,
     MarkovAvailability,
+    NaturalPartition,
     PartitionSpec,
     PrototypesSpec,
     Scenario,
@@ -113,21 +114,30 @@ class Fleet:
         owned = order[device_id :: len(self.devices)]
         return np.sort(owned[(round_ - 1) * per : round_ * per]).astype(np.int64)
 
+    def mission_rows(self, device_id: int, round_: int) -> NDArray[np.int64]:
+        """Training rows of the device's mission: ``samples_per_class`` (or all) samples of each
+        of its classes, drawn without replacement (seeded by class and device). With a natural
+        partition a device learns from its own samples (its speaker saying the new word), else
+        from the pool."""
+        assert self.missions is not None
+        limit = self.missions[1]
+        own = self.devices[device_id].sample_indices
+        natural = isinstance(self.partition, NaturalPartition) and own is not None
+        pool = own if natural and own is not None else np.arange(len(self.data.y_train))
+        rows = []
+        for c in self.mission_classes(device_id, round_).tolist():
+            mine = pool[self.data.y_train[pool] == c]
+            if limit is not None and limit < len(mine):
+                rng = np.random.default_rng(derive_seed(self.seed, "mission-samples", c, device_id))
+                mine = np.sort(rng.choice(mine, limit, replace=False))
+            rows.append(mine)
+        return np.concatenate(rows).astype(np.int64) if rows else np.zeros(0, np.int64)
+
     def mission_data(
         self, device_id: int, round_: int
     ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
-        """The mission's labelled samples: ``samples_per_class`` (or all) training samples of each
-        of its classes, drawn without replacement (seeded by class)."""
-        assert self.missions is not None
-        limit = self.missions[1]
-        rows = []
-        for c in self.mission_classes(device_id, round_).tolist():
-            mine = np.flatnonzero(self.data.y_train == c)
-            if limit is not None and limit < len(mine):
-                rng = np.random.default_rng(derive_seed(self.seed, "mission-samples", c))
-                mine = np.sort(rng.choice(mine, limit, replace=False))
-            rows.append(mine)
-        index = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+        """The mission's labelled samples (``mission_rows``)."""
+        index = self.mission_rows(device_id, round_)
         return self.data.x_train[index], self.data.y_train[index]
 
     def by_profile(self) -> dict[str, int]:

@@ -104,25 +104,34 @@ def run(
 
 @app.command()
 def pretrain(
-    dataset: str = typer.Option("kanjivg", help="character set: kanjivg or omniglot"),
+    dataset: str = typer.Option(
+        "kanjivg", help="kanjivg or omniglot (Conv-4), kws or har (MLP): its background classes"
+    ),
     episodes: int = typer.Option(2000, min=1, help="training episodes"),
     way: int = typer.Option(5, min=2, help="classes per episode"),
     shot: int = typer.Option(5, min=1, help="support drawings per class"),
     query: int = typer.Option(5, min=1, help="query drawings per class"),
     seed: int = typer.Option(0, help="alphabet split, initialisation and episodes"),
 ) -> None:
-    """Pre-train the Conv-4 prototypical encoder on background alphabets (cached by config),
-    then score it on 5-way 1-/5-shot episodes of the unseen evaluation alphabets."""
+    """Pre-train a prototypical encoder on a dataset's background classes (Conv-4 on character
+    sets, an MLP on kws/har; cached by config), then score it on 1-/5-shot episodes of the
+    classes it never saw (the evaluation alphabets, or the other half of the classes)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from fedsim.core.data import cache_dir
-    from fedsim.core.pretrain import PretrainConfig, few_shot_accuracy, pretrain_encoder
+    from fedsim.core.pretrain import (
+        CHARACTER_SETS,
+        POOLED,
+        PretrainConfig,
+        few_shot_accuracy,
+        pretrain_encoder,
+    )
 
-    if dataset not in ("kanjivg", "omniglot"):
-        raise FedsimError(
-            "--dataset", f"'{dataset}' is not a character set", "use kanjivg or omniglot"
-        )
-    config = PretrainConfig(dataset, "conv4", episodes, way, shot, query, seed=seed)  # type: ignore[arg-type]
+    if dataset not in CHARACTER_SETS + POOLED:
+        known = ", ".join(CHARACTER_SETS + POOLED)
+        raise FedsimError("--dataset", f"cannot pre-train on '{dataset}'", f"use one of {known}")
+    architecture = "conv4" if dataset in CHARACTER_SETS else "mlp-100"
+    config = PretrainConfig(dataset, architecture, episodes, way, shot, query, seed=seed)
     columns = (
         TextColumn("[bold]pretrain"),
         BarColumn(),
@@ -137,9 +146,9 @@ def pretrain(
         )
     out.print(f"encoder: {cache_dir() / f'pretrain-{config.key()}.npz'}")
     for k in (1, 5):
-        mean, half = few_shot_accuracy(config, 5, k)
+        mean, half = few_shot_accuracy(config, way, k)
         out.print(
-            f"5-way {k}-shot on unseen alphabets: {mean:.3f} ± {half:.3f} (95% CI, 200 episodes)"
+            f"{way}-way {k}-shot on unseen classes: {mean:.3f} ± {half:.3f} (95% CI, 200 episodes)"
         )
 
 

@@ -330,7 +330,15 @@ def _load_encoder(model: torch.nn.Module, spec: PrototypesSpec, seed: int) -> No
     the prototype head stays empty."""
     e = spec.encoder
     config = PretrainConfig(
-        e.dataset, "conv4", e.episodes, e.n_way, e.k_shot, e.q_queries, e.lr, e.rotations, seed
+        e.dataset,
+        e.architecture,
+        e.episodes,
+        e.n_way,
+        e.k_shot,
+        e.q_queries,
+        e.lr,
+        e.rotations,
+        seed,
     )
 
     def show(step: int, loss: float) -> None:
@@ -339,7 +347,7 @@ def _load_encoder(model: torch.nn.Module, spec: PrototypesSpec, seed: int) -> No
 
     trained = list(pretrain_encoder(config, show).values())
     arrays = get_arrays(model)
-    set_arrays(model, [*trained[:-2], *arrays[-2:]])  # conv4's linear head ↔ prototype buffers
+    set_arrays(model, [*trained[:-2], *arrays[-2:]])  # the linear head ↔ the prototype buffers
 
 
 def run_rounds(grid: Grid, binding: RunBinding, observer: RoundObserver) -> dict[str, Any]:

@@ -131,3 +131,44 @@ def test_a_mismatched_encoder_dataset_or_model_is_refused(
 ) -> None:
     with pytest.raises(FedsimError, match=message):
         load_scenario(write_scenario(_scenario(**change)))
+
+
+def test_natural_devices_reconnoitre_from_their_own_samples_and_may_have_nothing_new(
+    write_scenario: Write, tmp_path: Path
+) -> None:
+    scenario = _scenario(
+        task={"dataset": "har-unseen", "model": "mlp-proto"},
+        fleet={"groups": [{"profile": "esp32-s3", "count": 5}], "partition": {"kind": "natural"}},
+        algorithm={
+            "kind": "prototypes",
+            "encoder": {"dataset": "har", "episodes": 3, "n_way": 2, "k_shot": 2, "q_queries": 2},
+            "classes_per_mission": 1,
+            "samples_per_class": 4,
+        },
+        rounds=1,
+    )
+    path = write_scenario(scenario)
+    out = run(path, tmp_path / "har").out
+    _, fleet = load_fleet(path)
+    for d in range(5):
+        rows = fleet.mission_rows(d, 1)
+        own = fleet[d].sample_indices
+        assert own is not None
+        assert set(rows.tolist()) <= set(own.tolist())  # its own subject's windows
+    with (out / "devices.csv").open() as f:
+        rows_csv = list(csv.DictReader(f))
+    assert all(r["status"] == "ok" for r in rows_csv)  # 3 new activities, 5 devices: 2 idle
+    assert sorted(int(r["bytes_up"]) for r in rows_csv) == [0, 0] + [report_bytes(1, 100)] * 3
+
+
+def test_pooled_unseen_classes_are_the_other_half_relabelled() -> None:
+    from fedsim.core.data import load_task_data
+    from fedsim.core.datasets.fewshot import split_classes
+
+    background, evaluation = split_classes(6, 0)
+    assert len(background) == 3
+    assert not set(background) & set(evaluation)
+    har, unseen = load_task_data("har", 0), load_task_data("har-unseen", 0)
+    assert unseen.num_classes == 3
+    assert set(np.unique(unseen.y_train)) == {0, 1, 2}
+    assert len(unseen.y_train) == np.isin(har.y_train, evaluation).sum()

@@ -394,6 +394,39 @@ def _omniglot_unseen() -> DatasetSource:
     )
 
 
+@DATASETS.register("kws-unseen")
+def _kws_unseen() -> DatasetSource:
+    from fedsim.core.datasets import fewshot, kws
+
+    return DatasetSource(
+        lambda seed: fewshot.unseen_pooled_task("kws-unseen", kws.load_task(seed), seed),
+        "the keyword-spotting classes an encoder pre-trained on the other half never heard "
+        "(a seeded half of the 12), speakers kept: new words arriving",
+        kws.LICENCE,
+        "as kws",
+        natural_groups="speaker",
+        requires="apt-get install espeak-ng flite sox",
+        files=kws.cache_files,
+        sensors=("Microphone",),
+    )
+
+
+@DATASETS.register("har-unseen")
+def _har_unseen() -> DatasetSource:
+    from fedsim.core.datasets import fewshot, har
+
+    return DatasetSource(
+        lambda seed: fewshot.unseen_pooled_task("har-unseen", har.load_task(seed), seed),
+        "the activities an encoder pre-trained on the other half never saw (3 of the 6), "
+        "subjects kept: new activities per subject",
+        har.LICENCE,
+        "as har",
+        natural_groups="subject",
+        files=lambda: har.source_files() + har.cache_files(),
+        sensors=("Accelerometer", "Gyroscope"),
+    )
+
+
 @DATASETS.register("sine")
 def _sine() -> DatasetSource:
     from fedsim.core.datasets import sine

@@ -148,6 +148,23 @@ def _conv4_proto() -> Builder:
     return build
 
 
+@MODELS.register("mlp-proto")
+def _mlp_proto() -> Builder:
+    """The mlp-100 encoder (inputs-100, ReLU) + a nearest-prototype head: federated
+    reconnaissance on keyword spotting and activities, whose inputs Conv-4 does not take."""
+
+    def build(num_features: int, num_outputs: int, seed: int) -> nn.Module:
+        from torch import nn
+
+        from fedsim.core.prototype_head import PrototypeHead
+
+        mlp = MODELS.get("mlp-100")(num_features, num_outputs, seed)
+        body = list(mlp.children())[:-1]
+        return nn.Sequential(*body, PrototypeHead(100, num_outputs))
+
+    return build
+
+
 def encoder_of(model: nn.Module) -> nn.Module:
     """The model without its last layer (a ``Sequential``'s feature extractor)."""
     from torch import nn

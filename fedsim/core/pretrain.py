@@ -15,7 +15,7 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -35,7 +35,7 @@ VERSION = 1  # bump when the training procedure changes: old checkpoints are not
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    dataset: Literal["kanjivg", "omniglot"] = "kanjivg"
+    dataset: str = "kanjivg"  # a character set (kanjivg, omniglot) or a pooled dataset (kws, har)
     architecture: str = "conv4"
     episodes: int = 2000
     n_way: int = 5
@@ -50,6 +50,10 @@ class PretrainConfig:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+CHARACTER_SETS = ("kanjivg", "omniglot")
+POOLED = ("kws", "har")  # background/evaluation: a seeded half of the classes each
+
+
 def characters(dataset: str, seed: int) -> CharacterSet:
     if dataset == "kanjivg":
         from fedsim.core.datasets import kanjivg
@@ -59,7 +63,106 @@ def characters(dataset: str, seed: int) -> CharacterSet:
         from fedsim.core.datasets import omniglot
 
         return omniglot.load_characters()
-    raise ValueError(f"pretraining needs a character set (kanjivg or omniglot), got {dataset!r}")
+    raise ValueError(f"not a character set (kanjivg or omniglot): {dataset!r}")
+
+
+Episode = tuple[NDArray[np.float32], NDArray[np.int64], NDArray[np.float32], NDArray[np.int64]]
+
+
+class _Source(Protocol):
+    num_features: int
+
+    def episode(
+        self,
+        background: bool,
+        config: PretrainConfig,
+        n_way: int,
+        k_shot: int,
+        q: int,
+        rng: np.random.Generator,
+    ) -> Episode: ...
+
+
+class _Characters:
+    """Episodes of a character set: background alphabets (with rotation classes if asked) for
+    training, evaluation alphabets for scoring; support and query writers disjoint."""
+
+    def __init__(self, config: PretrainConfig) -> None:
+        self.chars = characters(config.dataset, config.seed)
+        self.background, self.evaluation = split_alphabets(self.chars, config.seed)
+        self.num_features = int(np.prod(self.chars.images.shape[2:]))
+        self.pool: CharacterSet = self.chars
+        self.train_classes = self.background
+        if config.rotations:
+            self.pool = _rotated(self.chars)
+            count = self.chars.images.shape[0]
+            self.train_classes = np.concatenate([self.background + k * count for k in range(4)])
+
+    def episode(
+        self,
+        background: bool,
+        config: PretrainConfig,
+        n_way: int,
+        k_shot: int,
+        q: int,
+        rng: np.random.Generator,
+    ) -> Episode:
+        if background:
+            return episode(self.pool, self.train_classes, n_way, k_shot, q, rng)
+        return episode(self.chars, self.evaluation, n_way, k_shot, q, rng)
+
+
+class _Pooled:
+    """Episodes of a pooled dataset's training samples: a seeded half of its classes to train on
+    (``split_classes``), the other half (the ``<name>-unseen`` dataset's classes) to score on."""
+
+    def __init__(self, config: PretrainConfig) -> None:
+        from fedsim.core.data import load_task_data
+        from fedsim.core.datasets.fewshot import split_classes
+
+        self.data = load_task_data(config.dataset, config.seed)
+        self.background, self.evaluation = split_classes(self.data.num_classes, config.seed)
+        self.num_features = self.data.num_features
+        self.rows = {
+            c: np.flatnonzero(self.data.y_train == c) for c in range(self.data.num_classes)
+        }
+
+    def episode(
+        self,
+        background: bool,
+        config: PretrainConfig,
+        n_way: int,
+        k_shot: int,
+        q: int,
+        rng: np.random.Generator,
+    ) -> Episode:
+        classes = rng.choice(
+            self.background if background else self.evaluation, n_way, replace=False
+        )
+        support, query = [], []
+        for c in classes.tolist():
+            picked = rng.choice(self.rows[c], k_shot + q, replace=False)
+            support.append(picked[:k_shot])
+            query.append(picked[k_shot:])
+        x = self.data.x_train
+        labels = np.arange(n_way, dtype=np.int64)
+        return (
+            x[np.concatenate(support)],
+            np.repeat(labels, k_shot),
+            x[np.concatenate(query)],
+            np.repeat(labels, q),
+        )
+
+
+def _source(config: PretrainConfig) -> _Source:
+    if config.dataset in CHARACTER_SETS:
+        return _Characters(config)
+    if config.dataset in POOLED:
+        return _Pooled(config)
+    raise ValueError(
+        f"pre-training reads a character set ({', '.join(CHARACTER_SETS)}) or a pooled dataset "
+        f"({', '.join(POOLED)}), not {config.dataset!r}"
+    )
 
 
 @dataclass(frozen=True)
@@ -90,21 +193,14 @@ def pretrain_encoder(
     called with (episode, loss) while training, never when the checkpoint is cached."""
 
     def build() -> dict[str, NDArray[Any]]:
-        chars = characters(config.dataset, config.seed)
-        background, _ = split_alphabets(chars, config.seed)
-        pool: CharacterSet = chars
-        classes = background
-        if config.rotations:
-            pool = _rotated(chars)
-            count = chars.images.shape[0]
-            classes = np.concatenate([background + k * count for k in range(4)])
-        h, w = chars.images.shape[2:]
-        model = build_model(config.architecture, h * w, 1, derive_seed(config.seed, "pretrain"))
+        source = _source(config)
+        seed = derive_seed(config.seed, "pretrain")
+        model = build_model(config.architecture, source.num_features, 1, seed)
         encoder = encoder_of(model)
         rng = np.random.default_rng(derive_seed(config.seed, "episodes"))
         encoder.train()
         with torch.enable_grad():  # even when a caller evaluates under no_grad
-            _train(encoder, pool, classes, config, rng, progress)
+            _train(encoder, source, config, rng, progress)
         return dict(zip(model.state_dict(), get_arrays(model), strict=True))
 
     return cached_arrays("pretrain", config.key(), build)
@@ -112,15 +208,16 @@ def pretrain_encoder(
 
 def _train(
     encoder: nn.Module,
-    pool: CharacterSet,
-    classes: NDArray[np.int64],
+    source: _Source,
     config: PretrainConfig,
     rng: np.random.Generator,
     progress: Callable[[int, float], None] | None,
 ) -> None:
     optimizer = torch.optim.Adam(encoder.parameters(), lr=config.lr)
     for step in range(config.episodes):
-        xs, ys, xq, yq = episode(pool, classes, config.n_way, config.k_shot, config.q_queries, rng)
+        xs, ys, xq, yq = source.episode(
+            True, config, config.n_way, config.k_shot, config.q_queries, rng
+        )
         support = encoder(torch.from_numpy(xs).flatten(1))
         query = encoder(torch.from_numpy(xq).flatten(1))
         logits = prototype_logits(support, torch.from_numpy(ys), query, config.n_way)
@@ -148,13 +245,12 @@ def few_shot_accuracy(
 ) -> tuple[float, float]:
     """Mean and 95% half-width of nearest-prototype accuracy on ``n_way``-way ``k_shot``-shot
     episodes of the *evaluation* alphabets (never seen in pre-training)."""
-    chars = characters(config.dataset, config.seed)
-    _, evaluation = split_alphabets(chars, config.seed)
-    encoder = load_encoder(config, int(np.prod(chars.images.shape[2:])))
+    source = _source(config)
+    encoder = load_encoder(config, source.num_features)
     rng = np.random.default_rng(derive_seed(config.seed, "few-shot-eval", n_way, k_shot))
     scores = []
     for _ in range(episodes):
-        xs, ys, xq, yq = episode(chars, evaluation, n_way, k_shot, q_queries, rng)
+        xs, ys, xq, yq = source.episode(False, config, n_way, k_shot, q_queries, rng)
         with torch.no_grad():
             support = encoder(torch.from_numpy(xs).flatten(1))
             query = encoder(torch.from_numpy(xq).flatten(1))

@@ -247,10 +247,21 @@ class TinyOLSpec(_Algorithm):
 
 
 class EncoderSpec(_Spec):
-    """The frozen encoder of prototype averaging: Conv-4 pre-trained episodically on the background
-    alphabets of ``dataset`` (``fedsim.core.pretrain``; cached by this config and the seed)."""
+    """The frozen encoder of prototype averaging, pre-trained episodically on the background
+    classes of ``dataset`` (``fedsim.core.pretrain``; cached by this config and the seed): Conv-4
+    on the character sets' background alphabets, an MLP on a seeded half of kws's or har's
+    classes."""
 
-    dataset: Literal["kanjivg", "omniglot"] = "kanjivg"
+    @property
+    def architecture(self) -> str:
+        return "conv4" if self.dataset in ("kanjivg", "omniglot") else "mlp-100"
+
+    @property
+    def model(self) -> str:
+        """The scenario's ``task.model``: the encoder with a prototype head."""
+        return "conv4-proto" if self.architecture == "conv4" else "mlp-proto"
+
+    dataset: Literal["kanjivg", "omniglot", "kws", "har"] = "kanjivg"
     episodes: int = Field(2000, ge=1)
     n_way: int = Field(5, ge=2)
     k_shot: int = Field(5, ge=1)
@@ -525,12 +536,14 @@ class Scenario(_Spec):
                         f"set task.dataset: {unseen}",
                     )
                 )
-            if self.task.model != "conv4-proto":
+            model = self.algorithm.encoder.model
+            if self.task.model != model:
                 problems.append(
                     (
                         "task.model",
-                        "prototype averaging needs the Conv-4 encoder with a prototype head",
-                        "set task.model: conv4-proto",
+                        f"prototype averaging needs the encoder's architecture with a prototype "
+                        f"head: for encoder.dataset {self.algorithm.encoder.dataset}, {model}",
+                        f"set task.model: {model}",
                     )
                 )
         data = DATASETS.get(self.task.dataset)

@@ -20,7 +20,15 @@ from fedsim.core.data import TaskData, character_task
 from fedsim.core.datasets.episodes import CharacterSet, split_alphabets
 from fedsim.core.seeds import derive_seed
 
-__all__ = ["N_WAY", "TEST_PER_CLASS", "TEST_TASKS", "few_shot_task", "unseen_classes_task"]
+__all__ = [
+    "N_WAY",
+    "TEST_PER_CLASS",
+    "TEST_TASKS",
+    "few_shot_task",
+    "split_classes",
+    "unseen_classes_task",
+    "unseen_pooled_task",
+]
 
 N_WAY = 5
 TEST_TASKS = 100
@@ -102,4 +110,36 @@ def unseen_classes_task(name: str, chars: CharacterSet, seed: int, licence: str)
         licence=licence,
         class_names=tuple(str(c) for c in evaluation.tolist()),
         group_kind="writer",
+    )
+
+
+def split_classes(num_classes: int, seed: int) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """(background, evaluation) classes of a pooled dataset: a seeded half each (background gets
+    the odd one). An encoder pre-trained on the background never sees the evaluation classes."""
+    order = np.random.default_rng(derive_seed(seed, "class-split")).permutation(num_classes)
+    cut = -(-num_classes // 2)
+    return np.sort(order[:cut]).astype(np.int64), np.sort(order[cut:]).astype(np.int64)
+
+
+def unseen_pooled_task(name: str, data: TaskData, seed: int) -> TaskData:
+    """``data`` restricted to its evaluation classes (``split_classes``), relabelled 0..m−1, with
+    its natural groups and its train/test split kept: the classes a pooled dataset's devices
+    reconnoitre after an encoder was pre-trained on the others."""
+    _, evaluation = split_classes(data.num_classes, seed)
+    relabel = np.full(data.num_classes, -1, dtype=np.int64)
+    relabel[evaluation] = np.arange(len(evaluation))
+    train, test = np.isin(data.y_train, evaluation), np.isin(data.y_test, evaluation)
+    names = data.class_names or tuple(str(c) for c in range(data.num_classes))
+    return TaskData(
+        name,
+        data.x_train[train],
+        relabel[data.y_train[train]],
+        data.x_test[test],
+        relabel[data.y_test[test]],
+        len(evaluation),
+        data.licence,
+        groups_train=None if data.groups_train is None else data.groups_train[train],
+        groups_test=None if data.groups_test is None else data.groups_test[test],
+        group_kind=data.group_kind,
+        class_names=tuple(names[c] for c in evaluation.tolist()),
     )

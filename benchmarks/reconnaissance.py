@@ -16,7 +16,9 @@ frozen embeddings and the same missions:
 * **fine-tuned softmax head**: one linear head trained on each client's mission in turn (SGD,
   ``--epochs``), logits over the seen classes: forgets;
 * **FedAvg softmax head**: each round every client trains the global head on its mission, the
-  server averages (weighted by samples).
+  server averages (weighted by samples);
+* **each client after its update**: the server's prototypes before the round plus the client's
+  own new ones, scored on the classes that client knows (mean over clients).
 
     .venv/bin/python -m benchmarks.reconnaissance [--dataset kanjivg|omniglot] [--quick]
         [--max-classes 600] [--episodes 2000] [--out results/bench-reconnaissance]
@@ -151,6 +153,7 @@ def bench(args: argparse.Namespace) -> list[Curve]:
             "local-only prototypes (client 0)",
             "fine-tuned softmax head",
             "FedAvg softmax head",
+            "each client after its update (mean; its own classes)",
         )
     }
     ft_w, ft_b = torch.zeros(count, D), torch.zeros(count)
@@ -162,10 +165,18 @@ def bench(args: argparse.Namespace) -> list[Curve]:
         partial = merge.zero()
         fa_sum_w, fa_sum_b, fa_n = torch.zeros(count, D), torch.zeros(count), 0
         seen = np.arange(first + k * clients)
+        client_acc = []
         for c, cls in enumerate(mission):
             x = np.concatenate([emb[j, train_w[j]] for j in cls])
             y = np.repeat(cls, args.train)
-            partial = merge.accumulate(partial, class_sums(f"{c}:{r}", x, y))
+            report = class_sums(f"{c}:{r}", x, y)
+            partial = merge.accumulate(partial, report)
+            # the client right after its update: the server's prototypes plus its own new ones
+            view = merge.finalize(state, merge.accumulate(merge.zero(), report))
+            knows = view.seen
+            xc = np.concatenate([emb[j, test_w[j]] for j in knows])
+            yc = np.repeat(knows, args.test)
+            client_acc.append(float((view.classify(xc) == yc).mean()))
             if c == 0:
                 local = merge.finalize(
                     local, merge.accumulate(merge.zero(), class_sums(f"{c}:{r}", x, y))
@@ -202,6 +213,9 @@ def bench(args: argparse.Namespace) -> list[Curve]:
         }.items():
             curves[name].all_acc.append(_head_accuracy(w, b, xt, yt, seen))
             curves[name].base_acc.append(_head_accuracy(w, b, xt[base], yt[base], seen))
+        after = curves["each client after its update (mean; its own classes)"]
+        after.all_acc.append(float(np.mean(client_acc)))
+        after.base_acc.append(float("nan"))
         for cv in curves.values():
             cv.seen.append(len(seen))
         curves["prototypes (federated)"].bytes_total += clients * report_bytes(k, D)

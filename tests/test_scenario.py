@@ -79,7 +79,7 @@ def _error_lines(path: Path) -> list[str]:
         (
             {"algorithm": {"kind": "fedavgg"}},
             r"algorithm: unknown kind 'fedavgg' \(did you mean 'fedavg'\?\); "
-            r"known kinds: fedavg, fedprox, tinyreptile, tinymetafed, tinyol$",
+            r"known kinds: fedavg, fedprox, tinyreptile, tinymetafed, tinyol, prototypes$",
         ),
         (
             {"task": {"dataset": "digit"}},
@@ -88,7 +88,8 @@ def _error_lines(path: Path) -> list[str]:
         ),
         (
             {"task": {"model": "mpl"}},
-            r"task\.model: unknown model 'mpl'; known: logreg, mlp, mlp-100, tanh-64x2 "
+            r"task\.model: unknown model 'mpl'; known: conv4, conv4-proto, logreg, mlp, mlp-100, "
+            r"mlp-proto, tanh-64x2 "
             r"\(did you mean 'mlp'\?\)$",
         ),
         (

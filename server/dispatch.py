@@ -72,8 +72,11 @@ def collect(
         else:
             record: ArrayRecord = reply.content[ARRAYS]  # type: ignore[assignment]
             wire = {k: a.numpy() for k, a in record.items()}
-            if sum(a.nbytes for a in wire.values()) != work.bytes_up[device_id]:
-                raise RuntimeError(f"device {device_id} sent another payload than planned")
+            size, planned = sum(a.nbytes for a in wire.values()), work.bytes_up[device_id]
+            if size != planned:  # not what this round asked of it: refused, the device failed
+                error = f"sent {size} bytes where the round planned {planned}: update refused"
+                outcomes.append(DeviceOutcome(device_id, "failed", error=error))
+                continue
             metrics = reply.content[METRICS]
             n = int(metrics[NUM_EXAMPLES])  # type: ignore[arg-type]
             loss = float(metrics[TRAIN_LOSS])  # type: ignore[arg-type]
@@ -88,7 +91,11 @@ def collect(
                 outcomes.append(DeviceOutcome(device_id, "ok", n, loss))
                 continue
             sent = work.sent[device_id]
-            arrays = upload.decode(wire, base, sent)
+            try:
+                arrays = upload.decode(wire, base, sent)
+            except ValueError as exc:  # malformed: refused whole, the device counted as failed
+                outcomes.append(DeviceOutcome(device_id, "failed", error=str(exc)[:200]))
+                continue
             updates.append((position, (arrays, n) if all(sent) else (arrays, n, sent)))
             outcomes.append(DeviceOutcome(device_id, "ok", n, loss))
     return updates, outcomes

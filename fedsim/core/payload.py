@@ -122,10 +122,21 @@ class Upload:
     ) -> Arrays:
         """The float32 arrays the receiver reconstructs (``base``: the θ it sent, as sent)."""
         if INDEX not in wire:  # dense (an upload sent dense because that was smaller, too)
-            return [
-                np.asarray(wire[str(i)], np.float32) if sent[i] else base[i]
-                for i in range(len(base))
-            ]
+            out = []
+            for i, b in enumerate(base):
+                if not sent[i]:
+                    out.append(b)
+                    continue
+                if str(i) not in wire:
+                    raise ValueError(f"update lacks tensor {i} (expected shape {b.shape})")
+                got = np.asarray(wire[str(i)], np.float32)
+                if got.shape != b.shape:
+                    raise ValueError(
+                        f"update tensor {i} has shape {got.shape}, expected {b.shape}: "
+                        "a device must send tensors of the global model's shapes"
+                    )
+                out.append(got)
+            return out
         keep = [i for i, s in enumerate(sent) if s]
         flat = np.concatenate([base[i].ravel() for i in keep]) if keep else np.zeros(0, np.float32)
         flat = flat.astype(np.float32, copy=True)

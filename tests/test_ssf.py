@@ -1,0 +1,87 @@
+"""FedIns building blocks (DESIGN.md §6.6): SSF identity, per-instance pool gathering, frozen
+backbone, pool averaging, and malformed pool tensors refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fedsim.core.aggregators import aggregator_for
+from fedsim.core.models import get_arrays
+from fedsim.core.payload import Upload
+from fedsim.core.reduce import reduce_all
+from fedsim.core.ssf import FedInsNet, SsfViT, identity_ssf
+
+
+def _vit() -> SsfViT:
+    torch.manual_seed(0)
+    return SsfViT(depth=2, dim=32, heads=4, hidden=64)
+
+
+def test_ssf_with_unit_scale_and_zero_shift_is_the_frozen_backbone_exactly() -> None:
+    vit = _vit()
+    x = torch.randn(5, 784)
+    gamma, beta = identity_ssf(vit.ssf_width, rows=5)
+    assert torch.equal(vit.features(x, gamma, beta), vit.features(x))
+    shared = identity_ssf(vit.ssf_width)  # one row for the whole batch
+    assert torch.equal(vit.features(x, *shared), vit.features(x))
+
+
+def test_ssf_slots_cover_every_layer_the_paper_names() -> None:
+    vit = _vit()
+    # patch embedding + per block (norm1, qkv, proj, norm2, fc1, fc2) + final norm
+    assert vit.ssf_width == 32 + 2 * (32 + 96 + 32 + 32 + 64 + 32) + 32
+    gamma, beta = identity_ssf(vit.ssf_width)
+    beta[0, -1] = 1.0  # the final norm's last feature, shifted: the last slot, the last op
+    x = torch.randn(2, 784)
+    moved = vit.features(x, gamma, beta) - vit.features(x)
+    expected = torch.zeros(2, 32)
+    expected[:, -1] = 1.0
+    torch.testing.assert_close(moved, expected)
+
+
+def test_per_instance_gathering_equals_one_instance_at_a_time() -> None:
+    net = FedInsNet(_vit(), classes=7, entries=6, top_n=3, seed=1)
+    x = torch.randn(9, 784)
+    batched = net(x)
+    index, _ = net.select(x)
+    assert len({tuple(row) for row in index.tolist()}) > 1  # instances pick different entries
+    for i in range(len(x)):
+        idx = index[i]
+        gamma = net.gammas[idx].mean(0, keepdim=True)
+        beta = net.betas[idx].mean(0, keepdim=True)
+        f = net.backbone.features(x[i : i + 1], gamma, beta)
+        logits = f @ net.head_w[idx].mean(0).T + net.head_b[idx].mean(0)
+        torch.testing.assert_close(batched[i : i + 1], logits, rtol=1e-5, atol=1e-6)
+
+
+def test_only_the_pool_trains() -> None:
+    net = FedInsNet(_vit(), classes=4, entries=5, top_n=2)
+    loss = torch.nn.functional.cross_entropy(net(torch.randn(6, 784)), torch.arange(6) % 4)
+    torch.autograd.backward(0.9 * loss + 0.1 * net.last_key_loss)
+    assert all(p.grad is None for p in net.backbone.parameters())
+    assert all(p.grad is not None for p in (net.gammas, net.betas, net.keys, net.head_w))
+    assert net.keys.grad is not None
+    assert net.keys.grad.abs().sum() > 0  # the key-matching term pulls the selected keys
+
+
+def test_pool_averaging_matches_numpy() -> None:
+    clients = [FedInsNet(_vit(), classes=3, entries=4, top_n=2, seed=s) for s in range(3)]
+    arrays = [get_arrays(c) for c in clients]
+    weights = [10, 30, 60]
+    agg = aggregator_for("fedavg")
+    merged = agg.finalize(arrays[0], reduce_all(agg, list(zip(arrays, weights, strict=True))))
+    for i, tensor in enumerate(merged):
+        expected = np.average(np.stack([a[i] for a in arrays]), axis=0, weights=weights)
+        np.testing.assert_allclose(tensor, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_a_pool_tensor_of_the_wrong_shape_is_refused() -> None:
+    net = FedInsNet(_vit(), classes=3, entries=4, top_n=2)
+    base = get_arrays(net)
+    wire = Upload("float32").encode(base, base, (True,) * len(base))
+    index = list(net.state_dict()).index("gammas")  # the pool's γ: [entries, width]
+    wire[str(index)] = wire[str(index)][:-1]  # a client with one entry too few
+    with pytest.raises(ValueError, match=rf"update tensor {index} has shape \(3, "):
+        Upload("float32").decode(wire, base, (True,) * len(base))

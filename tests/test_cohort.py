@@ -359,3 +359,37 @@ def test_auto_engine_uses_ray_only_where_it_pays(
     )
 
     assert choose_engine(scenario) == expected
+
+
+@pytest.mark.parametrize("fault", ["shape", "size"])
+def test_a_malformed_update_fails_its_device_and_the_run_goes_on(
+    fault: str, write_scenario: Write, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dataclasses
+
+    import clients.app
+
+    real = clients.app.train_one
+
+    def sloppy(*args: Any, **kwargs: Any) -> clients.work.DeviceUpdate:
+        update = real(*args, **kwargs)
+        if args[3] != 2 or update.wire is None:  # device 2 sends something else
+            return update
+        wire = dict(update.wire)
+        first = wire["0"]
+        # same byte count, wrong shape; or one row missing
+        wire["0"] = first.reshape(first.shape[::-1]) if fault == "shape" else first[:-1]
+        return dataclasses.replace(update, wire=wire)
+
+    monkeypatch.setattr(clients.app, "train_one", sloppy)
+    scenario = tiny_scenario(execution={"engine": "inline", "mode": "per-device"})
+    out = run(write_scenario(scenario), tmp_path / fault).out
+    with (out / "devices.csv").open() as f:
+        rows = [r for r in csv.DictReader(f) if r["device_id"] == "2"]
+    assert rows
+    assert all(r["status"] == "failed" for r in rows)
+    message = (
+        "has shape (10, 32), expected (32, 10)" if fault == "shape" else "where the round planned"
+    )
+    assert all(message in r["error"] for r in rows)
+    assert len(read_rounds(out)) == 3  # the run went on

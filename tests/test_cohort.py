@@ -389,7 +389,7 @@ def test_a_malformed_update_fails_its_device_and_the_run_goes_on(
     assert rows
     assert all(r["status"] == "failed" for r in rows)
     message = (
-        "has shape (10, 32), expected (32, 10)" if fault == "shape" else "where the round planned"
+        "has shape (64, 32), expected (32, 64)" if fault == "shape" else "where the round planned"
     )
     assert all(message in r["error"] for r in rows)
     assert len(read_rounds(out)) == 3  # the run went on

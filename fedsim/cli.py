@@ -105,7 +105,9 @@ def run(
 @app.command()
 def pretrain(
     dataset: str = typer.Option(
-        "kanjivg", help="kanjivg or omniglot (Conv-4), kws or har (MLP): its background classes"
+        "kanjivg",
+        help="kanjivg or omniglot (Conv-4), kws or har (MLP): its background classes; "
+        "fashion-mnist or mnist-5k: the FedIns ViT backbone (supervised, --episodes steps)",
     ),
     episodes: int = typer.Option(2000, min=1, help="training episodes"),
     way: int = typer.Option(5, min=2, help="classes per episode"),
@@ -127,8 +129,11 @@ def pretrain(
         pretrain_encoder,
     )
 
+    if dataset in BACKBONE_DATASETS:  # FedIns: a supervised ViT backbone (episodes = steps)
+        _pretrain_backbone(dataset, episodes, seed)
+        return
     if dataset not in CHARACTER_SETS + POOLED:
-        known = ", ".join(CHARACTER_SETS + POOLED)
+        known = ", ".join(CHARACTER_SETS + POOLED + BACKBONE_DATASETS)
         raise FedsimError("--dataset", f"cannot pre-train on '{dataset}'", f"use one of {known}")
     architecture = "conv4" if dataset in CHARACTER_SETS else "mlp-100"
     config = PretrainConfig(dataset, architecture, episodes, way, shot, query, seed=seed)
@@ -150,6 +155,33 @@ def pretrain(
         out.print(
             f"{way}-way {k}-shot on unseen classes: {mean:.3f} ± {half:.3f} (95% CI, 200 episodes)"
         )
+
+
+BACKBONE_DATASETS = ("fashion-mnist", "mnist-5k")
+
+
+def _pretrain_backbone(dataset: str, steps: int, seed: int) -> None:
+    """The FedIns ViT backbone: supervised on ``dataset``, cached; prints its test accuracy."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from fedsim.core.backbone import BackboneConfig, backbone_accuracy, pretrain_backbone
+    from fedsim.core.data import cache_dir
+
+    config = BackboneConfig(dataset, steps, seed=seed)
+    columns = (
+        TextColumn("[bold]backbone"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("steps · loss {task.fields[loss]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=err) as bar:
+        task = bar.add_task("backbone", total=steps, loss="-")
+        pretrain_backbone(
+            config, lambda step, loss: bar.update(task, completed=step, loss=f"{loss:.3f}")
+        )
+    out.print(f"backbone: {cache_dir() / f'backbone-{config.key()}.npz'}")
+    out.print(f"test accuracy on {dataset}: {backbone_accuracy(config):.4f}")
 
 
 data_app = typer.Typer(

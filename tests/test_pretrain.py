@@ -76,9 +76,9 @@ def test_the_loaded_encoder_is_frozen_and_scores_unseen_alphabets(
 def test_pretrain_refuses_a_dataset_it_cannot_pretrain_on() -> None:
     from tests.test_cli import fedsim
 
-    proc = fedsim("pretrain", "--dataset", "mnist-5k")
+    proc = fedsim("pretrain", "--dataset", "digits")
     assert proc.returncode == 2
-    assert "--dataset: cannot pre-train on 'mnist-5k'; use one of kanjivg, omniglot, kws, har" in (
+    assert "--dataset: cannot pre-train on 'digits'; use one of kanjivg, omniglot, kws, har" in (
         proc.stderr
     )
 

@@ -3,11 +3,14 @@ backbone, pool averaging, and malformed pool tensors refused."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from fedsim.core.aggregators import aggregator_for
+from fedsim.core.backbone import pretrain_backbone
 from fedsim.core.models import get_arrays
 from fedsim.core.payload import Upload
 from fedsim.core.reduce import reduce_all
@@ -85,3 +88,22 @@ def test_a_pool_tensor_of_the_wrong_shape_is_refused() -> None:
     wire[str(index)] = wire[str(index)][:-1]  # a client with one entry too few
     with pytest.raises(ValueError, match=rf"update tensor {index} has shape \(3, "):
         Upload("float32").decode(wire, base, (True,) * len(base))
+
+
+def test_the_backbone_is_pretrained_in_the_project_and_cached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fedsim.core.backbone import BackboneConfig, backbone_accuracy, load_backbone
+
+    monkeypatch.setenv("FEDSIM_CACHE", str(tmp_path))
+    config = BackboneConfig("mnist-5k", steps=60, batch_size=64, depth=2)
+    steps: list[int] = []
+    pretrain_backbone(config, lambda step, loss: steps.append(step))
+    assert steps == list(range(1, 61))
+    again: list[int] = []
+    pretrain_backbone(config, lambda step, loss: again.append(step))
+    assert again == []  # cached by its config
+    assert backbone_accuracy(config) > 0.5  # 60 steps already far above chance (0.1)
+    vit = load_backbone(config)
+    assert not vit.training
+    assert not any(p.requires_grad for p in vit.parameters())

@@ -18,6 +18,7 @@ from fedsim.core.plugins import Plugins
 from fedsim.core.scenario import (
     AlgorithmSpec,
     FedAvgSpec,
+    FedInsSpec,
     FedProxSpec,
     TinyMetaFedSpec,
     TinyOLSpec,
@@ -242,6 +243,42 @@ class OnlineHeadLearner:
         return total / max(len(order), 1)
 
 
+@dataclass(frozen=True)
+class PoolSgd:
+    """FedIns's device side: mini-batch SGD of the pool (the backbone is frozen) on
+    (1 − λ)·cross-entropy + λ·the model's key-matching loss (``FedInsNet.last_key_loss``)."""
+
+    lr: float
+    epochs: int
+    batch_size: int
+    key_weight: float
+    stateful: ClassVar[bool] = False
+
+    def train(
+        self,
+        model: nn.Module,
+        x: NDArray[np.float32],
+        y: NDArray[Any],
+        seed: int,
+        state: DeviceState | None = None,
+    ) -> float:
+        generator = torch.Generator().manual_seed(seed)
+        inputs, targets = torch.from_numpy(x), torch.from_numpy(y)
+        params = [p for p in model.parameters() if p.requires_grad]
+        model.train()
+        total, seen = 0.0, 0
+        for _ in range(self.epochs):
+            order = torch.randperm(len(targets), generator=generator)
+            for start in range(0, len(order), self.batch_size):
+                batch = order[start : start + self.batch_size]
+                loss = task_loss(model(inputs[batch]), targets[batch])
+                key_loss: torch.Tensor = model.last_key_loss  # type: ignore[assignment]
+                sgd_step(params, (1 - self.key_weight) * loss + self.key_weight * key_loss, self.lr)
+                total += loss.item() * len(batch)
+                seen += len(batch)
+        return total / max(seen, 1)
+
+
 LearnerFactory = Callable[[AlgorithmSpec], Learner]
 LEARNERS: Plugins[LearnerFactory] = Plugins("learner")
 
@@ -314,3 +351,12 @@ class EmbedOnly:
 @LEARNERS.register("prototypes")
 def _prototypes() -> LearnerFactory:
     return lambda spec: EmbedOnly()
+
+
+@LEARNERS.register("fedins")
+def _fedins() -> LearnerFactory:
+    def make(spec: AlgorithmSpec) -> Learner:
+        assert isinstance(spec, FedInsSpec)
+        return PoolSgd(spec.lr, spec.local_epochs, spec.batch_size, spec.key_weight)
+
+    return make

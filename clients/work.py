@@ -25,13 +25,14 @@ from devices.footprint import head_parameters
 from fedsim.core.aggregators import ModelAggregator
 from fedsim.core.cohort import CohortOrder, CohortReply, DeviceOutcome
 from fedsim.core.data import load_task_data
-from fedsim.core.models import build_model, encoder_of, get_arrays, set_arrays
+from fedsim.core.models import encoder_of, get_arrays, set_arrays
 from fedsim.core.payload import round_trip, sent_mask
 from fedsim.core.prototypes import ClassSums, class_sums, decode_report, encode_report
 from fedsim.core.reduce import Arrays, ModelUpdate, reduce_blocks
 from fedsim.core.scenario import PrototypesSpec, Scenario
 from fedsim.core.seeds import derive_seed
 from fedsim.core.state import DeviceState, DeviceStateStore
+from fedsim.core.task_model import task_model
 
 STATE_FILE = "device-state.sqlite"
 MIN_GROUP = 8  # smaller groups of equal-sized devices train faster one by one
@@ -84,7 +85,7 @@ def _check_crash(scenario: Scenario, fleet: Fleet, round_: int, device_id: int) 
 
 def _model(scenario: Scenario) -> nn.Module:
     data = load_task_data(scenario.task.dataset, scenario.seed)
-    return build_model(scenario.task.model, data.num_features, data.num_outputs, 0)
+    return task_model(scenario, data.num_features, data.num_outputs, 0)
 
 
 def _learner(scenario: Scenario) -> Learner:
@@ -126,7 +127,9 @@ def train_device(
     seed = _train_seed(scenario, round_, device_id)
     head = head_parameters(model)
     head_mask = [name in head for name in model.state_dict()]
-    sent = sent_mask(head_mask, head_only, scenario.algorithm.local_head)
+    prefix = scenario.algorithm.frozen_prefix
+    frozen_mask = [prefix is not None and name.startswith(prefix) for name in model.state_dict()]
+    sent = sent_mask(head_mask, head_only, scenario.algorithm.local_head, frozen_mask)
     frozen = [p for name, p in model.named_parameters() if head_only and name not in head]
     try:
         for p in frozen:

@@ -38,10 +38,10 @@ def summarize(scenario_path: str | Path) -> str:
     args = ", ".join(f"{k}={v}" for k, v in params.items())
     split = scenario.fleet.partition.kind + (f"({args})" if args else "")
     from devices.clock import FleetCosts
-    from fedsim.core.models import build_model
+    from fedsim.core.task_model import task_model
 
     data = fleet.data
-    model = build_model(scenario.task.model, data.num_features, data.num_outputs, 0)
+    model = task_model(scenario, data.num_features, data.num_outputs, 0)
     groups_cost = "".join(f"\n  {line}" for line in FleetCosts(scenario, fleet, model).describe())
     return (
         f"{scenario_path}: ok: {scenario.name}: {scenario.algorithm.kind} on "

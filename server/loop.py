@@ -26,7 +26,7 @@ from fedsim.core.aggregators import aggregator_for, server_step
 from fedsim.core.cohort import DeviceOutcome
 from fedsim.core.data import load_task_data
 from fedsim.core.errors import FedsimError
-from fedsim.core.models import build_model, get_arrays, set_arrays
+from fedsim.core.models import get_arrays, set_arrays
 from fedsim.core.payload import to_wire
 from fedsim.core.plots import plot_accuracy, plot_adaptation, plot_fleet
 from fedsim.core.pretrain import PretrainConfig, pretrain_encoder
@@ -41,6 +41,7 @@ from fedsim.core.records import (
 from fedsim.core.results import RunWriter
 from fedsim.core.scenario import PrototypesSpec, Scenario
 from fedsim.core.seeds import derive_seed
+from fedsim.core.task_model import task_model
 from ontology.history import write_participation
 from server.adapt import AdaptResult, adapt_and_score, held_out_devices
 from server.dispatch import RoundContext, Work, cohort_round, per_device_round
@@ -362,8 +363,8 @@ def run_rounds(grid: Grid, binding: RunBinding, observer: RoundObserver) -> dict
     writer = RunWriter(binding.out)
     writer.manifest(scenario, binding.scenario, binding.command)
     data = load_task_data(scenario.task.dataset, scenario.seed)
-    model = build_model(
-        scenario.task.model, data.num_features, data.num_outputs, derive_seed(scenario.seed, "init")
+    model = task_model(
+        scenario, data.num_features, data.num_outputs, derive_seed(scenario.seed, "init")
     )
     if isinstance(scenario.algorithm, PrototypesSpec):  # the frozen, pre-trained encoder
         _load_encoder(model, scenario.algorithm, scenario.seed)

@@ -31,6 +31,15 @@ ALGORITHMS = {
     "fedprox": {"kind": "fedprox", "lr": 0.1, "local_epochs": 2, "batch_size": 8, "mu": 0.5},
     "tinyreptile": {"kind": "tinyreptile", "lr": 0.1, "steps": 6, "batch_size": 4},
     "tinyol": {"kind": "tinyol", "lr": 0.05, "passes": 2},
+    "fedins": {
+        "kind": "fedins",
+        "lr": 0.05,
+        "batch_size": 8,
+        "backbone": {"dataset": "mnist-5k", "steps": 5, "dim": 16, "depth": 1},
+        "entries": 4,
+        "top_n": 2,
+        "weighting": "samples",
+    },
     "tinymetafed": {
         "kind": "tinymetafed",
         "lr": 0.1,
@@ -52,8 +61,9 @@ def _blobs(
     execution: dict[str, Any], algorithm: str = "fedavg", **overrides: Any
 ) -> dict[str, Any]:
     """Equal-sized devices (so cohorts vectorise), a partial last batch, faults on one group."""
+    model = "ssf-vit" if algorithm == "fedins" else "mlp"
     return tiny_scenario(
-        task={"dataset": "blobs-784", "model": "mlp"},
+        task={"dataset": "blobs-784", "model": model},
         fleet={
             "groups": [
                 {"profile": "rpi4", "count": 14},

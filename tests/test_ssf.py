@@ -3,6 +3,7 @@ backbone, pool averaging, and malformed pool tensors refused."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -107,3 +108,51 @@ def test_the_backbone_is_pretrained_in_the_project_and_cached(
     vit = load_backbone(config)
     assert not vit.training
     assert not any(p.requires_grad for p in vit.parameters())
+
+
+def test_a_fedins_run_trains_and_sends_only_the_pool(
+    tmp_path: Path, write_scenario: Callable[..., Path]
+) -> None:
+    from fedsim.core.backbone import BackboneConfig
+    from fedsim.core.results import read_model, read_rounds
+    from fedsim.runner import run
+    from tests.conftest import tiny_scenario
+
+    backbone = {"dataset": "mnist-5k", "steps": 5, "dim": 16, "depth": 1}
+    algorithm = {"kind": "fedins", "backbone": backbone, "entries": 3, "top_n": 2}
+    scenario = tiny_scenario(
+        task={"dataset": "mnist-5k", "model": "ssf-vit"},
+        fleet={"groups": [{"profile": "rpi4", "count": 3}], "partition": {"kind": "iid"}},
+        algorithm=algorithm,
+        rounds=2,
+    )
+    out = run(write_scenario(scenario), tmp_path / "fi").out
+    final = read_model(out)
+    pool = [k for k in final if not k.startswith("backbone.")]
+    assert pool == ["gammas", "betas", "keys", "head_w", "head_b"]
+    pool_bytes = 4 * sum(final[k].size for k in pool)
+    assert [r["bytes_up"] for r in read_rounds(out)] == [3 * pool_bytes] * 2
+    assert [r["bytes_down"] for r in read_rounds(out)] == [3 * pool_bytes] * 2
+    trained = pretrain_backbone(BackboneConfig("mnist-5k", 5, dim=16, depth=1, seed=7))
+    for name, value in trained.items():  # the backbone never moved
+        np.testing.assert_array_equal(final[f"backbone.{name}"], value)
+
+
+def test_fedins_needs_the_vit_and_a_pool_as_big_as_top_n(
+    write_scenario: Callable[..., Path],
+) -> None:
+    from fedsim.core.errors import FedsimError
+    from fedsim.core.scenario_load import load_scenario
+    from tests.conftest import tiny_scenario
+
+    wrong_model = tiny_scenario(
+        task={"dataset": "mnist-5k", "model": "mlp"}, algorithm={"kind": "fedins"}
+    )
+    with pytest.raises(FedsimError, match=r"set task\.model: ssf-vit"):
+        load_scenario(write_scenario(wrong_model, "a.yaml"))
+    too_few = tiny_scenario(
+        task={"dataset": "mnist-5k", "model": "ssf-vit"},
+        algorithm={"kind": "fedins", "entries": 2, "top_n": 3},
+    )
+    with pytest.raises(FedsimError, match=r"top_n \(3\) cannot exceed entries \(2\)"):
+        load_scenario(write_scenario(too_few, "b.yaml"))

@@ -48,6 +48,11 @@ def _tinyol() -> Callable[[], ModelAggregator]:
     return WeightedMean  # of the heads (the only tensors devices train and send)
 
 
+@AGGREGATORS.register("fedins")
+def _fedins() -> Callable[[], ModelAggregator]:
+    return WeightedMean  # element-wise mean of the pool tensors; the frozen backbone never votes
+
+
 @AGGREGATORS.register("prototypes")
 def _prototypes() -> Callable[[], ModelAggregator]:
     return PrototypeArrays  # per-class sums and counts added up (fedsim.core.prototypes)

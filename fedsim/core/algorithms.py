@@ -17,8 +17,10 @@ from fedsim.core.specs import Spec as _Spec
 
 __all__ = [
     "AlgorithmSpec",
+    "BackboneSpec",
     "EncoderSpec",
     "FedAvgSpec",
+    "FedInsSpec",
     "FedProxSpec",
     "PrototypesSpec",
     "TinyMetaFedSpec",
@@ -57,6 +59,11 @@ class _Algorithm(_Spec):
     def trains(self) -> bool:
         """False: devices only run the model forward (their memory must hold inference only)."""
         return True
+
+    @property
+    def frozen_prefix(self) -> str | None:
+        """Tensors whose names start with it never train nor travel (a frozen backbone)."""
+        return None
 
 
 class _LocalSgd(_Algorithm):
@@ -147,6 +154,51 @@ class PrototypesSpec(_Algorithm):
 
     def samples_processed(self, num_examples: int) -> int:
         return num_examples  # forward passes only
+
+
+class BackboneSpec(_Spec):
+    """FedIns's frozen backbone: the SSF ViT pre-trained supervised on ``dataset``
+    (``fedsim.core.backbone``; cached by this config and the seed)."""
+
+    dataset: Literal["fashion-mnist", "mnist-5k"] = "fashion-mnist"
+    steps: int = Field(3000, ge=1)
+    dim: int = Field(64, ge=8)
+    depth: int = Field(4, ge=1)
+
+
+class FedInsSpec(_LocalSgd):
+    """FedIns (Feng et al.; DESIGN.md §6.6): a frozen pre-trained ViT; each device trains a pool
+    of ``entries`` SSF sets with keys and heads, each instance using the mean of its ``top_n``
+    entries by key similarity; loss (1 − λ)·CE + λ·(1 − Σ cos(q, k)), λ = ``key_weight``. The
+    server averages every pool tensor element-wise (``weighting``). ``entries: 1, top_n: 1,
+    key_weight: 0`` is federated SSF (one SSF and head per client, FedAvg'd)."""
+
+    kind: Literal["fedins"]
+    lr: float = Field(0.05, gt=0.0)
+    backbone: BackboneSpec = BackboneSpec()
+    entries: int = Field(25, ge=1, description="M: SSF sets (with key and head) in the pool")
+    top_n: int = Field(3, ge=1, description="N: entries averaged per instance")
+    key_weight: float = Field(0.1, ge=0.0, le=1.0, description="λ of the key-matching loss")
+    weighting: Literal["uniform", "samples"] = Field(
+        "uniform", description="server mean over clients: uniform (reference code) or by samples"
+    )
+
+    @model_validator(mode="after")
+    def _top_within_pool(self) -> FedInsSpec:
+        if self.top_n > self.entries:
+            raise ValueError(f"top_n ({self.top_n}) cannot exceed entries ({self.entries})")
+        return self
+
+    @property
+    def state_copies(self) -> int:
+        return 0
+
+    @property
+    def frozen_prefix(self) -> str | None:
+        return "backbone."
+
+    def update_weight(self, num_examples: int) -> int:
+        return num_examples if self.weighting == "samples" else 1
 
 
 class FedAvgSpec(_LocalSgd):
@@ -257,6 +309,12 @@ class TinyMetaFedSpec(_Reptile):
 
 
 AlgorithmSpec = Annotated[
-    FedAvgSpec | FedProxSpec | TinyReptileSpec | TinyMetaFedSpec | TinyOLSpec | PrototypesSpec,
+    FedAvgSpec
+    | FedProxSpec
+    | TinyReptileSpec
+    | TinyMetaFedSpec
+    | TinyOLSpec
+    | PrototypesSpec
+    | FedInsSpec,
     Field(discriminator="kind"),
 ]

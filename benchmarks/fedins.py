@@ -30,9 +30,9 @@ import yaml
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
-from fedsim.core.results import read_rounds  # noqa: E402
-from fedsim.progress import ProgressObserver  # noqa: E402
-from fedsim.runner import run  # noqa: E402
+from fedsim.core.results import read_rounds
+from fedsim.progress import ProgressObserver
+from fedsim.runner import run
 
 ROOT = Path(__file__).resolve().parents[1]
 

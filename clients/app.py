@@ -53,7 +53,7 @@ def make_client_app(binding: RunBinding | None = None) -> ClientApp:
         global_arrays = [a.astype(np.float32) for a in received]  # float16 on the wire, maybe
         order = CohortOrder.from_config(config)  # type: ignore[arg-type]
         if order is not None:
-            aggregator = aggregator_for(scenario.algorithm.kind)
+            aggregator = aggregator_for(scenario.algorithm.kind, scenario.algorithm.uniform_weights)
             result = run_cohort(scenario, fleet, bound.out, order, global_arrays, aggregator)
             return Message(result.content(aggregator), reply_to=msg)
 

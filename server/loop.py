@@ -377,7 +377,7 @@ def run_rounds(grid: Grid, binding: RunBinding, observer: RoundObserver) -> dict
         fleet=fleet,
         model=model,
         data=data,
-        aggregator=aggregator_for(scenario.algorithm.kind),
+        aggregator=aggregator_for(scenario.algorithm.kind, scenario.algorithm.uniform_weights),
         costs=FleetCosts(scenario, fleet, model),
         device_to_node=per_device,
         workers=workers,

@@ -79,6 +79,13 @@ def test_pool_averaging_matches_numpy() -> None:
     for i, tensor in enumerate(merged):
         expected = np.average(np.stack([a[i] for a in arrays]), axis=0, weights=weights)
         np.testing.assert_allclose(tensor, expected, rtol=1e-5, atol=1e-7)
+    uniform = aggregator_for("fedins", uniform=True)  # the reference code's plain mean
+    merged = uniform.finalize(
+        arrays[0], reduce_all(uniform, list(zip(arrays, weights, strict=True)))
+    )
+    for i, tensor in enumerate(merged):
+        expected = np.mean(np.stack([a[i] for a in arrays]), axis=0)
+        np.testing.assert_allclose(tensor, expected, rtol=1e-5, atol=1e-7)
 
 
 def test_a_pool_tensor_of_the_wrong_shape_is_refused() -> None:

@@ -69,5 +69,11 @@ def server_step(global_arrays: Arrays, averaged: Arrays, epsilon: float) -> Arra
     ]
 
 
-def aggregator_for(kind: str) -> ModelAggregator:
-    return AGGREGATORS.get(kind, "algorithm.kind")()
+def aggregator_for(kind: str, uniform: bool = False) -> ModelAggregator:
+    """The kind's aggregator; ``uniform``: a mean that weighs every device alike."""
+    aggregator = AGGREGATORS.get(kind, "algorithm.kind")()
+    if uniform:
+        if not isinstance(aggregator, WeightedMean):
+            raise ValueError(f"{kind} has no uniform mean")
+        return WeightedMean(uniform=True)
+    return aggregator

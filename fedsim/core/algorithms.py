@@ -36,6 +36,11 @@ class _Algorithm(_Spec):
         """A device's weight in the server's mean: its local samples (FedAvg)."""
         return num_examples
 
+    @property
+    def uniform_weights(self) -> bool:
+        """True: the server's mean weighs every device alike, whatever its samples."""
+        return False
+
     def server_lr(self, round_: int, rounds: int) -> float:
         """ε of θ ← θ + ε·(mean update − θ); 1 = take the mean (FedAvg)."""
         return 1.0
@@ -200,14 +205,17 @@ class FedInsSpec(_LocalSgd):
         return 0
 
     def frozen(self, name: str) -> bool:
+        if name.startswith("backbone.head."):
+            return True  # the pre-training head: FedIns classifies with the pool's heads
         if self.train == "all":
             return False
         if self.train == "head":
             return not name.startswith("head_")
         return name.startswith("backbone.")
 
-    def update_weight(self, num_examples: int) -> int:
-        return num_examples if self.weighting == "samples" else 1
+    @property
+    def uniform_weights(self) -> bool:
+        return self.weighting == "uniform"
 
 
 class FedAvgSpec(_LocalSgd):

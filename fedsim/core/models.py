@@ -209,10 +209,11 @@ def sgd_step(params: list[torch.nn.Parameter], loss: torch.Tensor, lr: float) ->
     which a device round paying it per call (serial meta-learning: thousands of rounds) notices."""
     import torch
 
-    grads = torch.autograd.grad(loss, params)
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
     with torch.no_grad():
         for p, g in zip(params, grads, strict=True):
-            p.add_(g, alpha=-lr)
+            if g is not None:  # a parameter the loss does not reach stays as it is
+                p.add_(g, alpha=-lr)
 
 
 def build_model(name: str, num_features: int, num_classes: int, seed: int) -> nn.Module:

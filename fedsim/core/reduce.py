@@ -70,8 +70,12 @@ class WeightedMean:
     devices that trained it (as HeteroFL averages each parameter over the clients holding it).
 
     Updates are ``(arrays, n_examples)`` or ``(arrays, n_examples, trained)``. A tensor no update
-    trained (every device failed, or trained only the head) keeps its global value.
+    trained (every device failed, or trained only the head) keeps its global value. ``uniform``:
+    every device weighs 1 whatever its examples (FedIns's reference code).
     """
+
+    def __init__(self, uniform: bool = False) -> None:
+        self.uniform = uniform
 
     def zero(self) -> WeightedSum:
         return WeightedSum((), 0.0)
@@ -81,6 +85,8 @@ class WeightedMean:
         trained = update[2] if len(update) == 3 else (True,) * len(arrays)
         if weight < 0:
             raise ValueError(f"negative example count {weight}")
+        if self.uniform:
+            weight = 1
         scaled = tuple(
             np.asarray(a, dtype=np.float64) * weight if t else np.zeros(np.shape(a))
             for a, t in zip(arrays, trained, strict=True)

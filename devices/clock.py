@@ -93,6 +93,7 @@ class FleetCosts:
         shapes = [tuple(t.shape) for t in model.state_dict().values()]
         local = algorithm.local_head
         frozen = tuple(algorithm.frozen(n) for n in names)
+        self.frozen_mask = frozen
         # sent down: the model; for a head-only algorithm (TinyOL) only the head, as the frozen
         # extractor ships in flash with the firmware and never changes
         down: tuple[bool, ...] | None = self.head_mask if algorithm.head_only else None
@@ -233,6 +234,10 @@ class FleetCosts:
             what = "all layers" if plan.scope == "full" else f"the head only ({why})"
             if not self.scenario.algorithm.trains:
                 what = "nothing (embeds its samples: inference only)"
+            elif any(self.frozen_mask) and plan.scope == "full":
+                what = (
+                    f"its {self.scenario.algorithm.kind} part (the pre-trained backbone is frozen)"
+                )
             link = device.link.kind if device.link else "-"
             late = deadline is not None and plan.busy_s > deadline
             lines.append(

@@ -79,7 +79,7 @@ def _error_lines(path: Path) -> list[str]:
         (
             {"algorithm": {"kind": "fedavgg"}},
             r"algorithm: unknown kind 'fedavgg' \(did you mean 'fedavg'\?\); "
-            r"known kinds: fedavg, fedprox, tinyreptile, tinymetafed, tinyol, prototypes$",
+            r"known kinds: fedavg, fedprox, tinyreptile, tinymetafed, tinyol, prototypes, fedins$",
         ),
         (
             {"task": {"dataset": "digit"}},
@@ -89,7 +89,7 @@ def _error_lines(path: Path) -> list[str]:
         (
             {"task": {"model": "mpl"}},
             r"task\.model: unknown model 'mpl'; known: conv4, conv4-proto, logreg, mlp, mlp-100, "
-            r"mlp-proto, tanh-64x2 "
+            r"mlp-proto, ssf-vit, tanh-64x2 "
             r"\(did you mean 'mlp'\?\)$",
         ),
         (

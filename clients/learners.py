@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -283,53 +283,6 @@ LearnerFactory = Callable[[AlgorithmSpec], Learner]
 LEARNERS: Plugins[LearnerFactory] = Plugins("learner")
 
 
-@LEARNERS.register("fedavg")
-def _fedavg() -> LearnerFactory:
-    def make(spec: AlgorithmSpec) -> Learner:
-        assert isinstance(spec, FedAvgSpec)
-        return LocalSgd(spec.lr, spec.local_epochs, spec.batch_size)
-
-    return make
-
-
-@LEARNERS.register("fedprox")
-def _fedprox() -> LearnerFactory:
-    def make(spec: AlgorithmSpec) -> Learner:
-        assert isinstance(spec, FedProxSpec)
-        return LocalSgd(spec.lr, spec.local_epochs, spec.batch_size, mu=spec.mu)
-
-    return make
-
-
-@LEARNERS.register("tinyreptile")
-def _tinyreptile() -> LearnerFactory:
-    def make(spec: AlgorithmSpec) -> Learner:
-        assert isinstance(spec, TinyReptileSpec)
-        return OnlineSteps(spec.lr, spec.steps, spec.batch_size)
-
-    return make
-
-
-@LEARNERS.register("tinymetafed")
-def _tinymetafed() -> LearnerFactory:
-    def make(spec: AlgorithmSpec) -> Learner:
-        assert isinstance(spec, TinyMetaFedSpec)
-        return ReconstructThenUpdate(
-            spec.lr, spec.steps, spec.support_steps, spec.batch_size, spec.local_head
-        )
-
-    return make
-
-
-@LEARNERS.register("tinyol")
-def _tinyol() -> LearnerFactory:
-    def make(spec: AlgorithmSpec) -> Learner:
-        assert isinstance(spec, TinyOLSpec)
-        return OnlineHeadLearner(spec.lr, spec.passes)
-
-    return make
-
-
 @dataclass(frozen=True)
 class EmbedOnly:
     """Prototype averaging's device side takes no training step: ``clients.work`` embeds the
@@ -348,6 +301,48 @@ class EmbedOnly:
         raise TypeError("prototype averaging takes no gradient step; devices report class sums")
 
 
+S = TypeVar("S")
+
+
+def _typed(kind: type[S], build: Callable[[S], Learner]) -> LearnerFactory:
+    """A factory that builds the learner from its own algorithm's spec."""
+
+    def make(spec: AlgorithmSpec) -> Learner:
+        if not isinstance(spec, kind):
+            raise TypeError(f"expected a {kind.__name__}, got {type(spec).__name__}")
+        return build(spec)
+
+    return make
+
+
+@LEARNERS.register("fedavg")
+def _fedavg() -> LearnerFactory:
+    return _typed(FedAvgSpec, lambda s: LocalSgd(s.lr, s.local_epochs, s.batch_size))
+
+
+@LEARNERS.register("fedprox")
+def _fedprox() -> LearnerFactory:
+    return _typed(FedProxSpec, lambda s: LocalSgd(s.lr, s.local_epochs, s.batch_size, mu=s.mu))
+
+
+@LEARNERS.register("tinyreptile")
+def _tinyreptile() -> LearnerFactory:
+    return _typed(TinyReptileSpec, lambda s: OnlineSteps(s.lr, s.steps, s.batch_size))
+
+
+@LEARNERS.register("tinymetafed")
+def _tinymetafed() -> LearnerFactory:
+    return _typed(
+        TinyMetaFedSpec,
+        lambda s: ReconstructThenUpdate(s.lr, s.steps, s.support_steps, s.batch_size, s.local_head),
+    )
+
+
+@LEARNERS.register("tinyol")
+def _tinyol() -> LearnerFactory:
+    return _typed(TinyOLSpec, lambda s: OnlineHeadLearner(s.lr, s.passes))
+
+
 @LEARNERS.register("prototypes")
 def _prototypes() -> LearnerFactory:
     return lambda spec: EmbedOnly()
@@ -355,8 +350,4 @@ def _prototypes() -> LearnerFactory:
 
 @LEARNERS.register("fedins")
 def _fedins() -> LearnerFactory:
-    def make(spec: AlgorithmSpec) -> Learner:
-        assert isinstance(spec, FedInsSpec)
-        return PoolSgd(spec.lr, spec.local_epochs, spec.batch_size, spec.key_weight)
-
-    return make
+    return _typed(FedInsSpec, lambda s: PoolSgd(s.lr, s.local_epochs, s.batch_size, s.key_weight))

@@ -118,8 +118,6 @@ def pretrain(
     """Pre-train a prototypical encoder on a dataset's background classes (Conv-4 on character
     sets, an MLP on kws/har; cached by config), then score it on 1-/5-shot episodes of the
     classes it never saw (the evaluation alphabets, or the other half of the classes)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from fedsim.core.data import cache_dir
     from fedsim.core.pretrain import (
         CHARACTER_SETS,
@@ -128,6 +126,7 @@ def pretrain(
         few_shot_accuracy,
         pretrain_encoder,
     )
+    from fedsim.progress import training_bar
 
     if dataset in BACKBONE_DATASETS:  # FedIns: a supervised ViT backbone (episodes = steps)
         _pretrain_backbone(dataset, episodes, seed)
@@ -137,18 +136,8 @@ def pretrain(
         raise FedsimError("--dataset", f"cannot pre-train on '{dataset}'", f"use one of {known}")
     architecture = "conv4" if dataset in CHARACTER_SETS else "mlp-100"
     config = PretrainConfig(dataset, architecture, episodes, way, shot, query, seed=seed)
-    columns = (
-        TextColumn("[bold]pretrain"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("episodes · loss {task.fields[loss]}"),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=err) as bar:
-        task = bar.add_task("pretrain", total=episodes, loss="-")
-        pretrain_encoder(
-            config, lambda step, loss: bar.update(task, completed=step, loss=f"{loss:.3f}")
-        )
+    with training_bar("pretrain", "episodes", episodes, err) as progress:
+        pretrain_encoder(config, progress)
     out.print(f"encoder: {cache_dir() / f'pretrain-{config.key()}.npz'}")
     for k in (1, 5):
         mean, half = few_shot_accuracy(config, way, k)
@@ -162,24 +151,13 @@ BACKBONE_DATASETS = ("fashion-mnist", "mnist-5k")
 
 def _pretrain_backbone(dataset: str, steps: int, seed: int) -> None:
     """The FedIns ViT backbone: supervised on ``dataset``, cached; prints its test accuracy."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from fedsim.core.backbone import BackboneConfig, backbone_accuracy, pretrain_backbone
     from fedsim.core.data import cache_dir
+    from fedsim.progress import training_bar
 
     config = BackboneConfig(dataset, steps, seed=seed)
-    columns = (
-        TextColumn("[bold]backbone"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("steps · loss {task.fields[loss]}"),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=err) as bar:
-        task = bar.add_task("backbone", total=steps, loss="-")
-        pretrain_backbone(
-            config, lambda step, loss: bar.update(task, completed=step, loss=f"{loss:.3f}")
-        )
+    with training_bar("backbone", "steps", steps, err) as progress:
+        pretrain_backbone(config, progress)
     out.print(f"backbone: {cache_dir() / f'backbone-{config.key()}.npz'}")
     out.print(f"test accuracy on {dataset}: {backbone_accuracy(config):.4f}")
 

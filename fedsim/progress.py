@@ -3,12 +3,15 @@ devices so far that failed, were cut (stragglers, dropouts) or could not train (
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fedsim.core.records import RoundRecord
 
-__all__ = ["ProgressObserver"]
+__all__ = ["ProgressObserver", "training_bar"]
 
 
 class ProgressObserver:
@@ -71,3 +74,20 @@ def _duration(seconds: float) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.1f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+@contextmanager
+def training_bar(
+    label: str, unit: str, total: int, console: Console | None = None
+) -> Iterator[Callable[[int, float], None]]:
+    """A bar for a pre-training loop; yields the ``progress(step, loss)`` callback it expects."""
+    columns = (
+        TextColumn(f"[bold]{label}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn(f"{unit} · loss {{task.fields[loss]}}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task(label, total=total, loss="-")
+        yield lambda step, loss: bar.update(task, completed=step, loss=f"{loss:.3f}")

@@ -57,7 +57,8 @@ class Learner(Protocol):
 
 @dataclass(frozen=True)
 class LocalSgd:
-    """Mini-batch SGD for ``epochs`` passes; ``mu > 0`` adds FedProx's proximal term.
+    """Mini-batch SGD for ``epochs`` passes; ``mu > 0`` adds FedProx's proximal term;
+    ``key_weight`` λ > 0 trains on (1 − λ)·loss + λ·``model.last_key_loss`` (FedIns's pools).
 
     FedProx (Li et al., 2020) minimises  CE(w) + mu/2 · ||w − w_t||²  where w_t is the global model
     received this round, which keeps heterogeneous devices from drifting far from it.
@@ -67,6 +68,7 @@ class LocalSgd:
     epochs: int
     batch_size: int
     mu: float = 0.0
+    key_weight: float = 0.0
     stateful: ClassVar[bool] = False
 
     def train(
@@ -96,6 +98,9 @@ class LocalSgd:
                         for p, a in zip(model.parameters(), anchor, strict=True)
                     )
                     objective = loss + 0.5 * self.mu * drift
+                if self.key_weight > 0:
+                    key_loss: torch.Tensor = model.last_key_loss  # type: ignore[assignment]
+                    objective = (1 - self.key_weight) * objective + self.key_weight * key_loss
                 torch.autograd.backward(objective)
                 optimizer.step()
                 total += loss.item() * len(batch)
@@ -243,42 +248,6 @@ class OnlineHeadLearner:
         return total / max(len(order), 1)
 
 
-@dataclass(frozen=True)
-class PoolSgd:
-    """FedIns's device side: mini-batch SGD of the pool (the backbone is frozen) on
-    (1 − λ)·cross-entropy + λ·the model's key-matching loss (``FedInsNet.last_key_loss``)."""
-
-    lr: float
-    epochs: int
-    batch_size: int
-    key_weight: float
-    stateful: ClassVar[bool] = False
-
-    def train(
-        self,
-        model: nn.Module,
-        x: NDArray[np.float32],
-        y: NDArray[Any],
-        seed: int,
-        state: DeviceState | None = None,
-    ) -> float:
-        generator = torch.Generator().manual_seed(seed)
-        inputs, targets = torch.from_numpy(x), torch.from_numpy(y)
-        params = [p for p in model.parameters() if p.requires_grad]
-        model.train()
-        total, seen = 0.0, 0
-        for _ in range(self.epochs):
-            order = torch.randperm(len(targets), generator=generator)
-            for start in range(0, len(order), self.batch_size):
-                batch = order[start : start + self.batch_size]
-                loss = task_loss(model(inputs[batch]), targets[batch])
-                key_loss: torch.Tensor = model.last_key_loss  # type: ignore[assignment]
-                sgd_step(params, (1 - self.key_weight) * loss + self.key_weight * key_loss, self.lr)
-                total += loss.item() * len(batch)
-                seen += len(batch)
-        return total / max(seen, 1)
-
-
 LearnerFactory = Callable[[AlgorithmSpec], Learner]
 LEARNERS: Plugins[LearnerFactory] = Plugins("learner")
 
@@ -350,4 +319,7 @@ def _prototypes() -> LearnerFactory:
 
 @LEARNERS.register("fedins")
 def _fedins() -> LearnerFactory:
-    return _typed(FedInsSpec, lambda s: PoolSgd(s.lr, s.local_epochs, s.batch_size, s.key_weight))
+    return _typed(
+        FedInsSpec,
+        lambda s: LocalSgd(s.lr, s.local_epochs, s.batch_size, key_weight=s.key_weight),
+    )

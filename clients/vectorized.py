@@ -33,8 +33,13 @@ Batch = tuple[NDArray[np.float32], NDArray[np.int64]]
 
 
 def can_vectorize(model: nn.Module, learner: Learner) -> bool:
-    """Only plain ``LocalSgd`` (a subclass may train differently) on a model without buffers."""
-    return type(learner) is LocalSgd and not any(True for _ in model.buffers())
+    """Only plain ``LocalSgd`` (a subclass may train differently; no key loss, which needs the
+    model's own forward) on a model without buffers."""
+    return (
+        type(learner) is LocalSgd
+        and learner.key_weight == 0
+        and not any(True for _ in model.buffers())
+    )
 
 
 def _orders(n: int, seeds: Sequence[int], epochs: int) -> torch.Tensor:

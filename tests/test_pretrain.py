@@ -95,7 +95,7 @@ def test_pooled_encoders_never_see_the_unseen_half(
     background, _ = split_classes(6, 0)
     rng = np.random.default_rng(0)
     for _ in range(20):
-        xs, _, xq, _ = source.episode(True, config, 2, 2, 2, rng)
+        xs, _, xq, _ = source.episode(True, 2, 2, 2, rng)
         rows = [np.flatnonzero((source.data.x_train == x).all(axis=(1, 2)))[0] for x in (*xs, *xq)]
         assert set(source.data.y_train[rows].tolist()) <= set(background.tolist())
     assert len(pretrain_encoder(config)) == 4  # mlp-100: two linear layers' weights and biases

@@ -73,13 +73,7 @@ class _Source(Protocol):
     num_features: int
 
     def episode(
-        self,
-        background: bool,
-        config: PretrainConfig,
-        n_way: int,
-        k_shot: int,
-        q: int,
-        rng: np.random.Generator,
+        self, background: bool, n_way: int, k_shot: int, q: int, rng: np.random.Generator
     ) -> Episode: ...
 
 
@@ -99,13 +93,7 @@ class _Characters:
             self.train_classes = np.concatenate([self.background + k * count for k in range(4)])
 
     def episode(
-        self,
-        background: bool,
-        config: PretrainConfig,
-        n_way: int,
-        k_shot: int,
-        q: int,
-        rng: np.random.Generator,
+        self, background: bool, n_way: int, k_shot: int, q: int, rng: np.random.Generator
     ) -> Episode:
         if background:
             return episode(self.pool, self.train_classes, n_way, k_shot, q, rng)
@@ -128,13 +116,7 @@ class _Pooled:
         }
 
     def episode(
-        self,
-        background: bool,
-        config: PretrainConfig,
-        n_way: int,
-        k_shot: int,
-        q: int,
-        rng: np.random.Generator,
+        self, background: bool, n_way: int, k_shot: int, q: int, rng: np.random.Generator
     ) -> Episode:
         classes = rng.choice(
             self.background if background else self.evaluation, n_way, replace=False
@@ -215,9 +197,7 @@ def _train(
 ) -> None:
     optimizer = torch.optim.Adam(encoder.parameters(), lr=config.lr)
     for step in range(config.episodes):
-        xs, ys, xq, yq = source.episode(
-            True, config, config.n_way, config.k_shot, config.q_queries, rng
-        )
+        xs, ys, xq, yq = source.episode(True, config.n_way, config.k_shot, config.q_queries, rng)
         support = encoder(torch.from_numpy(xs).flatten(1))
         query = encoder(torch.from_numpy(xq).flatten(1))
         logits = prototype_logits(support, torch.from_numpy(ys), query, config.n_way)
@@ -250,7 +230,7 @@ def few_shot_accuracy(
     rng = np.random.default_rng(derive_seed(config.seed, "few-shot-eval", n_way, k_shot))
     scores = []
     for _ in range(episodes):
-        xs, ys, xq, yq = source.episode(False, config, n_way, k_shot, q_queries, rng)
+        xs, ys, xq, yq = source.episode(False, n_way, k_shot, q_queries, rng)
         with torch.no_grad():
             support = encoder(torch.from_numpy(xs).flatten(1))
             query = encoder(torch.from_numpy(xq).flatten(1))

@@ -1,0 +1,320 @@
+"""The host side of the serial bridge: requests to a device, replies back, with retries.
+
+``SerialBridge`` opens a port through pyserial (a device path such as ``/dev/ttyACM0``, or a URL:
+``socket://host:port`` for an emulated MCU, ``loop://`` for a loopback) and speaks
+``devices/PROTOCOL.md``: each request gets a fresh sequence number, a reply with another one (a
+late duplicate) or a frame that does not decode (noise, a dropped byte) is dropped, and after the
+request's timeout the *same* frame is sent again; the device answers a repeated sequence number
+by replaying its last reply, so a retry never trains twice. Every failure raises a
+``BridgeError`` subclass whose message names the port and what to do.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from devices.messages import (
+    EvalReport,
+    HeadConfig,
+    Hello,
+    TrainReport,
+    decode_chunk,
+    decode_eval,
+    decode_hello,
+    decode_train,
+    encode_samples,
+    load_chunks,
+    samples_per_frame,
+)
+from devices.protocol import (
+    MAX_PAYLOAD,
+    Frame,
+    FrameError,
+    MessageType,
+    Status,
+    VersionError,
+    decode_frame,
+    encode_frame,
+)
+
+__all__ = [
+    "BridgeError",
+    "BridgeStats",
+    "DeviceError",
+    "DeviceResetError",
+    "DeviceTimeoutError",
+    "Link",
+    "PortError",
+    "SerialBridge",
+    "VersionMismatchError",
+    "open_link",
+]
+
+F32 = NDArray[np.float32]
+MORE = 0x80
+
+
+class BridgeError(RuntimeError):
+    """A serial-bridge failure; ``port`` says which device."""
+
+    def __init__(self, port: str, message: str) -> None:
+        super().__init__(f"{port}: {message}")
+        self.port = port
+
+
+class PortError(BridgeError):
+    """The port cannot be opened."""
+
+
+class DeviceTimeoutError(BridgeError):
+    """No valid reply within the timeout, after every retry."""
+
+
+class VersionMismatchError(BridgeError):
+    """The device speaks another protocol version."""
+
+
+class DeviceError(BridgeError):
+    """The device answered with an error status."""
+
+    def __init__(self, port: str, status: Status, reason: str, request: MessageType) -> None:
+        super().__init__(port, f"{request.name} refused with {status.name}: {reason}")
+        self.status = status
+        self.reason = reason
+
+
+class DeviceResetError(DeviceError):
+    """The device lost its head in the middle of a round: it rebooted."""
+
+
+class Link(Protocol):
+    """The part of ``serial.Serial`` the bridge uses (tests pass in-process fakes)."""
+
+    timeout: float | None
+
+    @property
+    def in_waiting(self) -> int: ...
+
+    def read(self, size: int = 1) -> bytes: ...
+
+    def write(self, data: bytes, /) -> int | None: ...
+
+    def reset_input_buffer(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def open_link(port: str, baudrate: int = 115200) -> Link:
+    """A pyserial port for a device path or URL; ``PortError`` with the fix when it cannot open."""
+    import serial  # pyserial; imported here so the codec modules stay dependency-free
+
+    try:
+        link: Link = serial.serial_for_url(port, baudrate=baudrate, timeout=0.02)
+    except (serial.SerialException, ValueError, OSError) as exc:
+        raise PortError(
+            port,
+            f"cannot open the port ({exc}). Check the device is plugged in and the name is right "
+            "(`fedsim devices scan` lists candidates); on Linux your user needs the `dialout` "
+            "group for /dev/tty* devices",
+        ) from None
+    return link
+
+
+@dataclass
+class BridgeStats:
+    """Traffic on one bridge: what framing and retries cost (``benchmarks/serial.py``)."""
+
+    requests: int = 0
+    retries: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    payload_sent: int = 0
+    payload_received: int = 0
+    bad_frames: int = 0  # did not decode: noise, CRC, truncation
+    stale_frames: int = 0  # a reply to another sequence (a late duplicate)
+
+    @property
+    def efficiency(self) -> float:
+        """Payload bytes over bytes on the wire, both directions."""
+        wire = self.bytes_sent + self.bytes_received
+        return (self.payload_sent + self.payload_received) / wire if wire else math.nan
+
+
+@dataclass
+class SerialBridge:
+    """One device behind a port. ``timeout`` is the base wait per request (a TRAIN waits longer:
+    ``per_sample_s`` per sample, plus the line time at ``baudrate``); ``retries`` extra attempts."""
+
+    port: str
+    baudrate: int = 115200
+    timeout: float = 1.0
+    retries: int = 3
+    per_sample_s: float = 0.005
+    link: Link | None = None
+    stats: BridgeStats = field(default_factory=BridgeStats)
+    hello_info: Hello | None = None
+    _sequence: int = field(default_factory=lambda: random.SystemRandom().randrange(1 << 16))
+    _pending: bytearray = field(default_factory=bytearray)
+
+    def __enter__(self) -> SerialBridge:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def open(self) -> None:
+        if self.link is None:
+            self.link = open_link(self.port, self.baudrate)
+        self.link.reset_input_buffer()
+        self._pending.clear()
+
+    def close(self) -> None:
+        if self.link is not None:
+            self.link.close()
+            self.link = None
+
+    # -- one request, one reply ----------------------------------------------------------------
+    def request(
+        self, kind: MessageType, payload: bytes = b"", flags: int = 0, wait: float | None = None
+    ) -> Frame:
+        """Send ``kind`` and return the device's reply (OK status), retrying on silence."""
+        if self.link is None:
+            self.open()
+        assert self.link is not None
+        self._sequence = (self._sequence + 1) & 0xFFFF
+        wire = encode_frame(Frame(kind, self._sequence, payload, flags=flags))
+        wait = self.timeout if wait is None else wait
+        wait += 10 * len(wire) / self.baudrate  # the request's own time on the line
+        self.stats.requests += 1
+        for attempt in range(self.retries + 1):
+            if attempt:
+                self.stats.retries += 1
+            self.link.write(wire)
+            self.stats.bytes_sent += len(wire)
+            self.stats.payload_sent += len(payload)
+            reply = self._await(self._sequence, time.monotonic() + wait)
+            if reply is not None:
+                return self._checked(kind, reply)
+        raise DeviceTimeoutError(
+            self.port,
+            f"no reply to {kind.name} after {self.retries + 1} attempts of {wait:.2f} s. Is the "
+            "firmware running and the baud rate right? A device that stays silent is counted as "
+            "dropped for the round",
+        )
+
+    def _await(self, sequence: int, deadline: float) -> Frame | None:
+        assert self.link is not None
+        while time.monotonic() < deadline:
+            end = self._pending.find(0)
+            if end < 0:
+                chunk = self.link.read(max(1, self.link.in_waiting))
+                self.stats.bytes_received += len(chunk)
+                self._pending += chunk
+                continue
+            raw = bytes(self._pending[:end])
+            del self._pending[: end + 1]
+            if not raw:
+                continue
+            try:
+                frame = decode_frame(raw)
+            except VersionError as exc:
+                raise VersionMismatchError(self.port, str(exc)) from None
+            except FrameError:
+                self.stats.bad_frames += 1
+                continue
+            if frame.sequence != sequence:
+                self.stats.stale_frames += 1
+                continue
+            self.stats.payload_received += len(frame.payload)
+            return frame
+        return None
+
+    def _checked(self, kind: MessageType, reply: Frame) -> Frame:
+        if reply.status == Status.OK and reply.type == kind:
+            return reply
+        reason = reply.payload.decode(errors="replace") or "no reason given"
+        if reply.status == Status.NO_MODEL and kind in (MessageType.TRAIN, MessageType.GET_WEIGHTS):
+            raise DeviceResetError(self.port, reply.status, reason, kind)
+        if reply.status == Status.OK:  # OK, but to another request type
+            raise DeviceError(self.port, Status.INTERNAL, f"reply of type {reply.type}", kind)
+        raise DeviceError(self.port, reply.status, reason, kind)
+
+    # -- the messages ----------------------------------------------------------------------------
+    def hello(self) -> Hello:
+        """The device's self-description (and the start of a session: it clears its replay
+        memory)."""
+        self.hello_info = decode_hello(self.request(MessageType.HELLO).payload)
+        return self.hello_info
+
+    def _max_payload(self) -> int:
+        return min(self.hello_info.max_payload, MAX_PAYLOAD) if self.hello_info else MAX_PAYLOAD
+
+    def load_head(self, config: HeadConfig, weight: F32, bias: F32) -> None:
+        """Send an ``outputs × features`` head (LOAD_WEIGHTS chunks)."""
+        flat = np.concatenate([np.asarray(weight, np.float32).ravel(), np.asarray(bias)])
+        if len(flat) != config.floats:
+            raise ValueError(f"head has {len(flat)} floats, the config needs {config.floats}")
+        chunks = load_chunks(config, flat.astype(np.float32), self._max_payload())
+        for i, chunk in enumerate(chunks):
+            more = MORE if i + 1 < len(chunks) else 0
+            self.request(MessageType.LOAD_WEIGHTS, chunk, flags=more)
+
+    def _batches(self, config: HeadConfig, x: F32, y: NDArray[np.generic]) -> list[bytes]:
+        per = samples_per_frame(config, self._max_payload())
+        return [
+            encode_samples(config, x[i : i + per], y[i : i + per]) for i in range(0, len(x), per)
+        ]
+
+    def train(self, config: HeadConfig, x: F32, y: NDArray[np.generic]) -> TrainReport:
+        """One SGD step per sample, in order, on the device; the reports of all frames summed."""
+        steps, loss, micros, energy = 0, 0.0, 0, 0
+        timed = metered = True
+        per = samples_per_frame(config, self._max_payload())
+        for payload in self._batches(config, x, y):
+            wait = self.timeout + per * self.per_sample_s
+            report = decode_train(self.request(MessageType.TRAIN, payload, wait=wait).payload)
+            steps += report.steps
+            loss += report.loss_sum
+            timed &= report.train_us is not None
+            metered &= report.energy_uj is not None
+            micros += report.train_us or 0
+            energy += report.energy_uj or 0
+        return TrainReport(steps, loss, micros if timed else None, energy if metered else None)
+
+    def get_head(self, config: HeadConfig) -> tuple[F32, F32]:
+        """Read the head back (GET_WEIGHTS chunks)."""
+        flat = np.empty(config.floats, np.float32)
+        offset = 0
+        while offset < config.floats:
+            reply = self.request(MessageType.GET_WEIGHTS, offset.to_bytes(4, "little"))
+            at, values = decode_chunk(reply.payload)
+            if at != offset or not len(values) or offset + len(values) > config.floats:
+                raise DeviceError(
+                    self.port, Status.INTERNAL, f"chunk at {at} of {len(values)} floats", reply.type
+                )
+            flat[offset : offset + len(values)] = values
+            offset += len(values)
+        cut = config.outputs * config.features
+        return flat[:cut].reshape(config.outputs, config.features), flat[cut:]
+
+    def evaluate(self, config: HeadConfig, x: F32, y: NDArray[np.generic]) -> EvalReport:
+        count, correct, loss = 0, 0, 0.0
+        for payload in self._batches(config, x, y):
+            report = decode_eval(self.request(MessageType.EVAL, payload).payload)
+            count, correct, loss = (
+                count + report.count,
+                correct + report.correct,
+                loss + report.loss_sum,
+            )
+        return EvalReport(count, correct, loss)
+
+    def reset(self) -> None:
+        self.request(MessageType.RESET)

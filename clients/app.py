@@ -20,6 +20,8 @@ from fedsim.core.records import (
     CONFIG,
     DEVICE_ID,
     HEAD_ONLY,
+    MEASURED_MJ,
+    MEASURED_S,
     METRICS,
     NODE_PARTITION,
     NUM_EXAMPLES,
@@ -63,6 +65,10 @@ def make_client_app(binding: RunBinding | None = None) -> ClientApp:
         metrics = MetricRecord(
             {DEVICE_ID: node, NUM_EXAMPLES: update.num_examples, TRAIN_LOSS: update.train_loss}
         )
+        if update.measured_s is not None:
+            metrics[MEASURED_S] = update.measured_s
+        if update.measured_mj is not None:
+            metrics[MEASURED_MJ] = update.measured_mj
         assert update.wire is not None
         arrays = ArrayRecord({key: Array(a) for key, a in update.wire.items()})
         reply = RecordDict({ARRAYS: arrays, METRICS: metrics})

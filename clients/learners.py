@@ -234,18 +234,29 @@ class OnlineHeadLearner:
         finally:
             hook.remove()
         features = captured[0].numpy().astype(np.float32)
-        online = OnlineHead(
-            head.weight.detach().numpy().copy(),
-            head.bias.detach().numpy().copy(),
-            self.lr,
-            "mse" if y.dtype.kind == "f" else "softmax",
-        )
         order = stream_order(len(y), len(y) * self.passes, seed).numpy()
-        total = sum(online.step(features[i], y[i]) for i in order)
+        weight, bias, total = self.steps(
+            OnlineHead(
+                head.weight.detach().numpy().copy(),
+                head.bias.detach().numpy().copy(),
+                self.lr,
+                "mse" if y.dtype.kind == "f" else "softmax",
+            ),
+            features[order],
+            y[order],
+        )
         with torch.no_grad():
-            head.weight.copy_(torch.from_numpy(online.weight))
-            head.bias.copy_(torch.from_numpy(online.bias))
+            head.weight.copy_(torch.from_numpy(weight))
+            head.bias.copy_(torch.from_numpy(bias))
         return total / max(len(order), 1)
+
+    def steps(
+        self, online: OnlineHead, features: NDArray[np.float32], y: NDArray[Any]
+    ) -> tuple[NDArray[np.float32], NDArray[np.float32], float]:
+        """One SGD step per sample, in the order given; the trained layer and the summed loss.
+        (``clients.bridged`` runs these steps on a real device instead.)"""
+        total = sum(online.step(features[i], y[i]) for i in range(len(y)))
+        return online.weight, online.bias, total
 
 
 LearnerFactory = Callable[[AlgorithmSpec], Learner]

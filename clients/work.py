@@ -18,6 +18,7 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
+from clients.bridged import BridgedHeadLearner
 from clients.learners import LEARNERS, Learner
 from clients.vectorized import can_vectorize, train_vectorized
 from devices.fleet import Fleet
@@ -29,7 +30,7 @@ from fedsim.core.models import encoder_of, get_arrays, set_arrays
 from fedsim.core.payload import round_trip, sent_mask
 from fedsim.core.prototypes import ClassSums, class_sums, decode_report, encode_report
 from fedsim.core.reduce import Arrays, ModelUpdate, reduce_blocks
-from fedsim.core.scenario import PrototypesSpec, Scenario
+from fedsim.core.scenario import PrototypesSpec, Scenario, TinyOLSpec
 from fedsim.core.seeds import derive_seed
 from fedsim.core.state import DeviceState, DeviceStateStore
 from fedsim.core.task_model import task_model
@@ -61,6 +62,19 @@ class DeviceUpdate:
     trained: tuple[bool, ...] | None = None  # which tensors trained (None: all)
     wire: dict[str, NDArray[np.generic]] | None = None  # what it sends (``Scenario.upload``)
     report: ClassSums | None = None  # prototype averaging: its mission's per-class sums
+    measured_s: float | None = None  # an attached device's own measurements of its training
+    measured_mj: float | None = None
+
+    def outcome(self, device_id: int) -> DeviceOutcome:
+        return DeviceOutcome(
+            device_id,
+            "ok",
+            self.num_examples,
+            self.train_loss,
+            "",
+            self.measured_s,
+            self.measured_mj,
+        )
 
     def update(self, mission: str = "") -> ModelUpdate | ClassSums:
         """What the aggregator accumulates; ``mission`` names a report ("device:round")."""
@@ -90,6 +104,24 @@ def _model(scenario: Scenario) -> nn.Module:
 
 def _learner(scenario: Scenario) -> Learner:
     return LEARNERS.get(scenario.algorithm.kind, "algorithm.kind")(scenario.algorithm)
+
+
+def _device_learner(scenario: Scenario, fleet: Fleet, device_id: int) -> Learner:
+    """The scenario's learner, or for an attached device the same head trained on the device."""
+    attached = fleet[device_id].attached
+    if attached is None:
+        return _learner(scenario)
+    spec = scenario.algorithm
+    assert isinstance(spec, TinyOLSpec)  # the scenario's consistency check sees to it
+    return BridgedHeadLearner(spec.lr, spec.passes, attached=attached)
+
+
+def _measured(learner: Learner) -> tuple[float | None, float | None]:
+    if not isinstance(learner, BridgedHeadLearner) or not learner.measured:
+        return None, None
+    report = learner.measured[-1]
+    seconds = None if report.train_us is None else report.train_us / 1e6
+    return seconds, None if report.energy_uj is None else report.energy_uj / 1e3
 
 
 def _train_seed(scenario: Scenario, round_: int, device_id: int) -> int:
@@ -133,14 +165,16 @@ def train_device(
     try:
         for p in frozen:
             p.requires_grad_(False)
-        loss = _learner(scenario).train(model, x, y, seed, state)
+        learner = _device_learner(scenario, fleet, device_id)
+        loss = learner.train(model, x, y, seed, state)
     finally:
         for p in frozen:
             p.requires_grad_(True)
     wire = scenario.upload.encode(get_arrays(model), global_arrays, sent)
     arrays = scenario.upload.decode(wire, global_arrays, sent)
     weight = scenario.algorithm.update_weight(len(y))
-    return DeviceUpdate(arrays, weight, loss, None if all(sent) else sent, wire)
+    trained = None if all(sent) else sent
+    return DeviceUpdate(arrays, weight, loss, trained, wire, None, *_measured(learner))
 
 
 @torch.no_grad()
@@ -298,8 +332,7 @@ def run_cohort(
                 if isinstance(result, DeviceOutcome):
                     outcomes.append(result)
                     continue
-                n = result.num_examples
-                outcomes.append(DeviceOutcome(device_id, "ok", n, result.train_loss))
+                outcomes.append(result.outcome(device_id))
                 updates.append((offset, result.update(f"{device_id}:{order.round}")))
             partials |= reduce_blocks(aggregator, updates, order.block_size)  # whole blocks
     finally:

@@ -12,6 +12,7 @@ by replaying its last reply, so a retry never trains twice. Every failure raises
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -118,11 +119,12 @@ def open_link(port: str, baudrate: int = 115200) -> Link:
     try:
         link: Link = serial.serial_for_url(port, baudrate=baudrate, timeout=0.02)
     except (serial.SerialException, ValueError, OSError) as exc:
+        errno = getattr(exc, "errno", None)
+        reason = os.strerror(errno) if isinstance(errno, int) else str(exc)
         raise PortError(
             port,
-            f"cannot open the port ({exc}). Check the device is plugged in and the name is right "
-            "(`fedsim devices scan` lists candidates); on Linux your user needs the `dialout` "
-            "group for /dev/tty* devices",
+            f"cannot open ({reason}): `fedsim devices scan` lists the ports; is it plugged in? "
+            "(Linux: /dev/tty* needs the dialout group)",
         ) from None
     return link
 

@@ -24,6 +24,7 @@ from fedsim.core.errors import FedsimError, known_names
 from fedsim.core.partition import partition_indices
 from fedsim.core.profiles import DeviceProfile, LinkPower, LinkType
 from fedsim.core.scenario import (
+    AttachedSpec,
     DeviceGroup,
     DirichletPartition,
     MarkovAvailability,
@@ -55,6 +56,7 @@ class Device:
     iri: str | None = None
     sram_bytes: int | None = None  # free memory the registry gives it (else its profile's)
     flash_bytes: int | None = None
+    attached: AttachedSpec | None = None  # a real device behind a serial bridge
 
 
 DEFAULT_SAMPLES_PER_DEVICE = 32
@@ -204,6 +206,7 @@ def resolve_fleet(
                     iri=m.iri,
                     sram_bytes=m.sram_bytes,
                     flash_bytes=m.flash_bytes,
+                    attached=group.attached,
                 )
             )
     empty = [d.device_id for d in devices if d.num_examples == 0]

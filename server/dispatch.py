@@ -31,6 +31,8 @@ from fedsim.core.records import (
     ARRAYS,
     CONFIG,
     HEAD_ONLY,
+    MEASURED_MJ,
+    MEASURED_S,
     METRICS,
     NUM_EXAMPLES,
     SERVER_ROUND,
@@ -97,7 +99,8 @@ def collect(
                 outcomes.append(DeviceOutcome(device_id, "failed", error=str(exc)[:200]))
                 continue
             updates.append((position, (arrays, n) if all(sent) else (arrays, n, sent)))
-            outcomes.append(DeviceOutcome(device_id, "ok", n, loss))
+            measured = [_optional(metrics.get(k)) for k in (MEASURED_S, MEASURED_MJ)]
+            outcomes.append(DeviceOutcome(device_id, "ok", n, loss, "", *measured))
     return updates, outcomes
 
 
@@ -138,6 +141,10 @@ class Work:
     payload: ArrayRecord
     bytes_up: dict[int, int]
     sent: dict[int, tuple[bool, ...]]  # which tensors each device uploads (changes of)
+
+
+def _optional(value: object) -> float | None:
+    return None if value is None else float(value)  # type: ignore[arg-type]
 
 
 def per_device_round(ctx: RoundContext, work: Work) -> tuple[Any, list[DeviceOutcome]]:

@@ -154,6 +154,8 @@ def _device_records(
                 bytes_down=plan.bytes_down,
                 bytes_up=plan.bytes_up if ok else 0,
                 error=outcome.error,
+                measured_s=outcome.measured_s,
+                measured_mj=outcome.measured_mj,
                 scope=plan.scope,
                 busy_s=_sig(cost.busy_s[d]),
                 energy_mj=_sig(cost.energy_mj[d]),

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import re
+import shutil
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,3 +49,45 @@ def write_scenario(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return write
+
+
+@pytest.fixture
+def pty_pair() -> Iterator[tuple[str, str]]:
+    """Two linked pseudo-terminals (socat): a serial line between a host end and a device end."""
+    if shutil.which("socat") is None:
+        pytest.skip("socat is not installed (apt-get install socat)")
+    proc = subprocess.Popen(
+        ["socat", "-d", "-d", "pty,raw,echo=0", "pty,raw,echo=0"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    ptys: list[str] = []
+    while len(ptys) < 2:
+        line = proc.stderr.readline()
+        if not line:
+            pytest.fail("socat exited before it made the pty pair")
+        match = re.search(r"PTY is (\S+)", line)
+        if match:
+            ptys.append(match.group(1))
+    yield ptys[0], ptys[1]
+    proc.terminate()
+    proc.wait(5)
+
+
+@pytest.fixture
+def agent_port(pty_pair: tuple[str, str]) -> Iterator[str]:
+    """The host end of a pty whose device end is served by the Python agent (a thread)."""
+    import serial
+
+    from devices.agent import Device, serve
+
+    host, device_end = pty_pair
+    link = serial.serial_for_url(device_end, timeout=0.02)
+    stop = threading.Event()
+    thread = threading.Thread(target=serve, args=(link, Device(), stop), daemon=True)
+    thread.start()
+    yield host
+    stop.set()
+    thread.join(5)
+    link.close()

@@ -22,6 +22,8 @@ from fedsim.core.records import (
     ERRORS,
     FIRST_POSITION,
     HEAD_ONLY,
+    MEASURED_MJ,
+    MEASURED_S,
     METRICS,
     NUM_EXAMPLES,
     SERVER_ROUND,
@@ -87,6 +89,8 @@ class DeviceOutcome:
     num_examples: int = 0
     train_loss: float | None = None
     error: str = ""
+    measured_s: float | None = None  # an attached device's own measurements
+    measured_mj: float | None = None
 
 
 @dataclass(frozen=True)
@@ -103,9 +107,9 @@ class CohortReply(Generic[P]):
                 DEVICE_IDS: [o.device_id for o in self.outcomes],
                 STATUS: [_STATUS_CODES[o.status] for o in self.outcomes],
                 NUM_EXAMPLES: [o.num_examples for o in self.outcomes],
-                TRAIN_LOSS: [
-                    float("nan") if o.train_loss is None else o.train_loss for o in self.outcomes
-                ],
+                TRAIN_LOSS: [_nan(o.train_loss) for o in self.outcomes],
+                MEASURED_S: [_nan(o.measured_s) for o in self.outcomes],
+                MEASURED_MJ: [_nan(o.measured_mj) for o in self.outcomes],
             }
         )
         errors = ConfigRecord({ERRORS: [o.error for o in self.outcomes]})
@@ -123,16 +127,26 @@ class CohortReply(Generic[P]):
         partials = {b: aggregator.unpack(packed) for b, packed in by_block.items()}
         m: MetricRecord = content[METRICS]  # type: ignore[assignment]
         errors: list[str] = content[CONFIG][ERRORS]  # type: ignore[assignment]
-        keys = (DEVICE_IDS, STATUS, NUM_EXAMPLES, TRAIN_LOSS)
+        keys = (DEVICE_IDS, STATUS, NUM_EXAMPLES, TRAIN_LOSS, MEASURED_S, MEASURED_MJ)
         columns: list[list[Any]] = [m[k] for k in keys]  # type: ignore[misc]
         outcomes = [
             DeviceOutcome(
                 device_id=int(d),
                 status=_STATUS_NAMES[int(s)],
                 num_examples=int(n),
-                train_loss=None if np.isnan(loss) else float(loss),
+                train_loss=_none(loss),
                 error=str(e),
+                measured_s=_none(seconds),
+                measured_mj=_none(mj),
             )
-            for d, s, n, loss, e in zip(*columns, errors, strict=True)
+            for d, s, n, loss, seconds, mj, e in zip(*columns, errors, strict=True)
         ]
         return cls(partials, outcomes)
+
+
+def _nan(value: float | None) -> float:
+    return float("nan") if value is None else value
+
+
+def _none(value: float) -> float | None:
+    return None if np.isnan(value) else float(value)

@@ -34,6 +34,8 @@ SERVER_ROUND = "server-round"
 DEVICE_ID = "device-id"
 NUM_EXAMPLES = "num-examples"  # the key Flower's own strategies expect, too
 TRAIN_LOSS = "train-loss"
+MEASURED_S = "measured-s"  # what an attached device measured itself (NaN: not measured)
+MEASURED_MJ = "measured-mj"
 # cohort mode: the work order (ConfigRecord) and the per-device lists of the reply (MetricRecord)
 DEVICE_IDS = "device-ids"
 FIRST_POSITION = "first-position"
@@ -93,6 +95,10 @@ class DeviceRecord:
     scope: str = ""  # full | head (what it trained) | skip
     busy_s: float = 0.0  # simulated seconds downloading, computing and uploading
     energy_mj: float = 0.0
+    # an attached device's own measurements of its training (beside the estimates above);
+    # empty for simulated devices and for devices that do not measure
+    measured_s: float | None = None
+    measured_mj: float | None = None
 
     @classmethod
     def columns(cls) -> list[str]:

@@ -111,6 +111,18 @@ AvailabilitySpec = Annotated[
 ]
 
 
+class AttachedSpec(_Spec):
+    """A physical (or emulated) device on a serial bridge (``devices/PROTOCOL.md``): its group's
+    one device trains on the device itself, and its profile gives the cost model's estimates."""
+
+    port: str = Field(
+        min_length=1, description="/dev/ttyACM0, /dev/serial0, socket://host:port (an emulator)"
+    )
+    baudrate: int = Field(115200, ge=300)
+    timeout_s: float = Field(2.0, gt=0.0, description="per request; TRAIN waits longer per sample")
+    retries: int = Field(3, ge=0, le=20)
+
+
 class DeviceGroup(_Spec):
     """Devices of one profile (``profile`` + ``count``), or ``count`` devices drawn (seeded) from
     those a registry query returns (``query`` + ``bind``), e.g. all that can train a model."""
@@ -128,6 +140,9 @@ class DeviceGroup(_Spec):
     )
     availability: AvailabilitySpec = AlwaysOn()
     faults: FaultSpec = FaultSpec()
+    attached: AttachedSpec | None = Field(
+        None, description="a real device on a serial bridge (count 1): it trains on the device"
+    )
 
     @model_validator(mode="after")
     def _profile_or_query(self) -> DeviceGroup:
@@ -135,6 +150,8 @@ class DeviceGroup(_Spec):
             raise ValueError("give either profile (a device class) or query (registry devices)")
         if self.bind and self.query is None:
             raise ValueError("bind only applies to a query")
+        if self.attached is not None and self.count != 1:
+            raise ValueError("an attached group is one device on one port: set count: 1")
         return self
 
 
@@ -298,6 +315,21 @@ class Scenario(_Spec):
                     "train only its head would upload nothing",
                     "use memory_policy: skip, or algorithm.local: none",
                 )
+            )
+        attached = [i for i, g in enumerate(self.fleet.groups) if g.attached is not None]
+        if attached and self.algorithm.kind != "tinyol":
+            problems.append(
+                (
+                    f"fleet.groups[{attached[0]}].attached",
+                    f"attached devices run the on-device learner (a TinyOL head, one SGD step per "
+                    f"sample), not {self.algorithm.kind}",
+                    "set algorithm.kind: tinyol, or simulate this device (drop attached)",
+                )
+            )
+        ports = [g.attached.port for g in self.fleet.groups if g.attached is not None]
+        if len(set(ports)) < len(ports):
+            problems.append(
+                ("fleet.groups", "two attached groups name the same port", "one port per device")
             )
         if isinstance(self.algorithm, FedInsSpec) and self.task.model != "ssf-vit":
             problems.append(

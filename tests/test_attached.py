@@ -1,0 +1,100 @@
+"""Attached devices in a run: a device on a serial bridge trains in the same federation as
+simulated ones (``fleet.groups[].attached``), and one that goes silent drops out of its rounds."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from fedsim.core.errors import FedsimError
+from fedsim.core.results import read_model, read_rounds
+from fedsim.core.scenario_load import load_scenario
+from fedsim.runner import run
+from tests.conftest import tiny_scenario
+
+Write = Callable[..., Path]
+TINYOL = {"kind": "tinyol", "lr": 0.05, "passes": 1}
+
+
+def _mixed(port: str | None, **attached: Any) -> dict[str, Any]:
+    groups: list[dict[str, Any]] = [
+        {"profile": "rpi4", "count": 3},
+        {"profile": "pico", "count": 1},
+    ]
+    last: dict[str, Any] = {"profile": "rpi-zero2w", "count": 1}
+    if port is not None:
+        last["attached"] = {"port": port, **attached}
+    scenario = tiny_scenario(algorithm=TINYOL, rounds=3)
+    scenario["fleet"]["groups"] = [*groups, last]
+    return scenario
+
+
+def _devices(out: Path) -> list[dict[str, str]]:
+    with (out / "devices.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.serial
+def test_an_attached_agent_trains_in_the_federation_like_a_simulated_device(
+    agent_port: str, write_scenario: Write, tmp_path: Path
+) -> None:
+    mixed = run(write_scenario(_mixed(agent_port), "mixed.yaml"), tmp_path / "mixed").out
+    simulated = run(write_scenario(_mixed(None), "sim.yaml"), tmp_path / "sim").out
+
+    rows = _devices(mixed)
+    attached = [r for r in rows if r["device_id"] == "4"]
+    assert [r["status"] for r in attached] == ["ok"] * 3
+    assert all(float(r["measured_s"]) > 0 for r in attached)  # the agent times its steps
+    assert all(r["measured_mj"] == "" for r in attached)  # ...and cannot measure energy
+    assert all(r["measured_s"] == "" for r in rows if r["device_id"] != "4")
+    # the agent runs the same float32 steps as a simulated device: the same global model
+    for name, value in read_model(simulated).items():
+        np.testing.assert_array_equal(read_model(mixed)[name], value, err_msg=name)
+    assert [r["accuracy"] for r in read_rounds(mixed)] == [
+        r["accuracy"] for r in read_rounds(simulated)
+    ]
+
+
+@pytest.mark.serial
+def test_a_silent_attached_device_drops_out_and_the_run_goes_on(
+    pty_pair: tuple[str, str], write_scenario: Write, tmp_path: Path
+) -> None:
+    host, _ = pty_pair  # nobody answers on the other end
+    scenario = _mixed(host, timeout_s=0.05, retries=1)
+    out = run(write_scenario(scenario), tmp_path / "silent").out
+    rounds = read_rounds(out)
+    assert [r["failures"] for r in rounds] == [1, 1, 1]
+    assert [r["participants"] for r in rounds] == [4, 4, 4]
+    errors = {r["error"] for r in _devices(out) if r["device_id"] == "4"}
+    assert len(errors) == 1
+    assert f"{host}: no reply to HELLO after 2 attempts" in errors.pop()
+
+
+def test_attached_devices_need_the_on_device_learner(write_scenario: Write) -> None:
+    scenario = _mixed("/dev/ttyACM0")
+    scenario["algorithm"] = {"kind": "fedavg", "lr": 0.1, "local_epochs": 1, "batch_size": 16}
+    with pytest.raises(FedsimError) as exc:
+        load_scenario(write_scenario(scenario))
+    assert "fleet.groups[2].attached" in str(exc.value)
+    assert "set algorithm.kind: tinyol" in str(exc.value)
+
+
+def test_an_attached_group_is_one_device(write_scenario: Write) -> None:
+    scenario = _mixed("/dev/ttyACM0")
+    scenario["fleet"]["groups"][2]["count"] = 2
+    with pytest.raises(FedsimError, match="set count: 1"):
+        load_scenario(write_scenario(scenario))
+
+
+def test_an_absent_port_fails_its_device_with_the_fix(
+    write_scenario: Write, tmp_path: Path
+) -> None:
+    out = run(write_scenario(_mixed("/dev/ttyNOPE")), tmp_path / "absent").out
+    errors = {r["error"] for r in _devices(out) if r["device_id"] == "4"}
+    assert any("fedsim devices scan" in e for e in errors)
+    assert read_rounds(out)[-1]["participants"] == 4

@@ -217,7 +217,10 @@ def data_preview(
     out.print(f"{name}: {len(y)} samples → {path}")
 
 
-devices_app = typer.Typer(help="Device profiles from the RDF catalog.", no_args_is_help=True)
+devices_app = typer.Typer(
+    help="Device profiles from the RDF catalog, and real devices on serial ports.",
+    no_args_is_help=True,
+)
 app.add_typer(devices_app, name="devices")
 
 
@@ -310,7 +313,12 @@ def devices_profiles(
     out.print(links)
 
 
+from fedsim.devices_cli import attach, info, scan  # noqa: E402 (sub-commands, after the app)
 from fedsim.registry_cli import registry_app  # noqa: E402 (sub-app, after the main app)
+
+devices_app.command("scan")(scan)
+devices_app.command("info")(info)
+devices_app.command("attach")(attach)
 
 app.add_typer(registry_app, name="registry")
 

@@ -40,6 +40,7 @@ class FEDSIM(DefinedNamespace):
     TemperatureSensor: URIRef
     activePowerMilliwatts: URIRef
     architecture: URIRef
+    boardName: URIRef
     busySeconds: URIRef
     bytesDown: URIRef
     bytesUp: URIRef
@@ -52,6 +53,7 @@ class FEDSIM(DefinedNamespace):
     deviceName: URIRef
     energyMillijoules: URIRef
     figureSource: URIRef
+    firmwareVersion: URIRef
     flashBytes: URIRef
     fleetName: URIRef
     forwardMACs: URIRef
@@ -67,6 +69,8 @@ class FEDSIM(DefinedNamespace):
     inferenceRamBytes: URIRef
     inputShape: URIRef
     latencySeconds: URIRef
+    learnerKind: URIRef
+    learnerSlots: URIRef
     linkKind: URIRef
     modelName: URIRef
     mtuBytes: URIRef
@@ -76,6 +80,7 @@ class FEDSIM(DefinedNamespace):
     participant: URIRef
     powerSource: URIRef
     profileName: URIRef
+    protocolVersion: URIRef
     quantization: URIRef
     requiresSensor: URIRef
     round: URIRef
@@ -83,6 +88,7 @@ class FEDSIM(DefinedNamespace):
     rxPowerMilliwatts: URIRef
     scenarioName: URIRef
     scenarioSha256: URIRef
+    serialPort: URIRef
     sramBytes: URIRef
     status: URIRef
     throughputBps: URIRef
@@ -92,6 +98,7 @@ class FEDSIM(DefinedNamespace):
     trainRamBytes: URIRef
     txPowerMilliwatts: URIRef
     usedModel: URIRef
+    weightCapacity: URIRef
 
 
 DEV = Namespace("https://w3id.org/fedsim/catalog/device/")  # device profiles

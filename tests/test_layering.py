@@ -14,6 +14,7 @@ TOP_FLOOR = {
     "fedsim.runner",
     "fedsim.inline",
     "fedsim.progress",
+    "fedsim.devices_cli",
 }
 PACKAGES = ("fedsim", "clients", "server", "ontology", "devices")
 

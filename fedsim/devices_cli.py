@@ -1,0 +1,154 @@
+"""``fedsim devices scan | info | attach``: real devices on serial ports (``devices/PROTOCOL.md``).
+
+``scan`` lists the serial ports (and with ``--probe`` which of them answer HELLO), ``info PORT``
+shows a device's self-description, ``attach PORT`` writes it into a registry Turtle file as a
+``fedsim:Device`` (validated with the catalog) and prints the scenario lines that use it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fedsim.core.errors import FedsimError
+
+__all__ = ["attach", "info", "scan"]
+
+out = Console(highlight=False, soft_wrap=True)
+
+PortArg = typer.Argument(..., help="/dev/ttyACM0, /dev/serial0, socket://127.0.0.1:5555, …")
+BaudOpt = typer.Option(115200, "--baud", min=300, help="line rate (ignored by USB CDC and sockets)")
+TimeoutOpt = typer.Option(1.0, "--timeout", min=0.01, help="seconds to wait for each reply")
+
+
+def _hello(port: str, baud: int, timeout: float) -> Any:
+    from devices.bridge import BridgeError, SerialBridge
+
+    try:
+        with SerialBridge(port, baudrate=baud, timeout=timeout, retries=1) as bridge:
+            return bridge.hello()
+    except BridgeError as exc:
+        raise FedsimError("", str(exc)) from None
+
+
+def _size(n: int) -> str:
+    for unit, size in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n} B"
+
+
+def scan(
+    probe: bool = typer.Option(False, help="send HELLO to each port and show who answers"),
+    timeout: float = typer.Option(0.3, "--timeout", min=0.01, help="seconds per probe"),
+) -> None:
+    """List serial ports a device could be on (USB CDC, UART, Bluetooth serial)."""
+    from serial.tools import list_ports
+
+    ports = sorted(list_ports.comports(), key=lambda p: p.device)
+    if not ports:
+        out.print(
+            "no serial ports found. Plug the board in (a data cable, not a charge-only one); "
+            "an emulator or a Pi agent on TCP is reached as socket://HOST:PORT without a scan"
+        )
+        return
+    columns = ["port", "description", "hardware id"] + (["fedsim device"] if probe else [])
+    table = Table(*columns, box=None)
+    for p in ports:
+        row = [p.device, p.description or "-", p.hwid or "-"]
+        if probe:
+            try:
+                hello = _hello(p.device, 115200, timeout)
+                row.append(f"{hello.board} ({hello.firmware})")
+            except FedsimError:
+                row.append("-")
+        table.add_row(*row)
+    out.print(table)
+
+
+def info(port: str = PortArg, baud: int = BaudOpt, timeout: float = TimeoutOpt) -> None:
+    """Ask the device on PORT who it is (HELLO) and show its self-description."""
+    hello = _hello(port, baud, timeout)
+    caps = [
+        name
+        for flag, name in ((hello.measures_time, "time"), (hello.measures_energy, "energy"))
+        if flag
+    ]
+    table = Table("field", "value", box=None)
+    rows = {
+        "board": hello.board,
+        "core": hello.core,
+        "clock": f"{hello.clock_hz / 1e6:g} MHz" if hello.clock_hz else "not reported",
+        "SRAM": _size(hello.sram_bytes),
+        "flash": _size(hello.flash_bytes) if hello.flash_bytes else "not reported",
+        "firmware": hello.firmware,
+        "protocol": str(hello.protocol),
+        "learners": ", ".join(hello.learners) or "none",
+        "learner slots": str(hello.slots),
+        "weight capacity": f"{hello.max_floats} floats ({_size(4 * hello.max_floats)})",
+        "largest head": f"{hello.max_outputs} outputs × {hello.max_features} features",
+        "max payload": f"{hello.max_payload} B",
+        "sensors": ", ".join(hello.sensors) or "none",
+        "measures": ", ".join(caps) or "nothing (the cost model estimates)",
+    }
+    for key, value in rows.items():
+        table.add_row(key, value)
+    out.print(table)
+
+
+def attach(
+    port: str = PortArg,
+    name: str = typer.Option(..., help="the device's registry name, e.g. lab-nano-1"),
+    profile: str | None = typer.Option(
+        None, help="catalog profile for its cost model (default: guessed from the board)"
+    ),
+    fleet: str | None = typer.Option(None, help="fleet (site) it belongs to"),
+    output: Path = typer.Option(
+        Path("attached.ttl"), "--out", help="registry Turtle file to write it into (merged)"
+    ),
+    baud: int = BaudOpt,
+    timeout: float = TimeoutOpt,
+) -> None:
+    """Register the device on PORT: its HELLO becomes a fedsim:Device in a Turtle file."""
+    from rdflib import Graph
+
+    from ontology.attached import AttachedDevice, attached_graph, guess_profile, merge_device
+    from ontology.registry import CATALOG_DIR, default_registry
+    from ontology.validate import load_turtle, validate
+
+    hello = _hello(port, baud, timeout)
+    registry = default_registry()
+    if profile is None:
+        profile = guess_profile(hello.board, registry.names())
+    known = registry.profile(profile, "--profile")
+    device = AttachedDevice(
+        name=name,
+        profile=known.name,
+        port=port,
+        board=hello.board,
+        firmware=hello.firmware,
+        protocol=hello.protocol,
+        sram_bytes=min(hello.sram_bytes, known.sram_bytes) or known.sram_bytes,
+        flash_bytes=min(hello.flash_bytes, known.flash_bytes) or known.flash_bytes,
+        learner_slots=hello.slots,
+        weight_capacity=hello.max_floats,
+        learners=hello.learners,
+        sensors=hello.sensors,
+        fleet=fleet,
+    )
+    graph = attached_graph(device)
+    existing = load_turtle(output) if output.exists() else Graph()
+    merged = merge_device(existing, graph, name)
+    problems = validate(merged + load_turtle(sorted(CATALOG_DIR.glob("*.ttl"))))
+    if problems:
+        raise FedsimError(str(output), f"the description does not validate: {problems[0]}")
+    output.write_text(merged.serialize(format="turtle"), encoding="utf-8")
+    out.print(f"registered {name} ({hello.board}, profile {known.name}) in {output}")
+    out.print("use it in a scenario (algorithm.kind: tinyol):")
+    group = f"{{profile: {known.name}, count: 1, attached: {{port: '{port}'}}}}"
+    out.print(f"  fleet: {{groups: [{group}]}}")
+    out.print(f"query it: fedsim registry inventory --data {output}")

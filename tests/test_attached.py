@@ -15,7 +15,11 @@ from fedsim.core.errors import FedsimError
 from fedsim.core.results import read_model, read_rounds
 from fedsim.core.scenario_load import load_scenario
 from fedsim.runner import run
+from ontology.registry import CATALOG_DIR
+from ontology.validate import load_turtle, validate
+from ontology.vocab import FEDSIM
 from tests.conftest import tiny_scenario
+from tests.test_cli import fedsim
 
 Write = Callable[..., Path]
 TINYOL = {"kind": "tinyol", "lr": 0.05, "passes": 1}
@@ -98,3 +102,48 @@ def test_an_absent_port_fails_its_device_with_the_fix(
     errors = {r["error"] for r in _devices(out) if r["device_id"] == "4"}
     assert any("fedsim devices scan" in e for e in errors)
     assert read_rounds(out)[-1]["participants"] == 4
+
+
+# -- fedsim devices info / attach ---------------------------------------------------------------
+@pytest.mark.serial
+def test_devices_info_shows_the_self_description(agent_port: str) -> None:
+    proc = fedsim("devices", "info", agent_port)
+    assert proc.returncode == 0, proc.stderr
+    assert "fedsim-agent" in proc.stdout
+    assert "softmax, mse" in proc.stdout
+
+
+@pytest.mark.serial
+def test_devices_attach_registers_a_valid_device_once(agent_port: str, tmp_path: Path) -> None:
+    ttl = tmp_path / "attached.ttl"
+    for _ in range(2):  # attaching again replaces the description
+        proc = fedsim(
+            "devices", "attach", agent_port, "--name", "lab-pi-9", "--profile", "rpi4",
+            "--fleet", "lab", "--out", ttl,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+    assert f"attached: {{port: '{agent_port}'}}" in proc.stdout
+    graph = load_turtle([ttl])
+    assert not validate(graph + load_turtle(sorted(CATALOG_DIR.glob("*.ttl"))))
+    assert len(set(graph.subjects(FEDSIM.serialPort, None))) == 1
+    assert len(list(graph.objects(None, FEDSIM.firmwareVersion))) == 1
+    inventory = fedsim("registry", "inventory", "--data", ttl)
+    assert "rpi4" in inventory.stdout
+    assert "lab" in inventory.stdout
+
+
+@pytest.mark.serial
+def test_devices_attach_asks_for_a_profile_for_an_unknown_board(
+    agent_port: str, tmp_path: Path
+) -> None:
+    proc = fedsim("devices", "attach", agent_port, "--name", "x", "--out", tmp_path / "a.ttl")
+    assert proc.returncode == 2
+    assert "error: --profile: the device reports board 'raspberrypi'" in proc.stderr
+    assert not (tmp_path / "a.ttl").exists()
+
+
+def test_devices_info_on_an_absent_port_says_how_to_find_one() -> None:
+    proc = fedsim("devices", "info", "/dev/ttyNOPE")
+    assert proc.returncode == 2
+    assert "error: /dev/ttyNOPE: cannot open (No such file or directory)" in proc.stderr
+    assert "Traceback" not in proc.stderr

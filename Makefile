@@ -12,19 +12,29 @@ PIP    := $(BIN)/python -m pip --quiet --disable-pip-version-check
 
 # Debian packages the datasets read or run: speech synthesis for keyword spotting, Fashion-MNIST.
 SYSTEM_PACKAGES := espeak-ng flite sox dataset-fashion-mnist
+# ...and the serial bridge's: pty pairs, the MCU firmware's cross-compiler and its emulator
+# (installed without recommends: about 113 MB).
+FIRMWARE_PACKAGES := socat gcc qemu-system-arm gcc-arm-none-eabi libnewlib-arm-none-eabi
 
-.PHONY: demo test check lint typecheck pytest clean system-packages
+.PHONY: demo test check lint typecheck pytest clean system-packages firmware-packages apt-install
 
 # Installs only what is missing (as root, or through sudo); quick when all are there.
 system-packages:
-	@missing=""; for p in $(SYSTEM_PACKAGES); do \
+	@$(MAKE) --no-print-directory apt-install PACKAGES="$(SYSTEM_PACKAGES)" APT_FLAGS=""
+
+firmware-packages:
+	@$(MAKE) --no-print-directory apt-install PACKAGES="$(FIRMWARE_PACKAGES)" \
+	  APT_FLAGS="--no-install-recommends"
+
+apt-install:
+	@missing=""; for p in $(PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
 	  $$sudo apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq $$missing >/dev/null || \
+	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq $(APT_FLAGS) $$missing >/dev/null || \
 	  { echo "could not install:$$missing; run: sudo apt-get install$$missing"; exit 1; }; \
 	fi
 
@@ -39,7 +49,7 @@ $(STAMP): pyproject.toml Makefile
 demo: system-packages $(STAMP)
 	$(BIN)/fedsim run scenarios/quickstart.yaml --out results/quickstart --overwrite
 
-test: system-packages $(STAMP) lint typecheck pytest
+test: system-packages firmware-packages $(STAMP) lint typecheck pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -48,7 +58,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: system-packages $(STAMP)
+pytest: system-packages firmware-packages $(STAMP)
 	$(BIN)/pytest
 
 clean:

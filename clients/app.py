@@ -24,11 +24,13 @@ from fedsim.core.records import (
     MEASURED_S,
     METRICS,
     NODE_PARTITION,
+    NODE_SERIAL_PORT,
     NUM_EXAMPLES,
     SERVER_ROUND,
     TRAIN_LOSS,
     RunBinding,
 )
+from fedsim.core.scenario import AttachedSpec
 
 __all__ = ["InjectedCrashError", "app", "make_client_app"]
 
@@ -50,6 +52,9 @@ def make_client_app(binding: RunBinding | None = None) -> ClientApp:
     def train(msg: Message, context: Context) -> Message:
         bound, node = _node(context)
         scenario, fleet = load_fleet(bound.scenario)
+        port = context.node_config.get(NODE_SERIAL_PORT)
+        if port:  # this node is a gateway: its device trains over the serial bridge
+            fleet = fleet.attach(node, AttachedSpec(port=str(port)))
         config = msg.content[CONFIG]
         received = msg.content[ARRAYS].to_numpy_ndarrays()  # type: ignore[union-attr]
         global_arrays = [a.astype(np.float32) for a in received]  # float16 on the wire, maybe

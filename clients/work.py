@@ -112,7 +112,11 @@ def _device_learner(scenario: Scenario, fleet: Fleet, device_id: int) -> Learner
     if attached is None:
         return _learner(scenario)
     spec = scenario.algorithm
-    assert isinstance(spec, TinyOLSpec)  # the scenario's consistency check sees to it
+    if not isinstance(spec, TinyOLSpec):  # a gateway's node config attached it to this scenario
+        raise ValueError(
+            f"{attached.port}: an attached device runs the TinyOL head on the device, not "
+            f"{spec.kind}: run a tinyol scenario, or this node without serial-port"
+        )
     return BridgedHeadLearner(spec.lr, spec.passes, attached=attached)
 
 

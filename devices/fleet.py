@@ -10,7 +10,7 @@ for a generated dataset, drawn from the seed and its id when it trains: resolvin
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -78,6 +78,12 @@ class Fleet:
 
     def __getitem__(self, device_id: int) -> Device:
         return self.devices[device_id]
+
+    def attach(self, device_id: int, spec: AttachedSpec) -> Fleet:
+        """This fleet with device ``device_id`` on a serial bridge (a gateway's node config)."""
+        devices = list(self.devices)
+        devices[device_id] = replace(devices[device_id], attached=spec)
+        return replace(self, devices=tuple(devices))
 
     def local_data(self, device_id: int) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
         """The training samples ``(x, y)`` of one device, the same in every process."""

@@ -147,3 +147,56 @@ def test_devices_info_on_an_absent_port_says_how_to_find_one() -> None:
     assert proc.returncode == 2
     assert "error: /dev/ttyNOPE: cannot open (No such file or directory)" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# -- a gateway node: the ClientApp proxies its device when its node config names a serial port -----
+def _train_message(scenario_path: Path, tmp_path: Path) -> tuple[Any, Any]:
+    from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+
+    from clients.work import _model
+    from fedsim.core.models import get_arrays
+    from fedsim.core.records import ARRAYS, CONFIG, SERVER_ROUND
+
+    scenario = load_scenario(scenario_path)
+    arrays = get_arrays(_model(scenario))
+    content = RecordDict(
+        {
+            ARRAYS: ArrayRecord({str(i): Array(a) for i, a in enumerate(arrays)}),
+            CONFIG: ConfigRecord({SERVER_ROUND: 1}),
+        }
+    )
+    return Message(content, dst_node_id=1, message_type="train"), arrays
+
+
+@pytest.mark.serial
+def test_a_gateway_node_config_trains_its_device_over_the_bridge(
+    agent_port: str, write_scenario: Write, tmp_path: Path
+) -> None:
+    from flwr.app import Context, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from clients.app import make_client_app
+    from fedsim.core.records import ARRAYS, MEASURED_S, METRICS, RunBinding
+
+    path = write_scenario(_mixed(None))
+    app = make_client_app(RunBinding(str(path), str(tmp_path / "out")))
+    replies = {}
+    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0  # as an engine does
+    try:
+        for name, config in {
+            "gateway": {"partition-id": 4, "serial-port": agent_port},
+            "simulated": {"partition-id": 4},
+        }.items():
+            message, _ = _train_message(path, tmp_path)
+            message.metadata.__dict__["_message_id"] = name
+            context = Context(1, 1, config, RecordDict(), {})  # type: ignore[arg-type]
+            replies[name] = app(message, context)
+    finally:
+        TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
+    gateway, simulated = replies["gateway"], replies["simulated"]
+    assert not gateway.has_error(), gateway.error
+    assert MEASURED_S in gateway.content[METRICS]  # the agent timed it: it ran on the device
+    assert MEASURED_S not in simulated.content[METRICS]
+    for key, array in simulated.content[ARRAYS].items():
+        np.testing.assert_array_equal(gateway.content[ARRAYS][key].numpy(), array.numpy())

@@ -48,6 +48,9 @@ RUN_SCENARIO = "scenario"
 RUN_OUT = "out"
 RUN_COMMAND = "command"
 NODE_PARTITION = "partition-id"  # set by Flower's simulation engine for each virtual node
+# a gateway SuperNode proxying a device on a serial bridge:
+#   flower-supernode --node-config "partition-id=3 serial-port='/dev/ttyACM0'"
+NODE_SERIAL_PORT = "serial-port"
 
 # ok/failed/no-reply: the device trained (or tried); the others were never sent work: their
 # update could not have counted (DESIGN.md §5; devices/clock.py).

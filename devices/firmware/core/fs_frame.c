@@ -15,14 +15,19 @@ const char *fs_frame_status_name(fs_frame_status status) {
     return "unknown";
 }
 
+/* CRC of each 4-bit value shifted in at the top: two lookups per byte instead of eight shifts,
+ * for 32 bytes of flash. */
+static const uint16_t s_crc_nibble[16] = {
+    0x0000u, 0x1021u, 0x2042u, 0x3063u, 0x4084u, 0x50A5u, 0x60C6u, 0x70E7u,
+    0x8108u, 0x9129u, 0xA14Au, 0xB16Bu, 0xC18Cu, 0xD1ADu, 0xE1CEu, 0xF1EFu,
+};
+
 uint16_t fs_crc16(const uint8_t *data, size_t n, uint16_t crc) {
     size_t i;
-    int bit;
     for (i = 0; i < n; i++) {
         crc ^= (uint16_t)(data[i] << 8);
-        for (bit = 0; bit < 8; bit++) {
-            crc = (crc & 0x8000u) ? (uint16_t)((crc << 1) ^ 0x1021u) : (uint16_t)(crc << 1);
-        }
+        crc = (uint16_t)((crc << 4) ^ s_crc_nibble[crc >> 12]);
+        crc = (uint16_t)((crc << 4) ^ s_crc_nibble[crc >> 12]);
     }
     return crc;
 }

@@ -2,7 +2,6 @@
 #include "fs_messages.h"
 
 #include <math.h>
-#include <string.h>
 
 #include "fedsim_port.h"
 #include "fs_learner.h"
@@ -43,93 +42,6 @@ uint32_t fs_messages_steps(void) {
     return s_model.steps;
 }
 
-void fs_reply_text(fs_reply *r, const char *text) {
-    while (*text != '\0' && r->length < FS_REASON_MAX) {
-        r->payload[r->length++] = (uint8_t)*text++;
-    }
-}
-
-void fs_reply_uint(fs_reply *r, uint32_t value) {
-    char digits[10];
-    int n = 0;
-    do {
-        digits[n++] = (char)('0' + value % 10u);
-        value /= 10u;
-    } while (value != 0);
-    while (n > 0 && r->length < FS_REASON_MAX) {
-        r->payload[r->length++] = (uint8_t)digits[--n];
-    }
-}
-
-void fs_reply_error(fs_reply *r, fs_status status, const char *text) {
-    r->status = (uint8_t)status;
-    r->flags = 0;
-    r->length = 0;
-    fs_reply_text(r, text);
-}
-
-/* "<what> <value> <rest>": the common shape of a reason. */
-static void fail_uint(fs_reply *r, fs_status status, const char *what, uint32_t value,
-                      const char *rest) {
-    fs_reply_error(r, status, what);
-    fs_reply_uint(r, value);
-    fs_reply_text(r, rest);
-}
-
-/* ---- HELLO ---- */
-
-/* A str field (u8 length, bytes) if it fits; returns 0 when it did not (nothing written). */
-static int put_str(fs_reply *r, const char *s) {
-    size_t n = s != NULL ? strlen(s) : 0;
-    if (n > 255u) {
-        n = 255u;
-    }
-    if (r->length + 1u + n > FS_MAX_PAYLOAD) {
-        return 0;
-    }
-    r->payload[r->length++] = (uint8_t)n;
-    if (n > 0) {
-        memcpy(r->payload + r->length, s, n);
-    }
-    r->length = (uint16_t)(r->length + n);
-    return 1;
-}
-
-static void handle_hello(const fs_header *h, fs_reply *r) {
-    const fs_board *b = fs_port_board();
-    uint8_t *p = r->payload;
-    size_t count_at;
-    uint8_t i;
-    if (h->length != 0) {
-        fail_uint(r, FS_BAD_REQUEST, "HELLO takes no payload, got ", h->length, " bytes");
-        return;
-    }
-    p[0] = FS_VERSION;
-    p[1] = 0x03u; /* learners: softmax head, linear (mse) head */
-    p[2] = 1u;    /* model slots */
-    p[3] = b->caps;
-    fs_put_u16(p + 4, FS_MAX_PAYLOAD);
-    fs_put_u16(p + 6, FS_MAX_FEATURES);
-    fs_put_u16(p + 8, FS_MAX_OUTPUTS);
-    fs_put_u16(p + 10, 0);
-    fs_put_u32(p + 12, FS_MAX_FLOATS);
-    fs_put_u32(p + 16, b->clock_hz);
-    fs_put_u32(p + 20, b->sram_bytes);
-    fs_put_u32(p + 24, b->flash_bytes);
-    r->length = 28;
-    put_str(r, b->board);
-    put_str(r, b->core);
-    put_str(r, FS_FIRMWARE_NAME);
-    count_at = r->length;
-    r->payload[r->length++] = 0;
-    for (i = 0; i < b->sensor_count && b->sensors != NULL; i++) {
-        if (!put_str(r, b->sensors[i])) {
-            break; /* the count says how many made it */
-        }
-        r->payload[count_at]++;
-    }
-}
-
 /* ---- LOAD_WEIGHTS ---- */
 
 static int load_checks(const fs_header *h, const uint8_t *p, fs_reply *r) {
@@ -137,29 +49,29 @@ static int load_checks(const fs_header *h, const uint8_t *p, fs_reply *r) {
     const uint32_t offset = fs_get_u32(p + 12), count = (h->length - FS_LOAD_HEADER) / 4u;
     const uint32_t size = fs_head_size(outputs, features);
     if (p[4] > FS_LOSS_MSE) {
-        fail_uint(r, FS_BAD_REQUEST, "loss code ", p[4], ": 0 is softmax, 1 is mse");
+        fs_reply_fail(r, FS_BAD_REQUEST, "loss code ", p[4], ": 0 is softmax, 1 is mse");
     } else if (outputs == 0 || features == 0) {
         fs_reply_error(r, FS_BAD_REQUEST, "outputs and features must be at least 1");
     } else if (!isfinite(fs_get_f32(p + 8))) {
         fs_reply_error(r, FS_BAD_REQUEST, "lr is not a finite number");
     } else if (features > FS_MAX_FEATURES) {
-        fail_uint(r, FS_TOO_LARGE, "features ", features, " > max_features (HELLO)");
+        fs_reply_fail(r, FS_TOO_LARGE, "features ", features, " > max_features (HELLO)");
     } else if (outputs > FS_MAX_OUTPUTS) {
-        fail_uint(r, FS_TOO_LARGE, "outputs ", outputs, " > max_outputs (HELLO)");
+        fs_reply_fail(r, FS_TOO_LARGE, "outputs ", outputs, " > max_outputs (HELLO)");
     } else if (size > FS_MAX_FLOATS) {
-        fail_uint(r, FS_TOO_LARGE, "head of ", size, " floats > max_floats (HELLO)");
+        fs_reply_fail(r, FS_TOO_LARGE, "head of ", size, " floats > max_floats (HELLO)");
     } else if (offset != 0 && !s_model.loading) {
-        fail_uint(r, FS_BAD_REQUEST, "offset ", offset, " but no load under way: start at 0");
+        fs_reply_fail(r, FS_BAD_REQUEST, "offset ", offset, " but no load under way: start at 0");
     } else if (offset != 0 && (outputs != s_model.head.outputs ||
                                features != s_model.head.features || p[4] != s_model.head.loss ||
                                fs_get_u32(p + 8) != s_model.lr_bits)) {
         fs_reply_error(r, FS_BAD_REQUEST, "chunk configuration differs from the one at offset 0");
     } else if (offset != 0 && offset != s_model.loaded) {
-        fail_uint(r, FS_BAD_REQUEST, "offset ", offset, " is not where the last chunk ended");
+        fs_reply_fail(r, FS_BAD_REQUEST, "offset ", offset, " is not where the last chunk ended");
     } else if (offset + count > size) {
-        fail_uint(r, FS_BAD_REQUEST, "values end at ", offset + count, ", past the head's end");
+        fs_reply_fail(r, FS_BAD_REQUEST, "values end at ", offset + count, ", past the head's end");
     } else if (!(h->flags & FS_FLAG_MORE) && offset + count < size) {
-        fail_uint(r, FS_BAD_REQUEST, "last chunk (no more flag) ends at ", offset + count,
+        fs_reply_fail(r, FS_BAD_REQUEST, "last chunk (no more flag) ends at ", offset + count,
                   ", before the head's end");
     } else {
         return 1;
@@ -170,7 +82,7 @@ static int load_checks(const fs_header *h, const uint8_t *p, fs_reply *r) {
 static void handle_load(const fs_header *h, const uint8_t *p, fs_reply *r) {
     uint32_t offset, count, i;
     if (h->length < FS_LOAD_HEADER || (h->length - FS_LOAD_HEADER) % 4u != 0) {
-        fail_uint(r, FS_BAD_REQUEST, "LOAD_WEIGHTS payload of ", h->length,
+        fs_reply_fail(r, FS_BAD_REQUEST, "LOAD_WEIGHTS payload of ", h->length,
                   " bytes: need 16 + 4 per value");
         return;
     }
@@ -224,15 +136,18 @@ static uint32_t read_sample(const uint8_t *samples, uint32_t k) {
     return 0;
 }
 
-/* A head, a payload of 2 + count * sample bytes and labels in range; else an error reply. */
-static int samples_check(const fs_header *h, const uint8_t *p, fs_reply *r, uint16_t *count) {
+/* A head, a payload of 2 + count * sample bytes and labels in range; else an error reply.
+ * `what` names the request in the reason. */
+static int samples_check(const fs_header *h, const uint8_t *p, fs_reply *r, uint16_t *count,
+                         const char *what) {
     uint32_t expected, k, label;
     if (!s_model.ready) {
         fs_reply_error(r, FS_NO_MODEL, "no head loaded (reset?): send LOAD_WEIGHTS first");
         return 0;
     }
     if (h->length < 2) {
-        fail_uint(r, FS_BAD_REQUEST, "payload of ", h->length, " bytes has no u16 count");
+        fs_reply_error(r, FS_BAD_REQUEST, what);
+        fs_reply_text(r, " payload has no u16 count");
         return 0;
     }
     *count = fs_get_u16(p);
@@ -241,15 +156,20 @@ static int samples_check(const fs_header *h, const uint8_t *p, fs_reply *r, uint
         return 1; /* sensor data: the caller decides */
     }
     if (h->length != expected) {
-        fail_uint(r, FS_BAD_REQUEST, "payload of ", h->length, " bytes, but count and head need ");
+        fs_reply_error(r, FS_BAD_REQUEST, what);
+        fs_reply_text(r, " payload of ");
+        fs_reply_uint(r, h->length);
+        fs_reply_text(r, " bytes; count and head need ");
         fs_reply_uint(r, expected);
         return 0;
     }
     for (k = 0; k < *count && s_model.head.loss == FS_LOSS_SOFTMAX; k++) {
-        label = read_sample(p + 2, k);
+        label = fs_get_u32(p + 2 + (k + 1u) * sample_bytes() - 4u); /* the sample's last field */
         if (label >= s_model.head.outputs) {
-            fail_uint(r, FS_BAD_REQUEST, "label ", label, " >= outputs in sample ");
+            fs_reply_fail(r, FS_BAD_REQUEST, "label ", label, " in sample ");
             fs_reply_uint(r, k);
+            fs_reply_text(r, " is not below the head's outputs, ");
+            fs_reply_uint(r, s_model.head.outputs);
             return 0;
         }
     }
@@ -288,7 +208,7 @@ static void handle_train(const fs_header *h, const uint8_t *p, fs_reply *r) {
     uint32_t t0, e0, k, label;
     uint16_t count = 0, steps = 0;
     float loss_sum = 0.0f;
-    if (!samples_check(h, p, r, &count)) {
+    if (!samples_check(h, p, r, &count, "TRAIN")) {
         return;
     }
     if (count == 0 && !(b->caps & FS_CAP_SENSOR)) {
@@ -318,7 +238,7 @@ static void handle_eval(const fs_header *h, const uint8_t *p, fs_reply *r) {
     uint32_t k, label;
     float loss_sum = 0.0f;
     int hit;
-    if (!samples_check(h, p, r, &count)) {
+    if (!samples_check(h, p, r, &count, "EVAL")) {
         return;
     }
     if (count == 0) {
@@ -345,12 +265,12 @@ static void handle_get(const fs_header *h, const uint8_t *p, fs_reply *r) {
         return;
     }
     if (h->length != 4) {
-        fail_uint(r, FS_BAD_REQUEST, "GET_WEIGHTS payload of ", h->length, " bytes, expected 4");
+        fs_reply_fail(r, FS_BAD_REQUEST, "GET_WEIGHTS payload of ", h->length, " bytes, expected 4");
         return;
     }
     offset = fs_get_u32(p);
     if (offset >= s_model.size) {
-        fail_uint(r, FS_BAD_REQUEST, "offset ", offset, " >= the head's size ");
+        fs_reply_fail(r, FS_BAD_REQUEST, "offset ", offset, " >= the head's size ");
         fs_reply_uint(r, s_model.size);
         return;
     }
@@ -368,20 +288,20 @@ static void handle_get(const fs_header *h, const uint8_t *p, fs_reply *r) {
 
 void fs_messages_handle(const fs_header *h, const uint8_t *payload, fs_reply *r) {
     switch (h->type) {
-    case FS_HELLO: handle_hello(h, r); break;
+    case FS_HELLO: fs_hello_handle(h, r); break;
     case FS_LOAD_WEIGHTS: handle_load(h, payload, r); break;
     case FS_TRAIN: handle_train(h, payload, r); break;
     case FS_GET_WEIGHTS: handle_get(h, payload, r); break;
     case FS_EVAL: handle_eval(h, payload, r); break;
     case FS_RESET:
         if (h->length != 0) {
-            fail_uint(r, FS_BAD_REQUEST, "RESET takes no payload, got ", h->length, " bytes");
+            fs_reply_fail(r, FS_BAD_REQUEST, "RESET takes no payload, got ", h->length, " bytes");
         } else {
             forget_head();
         }
         break;
     default:
-        fail_uint(r, FS_BAD_REQUEST, "message type ", h->type, " is not a request");
+        fs_reply_fail(r, FS_BAD_REQUEST, "message type ", h->type, " is not a request");
         break;
     }
 }

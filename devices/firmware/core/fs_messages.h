@@ -26,9 +26,15 @@ void fs_messages_handle(const fs_header *h, const uint8_t *payload, fs_reply *re
 /* Samples trained since the last fs_messages_reset(). */
 uint32_t fs_messages_steps(void);
 
-/* Reason helpers: start an error reply, then append text and numbers (cut at 96 bytes). */
+/* The HELLO reply (fs_hello.c). */
+void fs_hello_handle(const fs_header *h, fs_reply *reply);
+
+/* Reason helpers (fs_reply.c): start an error reply, then append text and numbers; the reason
+ * is cut at 96 bytes. fs_reply_fail() writes "<what><value><rest>". */
 void fs_reply_error(fs_reply *r, fs_status status, const char *text);
 void fs_reply_text(fs_reply *r, const char *text);
 void fs_reply_uint(fs_reply *r, uint32_t value);
+void fs_reply_fail(fs_reply *r, fs_status status, const char *what, uint32_t value,
+                   const char *rest);
 
 #endif /* FS_MESSAGES_H */

@@ -114,11 +114,8 @@ def attach(
     timeout: float = TimeoutOpt,
 ) -> None:
     """Register the device on PORT: its HELLO becomes a fedsim:Device in a Turtle file."""
-    from rdflib import Graph
-
-    from ontology.attached import AttachedDevice, attached_graph, guess_profile, merge_device
-    from ontology.registry import CATALOG_DIR, default_registry
-    from ontology.validate import load_turtle, validate
+    from ontology.attached import AttachedDevice, guess_profile, register
+    from ontology.registry import default_registry
 
     hello = _hello(port, baud, timeout)
     registry = default_registry()
@@ -140,13 +137,7 @@ def attach(
         sensors=hello.sensors,
         fleet=fleet,
     )
-    graph = attached_graph(device)
-    existing = load_turtle(output) if output.exists() else Graph()
-    merged = merge_device(existing, graph, name)
-    problems = validate(merged + load_turtle(sorted(CATALOG_DIR.glob("*.ttl"))))
-    if problems:
-        raise FedsimError(str(output), f"the description does not validate: {problems[0]}")
-    output.write_text(merged.serialize(format="turtle"), encoding="utf-8")
+    register(device, output)
     out.print(f"registered {name} ({hello.board}, profile {known.name}) in {output}")
     out.print("use it in a scenario (algorithm.kind: tinyol):")
     group = f"{{profile: {known.name}, count: 1, attached: {{port: '{port}'}}}}"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from rdflib import RDF, BNode, Graph, Literal, URIRef
 from rdflib.namespace import XSD
@@ -20,7 +21,14 @@ from rdflib.namespace import XSD
 from fedsim.core.errors import FedsimError
 from ontology.vocab import DEV, DEVICE, FEDSIM, PREFIXES
 
-__all__ = ["SENSOR_CLASSES", "AttachedDevice", "attached_graph", "guess_profile", "merge_device"]
+__all__ = [
+    "SENSOR_CLASSES",
+    "AttachedDevice",
+    "attached_graph",
+    "guess_profile",
+    "merge_device",
+    "register",
+]
 
 # sensor names a firmware reports → the vocabulary's sensor classes
 SENSOR_CLASSES: dict[str, tuple[str, ...]] = {
@@ -136,3 +144,17 @@ def merge_device(existing: Graph, device: Graph, name: str) -> Graph:
     for prefix, iri in PREFIXES.items():
         existing.bind(prefix, iri, replace=True)
     return existing
+
+
+def register(device: AttachedDevice, path: Path) -> None:
+    """Write ``device`` into the Turtle file ``path`` (replacing an earlier description of it),
+    after validating the result with the catalog; a ``FedsimError`` names the first problem."""
+    from ontology.registry import CATALOG_DIR
+    from ontology.validate import load_turtle, validate
+
+    existing = load_turtle(path) if path.exists() else Graph()
+    merged = merge_device(existing, attached_graph(device), device.name)
+    problems = validate(merged + load_turtle(sorted(CATALOG_DIR.glob("*.ttl"))))
+    if problems:
+        raise FedsimError(str(path), f"the description does not validate: {problems[0]}")
+    path.write_text(merged.serialize(format="turtle"), encoding="utf-8")

@@ -4,13 +4,17 @@ simulated ones (``fleet.groups[].attached``), and one that goes silent drops out
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from clients.tinyol import OnlineHead
+from devices.bridge import DeviceResetError, DeviceTimeoutError, SerialBridge
+from devices.emulator import EmulatorError, Running, host_firmware, qemu_mcu
+from devices.messages import HeadConfig
 from fedsim.core.errors import FedsimError
 from fedsim.core.results import read_model, read_rounds
 from fedsim.core.scenario_load import load_scenario
@@ -200,3 +204,116 @@ def test_a_gateway_node_config_trains_its_device_over_the_bridge(
     assert MEASURED_S not in simulated.content[METRICS]
     for key, array in simulated.content[ARRAYS].items():
         np.testing.assert_array_equal(gateway.content[ARRAYS][key].numpy(), array.numpy())
+
+
+# -- the C firmware through the real bridge: on a Cortex-M4F in QEMU, and on a host pty ------------
+@pytest.fixture(scope="module")
+def mcu() -> Iterator[Running]:
+    try:
+        with qemu_mcu() as running:
+            yield running
+    except EmulatorError as exc:
+        pytest.skip(str(exc)) if "not found" in str(exc) else pytest.fail(str(exc))
+
+
+def _head_session(port: str, n: int = 100) -> tuple[Any, Any, Any, Any]:
+    rng = np.random.default_rng(3)
+    config = HeadConfig(outputs=4, features=16, lr=0.05)
+    w = (0.1 * rng.normal(size=(4, 16))).astype(np.float32)
+    b = np.zeros(4, np.float32)
+    x, y = rng.normal(size=(n, 16)).astype(np.float32), rng.integers(0, 4, n)
+    reference = OnlineHead(w.copy(), b.copy(), config.lr)
+    for i in range(n):
+        reference.step(x[i], y[i])
+    with SerialBridge(port) as bridge:
+        bridge.hello()
+        bridge.load_head(config, w, b)
+        report = bridge.train(config, x, y)
+        weight, bias = bridge.get_head(config)
+    assert report.steps == n
+    return weight, bias, reference, bridge
+
+
+# Float32 on the device vs numpy: the same operations (no FMA: -ffp-contract=off) summed in
+# another order, expf vs numpy's exp. Measured: at most 1e-7 apart after 100 steps.
+RTOL, ATOL = 1e-5, 1e-6
+
+
+@pytest.mark.firmware
+def test_the_emulated_mcu_trains_100_samples_like_numpy_through_the_bridge(mcu: Running) -> None:
+    weight, bias, reference, bridge = _head_session(mcu.port)
+    np.testing.assert_allclose(weight, reference.weight, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(bias, reference.bias, rtol=RTOL, atol=ATOL)
+    assert bridge.hello_info is not None
+    assert (bridge.hello_info.board, bridge.hello_info.core) == ("mps2-an386", "cortex-m4f")
+    assert bridge.stats.retries == 0
+    assert mcu.boot_s < 10
+
+
+def _firmware(*flags: str) -> Any:
+    try:
+        return host_firmware(*flags)
+    except EmulatorError as exc:  # pragma: no cover - only without a C compiler
+        pytest.skip(str(exc))
+
+
+@pytest.mark.firmware
+def test_the_host_firmware_under_sanitizers_ignores_duplicate_replies() -> None:
+    with _firmware("--duplicate-replies") as fw:
+        weight, _, reference, bridge = _head_session(fw.port)
+    np.testing.assert_allclose(weight, reference.weight, rtol=RTOL, atol=ATOL)
+    assert bridge.stats.stale_frames > 0
+
+
+@pytest.mark.firmware
+def test_a_firmware_reset_mid_round_is_a_reset_error() -> None:
+    with _firmware("--reset-after-samples", "40") as fw, pytest.raises(DeviceResetError):
+        _head_session(fw.port)
+
+
+@pytest.mark.firmware
+def test_firmware_that_goes_silent_times_out() -> None:
+    with _firmware("--silent-after", "2") as fw, pytest.raises(DeviceTimeoutError):
+        _head_session(fw.port)
+
+
+@pytest.mark.firmware
+@pytest.mark.serial
+def test_a_mixed_federation_of_an_emulated_mcu_a_pi_agent_and_simulated_devices(
+    mcu: Running, agent_port: str, write_scenario: Write, tmp_path: Path
+) -> None:
+    scenario = _mixed(agent_port)
+    scenario["fleet"]["groups"].append(
+        {"profile": "nano33-ble-sense", "count": 1, "attached": {"port": mcu.port}}
+    )
+    out = run(write_scenario(scenario, "mixed.yaml"), tmp_path / "mixed").out
+    twin = tiny_scenario(algorithm=TINYOL, rounds=3)
+    twin["fleet"]["groups"] = [
+        {k: v for k, v in g.items() if k != "attached"} for g in scenario["fleet"]["groups"]
+    ]
+    simulated = run(write_scenario(twin, "twin.yaml"), tmp_path / "twin").out
+
+    rounds = read_rounds(out)
+    assert [r["participants"] for r in rounds] == [6, 6, 6]
+    assert [r["failures"] for r in rounds] == [0, 0, 0]
+    rows = _devices(out)
+    for device in ("4", "5"):  # the Pi agent, the MCU: each timed its own training
+        assert all(float(r["measured_s"]) > 0 for r in rows if r["device_id"] == device)
+    for name, value in read_model(simulated).items():
+        np.testing.assert_allclose(read_model(out)[name], value, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.firmware
+def test_a_device_that_reboots_mid_run_misses_one_round(
+    write_scenario: Write, tmp_path: Path
+) -> None:
+    from devices.fleet import load_fleet
+
+    samples = load_fleet(write_scenario(_mixed(None), "twin.yaml"))[1][4].num_examples
+    with _firmware("--reset-after-samples", str(samples + samples // 2)) as fw:  # in round 2
+        scenario = _mixed(fw.port)
+        out = run(write_scenario(scenario), tmp_path / "reboot").out
+    statuses = [r["status"] for r in _devices(out) if r["device_id"] == "4"]
+    assert statuses == ["ok", "failed", "ok"]
+    errors = [r["error"] for r in _devices(out) if r["status"] == "failed"]
+    assert "NO_MODEL" in errors[0]

@@ -171,39 +171,53 @@ class Device:
         return encode_frame(_error(sequence, Status.BAD_REQUEST, reason))
 
     def _dispatch(self, request: Frame) -> tuple[bytes, int]:
-        if request.type == MessageType.GET_WEIGHTS:
-            return self._get(request.payload)
+        kind, payload = request.type, request.payload
+        if kind in (MessageType.HELLO, MessageType.RESET) and payload:
+            raise _RefusalError(Status.BAD_REQUEST, f"{kind.name} takes no payload")
+        if kind == MessageType.GET_WEIGHTS:
+            return self._get(payload)
+        if kind == MessageType.LOAD_WEIGHTS:
+            return self._load(payload, bool(request.flags & MORE)), 0
         handler: Callable[[bytes], bytes] | None = {
             MessageType.HELLO: lambda _: encode_hello(self.hello),
-            MessageType.LOAD_WEIGHTS: self._load,
             MessageType.TRAIN: self._train,
             MessageType.EVAL: self._eval,
             MessageType.RESET: self._reset,
-        }.get(request.type)
+        }.get(kind)
         if handler is None:
-            raise _RefusalError(Status.BAD_REQUEST, f"message type {request.type} is not a request")
-        return handler(request.payload), 0
+            raise _RefusalError(Status.BAD_REQUEST, f"message type {kind} is not a request")
+        return handler(payload), 0
 
     def _reset(self, payload: bytes) -> bytes:
         self.head = self.config = self._loading = None
         return b""
 
-    def _load(self, payload: bytes) -> bytes:
+    def _load(self, payload: bytes, more: bool) -> bytes:
+        """A chunk is checked whole before anything changes: a refused one leaves the loaded head
+        (and a load in progress) as they were."""
         config, offset, values = decode_load(payload)
         why = self.hello.fits(config)
         if why is not None:
             raise _RefusalError(Status.TOO_LARGE, why)
         if offset == 0:
-            self._loading = (config, np.zeros(config.floats, np.float32), 0)
-            self.head = self.config = None
-        if self._loading is None or self._loading[0] != config or self._loading[2] != offset:
+            loading = (config, np.zeros(config.floats, np.float32), 0)
+        elif self._loading is not None and self._loading[0] == config:
+            loading = self._loading
+        else:
+            raise _RefusalError(Status.BAD_REQUEST, f"chunk at offset {offset} starts no head")
+        buffer, end = loading[1], offset + len(values)
+        if offset != loading[2]:
             raise _RefusalError(Status.BAD_REQUEST, f"chunk at offset {offset} is out of order")
-        _, buffer, _ = self._loading
-        if offset + len(values) > config.floats:
+        if end > config.floats:
             raise _RefusalError(Status.BAD_REQUEST, f"values run past the head's {config.floats}")
-        buffer[offset : offset + len(values)] = values
-        self._loading = (config, buffer, offset + len(values))
-        if offset + len(values) == config.floats:
+        if not more and end < config.floats:
+            reason = f"last chunk ends at {end} of {config.floats} floats"
+            raise _RefusalError(Status.BAD_REQUEST, reason)
+        buffer[offset:end] = values
+        self._loading = (config, buffer, end)
+        if offset == 0:
+            self.head = self.config = None  # a new head is on its way
+        if end == config.floats:
             cut = config.outputs * config.features
             weight = buffer[:cut].reshape(config.outputs, config.features).copy()
             loss: Literal["softmax", "mse"] = "mse" if config.loss == "mse" else "softmax"

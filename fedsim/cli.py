@@ -313,12 +313,18 @@ def devices_profiles(
     out.print(links)
 
 
-from fedsim.devices_cli import attach, info, scan  # noqa: E402 (sub-commands, after the app)
+from fedsim.devices_cli import (  # noqa: E402 (sub-commands, after the app)
+    attach,
+    emulate,
+    info,
+    scan,
+)
 from fedsim.registry_cli import registry_app  # noqa: E402 (sub-app, after the main app)
 
 devices_app.command("scan")(scan)
 devices_app.command("info")(info)
 devices_app.command("attach")(attach)
+devices_app.command("emulate")(emulate)
 
 app.add_typer(registry_app, name="registry")
 

@@ -16,7 +16,7 @@ from rich.table import Table
 
 from fedsim.core.errors import FedsimError
 
-__all__ = ["attach", "info", "scan"]
+__all__ = ["attach", "emulate", "info", "scan"]
 
 out = Console(highlight=False, soft_wrap=True)
 
@@ -143,3 +143,33 @@ def attach(
     group = f"{{profile: {known.name}, count: 1, attached: {{port: '{port}'}}}}"
     out.print(f"  fleet: {{groups: [{group}]}}")
     out.print(f"query it: fedsim registry inventory --data {output}")
+
+
+def emulate(
+    board: str = typer.Option("mps2-an386", help="mps2-an386 (Cortex-M4F in QEMU) or host (a pty)"),
+    tcp_port: int | None = typer.Option(None, "--tcp-port", help="QEMU's TCP port (default: free)"),
+) -> None:
+    """Run the fedsim firmware on an emulated board until Ctrl-C, and say its port."""
+    import signal
+    import time
+
+    from devices.emulator import EmulatorError, host_firmware, qemu_mcu
+
+    if board not in ("mps2-an386", "host"):
+        raise FedsimError("--board", f"unknown board '{board}'", "use mps2-an386 or host")
+    def stop(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)  # a kill stops the emulator too, as Ctrl-C does
+    try:
+        context = qemu_mcu(tcp_port=tcp_port) if board == "mps2-an386" else host_firmware()
+        with context as running:
+            out.print(f"{board} answers on {running.port} (booted in {running.boot_s:.2f} s)")
+            out.print(f"  fedsim devices info {running.port}")
+            out.print("  Ctrl-C stops it")
+            while running.process.poll() is None:
+                time.sleep(0.2)
+    except EmulatorError as exc:
+        raise FedsimError(board, str(exc)) from None
+    except KeyboardInterrupt:
+        out.print("stopped")

@@ -317,3 +317,28 @@ def test_a_device_that_reboots_mid_run_misses_one_round(
     assert statuses == ["ok", "failed", "ok"]
     errors = [r["error"] for r in _devices(out) if r["status"] == "failed"]
     assert "NO_MODEL" in errors[0]
+
+
+@pytest.mark.firmware
+def test_devices_emulate_serves_the_mcu_until_stopped() -> None:
+    import re
+    import socket
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fedsim.cli", "devices", "emulate"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    match = re.search(r"answers on socket://127\.0\.0\.1:(\d+)", line)
+    assert match, line + (proc.stderr.read() if proc.stderr else "")
+    with SerialBridge(f"socket://127.0.0.1:{match[1]}") as bridge:
+        assert bridge.hello().board == "mps2-an386"
+    proc.terminate()
+    assert proc.wait(15) == 0
+    with pytest.raises(OSError):  # QEMU went with it
+        socket.create_connection(("127.0.0.1", int(match[1])), timeout=1).close()

@@ -88,18 +88,22 @@ def _free_port() -> int:
 
 
 def _wait_for_hello(port: str, proc: subprocess.Popen[str], started: float) -> float:
+    """Seconds from ``started`` to the device's first HELLO reply (one connection, retried)."""
     deadline = started + 20
-    while True:
-        try:
-            with SerialBridge(port, timeout=0.2, retries=0) as bridge:
-                bridge.hello()
-            return time.monotonic() - started
-        except BridgeError:
-            if proc.poll() is not None:
-                raise EmulatorError(f"the emulator exited with status {proc.returncode}") from None
-            if time.monotonic() > deadline:
-                raise EmulatorError(f"no HELLO from {port} within 20 s") from None
-            time.sleep(0.01)
+    bridge = SerialBridge(port, timeout=0.02, retries=0)
+    try:
+        while True:
+            try:
+                bridge.hello()  # opens the port first if it is not open
+                return time.monotonic() - started
+            except BridgeError:
+                if proc.poll() is not None:
+                    raise EmulatorError(f"the emulator exited with {proc.returncode}") from None
+                if time.monotonic() > deadline:
+                    raise EmulatorError(f"no HELLO from {port} within 20 s") from None
+                time.sleep(0.005)
+    finally:
+        bridge.close()
 
 
 def _stop(proc: subprocess.Popen[str]) -> None:

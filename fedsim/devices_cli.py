@@ -157,6 +157,7 @@ def emulate(
 
     if board not in ("mps2-an386", "host"):
         raise FedsimError("--board", f"unknown board '{board}'", "use mps2-an386 or host")
+
     def stop(*_: object) -> None:
         raise KeyboardInterrupt
 

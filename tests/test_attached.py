@@ -342,3 +342,19 @@ def test_devices_emulate_serves_the_mcu_until_stopped() -> None:
     assert proc.wait(15) == 0
     with pytest.raises(ConnectionRefusedError):  # QEMU went with it
         socket.create_connection(("127.0.0.1", int(match[1])), timeout=1).close()
+
+
+@pytest.mark.firmware
+def test_the_shipped_attached_scenario_runs_against_the_emulated_mcu(
+    mcu: Running, write_scenario: Write, tmp_path: Path
+) -> None:
+    import yaml
+
+    from tests.conftest import SCENARIOS
+
+    scenario = yaml.safe_load((SCENARIOS / "attached-mcu.yaml").read_text())
+    scenario["fleet"]["groups"][-1]["attached"]["port"] = mcu.port  # not the README's 5555
+    scenario["rounds"] = 2
+    out = run(write_scenario(scenario), tmp_path / "shipped").out
+    assert [r["failures"] for r in read_rounds(out)] == [0, 0]
+    assert {r["status"] for r in _devices(out) if r["device_id"] == "4"} == {"ok"}

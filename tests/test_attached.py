@@ -48,10 +48,13 @@ def _devices(out: Path) -> list[dict[str, str]]:
 
 
 @pytest.mark.serial
+@pytest.mark.parametrize("mode", ["cohort", "per-device"])
 def test_an_attached_agent_trains_in_the_federation_like_a_simulated_device(
-    agent_port: str, write_scenario: Write, tmp_path: Path
+    mode: str, agent_port: str, write_scenario: Write, tmp_path: Path
 ) -> None:
-    mixed = run(write_scenario(_mixed(agent_port), "mixed.yaml"), tmp_path / "mixed").out
+    scenario = _mixed(agent_port)
+    scenario["execution"]["mode"] = mode
+    mixed = run(write_scenario(scenario, "mixed.yaml"), tmp_path / "mixed").out
     simulated = run(write_scenario(_mixed(None), "sim.yaml"), tmp_path / "sim").out
 
     rows = _devices(mixed)

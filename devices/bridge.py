@@ -15,8 +15,9 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -59,6 +60,7 @@ __all__ = [
 ]
 
 F32 = NDArray[np.float32]
+T = TypeVar("T")
 MORE = 0x80
 
 
@@ -249,11 +251,25 @@ class SerialBridge:
             raise DeviceError(self.port, Status.INTERNAL, f"reply of type {reply.type}", kind)
         raise DeviceError(self.port, reply.status, reason, kind)
 
+    def _decode(
+        self,
+        kind: MessageType,
+        decode: Callable[[bytes], T],
+        payload: bytes = b"",
+        wait: float | None = None,
+    ) -> T:
+        """The reply to ``kind`` decoded; a payload that does not parse is the device's error."""
+        reply = self.request(kind, payload, wait=wait)
+        try:
+            return decode(reply.payload)
+        except FrameError as exc:
+            raise DeviceError(self.port, Status.INTERNAL, f"malformed reply: {exc}", kind) from None
+
     # -- the messages ----------------------------------------------------------------------------
     def hello(self) -> Hello:
         """The device's self-description (and the start of a session: it clears its replay
         memory)."""
-        self.hello_info = decode_hello(self.request(MessageType.HELLO).payload)
+        self.hello_info = self._decode(MessageType.HELLO, decode_hello)
         return self.hello_info
 
     def _max_payload(self) -> int:
@@ -282,7 +298,7 @@ class SerialBridge:
         per = samples_per_frame(config, self._max_payload())
         for payload in self._batches(config, x, y):
             wait = self.timeout + per * self.per_sample_s
-            report = decode_train(self.request(MessageType.TRAIN, payload, wait=wait).payload)
+            report = self._decode(MessageType.TRAIN, decode_train, payload, wait=wait)
             steps += report.steps
             loss += report.loss_sum
             timed &= report.train_us is not None
@@ -296,12 +312,11 @@ class SerialBridge:
         flat = np.empty(config.floats, np.float32)
         offset = 0
         while offset < config.floats:
-            reply = self.request(MessageType.GET_WEIGHTS, offset.to_bytes(4, "little"))
-            at, values = decode_chunk(reply.payload)
+            request = offset.to_bytes(4, "little")
+            at, values = self._decode(MessageType.GET_WEIGHTS, decode_chunk, request)
             if at != offset or not len(values) or offset + len(values) > config.floats:
-                raise DeviceError(
-                    self.port, Status.INTERNAL, f"chunk at {at} of {len(values)} floats", reply.type
-                )
+                reason = f"asked for floats from {offset}, got {len(values)} from {at}"
+                raise DeviceError(self.port, Status.INTERNAL, reason, MessageType.GET_WEIGHTS)
             flat[offset : offset + len(values)] = values
             offset += len(values)
         cut = config.outputs * config.features
@@ -310,7 +325,7 @@ class SerialBridge:
     def evaluate(self, config: HeadConfig, x: F32, y: NDArray[np.generic]) -> EvalReport:
         count, correct, loss = 0, 0, 0.0
         for payload in self._batches(config, x, y):
-            report = decode_eval(self.request(MessageType.EVAL, payload).payload)
+            report = self._decode(MessageType.EVAL, decode_eval, payload)
             count, correct, loss = (
                 count + report.count,
                 correct + report.correct,

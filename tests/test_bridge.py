@@ -452,3 +452,23 @@ def test_the_agent_command_runs_without_torch(pty_pair: tuple[str, str]) -> None
     finally:
         proc.terminate()
         assert proc.wait(10) == 0
+
+
+def test_a_loopback_port_echoes_the_request_which_is_no_hello_reply() -> None:
+    with SerialBridge("loop://", timeout=0.05) as bridge, pytest.raises(DeviceError) as exc:
+        bridge.hello()
+    assert "loop://: HELLO refused with INTERNAL: malformed reply: HELLO reply of 0 bytes" in str(
+        exc.value
+    )
+
+
+def test_a_reply_that_does_not_parse_is_the_devices_error() -> None:
+    def truncate_hello(wire: bytes) -> bytes:
+        frame = decode_frame(wire[:-1])
+        if frame.type != MessageType.HELLO:
+            return wire
+        return encode_frame(Frame(frame.type, frame.sequence, frame.payload[:30]))
+
+    bridge = _bridge(FakeLink(Device(), on_reply=truncate_hello))
+    with pytest.raises(DeviceError, match="malformed reply: HELLO reply ends inside its strings"):
+        bridge.hello()

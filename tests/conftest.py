@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
+pytest_plugins = ["pytester"]  # the plugin's own tests (tests/test_pytest_plugin.py)
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = ROOT / "scenarios"

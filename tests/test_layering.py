@@ -15,6 +15,7 @@ TOP_FLOOR = {
     "fedsim.inline",
     "fedsim.progress",
     "fedsim.devices_cli",
+    "fedsim.pytest_plugin",
 }
 PACKAGES = ("fedsim", "clients", "server", "ontology", "devices")
 

@@ -12,18 +12,18 @@ PIP    := $(BIN)/python -m pip --quiet --disable-pip-version-check
 
 # Debian packages the datasets read or run: speech synthesis for keyword spotting, Fashion-MNIST.
 SYSTEM_PACKAGES := espeak-ng flite sox dataset-fashion-mnist
-# ...and the serial bridge's: pty pairs, the MCU firmware's cross-compiler and its emulator
-# (installed without recommends: about 113 MB).
-FIRMWARE_PACKAGES := socat gcc qemu-system-arm gcc-arm-none-eabi libnewlib-arm-none-eabi
+# ...and the tests': pty pairs, the MCU firmware's cross-compiler and its emulator (the serial
+# bridge), a headless browser (report.html). Installed without recommends.
+TEST_PACKAGES := socat gcc qemu-system-arm gcc-arm-none-eabi libnewlib-arm-none-eabi chromium
 
-.PHONY: demo test check lint typecheck pytest clean system-packages firmware-packages apt-install
+.PHONY: demo test check lint typecheck pytest clean system-packages test-packages apt-install
 
 # Installs only what is missing (as root, or through sudo); quick when all are there.
 system-packages:
 	@$(MAKE) --no-print-directory apt-install PACKAGES="$(SYSTEM_PACKAGES)" APT_FLAGS=""
 
-firmware-packages:
-	@$(MAKE) --no-print-directory apt-install PACKAGES="$(FIRMWARE_PACKAGES)" \
+test-packages:
+	@$(MAKE) --no-print-directory apt-install PACKAGES="$(TEST_PACKAGES)" \
 	  APT_FLAGS="--no-install-recommends"
 
 apt-install:
@@ -49,7 +49,7 @@ $(STAMP): pyproject.toml Makefile
 demo: system-packages $(STAMP)
 	$(BIN)/fedsim run scenarios/quickstart.yaml --out results/quickstart --overwrite
 
-test: system-packages firmware-packages $(STAMP) lint typecheck pytest
+test: system-packages test-packages $(STAMP) lint typecheck pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -58,7 +58,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: system-packages firmware-packages $(STAMP)
+pytest: system-packages test-packages $(STAMP)
 	$(BIN)/pytest
 
 clean:

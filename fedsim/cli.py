@@ -217,6 +217,20 @@ def data_preview(
     out.print(f"{name}: {len(y)} samples → {path}")
 
 
+@app.command()
+def report(
+    runs: list[Path] = typer.Argument(..., help="run folders (a run's --out)"),
+    output: Path = typer.Option(
+        Path("compare.html"), "--out", "-o", help="where the comparison of several runs goes"
+    ),
+) -> None:
+    """One run: (re)write its report.html. Several: compare them side by side in one page."""
+    from fedsim.core.report import compare_report, run_report
+
+    path = run_report(runs[0]) if len(runs) == 1 else compare_report(runs, output)
+    out.print(f"wrote {path} (opens offline in a browser)")
+
+
 devices_app = typer.Typer(
     help="Device profiles from the RDF catalog, and real devices on serial ports.",
     no_args_is_help=True,

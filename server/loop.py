@@ -38,6 +38,7 @@ from fedsim.core.records import (
     RoundRecord,
     RunBinding,
 )
+from fedsim.core.report import run_report
 from fedsim.core.results import RunWriter
 from fedsim.core.scenario import PrototypesSpec, Scenario
 from fedsim.core.seeds import derive_seed
@@ -428,4 +429,5 @@ def run_rounds(grid: Grid, binding: RunBinding, observer: RoundObserver) -> dict
     if ctx.adaptation is not None:
         summary["adapted"] = _adaptation(binding.out, ctx.adaptation, title)
     writer.summary(summary)
+    run_report(binding.out)
     return summary

@@ -24,7 +24,9 @@ STATUS_COLOURS = {
 
 
 def plot_accuracy(out: str | Path, title: str) -> Path:
-    """``plots/accuracy.png``: global test accuracy and loss vs round, failures marked."""
+    """``plots/accuracy.png``: global test accuracy and loss vs round and vs simulated time;
+    rounds with device failures marked; for class-incremental runs also the accuracy on the
+    first classes (what the server retains)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -33,29 +35,37 @@ def plot_accuracy(out: str | Path, title: str) -> Path:
     records = read_rounds(out)
     rounds = [r for r in records if r["loss"] is not None]
     failed = [r for r in records if r["failures"]]
-    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(9, 3.4), constrained_layout=True)
-    x = [r["round"] for r in rounds]
+    fig, axes = plt.subplots(2, 2, figsize=(9, 6.4), constrained_layout=True)
     regression = all(r["accuracy"] is None for r in rounds)
-    if not regression:
-        ax_acc.plot(x, [r["accuracy"] for r in rounds], marker="o", ms=3, label="global test")
-    else:
-        ax_acc.text(0.5, 0.5, "regression: no accuracy", ha="center", transform=ax_acc.transAxes)
-    ax_acc.set(xlabel="round", ylabel="accuracy", ylim=(0, 1), title="accuracy")
-    ax_loss.plot(x, [r["loss"] for r in rounds], marker="o", ms=3, color="tab:red")
     ylabel = "mean squared error" if regression else "cross-entropy"
-    ax_loss.set(xlabel="round", ylabel=ylabel, title="loss (global model, test split)")
-    for r in failed:
-        ax_acc.axvline(r["round"], color="grey", alpha=0.3, lw=1)
-    if failed:
-        ax_acc.plot([], [], color="grey", alpha=0.5, label="round with device failures")
-    if not regression:
-        ax_acc.legend(loc="lower right", fontsize=8)
-    for ax in (ax_acc, ax_loss):
+    incremental = any(r.get("base_accuracy") is not None for r in rounds)
+    for row, (key, label) in enumerate((("round", "round"), ("sim_time_s", "simulated time (s)"))):
+        ax_acc, ax_loss = axes[row]
+        x = [r[key] for r in rounds]
+        if not regression:
+            ax_acc.plot(x, [r["accuracy"] for r in rounds], marker="o", ms=3, label="global test")
+            if incremental:
+                base = [r.get("base_accuracy") for r in rounds]
+                ax_acc.plot(x, base, marker="s", ms=3, label="first classes (retained)")
+        else:
+            ax_acc.text(
+                0.5, 0.5, "regression: no accuracy", ha="center", transform=ax_acc.transAxes
+            )
+        ax_acc.set(xlabel=label, ylabel="accuracy", ylim=(0, 1), title=f"accuracy vs {label}")
+        ax_loss.plot(x, [r["loss"] for r in rounds], marker="o", ms=3, color="tab:red")
+        ax_loss.set(xlabel=label, ylabel=ylabel, title=f"loss (global model, test) vs {label}")
+        for r in failed:
+            ax_acc.axvline(r[key], color="grey", alpha=0.3, lw=1)
+        if failed:
+            ax_acc.plot([], [], color="grey", alpha=0.5, label="round with device failures")
+        if not regression:
+            ax_acc.legend(loc="lower right", fontsize=8)
+    for ax in axes.flat:
         ax.grid(alpha=0.3)
     fig.suptitle(title, fontsize=10)
     path = Path(out) / "plots" / "accuracy.png"
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
@@ -103,11 +113,14 @@ def _per_profile(out: Path) -> tuple[dict[str, dict[str, float]], dict[int, dict
 
     totals: dict[str, dict[str, float]] = {}
     statuses: dict[int, dict[str, int]] = {}
+    seen: dict[str, set[str]] = {}
     with (out / DEVICES).open(newline="") as handle:
         for row in csv.DictReader(handle):
             mine = totals.setdefault(
                 row["profile"], {"energy_mj": 0.0, "bytes": 0.0, "device_rounds": 0.0}
             )
+            seen.setdefault(row["profile"], set()).add(row["device_id"])
+            mine["devices"] = len(seen[row["profile"]])
             mine["energy_mj"] += float(row["energy_mj"])
             mine["bytes"] += int(row["bytes_down"]) + int(row["bytes_up"])
             mine["device_rounds"] += 1
@@ -117,8 +130,8 @@ def _per_profile(out: Path) -> tuple[dict[str, dict[str, float]], dict[int, dict
 
 
 def plot_fleet(out: str | Path, title: str) -> Path:
-    """``plots/fleet.png``: accuracy vs simulated time (time-to-accuracy), who took part in each
-    round (and why not), and energy and bytes per device round by profile."""
+    """``plots/fleet.png``: who took part in each round (and why not), the fleet by profile, and
+    energy and bytes per device round by profile."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -128,17 +141,7 @@ def plot_fleet(out: str | Path, title: str) -> Path:
     records = read_rounds(out)
     totals, statuses = _per_profile(out)
     fig, axes = plt.subplots(2, 2, figsize=(10, 7), constrained_layout=True)
-    (ax_time, ax_part), (ax_energy, ax_bytes) = axes
-    evaluated = [r for r in records if r["accuracy"] is not None]
-    ax_time.plot(
-        [0.0] + [r["sim_time_s"] for r in evaluated],
-        [np.nan] + [r["accuracy"] for r in evaluated],
-        marker="o",
-        ms=3,
-    )
-    ax_time.set(
-        xlabel="simulated time (s)", ylabel="accuracy", ylim=(0, 1), title="time to accuracy"
-    )
+    (ax_part, ax_fleet), (ax_energy, ax_bytes) = axes
 
     rounds = sorted(statuses)
     bottom = np.zeros(len(rounds))
@@ -155,6 +158,8 @@ def plot_fleet(out: str | Path, title: str) -> Path:
     ax_part.legend(fontsize=7, loc="upper center", ncol=4)
 
     names = sorted(totals)
+    ax_fleet.bar(names, [totals[n]["devices"] for n in names], color="tab:blue")
+    ax_fleet.set(ylabel="devices that took part", title="the fleet by profile")
     per = {n: max(totals[n]["device_rounds"], 1.0) for n in names}
     ax_energy.bar(names, [totals[n]["energy_mj"] / per[n] / 1000 for n in names], color="tab:olive")
     ax_energy.set(ylabel="J per device round", title="energy by device class")
@@ -162,7 +167,7 @@ def plot_fleet(out: str | Path, title: str) -> Path:
     ax_bytes.set(ylabel="KiB per device round (down + up)", title="bytes by device class")
     if all(totals[n]["energy_mj"] > 0 for n in names):
         ax_energy.set_yscale("log")  # MCUs and Pis differ by orders of magnitude
-    for ax in (ax_energy, ax_bytes):
+    for ax in (ax_fleet, ax_energy, ax_bytes):
         ax.tick_params(axis="x", labelrotation=30, labelsize=8)
     for ax in axes.flat:
         ax.grid(alpha=0.3)

@@ -32,10 +32,9 @@ from fedsim.core.prototypes import ClassSums, class_sums, decode_report, encode_
 from fedsim.core.reduce import Arrays, ModelUpdate, reduce_blocks
 from fedsim.core.scenario import PrototypesSpec, Scenario, TinyOLSpec
 from fedsim.core.seeds import derive_seed
-from fedsim.core.state import DeviceState, DeviceStateStore
+from fedsim.core.state import STATE_FILE, DeviceState, DeviceStateStore
 from fedsim.core.task_model import task_model
 
-STATE_FILE = "device-state.sqlite"
 MIN_GROUP = 8  # smaller groups of equal-sized devices train faster one by one
 WINDOW = 256  # devices in flight per worker: their data and updates, ~0.4 MB each for mlp-100
 

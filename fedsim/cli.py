@@ -60,7 +60,9 @@ def validate(scenario: Path = ScenarioArg) -> None:
 
 @app.command()
 def run(
-    scenario: Path = ScenarioArg,
+    scenario: Path | None = typer.Argument(
+        None, help="scenario YAML, e.g. scenarios/quickstart.yaml (not with --resume)"
+    ),
     out_dir: Path | None = typer.Option(
         None, "--out", help="results folder (default: <output.dir>/<name>, never overwritten)"
     ),
@@ -70,21 +72,30 @@ def run(
         help="auto (inline for small runs, else ray), ray (Flower's simulation engine) "
         "or inline (one thread, no Ray)",
     ),
+    resume: Path | None = typer.Option(
+        None, help="continue the stopped run in this folder from its last checkpoint"
+    ),
 ) -> None:
-    """Run a scenario: a Flower simulation that writes metrics, plots and a summary."""
+    """Run a scenario: a Flower simulation that writes metrics, plots and a report."""
     from fedsim.progress import ProgressObserver
+    from fedsim.runner import resume_target
     from fedsim.runner import run as run_scenario
 
     if engine not in (None, "auto", "ray", "inline"):
         raise FedsimError("--engine", f"unknown engine '{engine}'", "use auto, ray or inline")
-    name = scenario.stem
+    if (scenario is None) == (resume is None):
+        raise FedsimError(
+            "fedsim run", "give a scenario, or --resume RUN_DIR (not both)", "see fedsim run --help"
+        )
+    name = (scenario or resume_target(resume or Path())).stem
     result = run_scenario(
         scenario,
-        out_dir,
+        resume or out_dir,
         overwrite=overwrite,
         engine=engine,  # type: ignore[arg-type]
         observer=ProgressObserver(name, console=err),
         command=shlex.join(["fedsim", *sys.argv[1:]]),
+        resume=resume is not None,
     )
     s = result.summary
     if "adapted" in s:
@@ -352,7 +363,7 @@ def main() -> None:
             err.print(f"error: {line}", markup=False)
         sys.exit(int(exc.exit_code))
     except KeyboardInterrupt:
-        err.print("interrupted; results written so far are kept")
+        err.print("interrupted; results written so far are kept (fedsim run --resume RUN_DIR)")
         sys.exit(int(ExitCode.INTERRUPTED))
     except typer.Exit as exc:
         sys.exit(exc.exit_code)

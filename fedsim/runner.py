@@ -31,7 +31,7 @@ from fedsim.inline import run_inline
 from server.app import make_server_app
 from server.loop import LogObserver, RoundObserver
 
-__all__ = ["RunResult", "run"]
+__all__ = ["RunResult", "resume_target", "run"]
 
 Engine = Literal["auto", "ray", "inline"]
 FLOWER_LOG = "flower.log"
@@ -86,23 +86,50 @@ def _flower_log(path: Path) -> Iterator[None]:
                 handler.setLevel(level)
 
 
+def resume_target(out: str | Path) -> Path:
+    """The scenario of the unfinished run in ``out`` (from its manifest); a ``FedsimError`` when
+    there is nothing to resume."""
+    folder = Path(out)
+    manifest = folder / MANIFEST
+    if not manifest.exists():
+        raise FedsimError(str(folder), "holds no run to resume (no manifest.json)", "")
+    summary = folder / SUMMARY
+    if summary.exists() and json.loads(summary.read_text()).get("status") == "completed":
+        raise FedsimError(str(folder), "this run is complete: nothing to resume", "")
+    scenario = Path(json.loads(manifest.read_text(encoding="utf-8"))["scenario_path"])
+    if not scenario.exists():
+        raise FedsimError(
+            str(folder), f"its scenario {scenario} is gone", "put the scenario file back"
+        )
+    return scenario
+
+
 def run(
-    scenario_path: str | Path,
+    scenario_path: str | Path | None,
     out: str | Path | None = None,
     *,
     overwrite: bool = False,
     engine: Engine | None = None,
     observer: RoundObserver | None = None,
     command: str = "",
+    resume: bool = False,
 ) -> RunResult:
-    """Run a scenario end to end and return where its results are."""
+    """Run a scenario end to end and return where its results are. ``resume``: continue the
+    unfinished run in ``out`` from its last checkpoint (its scenario comes from its manifest)."""
+    if resume:
+        if out is None:
+            raise FedsimError("--resume", "needs the run folder", "fedsim run --resume RUN_DIR")
+        scenario_path = resume_target(out)
+    if scenario_path is None:
+        raise FedsimError("scenario", "no scenario given", "fedsim run SCENARIO.yaml")
     scenario, fleet = load_fleet(scenario_path)
     chosen = choose_engine(scenario, engine)
-    out_dir = _out_dir(scenario, out, overwrite)
+    out_dir = Path(out) if resume and out is not None else _out_dir(scenario, out, overwrite)
     binding = RunBinding(
         scenario=str(Path(scenario_path).resolve()),
         out=str(out_dir.resolve()),
         command=command or shlex.join(sys.argv),
+        resume=resume,
     )
     server_app = make_server_app(binding, observer or LogObserver())
     client_app = make_client_app(binding)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,6 +24,7 @@ from numpy.typing import NDArray
 from devices.clock import DevicePlan, FleetCosts, RoundCost
 from devices.fleet import Fleet, load_fleet, open_registry
 from fedsim.core.aggregators import aggregator_for, server_step
+from fedsim.core.checkpoint import Checkpoint, load_checkpoint, restore_store, save_checkpoint
 from fedsim.core.cohort import DeviceOutcome
 from fedsim.core.data import load_task_data
 from fedsim.core.errors import FedsimError
@@ -39,9 +41,10 @@ from fedsim.core.records import (
     RunBinding,
 )
 from fedsim.core.report import run_report
-from fedsim.core.results import RunWriter
+from fedsim.core.results import RunWriter, read_rounds
 from fedsim.core.scenario import PrototypesSpec, Scenario
 from fedsim.core.seeds import derive_seed
+from fedsim.core.state import STATE_FILE
 from fedsim.core.task_model import task_model
 from ontology.history import write_participation
 from server.adapt import AdaptResult, adapt_and_score, held_out_devices
@@ -294,6 +297,16 @@ class _Usage:
                 self.totals["bytes_up"] += d.bytes_up
                 self.totals["samples"] += scenario.algorithm.samples_processed(d.num_examples)
 
+    def to_json(self) -> dict[str, Any]:
+        return {"selected": self.selected, "delivered": self.delivered, "totals": self.totals}
+
+    @classmethod
+    def from_json(cls, saved: dict[str, Any]) -> _Usage:
+        usage = cls()
+        usage.selected, usage.delivered = int(saved["selected"]), int(saved["delivered"])
+        usage.totals = {k: float(v) for k, v in saved["totals"].items()}
+        return usage
+
     def means(self) -> dict[str, float]:
         """Samples and bytes up per delivering device; the rest per selected device."""
         out = {}
@@ -301,6 +314,38 @@ class _Usage:
             count = self.delivered if key in ("samples", "bytes_up") else self.selected
             out[key] = _sig(total / count) if count else 0.0
         return out
+
+
+def _checkpoint(out: str, ctx: RoundContext, round_: int, usage: _Usage) -> None:
+    """What the loop carries from round to round, for ``fedsim run --resume``."""
+    server = {
+        "usage": usage.to_json(),
+        "base_classes": None if ctx.base_classes is None else ctx.base_classes.tolist(),
+        "adaptation": None if ctx.adaptation is None else asdict(ctx.adaptation),
+    }
+    saved = Checkpoint(round_, ctx.clock, ctx.scenario.digest(), ctx.global_arrays, server)
+    save_checkpoint(out, saved, Path(out) / STATE_FILE)
+
+
+def _restore(ctx: RoundContext, checkpoint: Checkpoint) -> _Usage:
+    """Put the loop back where ``checkpoint`` left it; the running totals."""
+    if checkpoint.scenario_sha256 != ctx.scenario.digest():
+        raise FedsimError(
+            ctx.scenario.name,
+            "the scenario changed since this run started (its SHA-256 differs from the checkpoint)",
+            "resume with the scenario as it was, or start a new run",
+        )
+    ctx.global_arrays = checkpoint.arrays
+    ctx.clock = checkpoint.clock
+    server = checkpoint.server
+    if server["base_classes"] is not None:
+        ctx.base_classes = np.array(server["base_classes"], dtype=bool)
+    if server["adaptation"] is not None:
+        a = server["adaptation"]
+        ctx.adaptation = AdaptResult(
+            **{**a, "curve": tuple(a["curve"]), "per_device": tuple(a["per_device"])}
+        )
+    return _Usage.from_json(server["usage"])
 
 
 def _adaptation(out: str, result: AdaptResult, title: str) -> dict[str, Any]:
@@ -363,8 +408,15 @@ def run_rounds(grid: Grid, binding: RunBinding, observer: RoundObserver) -> dict
     torch.set_num_threads(1)
     started = time.perf_counter()
     scenario, fleet = load_fleet(binding.scenario)
-    writer = RunWriter(binding.out)
-    writer.manifest(scenario, binding.scenario, binding.command)
+    checkpoint = load_checkpoint(binding.out) if binding.resume else None
+    if binding.resume:
+        done = checkpoint.round if checkpoint is not None else 0
+        writer = RunWriter(binding.out, resume_after=done)
+        writer.resumed(done)
+        restore_store(checkpoint, Path(binding.out) / STATE_FILE)
+    else:
+        writer = RunWriter(binding.out)
+        writer.manifest(scenario, binding.scenario, binding.command)
     data = load_task_data(scenario.task.dataset, scenario.seed)
     model = task_model(
         scenario, data.num_features, data.num_outputs, derive_seed(scenario.seed, "init")
@@ -390,13 +442,20 @@ def run_rounds(grid: Grid, binding: RunBinding, observer: RoundObserver) -> dict
         ctx.held_out = held_out_devices(data, scenario.evaluation.adapt, scenario.seed)
     records: list[RoundRecord] = []
     usage = _Usage()
+    if checkpoint is not None:
+        records = [RoundRecord(**r) for r in read_rounds(binding.out)]
+        usage = _restore(ctx, checkpoint)
     observer.start(scenario.rounds)
+    for done in records:  # a resumed run's progress starts where it stopped
+        observer.round(done)
     try:
-        for round_ in range(1, scenario.rounds + 1):
+        for round_ in range(len(records) + 1, scenario.rounds + 1):
             record, devices = _round(ctx, round_)
             writer.round(record, devices)
             records.append(record)
             usage.add(scenario, devices)
+            if scenario.output.checkpoint:
+                _checkpoint(binding.out, ctx, round_, usage)
             observer.round(record)
     except BaseException as exc:  # keep what was done: the rounds so far, and why it stopped
         error = f"{type(exc).__name__}: {exc}"

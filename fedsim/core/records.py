@@ -47,6 +47,7 @@ HEAD_ONLY = "head-only"  # devices (cohort) or this device (per-device) train on
 RUN_SCENARIO = "scenario"
 RUN_OUT = "out"
 RUN_COMMAND = "command"
+RUN_RESUME = "resume"  # continue the run in `out` from its last checkpoint
 NODE_PARTITION = "partition-id"  # set by Flower's simulation engine for each virtual node
 # a gateway SuperNode proxying a device on a serial bridge:
 #   flower-supernode --node-config "partition-id=3 serial-port='/dev/ttyACM0'"
@@ -68,6 +69,7 @@ class RunBinding:
     scenario: str
     out: str
     command: str = "flwr run"
+    resume: bool = False  # continue the run in ``out`` from its last checkpoint
 
     @classmethod
     def from_run_config(cls, run_config: dict[str, Any]) -> RunBinding:
@@ -79,7 +81,8 @@ class RunBinding:
                 "set [tool.flwr.app.config] scenario and out, or --run-config 'scenario=\"...\"'",
             )
         command = str(run_config.get(RUN_COMMAND, "flwr run"))
-        return cls(str(run_config[RUN_SCENARIO]), str(run_config[RUN_OUT]), command)
+        resume = bool(run_config.get(RUN_RESUME, False))
+        return cls(str(run_config[RUN_SCENARIO]), str(run_config[RUN_OUT]), command, resume)
 
 
 @dataclass(frozen=True)

@@ -59,12 +59,33 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
 class RunWriter:
     """Writes one run's artefacts into ``out``."""
 
-    def __init__(self, out: str | Path) -> None:
+    def __init__(self, out: str | Path, resume_after: int | None = None) -> None:
+        """A new run's files; or (``resume_after``) the run's files kept up to that round."""
         self.out = Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / ROUNDS).write_text("", encoding="utf-8")
+        kept: list[dict[str, Any]] = []
+        devices: list[dict[str, str]] = []
+        if resume_after is not None:  # a killed run may have left a line half-written: dropped
+            kept = [r for r in _whole_lines(self.out / ROUNDS) if r["round"] <= resume_after]
+            with (self.out / DEVICES).open(newline="", encoding="utf-8") as f:
+                devices = [
+                    r
+                    for r in csv.DictReader(f)
+                    if None not in r.values() and int(r["round"]) <= resume_after
+                ]
+        text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept)
+        (self.out / ROUNDS).write_text(text, encoding="utf-8")
         with (self.out / DEVICES).open("w", newline="", encoding="utf-8") as f:
-            csv.DictWriter(f, DeviceRecord.columns()).writeheader()
+            writer = csv.DictWriter(f, DeviceRecord.columns())
+            writer.writeheader()
+            writer.writerows(devices)
+
+    def resumed(self, after_round: int) -> None:
+        """Note in the manifest that the run was resumed (when, after which round)."""
+        manifest = json.loads((self.out / MANIFEST).read_text(encoding="utf-8"))
+        at = datetime.now(UTC).isoformat(timespec="seconds")
+        manifest.setdefault("resumed", []).append({"after_round": after_round, "at": at})
+        _write_json(self.out / MANIFEST, manifest)
 
     def manifest(self, scenario: Scenario, scenario_path: str, command: str) -> None:
         _write_json(
@@ -97,6 +118,16 @@ class RunWriter:
 
     def summary(self, payload: dict[str, Any]) -> None:
         _write_json(self.out / SUMMARY, payload)
+
+
+def _whole_lines(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return rows
 
 
 def read_rounds(out: str | Path) -> list[dict[str, Any]]:

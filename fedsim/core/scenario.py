@@ -262,6 +262,9 @@ class RegistrySpec(_Spec):
 
 class OutputSpec(_Spec):
     dir: str = "results"
+    checkpoint: bool = Field(
+        True, description="checkpoint every round, so `fedsim run --resume` can continue a run"
+    )
 
 
 class Scenario(_Spec):

@@ -28,7 +28,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["DeviceState", "DeviceStateStore"]
+__all__ = ["STATE_FILE", "DeviceState", "DeviceStateStore"]
+
+STATE_FILE = "device-state.sqlite"  # in the run folder
 
 DeviceState = dict[str, NDArray[Any]]
 

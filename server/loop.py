@@ -446,8 +446,8 @@ def run_rounds(grid: Grid, binding: RunBinding, observer: RoundObserver) -> dict
         records = [RoundRecord(**r) for r in read_rounds(binding.out)]
         usage = _restore(ctx, checkpoint)
     observer.start(scenario.rounds)
-    for done in records:  # a resumed run's progress starts where it stopped
-        observer.round(done)
+    for earlier in records:  # a resumed run's progress starts where it stopped
+        observer.round(earlier)
     try:
         for round_ in range(len(records) + 1, scenario.rounds + 1):
             record, devices = _round(ctx, round_)

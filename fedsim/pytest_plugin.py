@@ -30,6 +30,8 @@ import pytest
 import yaml
 from numpy.typing import NDArray
 
+from fedsim.core.scenario_load import merged_data, with_changes
+
 __all__ = [
     "FedsimRun",
     "assert_converges",
@@ -62,32 +64,13 @@ def small_scenario(**top_level: Any) -> dict[str, Any]:
     return base
 
 
-def with_changes(scenario: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
-    """A deep copy of ``scenario`` with dotted keys set (``"algorithm.lr"``; ``__`` works too)."""
-    out: dict[str, Any] = json.loads(json.dumps(scenario))
-    for dotted, value in changes.items():
-        keys = dotted.replace("__", ".").split(".")
-        node = out
-        for key in keys[:-1]:
-            child = node.setdefault(key, {})
-            if not isinstance(child, dict):
-                raise KeyError(f"{dotted}: '{key}' is not a mapping in this scenario")
-            node = child
-        node[keys[-1]] = value
-    return out
-
-
 def _as_dict(scenario: ScenarioLike) -> dict[str, Any]:
     if isinstance(scenario, Mapping):
         return dict(scenario)
     text = str(scenario)
     if isinstance(scenario, Path) or ("\n" not in text and text.endswith((".yaml", ".yml"))):
-        path = Path(scenario)
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        if "extends" in data:  # keep it resolvable from the copy in tmp
-            data["extends"] = str((path.parent / data["extends"]).resolve())
-        return dict(data)
-    return dict(yaml.safe_load(str(scenario)))
+        return merged_data(scenario)  # extends resolved, paths absolute: it can move to tmp
+    return dict(yaml.safe_load(text))
 
 
 @dataclass(frozen=True)

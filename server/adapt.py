@@ -10,13 +10,11 @@ and the mean score after each adaptation step (the adaptation curve).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from numpy.typing import NDArray
-from scipy import stats
 from torch import nn
 
 from fedsim.core.data import TaskData
@@ -25,6 +23,7 @@ from fedsim.core.models import set_arrays, sgd_step, task_loss
 from fedsim.core.reduce import Arrays
 from fedsim.core.scenario import AdaptSpec
 from fedsim.core.seeds import derive_seed
+from fedsim.core.stats import mean_ci95
 
 __all__ = ["AdaptResult", "HeldOutDevice", "adapt_and_score", "held_out_devices", "mean_ci95"]
 
@@ -118,15 +117,6 @@ def _score(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     if y.is_floating_point():
         return float(task_loss(outputs, y).item())
     return float((outputs.argmax(dim=1) == y).float().mean().item())
-
-
-def mean_ci95(values: NDArray[np.float64]) -> tuple[float, float]:
-    """Mean and the half-width of its 95% confidence interval (Student t; 0 for one value)."""
-    mean = float(np.mean(values))
-    if len(values) < 2:
-        return mean, 0.0
-    sem = float(np.std(values, ddof=1)) / math.sqrt(len(values))
-    return mean, float(stats.t.ppf(0.975, len(values) - 1)) * sem
 
 
 def _adapt(

@@ -16,6 +16,7 @@ TOP_FLOOR = {
     "fedsim.progress",
     "fedsim.devices_cli",
     "fedsim.pytest_plugin",
+    "fedsim.sweep",
 }
 PACKAGES = ("fedsim", "clients", "server", "ontology", "devices")
 

@@ -81,8 +81,9 @@ def test_a_scenario_file_with_changes_and_extends(fedsim_scenario, tmp_path: Pat
     child = tmp_path / "child.yaml"
     child.write_text(f"extends: {base.name}\nseed: 9\n", encoding="utf-8")
     written = yaml.safe_load(fedsim_scenario(child, {"algorithm.lr": 0.5}).read_text())
-    assert written["extends"] == str(base.resolve())
-    assert (written["seed"], written["algorithm"]) == (9, {"lr": 0.5})
+    assert "extends" not in written  # merged: the copy in tmp stands alone
+    assert (written["seed"], written["rounds"]) == (9, 2)
+    assert written["algorithm"] == {**small_scenario()["algorithm"], "lr": 0.5}
 
 
 def test_with_changes_refuses_a_path_through_a_value() -> None:

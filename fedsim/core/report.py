@@ -21,7 +21,16 @@ from typing import Any
 from fedsim.core.errors import FedsimError
 from fedsim.core.results import DEVICES, MANIFEST, SUMMARY, read_rounds
 
-__all__ = ["REPORT", "RunView", "compare_report", "html_page", "plot_comparison", "run_report"]
+__all__ = [
+    "FINAL",
+    "REPORT",
+    "RunView",
+    "compare_report",
+    "html_page",
+    "img_tag",
+    "plot_comparison",
+    "run_report",
+]
 
 REPORT = "report.html"
 PLOTS = (
@@ -88,7 +97,7 @@ class RunView:
         return self.out.name
 
 
-def _img(path: Path, alt: str) -> str:
+def img_tag(path: Path, alt: str) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
@@ -160,7 +169,7 @@ def run_report(out: str | Path) -> Path:
         f"<tr><td>{label}<td>{_fmt(s.get(key))}</tr>" for key, label, _ in FINAL if key in s
     )
     plots = "".join(
-        f"<h2>{html.escape(caption)}</h2>{_img(run.out / 'plots' / name, caption)}"
+        f"<h2>{html.escape(caption)}</h2>{img_tag(run.out / 'plots' / name, caption)}"
         for name, caption in PLOTS
         if (run.out / "plots" / name).exists()
     )
@@ -231,7 +240,7 @@ def compare_report(outs: Sequence[str | Path], path: str | Path) -> Path:
         f"<h1>Comparison of {len(runs)} runs</h1>"
         f"<h2>Final metrics (difference from {html.escape(runs[0].name)})</h2>"
         f"<table>{head}{''.join(rows)}</table>"
-        f"<h2>Curves</h2>{_img(image, 'curves of every run')}"
+        f"<h2>Curves</h2>{img_tag(image, 'curves of every run')}"
         f"<h2>Runs</h2>{provenance}"
     )
     image.unlink()  # it lives inside the page

@@ -6,6 +6,7 @@ Every problem becomes one ``FedsimError`` line such as
 
 from __future__ import annotations
 
+import json
 import re
 import types
 import typing
@@ -20,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 from fedsim.core.errors import FedsimError, did_you_mean
 from fedsim.core.scenario import Scenario
 
-__all__ = ["ScenarioError", "load_scenario", "locate"]
+__all__ = ["ScenarioError", "load_scenario", "locate", "merged_data", "with_changes"]
 
 Loc = tuple[str | int, ...]
 
@@ -302,3 +303,29 @@ def load_scenario(path: str | Path) -> Scenario:
     if problems:
         raise ScenarioError([_located(sources, (p,), w, f) for p, w, f in problems])
     return scenario
+
+
+def merged_data(path: str | Path) -> dict[str, Any]:
+    """The scenario as one mapping, before validation: its ``extends`` chain merged and every
+    file path in it absolute, so the mapping can be written anywhere and mean the same."""
+    sources = _chain(Path(path))
+    _anchor_paths(sources[0].data, Path(path).parent)
+    data: dict[str, Any] = {}
+    for source in reversed(sources):
+        data = _merge(data, source.data)
+    return data
+
+
+def with_changes(data: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """A deep copy of ``data`` with dotted keys set (``"algorithm.lr"``; ``__`` works too)."""
+    out: dict[str, Any] = json.loads(json.dumps(data))
+    for dotted, value in changes.items():
+        keys = dotted.replace("__", ".").split(".")
+        node = out
+        for key in keys[:-1]:
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                raise KeyError(f"{dotted}: '{key}' is not a mapping in this scenario")
+            node = child
+        node[keys[-1]] = value
+    return out

@@ -52,13 +52,18 @@ def make_client_app(binding: RunBinding | None = None) -> ClientApp:
     def train(msg: Message, context: Context) -> Message:
         bound, node = _node(context)
         scenario, fleet = load_fleet(bound.scenario)
+        config = msg.content[CONFIG]
+        order = CohortOrder.from_config(config)  # type: ignore[arg-type]
         port = context.node_config.get(NODE_SERIAL_PORT)
         if port:  # this node is a gateway: its device trains over the serial bridge
+            if order is not None:
+                raise ValueError(
+                    f"node config serial-port='{port}' needs execution.mode: per-device (in "
+                    "cohort mode a node is a worker running many devices, not one device)"
+                )
             fleet = fleet.attach(node, AttachedSpec(port=str(port)))
-        config = msg.content[CONFIG]
         received = msg.content[ARRAYS].to_numpy_ndarrays()  # type: ignore[union-attr]
         global_arrays = [a.astype(np.float32) for a in received]  # float16 on the wire, maybe
-        order = CohortOrder.from_config(config)  # type: ignore[arg-type]
         if order is not None:
             aggregator = aggregator_for(scenario.algorithm.kind, scenario.algorithm.uniform_weights)
             result = run_cohort(scenario, fleet, bound.out, order, global_arrays, aggregator)

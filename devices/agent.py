@@ -84,7 +84,7 @@ def pi_hello() -> Hello:
         sram_bytes=min(ram, 0xFFFFFFFF),
         flash_bytes=0,
         max_floats=1 << 20,
-        max_features=4096,
+        max_features=(MAX_PAYLOAD - 6) // 4,  # one mse sample with one output fits a frame
         max_outputs=1024,
         caps=CAP_TIME,
     )
@@ -130,9 +130,9 @@ class Device:
     def handle(self, raw: bytes) -> bytes:
         """One COBS frame (no delimiter) → the reply's bytes on the wire (empty: dropped)."""
         try:
-            request = decode_frame(raw)
+            request = decode_frame(raw, strict_status=False)  # a request's status is ignored
         except FrameError as exc:
-            return self._version_refusal(raw, exc)
+            return self._refusal(raw, exc)
         if request.type == MessageType.HELLO:
             self._last = None
         elif self._last is not None and self._last[:2] == (request.sequence, request.type):
@@ -150,7 +150,7 @@ class Device:
         self._last = (request.sequence, request.type, wire)
         return wire
 
-    def _version_refusal(self, raw: bytes, exc: FrameError) -> bytes:
+    def _refusal(self, raw: bytes, exc: FrameError) -> bytes:
         """An intact frame (its CRC checks) of another protocol version or of an unknown type is
         answered with ERROR, so the host can say what is wrong; anything else is dropped silently
         (the host's retry recovers it)."""
@@ -162,13 +162,14 @@ class Device:
         if len(body) < HEADER.size + 2 or crc16(body[:-2]) != int.from_bytes(body[-2:], "little"):
             return b""
         sequence = int.from_bytes(body[2:4], "little")
-        if body[0] != VERSION:
+        if body[0] != VERSION:  # answered, but its reply is not remembered for replay
             reason = f"protocol version {body[0]} not supported; this device speaks {VERSION}"
-        elif body[1] not in MessageType.__members__.values():
-            reason = f"unknown message type {body[1]}"
-        else:
+            return encode_frame(_error(sequence, Status.BAD_REQUEST, reason))
+        if body[1] in MessageType.__members__.values() or len(body) - HEADER.size - 2 > MAX_PAYLOAD:
             return b""
-        return encode_frame(_error(sequence, Status.BAD_REQUEST, reason))
+        wire = encode_frame(_error(sequence, Status.BAD_REQUEST, f"unknown message type {body[1]}"))
+        self._last = (sequence, body[1], wire)  # as any request's reply (the firmware does too)
+        return wire
 
     def _dispatch(self, request: Frame) -> tuple[bytes, int]:
         kind, payload = request.type, request.payload
@@ -197,8 +198,9 @@ class Device:
         (and a load in progress) as they were."""
         config, offset, values = decode_load(payload)
         why = self.hello.fits(config)
-        if why is not None:
-            raise _RefusalError(Status.TOO_LARGE, why)
+        if why is not None:  # a malformed head is a bad request; one too big for it, too large
+            malformed = config.outputs < 1 or config.features < 1 or not np.isfinite(config.lr)
+            raise _RefusalError(Status.BAD_REQUEST if malformed else Status.TOO_LARGE, why)
         if offset == 0:
             loading = (config, np.zeros(config.floats, np.float32), 0)
         elif self._loading is not None and self._loading[0] == config:

@@ -36,6 +36,7 @@ from devices.messages import (
     samples_per_frame,
 )
 from devices.protocol import (
+    HEADER,
     MAX_PAYLOAD,
     Frame,
     FrameError,
@@ -62,6 +63,7 @@ __all__ = [
 F32 = NDArray[np.float32]
 T = TypeVar("T")
 MORE = 0x80
+MAX_FRAME = MAX_PAYLOAD + HEADER.size + 2 + (MAX_PAYLOAD + 10) // 254 + 2  # COBS + delimiter
 
 
 class BridgeError(RuntimeError):
@@ -119,7 +121,7 @@ def open_link(port: str, baudrate: int = 115200) -> Link:
     import serial  # pyserial; imported here so the codec modules stay dependency-free
 
     try:
-        link: Link = serial.serial_for_url(port, baudrate=baudrate, timeout=0.02)
+        link: Link = serial.serial_for_url(port, baudrate=baudrate, timeout=0.02, write_timeout=10)
     except (serial.SerialException, ValueError, OSError) as exc:
         errno = getattr(exc, "errno", None)
         reason = os.strerror(errno) if isinstance(errno, int) else str(exc)
@@ -166,6 +168,7 @@ class SerialBridge:
     hello_info: Hello | None = None
     _sequence: int = field(default_factory=lambda: random.SystemRandom().randrange(1 << 16))
     _pending: bytearray = field(default_factory=bytearray)
+    _flush_device: bool = True
 
     def __enter__(self) -> SerialBridge:
         self.open()
@@ -177,8 +180,17 @@ class SerialBridge:
     def open(self) -> None:
         if self.link is None:
             self.link = open_link(self.port, self.baudrate)
-        self.link.reset_input_buffer()
+        self._io(self.link.reset_input_buffer)
         self._pending.clear()
+        self._flush_device = True  # the device may hold half a frame from an earlier session
+
+    def _io(self, operation: Callable[..., T], *args: object) -> T:
+        """A pyserial call; its failures (unplugged, a stuck USB endpoint) as ``PortError``."""
+        try:
+            return operation(*args)
+        except (OSError, ValueError) as exc:  # serial.SerialException is an OSError
+            reason = f"the port failed ({exc}); is the device still attached?"
+            raise PortError(self.port, reason) from None
 
     def close(self) -> None:
         if self.link is not None:
@@ -194,15 +206,25 @@ class SerialBridge:
             self.open()
         assert self.link is not None
         self._sequence = (self._sequence + 1) & 0xFFFF
-        wire = encode_frame(Frame(kind, self._sequence, payload, flags=flags))
+        try:
+            wire = encode_frame(Frame(kind, self._sequence, payload, flags=flags))
+        except FrameError as exc:
+            raise BridgeError(self.port, f"cannot send {kind.name}: {exc}") from None
         wait = self.timeout if wait is None else wait
-        wait += 10 * len(wire) / self.baudrate  # the request's own time on the line
+        # both frames' time on the line (8N1: 10 bits a byte); the reply at most a full payload
+        wait += 10 * (len(wire) + MAX_FRAME) / self.baudrate
         self.stats.requests += 1
         for attempt in range(self.retries + 1):
             if attempt:
                 self.stats.retries += 1
-            self.link.write(wire)
-            self.stats.bytes_sent += len(wire)
+            # a lone 0x00 first ends any half frame the device holds (a lost delimiter), so the
+            # retry is not glued onto it; and what arrived half of is dropped here too
+            send = b"\x00" + wire if attempt or self._flush_device else wire
+            self._flush_device = False
+            if attempt:
+                self._pending.clear()
+            self._io(self.link.write, send)
+            self.stats.bytes_sent += len(send)
             self.stats.payload_sent += len(payload)
             reply = self._await(self._sequence, time.monotonic() + wait)
             if reply is not None:
@@ -215,11 +237,12 @@ class SerialBridge:
         )
 
     def _await(self, sequence: int, deadline: float) -> Frame | None:
-        assert self.link is not None
+        link = self.link
+        assert link is not None
         while time.monotonic() < deadline:
             end = self._pending.find(0)
             if end < 0:
-                chunk = self.link.read(max(1, self.link.in_waiting))
+                chunk = self._io(link.read, max(1, self._io(lambda: link.in_waiting)))
                 self.stats.bytes_received += len(chunk)
                 self._pending += chunk
                 continue

@@ -92,6 +92,8 @@ class Hello:
 
     def fits(self, config: HeadConfig) -> str | None:
         """Why this device cannot hold ``config``'s head, or None when it can."""
+        if config.outputs < 1 or config.features < 1 or not np.isfinite(config.lr):
+            return "a head needs outputs ≥ 1, features ≥ 1 and a finite learning rate"
         if config.loss not in self.learners:
             return f"it has no {config.loss} learner (it has {', '.join(self.learners)})"
         if config.features > self.max_features:
@@ -100,6 +102,8 @@ class Hello:
             return f"{config.outputs} outputs exceed its {self.max_outputs}"
         if config.floats > self.max_floats:
             return f"{config.floats} weights exceed its buffer of {self.max_floats} floats"
+        if 2 + sample_bytes(config) > self.max_payload:
+            return f"one sample of {sample_bytes(config)} bytes does not fit its {self.max_payload}"
         return None
 
 

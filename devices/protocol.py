@@ -155,8 +155,10 @@ def encode_frame(frame: Frame) -> bytes:
     return cobs_encode(body + struct.pack("<H", crc16(body))) + b"\x00"
 
 
-def decode_frame(encoded: bytes) -> Frame:
-    """A frame from its COBS bytes (without the 0x00 delimiter), checked: CRC, length, version."""
+def decode_frame(encoded: bytes, strict_status: bool = True) -> Frame:
+    """A frame from its COBS bytes (without the 0x00 delimiter), checked: CRC, length, version.
+    ``strict_status=False`` (a device reading requests, whose status it ignores) reads an
+    unknown status byte as OK instead of refusing the frame."""
     raw = cobs_decode(encoded)
     if len(raw) < HEADER.size + 2:
         raise FrameError(f"frame of {len(raw)} bytes is shorter than a header and a CRC")
@@ -172,6 +174,10 @@ def decode_frame(encoded: bytes) -> Frame:
     payload = body[HEADER.size :]
     if len(payload) != length:
         raise FrameError(f"header says {length} payload bytes, the frame has {len(payload)}")
+    if length > MAX_PAYLOAD:
+        raise FrameError(f"payload of {length} bytes exceeds {MAX_PAYLOAD}")
+    if not strict_status and status not in Status.__members__.values():
+        status = Status.OK
     try:
         return Frame(MessageType(kind), sequence, payload, Status(status), flags, version)
     except ValueError as exc:

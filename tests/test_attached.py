@@ -72,11 +72,13 @@ def test_an_attached_agent_trains_in_the_federation_like_a_simulated_device(
 
 
 @pytest.mark.serial
+@pytest.mark.parametrize("mode", ["cohort", "per-device"])
 def test_a_silent_attached_device_drops_out_and_the_run_goes_on(
-    pty_pair: tuple[str, str], write_scenario: Write, tmp_path: Path
+    mode: str, pty_pair: tuple[str, str], write_scenario: Write, tmp_path: Path
 ) -> None:
     host, _ = pty_pair  # nobody answers on the other end
     scenario = _mixed(host, timeout_s=0.05, retries=1)
+    scenario["execution"]["mode"] = mode
     out = run(write_scenario(scenario), tmp_path / "silent").out
     rounds = read_rounds(out)
     assert [r["failures"] for r in rounds] == [1, 1, 1]
@@ -102,10 +104,13 @@ def test_an_attached_group_is_one_device(write_scenario: Write) -> None:
         load_scenario(write_scenario(scenario))
 
 
+@pytest.mark.parametrize("mode", ["cohort", "per-device"])
 def test_an_absent_port_fails_its_device_with_the_fix(
-    write_scenario: Write, tmp_path: Path
+    mode: str, write_scenario: Write, tmp_path: Path
 ) -> None:
-    out = run(write_scenario(_mixed("/dev/ttyNOPE")), tmp_path / "absent").out
+    scenario = _mixed("/dev/ttyNOPE")
+    scenario["execution"]["mode"] = mode
+    out = run(write_scenario(scenario), tmp_path / "absent").out
     errors = {r["error"] for r in _devices(out) if r["device_id"] == "4"}
     assert any("fedsim devices scan" in e for e in errors)
     assert read_rounds(out)[-1]["participants"] == 4
@@ -361,3 +366,29 @@ def test_the_shipped_attached_scenario_runs_against_the_emulated_mcu(
     out = run(write_scenario(scenario), tmp_path / "shipped").out
     assert [r["failures"] for r in read_rounds(out)] == [0, 0]
     assert {r["status"] for r in _devices(out) if r["device_id"] == "4"} == {"ok"}
+
+
+def test_a_gateway_node_config_is_refused_in_cohort_mode(
+    write_scenario: Write, tmp_path: Path
+) -> None:
+    from flwr.app import Context, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from clients.app import make_client_app
+    from fedsim.core.cohort import CohortOrder
+    from fedsim.core.records import CONFIG, RunBinding
+
+    path = write_scenario(_mixed(None))
+    app = make_client_app(RunBinding(str(path), str(tmp_path / "out")))
+    context = Context(1, 1, {"partition-id": 0, "serial-port": "/dev/ttyACM0"}, RecordDict(), {})
+    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
+    try:
+        message, _ = _train_message(path, tmp_path)
+        order = CohortOrder(round=1, device_ids=[0, 1], first_position=0, block_size=2)
+        message.content[CONFIG] = order.config()
+        message.metadata.__dict__["_message_id"] = "cohort"
+        with pytest.raises(ValueError, match=r"serial-port='/dev/ttyACM0' needs execution\.mode"):
+            app(message, context)
+    finally:
+        TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved

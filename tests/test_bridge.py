@@ -17,6 +17,7 @@ import pytest
 from clients.tinyol import OnlineHead
 from devices.agent import Device
 from devices.bridge import (
+    BridgeError,
     DeviceError,
     DeviceResetError,
     DeviceTimeoutError,
@@ -88,6 +89,9 @@ def test_head_too_large_for_a_device_is_explained() -> None:
     hello = Hello("b", "c", "f", 1, 1, 1, max_floats=100, max_features=64, max_outputs=16)
     assert "exceed its buffer of 100 floats" in (hello.fits(CONFIG) or "")
     assert hello.fits(HeadConfig(2, 8, 0.1)) is None
+    roomy = Hello("b", "c", "f", 1, 1, 1, max_floats=10**6, max_features=4096, max_outputs=64)
+    assert "one sample of 2404 bytes does not fit" in (roomy.fits(HeadConfig(2, 600, 0.1)) or "")
+    assert "finite learning rate" in (roomy.fits(HeadConfig(2, 6, float("nan"))) or "")
 
 
 def test_load_chunks_cover_the_head_in_order() -> None:
@@ -221,6 +225,7 @@ FAULTS = {
     "dropped bytes": lambda d: d[:5] + d[9:],
     "truncated frame": lambda d: d[: len(d) // 2] + b"\x00",
     "lost entirely": lambda d: b"",
+    "lost its delimiter": lambda d: d[:-1],  # the next frame would be glued onto it
 }
 
 
@@ -238,7 +243,9 @@ def test_a_damaged_train_frame_is_retried_and_never_trains_twice(
     assert bridge.stats.retries == 1
     assert device.head is not None
     assert device.head.seen == 100  # a replay, not a second step
-    assert device.replays == (1 if direction == "reply" else 0)
+    # the retry's leading 0x00 completes a request that lost only its delimiter: it is served,
+    # and the retried copy is a replay
+    assert device.replays == (1 if direction == "reply" or fault == "lost its delimiter" else 0)
 
 
 def test_a_wrong_crc_is_dropped_by_both_sides() -> None:
@@ -472,3 +479,9 @@ def test_a_reply_that_does_not_parse_is_the_devices_error() -> None:
     bridge = _bridge(FakeLink(Device(), on_reply=truncate_hello))
     with pytest.raises(DeviceError, match="malformed reply: HELLO reply ends inside its strings"):
         bridge.hello()
+
+
+def test_a_request_too_large_to_frame_is_a_bridge_error() -> None:
+    bridge = _bridge(FakeLink(Device()))
+    with pytest.raises(BridgeError, match="fake0: cannot send TRAIN: payload of 3000 bytes"):
+        bridge.request(MessageType.TRAIN, b"x" * 3000)

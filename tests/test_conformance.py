@@ -23,9 +23,13 @@ CONFIG = HeadConfig(outputs=6, features=100, lr=0.05)  # 606 floats: two LOAD ch
 MORE = 0x80
 
 
-def _raw(version: int, kind: int, sequence: int, payload: bytes = b"") -> bytes:
-    body = HEADER.pack(version, kind, sequence, len(payload), 0, 0) + payload
+def _raw(version: int, kind: int, sequence: int, payload: bytes = b"", status: int = 0) -> bytes:
+    body = HEADER.pack(version, kind, sequence, len(payload), status, 0) + payload
     return cobs_encode(body + crc16(body).to_bytes(2, "little")) + b"\x00"
+
+
+def _load_header(outputs: int, features: int, loss: int, lr: float) -> bytes:
+    return struct.pack("<HHBBHfI", outputs, features, loss, 0, 0, lr, 0)
 
 
 def _requests() -> list[tuple[str, bytes]]:
@@ -36,6 +40,8 @@ def _requests() -> list[tuple[str, bytes]]:
     y = rng.integers(0, 6, 4)
     samples = encode_samples(CONFIG, x, y)
     small = HeadConfig(2, 4, 0.1)
+    nan_lr = _load_header(2, 4, 0, float("nan")) + b"\x00" * 40
+    wide = _load_header(8, 510, 1, 0.1)  # mse: 510 + 8 floats a sample, 2,074 bytes
     short_last = load_chunks(small, np.ones(small.floats, np.float32))[0][:-8]
     bad_label = encode_samples(CONFIG, x[:2], np.array([0, 7]))
 
@@ -63,7 +69,13 @@ def _requests() -> list[tuple[str, bytes]]:
         ("reset with a payload", frame(MessageType.RESET, b"\x01")),
         ("an error sent to the device", frame(MessageType.ERROR)),
         ("unknown type 42", _raw(1, 42, 900)),
+        ("unknown type 42 again (replayed)", _raw(1, 42, 900)),
         ("protocol version 2", _raw(2, 1, 901)),
+        ("a status byte no request uses", _raw(1, MessageType.HELLO, 902, status=9)),
+        ("a payload over 2048 bytes", _raw(1, MessageType.TRAIN, 903, b"\x01" * 2100)),
+        ("zero outputs", frame(MessageType.LOAD_WEIGHTS, _load_header(0, 4, 0, 0.1))),
+        ("a learning rate that is not a number", frame(MessageType.LOAD_WEIGHTS, nan_lr)),
+        ("a head whose sample cannot fit a frame", frame(MessageType.LOAD_WEIGHTS, wide, MORE)),
         ("weights after the refusals", frame(MessageType.GET_WEIGHTS, struct.pack("<I", 0))),
         ("reset", frame(MessageType.RESET)),
         ("weights after reset", frame(MessageType.GET_WEIGHTS, struct.pack("<I", 0))),
@@ -105,7 +117,7 @@ def test_the_agent_and_the_firmware_answer_alike() -> None:
     ]
     c = _c_replies(requests)
     answered = {(f.type, f.status) for f in python if f is not None}
-    assert len(answered) == 7  # every request type answered OK, and refusals of two kinds
+    assert len(answered) == 9  # every request type answered OK, and refusals of three kinds
     for (name, _), mine, theirs in zip(requests, python, c, strict=True):
         assert (mine is None) == (theirs is None), name
         if mine is None or theirs is None:

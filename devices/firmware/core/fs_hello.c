@@ -4,21 +4,23 @@
 #include "fedsim_port.h"
 #include "fs_messages.h"
 
-/* A str field (u8 length, bytes) if it fits; returns 0 when it did not (nothing written). */
-static int put_str(fs_reply *r, const char *s) {
+/* A str field (u8 length, bytes), truncated to what fits while leaving `reserve` bytes free
+ * after it (so later fields always have room): every field stays where the host expects it. */
+static void put_str(fs_reply *r, const char *s, size_t reserve) {
     size_t n = s != NULL ? strlen(s) : 0;
+    size_t room = FS_MAX_PAYLOAD - r->length; /* r->length + 1 + reserve <= FS_MAX_PAYLOAD */
+    room = room > 1u + reserve ? room - 1u - reserve : 0u;
     if (n > 255u) {
         n = 255u;
     }
-    if (r->length + 1u + n > FS_MAX_PAYLOAD) {
-        return 0;
+    if (n > room) {
+        n = room;
     }
     r->payload[r->length++] = (uint8_t)n;
     if (n > 0) {
         memcpy(r->payload + r->length, s, n);
     }
     r->length = (uint16_t)(r->length + n);
-    return 1;
 }
 
 void fs_hello_handle(const fs_header *h, fs_reply *r) {
@@ -43,15 +45,17 @@ void fs_hello_handle(const fs_header *h, fs_reply *r) {
     fs_put_u32(p + 20, b->sram_bytes);
     fs_put_u32(p + 24, b->flash_bytes);
     r->length = 28;
-    put_str(r, b->board);
-    put_str(r, b->core);
-    put_str(r, FS_FIRMWARE_NAME);
+    /* room is kept for the strings still to come (1 byte each) and the sensor count */
+    put_str(r, b->board, 3u);
+    put_str(r, b->core, 2u);
+    put_str(r, FS_FIRMWARE_NAME, 1u);
     count_at = r->length;
-    r->payload[r->length++] = 0;
+    r->payload[r->length++] = 0; /* fits: reserved above */
     for (i = 0; i < b->sensor_count && b->sensors != NULL; i++) {
-        if (!put_str(r, b->sensors[i])) {
+        if (r->length + 1u > FS_MAX_PAYLOAD) {
             break; /* the count says how many made it */
         }
+        put_str(r, b->sensors[i], 0u);
         r->payload[count_at]++;
     }
 }

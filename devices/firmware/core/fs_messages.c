@@ -60,6 +60,9 @@ static int load_checks(const fs_header *h, const uint8_t *p, fs_reply *r) {
         fs_reply_fail(r, FS_TOO_LARGE, "outputs ", outputs, " > max_outputs (HELLO)");
     } else if (size > FS_MAX_FLOATS) {
         fs_reply_fail(r, FS_TOO_LARGE, "head of ", size, " floats > max_floats (HELLO)");
+    } else if (2u + 4u * features + (p[4] == FS_LOSS_SOFTMAX ? 4u : 4u * outputs) >
+               FS_MAX_PAYLOAD) {
+        fs_reply_error(r, FS_TOO_LARGE, "one sample would not fit a frame (max_payload, HELLO)");
     } else if (offset != 0 && !s_model.loading) {
         fs_reply_fail(r, FS_BAD_REQUEST, "offset ", offset, " but no load under way: start at 0");
     } else if (offset != 0 && (outputs != s_model.head.outputs ||

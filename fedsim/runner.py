@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import shlex
+import socket
 import sys
 import warnings
 from collections.abc import Iterator
@@ -86,6 +87,34 @@ def _flower_log(path: Path) -> Iterator[None]:
                 handler.setLevel(level)
 
 
+def _cluster_cpus(address: str) -> int:
+    """Connect to the Ray cluster at ``address``; one actor per CPU it has (Flower's backend
+    finds Ray initialised and uses this connection)."""
+    import ray
+
+    fix = "start one (ray start --head) or fix the address (host:port of the head's GCS)"
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:  # Ray itself waits a long time for a head that is not there
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+    except (OSError, ValueError) as exc:
+        raise FedsimError(
+            "execution.ray_address", f"cannot connect to the Ray cluster at {address}: {exc}", fix
+        ) from None
+    pythonpath = os.pathsep.join([*sys.path, os.environ.get("PYTHONPATH", "")])
+    os.environ["PYTHONPATH"] = pythonpath  # the cluster's workers import fedsim from here
+    try:
+        ray.init(
+            address=address,
+            log_to_driver=False,
+            runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
+        )
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise FedsimError(
+            "execution.ray_address", f"cannot connect to the Ray cluster at {address}: {exc}", fix
+        ) from None
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))  # type: ignore[no-untyped-call]
+
+
 def resume_target(out: str | Path) -> Path:
     """The scenario of the unfinished run in ``out`` (from its manifest); a ``FedsimError`` when
     there is nothing to resume."""
@@ -134,34 +163,40 @@ def run(
     server_app = make_server_app(binding, observer or LogObserver())
     client_app = make_client_app(binding)
     actors = scenario.execution.actors
+    cluster = scenario.execution.cluster if chosen == "ray" else None
     if chosen == "ray":
-        actors = min(actors, os.cpu_count() or 1)
+        actors = _cluster_cpus(cluster) if cluster else min(actors, os.cpu_count() or 1)
     nodes = actors if scenario.execution.mode == "cohort" else len(fleet)
     if chosen == "inline":
         run_inline(server_app, client_app, nodes)
     else:
         from flwr.simulation import run_simulation
 
-        with _flower_log(out_dir / FLOWER_LOG):
-            run_simulation(
-                server_app=server_app,
-                client_app=client_app,
-                num_supernodes=nodes,
-                backend_config={
-                    # one CPU per actor → `actors` actors share the machine's cores
-                    "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                    "init_args": {
-                        "num_cpus": actors,
-                        "num_gpus": 0,
-                        "include_dashboard": False,
-                        "log_to_driver": False,  # actor output: see flower.log
+        init_args: dict[str, Any] = {"log_to_driver": False}  # actor output: see flower.log
+        if not cluster:  # a local Ray with `actors` CPUs, one per actor
+            init_args |= {"num_cpus": actors, "num_gpus": 0, "include_dashboard": False}
+        try:
+            with _flower_log(out_dir / FLOWER_LOG):
+                run_simulation(
+                    server_app=server_app,
+                    client_app=client_app,
+                    num_supernodes=nodes,
+                    backend_config={
+                        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                        "init_args": init_args,
                     },
-                },
-            )
+                )
+        finally:
+            if cluster:
+                import ray
+
+                ray.shutdown()  # disconnect; the cluster stays up
     summary_path = out_dir / SUMMARY
     if not summary_path.exists():
         raise RuntimeError(f"the run ended without writing {summary_path}; see the log above")
     summary = json.loads(summary_path.read_text(encoding="utf-8"))
     summary["engine"] = chosen  # how it ran (results do not depend on it)
+    if cluster:
+        summary["ray_cluster"] = {"address": cluster, "actors": actors}
     summary_path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return RunResult(out_dir, summary)

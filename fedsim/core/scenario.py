@@ -245,6 +245,16 @@ class ExecutionSpec(_Spec):
     vectorize: bool = True
     actors: int = Field(2, ge=1, le=64, description="Ray actors (one CPU each)")
     round_timeout_s: float = Field(600.0, gt=0.0)
+    ray_address: str | None = Field(
+        None,
+        description="an existing Ray cluster (host:port of its head; or $FEDSIM_RAY_ADDRESS): "
+        "the run uses one actor per CPU the cluster has",
+    )
+
+    @property
+    def cluster(self) -> str | None:
+        """The Ray cluster to run on: ``ray_address``, else ``$FEDSIM_RAY_ADDRESS``, else none."""
+        return self.ray_address or os.environ.get("FEDSIM_RAY_ADDRESS") or None
 
 
 class RegistrySpec(_Spec):
@@ -390,5 +400,7 @@ def choose_engine(
     engine = engine or scenario.execution.engine
     if engine != "auto":
         return engine
+    if scenario.execution.cluster:  # a cluster was named: use it
+        return "ray"
     work = scenario.cohort_size * scenario.rounds
     return "ray" if (os.cpu_count() or 1) >= 2 and work >= AUTO_RAY_MIN_DEVICE_ROUNDS else "inline"

@@ -17,6 +17,7 @@ TOP_FLOOR = {
     "fedsim.devices_cli",
     "fedsim.pytest_plugin",
     "fedsim.sweep",
+    "fedsim.deploy",
 }
 PACKAGES = ("fedsim", "clients", "server", "ontology", "devices")
 

@@ -1,0 +1,316 @@
+"""Flower's Deployment Engine for fedsim: a SuperLink and SuperNodes with TLS and SuperNode
+authentication, set up from a scenario (``fedsim deploy superlink | supernode``,
+``fedsim run --federation DIR``).
+
+A deployment folder holds everything: ``certs/`` (a CA made here, and the SuperLink's certificate
+for its host), ``keys/`` (one ECDSA P-384 key per SuperNode, OpenSSH format, registered with the
+SuperLink before the node starts), ``flwr-home/config.toml`` (the ``flwr`` CLI's connection
+``fedsim``), ``superlink.db`` (registrations and runs survive a restart) and ``homes/`` (one
+``FLWR_HOME`` per process: Flower installs the app there). This module writes the files and the
+command lines; Flower does the rest (``flower-superlink``, ``flower-supernode``, ``flwr``).
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedsim.core.errors import FedsimError
+
+__all__ = [
+    "CONNECTION",
+    "Deployment",
+    "RunStatus",
+    "app_dir",
+    "node_config_for",
+]
+
+CONNECTION = "fedsim"  # the flwr CLI's name for the deployment's SuperLink
+FINISHED = "finished:"
+
+
+def app_dir() -> Path:
+    """The folder ``flwr run`` packages: this checkout (pyproject.toml with ``[tool.flwr.app]``)."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "pyproject.toml").exists():
+        raise FedsimError(
+            "deployment",
+            "fedsim is not installed from a checkout, and `flwr run` needs the app's source",
+            "install it with pip install -e from a clone of the repository",
+        )
+    return root
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    run_id: str
+    status: str  # pending, starting, running, finished:completed|failed|stopped
+    details: str
+    elapsed_s: float
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "finished:completed"
+
+
+@dataclass(frozen=True)
+class Deployment:
+    root: Path
+    host: str = "127.0.0.1"
+    port: int = 8000
+    insecure: bool = False  # no TLS (and then no SuperNode authentication): never the default
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def ca(self) -> Path:
+        return self.root / "certs" / "ca.crt"
+
+    def env(self, home: str = "flwr-home") -> dict[str, str]:
+        """The environment of a Flower process of this deployment (its own ``FLWR_HOME``)."""
+        path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+        return {
+            **os.environ,
+            "FLWR_TELEMETRY_ENABLED": "0",
+            "FLWR_HOME": str(self.root / home),
+            "PATH": path,
+        }
+
+    # -- files ------------------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Certificates (unless insecure) and the CLI's connection, made once."""
+        (self.root / "logs").mkdir(parents=True, exist_ok=True)
+        if not self.insecure and not self.ca.exists():
+            _certificates(self.root / "certs", self.host)
+        home = self.root / "flwr-home"
+        home.mkdir(parents=True, exist_ok=True)
+        tls = "insecure = true" if self.insecure else f'root-certificates = "{self.ca}"'
+        (home / "config.toml").write_text(
+            f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
+            f'address = "{self.address}"\n{tls}\n',
+            encoding="utf-8",
+        )
+
+    def node_key(self, name: str) -> Path:
+        """The SuperNode ``name``'s private key (its ``.pub`` beside it), made once."""
+        key = self.root / "keys" / name
+        if not key.exists():
+            _ssh_key(key, comment=name)
+        return key
+
+    # -- commands ---------------------------------------------------------------------------------
+    def superlink_command(self) -> list[str]:
+        command = ["flower-superlink", "--host", self.host, "--port", str(self.port)]
+        command += ["--database", str(self.root / "superlink.db")]
+        command += ["--disable-runtime-dependency-installation"]  # fedsim's venv has them
+        if self.insecure:
+            return [*command, "--insecure"]
+        certs = self.root / "certs"
+        return [
+            *command,
+            "--ssl-ca-certfile",
+            str(self.ca),
+            "--ssl-certfile",
+            str(certs / "server.pem"),
+            "--ssl-keyfile",
+            str(certs / "server.key"),
+            "--enable-supernode-auth",
+        ]
+
+    def supernode_command(
+        self, key: Path | None, node_config: dict[str, Any], port: int
+    ) -> list[str]:
+        config = " ".join(f"{k}={_toml(v)}" for k, v in node_config.items())
+        command = ["flower-supernode", "--superlink", self.address, "--port", str(port)]
+        command += ["--node-config", config]
+        if self.insecure:
+            return [*command, "--insecure"]
+        command += ["--root-certificates", str(self.ca)]
+        return [*command, "--auth-supernode-private-key", str(key)] if key else command
+
+    def flwr(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """The ``flwr`` CLI against this deployment."""
+        return subprocess.run(
+            ["flwr", *args],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def ready(self) -> bool:
+        """Whether the SuperLink answers (a TLS-verified call; the JSON format would exit 0)."""
+        return self.flwr("supernode", "ls", timeout=60).returncode == 0
+
+    def register(self, key: Path) -> None:
+        """Register the SuperNode's public key (again: harmless)."""
+        done = self.flwr("supernode", "register", f"{key}.pub", "--format", "json")
+        reply = _json(done.stdout)
+        if not reply.get("success") and "already in use" not in str(reply.get("error-message")):
+            raise FedsimError(
+                str(key),
+                f"the SuperLink did not register this SuperNode: {reply or done.stderr.strip()}",
+                f"start the SuperLink first (fedsim deploy superlink {self.root})",
+            )
+
+    def submit(self, scenario: Path, out: Path) -> str:
+        """Start a fedsim run of ``scenario`` writing into ``out``; its run id."""
+        config = f"scenario={_toml(str(scenario.resolve()))} out={_toml(str(out.resolve()))}"
+        done = self.flwr(
+            "run", str(app_dir()), CONNECTION, "--run-config", config, "--format", "json"
+        )
+        reply = _json(done.stdout)
+        if not reply.get("success") or "run-id" not in reply:
+            raise FedsimError(
+                "--federation",
+                f"the SuperLink at {self.address} did not start the run: "
+                f"{reply.get('error-message') or done.stderr.strip()[-500:]}",
+                "is it running (fedsim deploy superlink), and are SuperNodes connected?",
+            )
+        return str(reply["run-id"])
+
+    def status(self, run_id: str) -> RunStatus:
+        reply = _json(self.flwr("ls", "--run-id", run_id, "--format", "json").stdout)
+        runs = reply.get("runs") or [{}]
+        run = runs[0]
+        return RunStatus(
+            run_id,
+            str(run.get("status", "unknown")),
+            str(run.get("status-details", "")),
+            float(run.get("elapsed", 0.0) or 0.0),
+        )
+
+    def wait(self, run_id: str, timeout_s: float = 3600, poll_s: float = 2.0) -> RunStatus:
+        """The run's final status (``flwr run`` exits 0 even when a run fails: ask the
+        SuperLink)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            status = self.status(run_id)
+            if status.status.startswith(FINISHED) or time.monotonic() > deadline:
+                return status
+            time.sleep(poll_s)
+
+
+def node_config_for(scenario_path: Path, device: str) -> tuple[int, dict[str, Any]]:
+    """The node config of the SuperNode that is device ``device`` (an id, or a registry name) of
+    the scenario: its ``partition-id``, and for an attached device its ``serial-port``."""
+    from devices.fleet import load_fleet
+
+    scenario, fleet = load_fleet(scenario_path)
+    if scenario.execution.mode != "per-device":
+        raise FedsimError(
+            str(scenario_path),
+            "a SuperNode per device needs execution.mode: per-device",
+            "set execution.mode: per-device in the scenario you deploy",
+        )
+    names = {d.name: d.device_id for d in fleet.devices if d.name}
+    if device.isdigit() and int(device) < len(fleet):
+        device_id = int(device)
+    elif device in names:
+        device_id = names[device]
+    else:
+        raise FedsimError(
+            "--device",
+            f"'{device}' is neither a device id (0..{len(fleet) - 1}) nor a registry device name",
+            "give the device's id or its registry name",
+        )
+    config: dict[str, Any] = {"partition-id": device_id}
+    attached = fleet[device_id].attached
+    if attached is not None:
+        config["serial-port"] = attached.port
+    return device_id, config
+
+
+def _json(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _toml(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, str) else str(value)
+
+
+def _certificates(folder: Path, host: str) -> None:
+    """A CA, and a server certificate it signs for ``host`` (and localhost)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    folder.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP384R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fedsim deployment CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=365))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(ca_key, hashes.SHA384())
+    )
+    key = ec.generate_private_key(ec.SECP384R1())
+    names: list[x509.GeneralName] = [x509.DNSName("localhost")]
+    try:
+        names.append(x509.IPAddress(ipaddress.ip_address(host)))
+    except ValueError:
+        names.append(x509.DNSName(host))
+    if host != "127.0.0.1":
+        names.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
+    server = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=365))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA384())
+    )
+    pem = serialization.Encoding.PEM
+    (folder / "ca.crt").write_bytes(ca.public_bytes(pem))
+    (folder / "server.pem").write_bytes(server.public_bytes(pem))
+    private = key.private_bytes(
+        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    (folder / "server.key").write_bytes(private)
+    (folder / "server.key").chmod(0o600)
+
+
+def _ssh_key(path: Path, comment: str) -> None:
+    """An ECDSA P-384 key pair in OpenSSH format (what SuperNode authentication takes)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP384R1())
+    private = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption(),
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    path.write_bytes(private)
+    path.chmod(0o600)
+    Path(f"{path}.pub").write_bytes(public + f" {comment}\n".encode())

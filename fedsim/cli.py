@@ -330,10 +330,16 @@ DeployDir = typer.Argument(..., help="deployment folder (certificates, keys, Flo
 
 def _foreground(command: list[str], env: dict[str, str]) -> None:
     """Run a Flower process until it ends or Ctrl-C; exit with its status."""
+    import signal
     import subprocess
 
     err.print("$ " + shlex.join(command))
     proc = subprocess.Popen(command, env=env)
+
+    def stop(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)  # a kill stops the Flower process too, as Ctrl-C does
     try:
         code = proc.wait()
     except KeyboardInterrupt:
@@ -499,7 +505,9 @@ app.add_typer(registry_app, name="registry")
 def main() -> None:
     """Console entry point: maps user errors to one line and exit code 2."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # a typer.Exit inside comes back as its code
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except FedsimError as exc:
         for line in exc.lines():
             err.print(f"error: {line}", markup=False)

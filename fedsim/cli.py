@@ -382,6 +382,7 @@ def deploy_supernode(
     from fedsim.deploy import Deployment, node_config_for
 
     deployment = Deployment(folder.resolve(), host, port, insecure)
+    deployment.connect()
     device_id, config = node_config_for(scenario, device)
     key = None if insecure else deployment.node_key(f"device-{device_id}")
     if key is not None and register:

@@ -88,10 +88,20 @@ class Deployment:
 
     # -- files ------------------------------------------------------------------------------------
     def prepare(self) -> None:
-        """Certificates (unless insecure) and the CLI's connection, made once."""
-        (self.root / "logs").mkdir(parents=True, exist_ok=True)
+        """The SuperLink's side: certificates (unless insecure), made once; the CLI's connection."""
         if not self.insecure and not self.ca.exists():
             _certificates(self.root / "certs", self.host)
+        self.connect()
+
+    def connect(self) -> None:
+        """A node's (or a user's) side: the ``flwr`` CLI's connection to this SuperLink; with TLS
+        the deployment's CA must be here (copied from the SuperLink's folder)."""
+        if not self.insecure and not self.ca.exists():
+            raise FedsimError(
+                str(self.ca),
+                "the deployment's CA certificate is missing",
+                "copy certs/ca.crt from the SuperLink's deployment folder",
+            )
         home = self.root / "flwr-home"
         home.mkdir(parents=True, exist_ok=True)
         tls = "insecure = true" if self.insecure else f'root-certificates = "{self.ca}"'

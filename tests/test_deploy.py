@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -21,7 +21,6 @@ from fedsim.deploy import Deployment, node_config_for
 from fedsim.pytest_plugin import FedsimRun
 from tests.conftest import ROOT
 
-pytestmark = pytest.mark.slow
 FEDSIM = [sys.executable, "-m", "fedsim.cli"]
 
 
@@ -115,6 +114,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Deplo
         mcu_context.__exit__(None, None, None)
 
 
+@pytest.mark.slow
 def test_the_gateways_node_config_comes_from_the_scenario(
     deployment: tuple[Deployment, Path],
 ) -> None:
@@ -126,6 +126,7 @@ def test_the_gateways_node_config_comes_from_the_scenario(
     assert "serial-port" not in node_config_for(scenario, "0")[1]
 
 
+@pytest.mark.slow
 def test_a_scenario_runs_to_completion_over_tls_with_authenticated_nodes(
     deployment: tuple[Deployment, Path], tmp_path: Path
 ) -> None:
@@ -147,6 +148,7 @@ def test_a_scenario_runs_to_completion_over_tls_with_authenticated_nodes(
     assert all(r["measured_s"] == "" for r in run.device_rows(0))
 
 
+@pytest.mark.slow
 def test_an_unregistered_supernode_is_refused(
     deployment: tuple[Deployment, Path], tmp_path: Path
 ) -> None:
@@ -166,6 +168,7 @@ def test_an_unregistered_supernode_is_refused(
     assert "Failed to activate SuperNode" in log.read_text()
 
 
+@pytest.mark.slow
 def test_a_run_that_fails_on_the_superlink_exits_non_zero(
     deployment: tuple[Deployment, Path], tmp_path: Path
 ) -> None:
@@ -181,3 +184,42 @@ def test_a_run_that_fails_on_the_superlink_exits_non_zero(
     )
     assert done.returncode == 1, done.stdout + done.stderr
     assert "ended finished:failed" in done.stderr
+
+
+def test_a_node_without_the_deployments_ca_is_told_to_copy_it(tmp_path: Path) -> None:
+    from fedsim.core.errors import FedsimError
+
+    with pytest.raises(FedsimError, match=r"ca\.crt: the deployment's CA certificate is missing"):
+        Deployment(tmp_path).connect()
+    Deployment(tmp_path, insecure=True).connect()  # no TLS: nothing to trust
+    assert "insecure = true" in (tmp_path / "flwr-home" / "config.toml").read_text()
+
+
+def test_a_superlink_folder_gets_a_ca_and_a_certificate_for_its_host(tmp_path: Path) -> None:
+    from cryptography import x509
+
+    Deployment(tmp_path, host="192.168.1.10").prepare()
+    cert = x509.load_pem_x509_certificate((tmp_path / "certs" / "server.pem").read_bytes())
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "192.168.1.10" in {str(ip) for ip in names.get_values_for_type(x509.IPAddress)}
+    config = (tmp_path / "flwr-home" / "config.toml").read_text()
+    assert 'address = "192.168.1.10:8000"' in config
+    key = Deployment(tmp_path).node_key("device-3")
+    assert (tmp_path / "keys" / "device-3.pub").read_text().startswith("ecdsa-sha2-nistp384 ")
+    assert key.stat().st_mode & 0o077 == 0  # private
+
+
+def test_node_configs_need_per_device_mode_and_a_known_device(
+    write_scenario: Callable[..., Path],
+) -> None:
+    from fedsim.core.errors import FedsimError
+    from tests.conftest import tiny_scenario
+
+    with pytest.raises(FedsimError, match=r"needs execution\.mode: per-device"):
+        node_config_for(write_scenario(tiny_scenario()), "0")
+    scenario = tiny_scenario()
+    scenario["execution"]["mode"] = "per-device"
+    path = write_scenario(scenario, "per-device.yaml")
+    assert node_config_for(path, "4") == (4, {"partition-id": 4})
+    with pytest.raises(FedsimError, match="'9' is neither a device id"):
+        node_config_for(path, "9")

@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
+from fedsim.pytest_plugin import small_scenario
+
 os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
 pytest_plugins = ["pytester"]  # the plugin's own tests (tests/test_pytest_plugin.py)
 
@@ -23,20 +25,7 @@ SCENARIOS = ROOT / "scenarios"
 
 def tiny_scenario(**overrides: Any) -> dict[str, Any]:
     """A small valid scenario (5 devices, 3 rounds) as a dict; ``overrides`` replace top keys."""
-    base: dict[str, Any] = {
-        "name": "tiny",
-        "seed": 7,
-        "task": {"dataset": "digits", "model": "mlp"},
-        "fleet": {
-            "groups": [{"profile": "rpi4", "count": 3}, {"profile": "pico", "count": 2}],
-            "partition": {"kind": "dirichlet", "alpha": 1.0},
-        },
-        "algorithm": {"kind": "fedavg", "lr": 0.1, "local_epochs": 1, "batch_size": 16},
-        "rounds": 3,
-        "execution": {"engine": "inline"},
-    }
-    base.update(overrides)
-    return base
+    return small_scenario(**{"name": "tiny", "seed": 7, **overrides})
 
 
 @pytest.fixture

@@ -51,6 +51,11 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
+def _run_on(dep: Deployment, scenario: Path, out: Path) -> subprocess.CompletedProcess[str]:
+    command = [*FEDSIM, "run", str(scenario), "--federation", str(dep.root), "--out", str(out)]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
 def _online(deployment: Deployment, count: int, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -132,13 +137,7 @@ def test_a_scenario_runs_to_completion_over_tls_with_authenticated_nodes(
 ) -> None:
     dep, scenario = deployment
     out = tmp_path / "out"
-    done = subprocess.run(
-        [*FEDSIM, "run", str(scenario), "--federation", str(dep.root), "--out", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    done = _run_on(dep, scenario, out)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "completed on 127.0.0.1" in done.stdout
     run = FedsimRun.read(out)
@@ -175,13 +174,7 @@ def test_a_run_that_fails_on_the_superlink_exits_non_zero(
     dep, scenario = deployment
     blocked = tmp_path / "not-a-folder"
     blocked.write_text("a file where the results folder should go")
-    done = subprocess.run(
-        [*FEDSIM, "run", str(scenario), "--federation", str(dep.root), "--out", str(blocked)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = _run_on(dep, scenario, blocked)
     assert done.returncode == 1, done.stdout + done.stderr
     assert "ended finished:failed" in done.stderr
 

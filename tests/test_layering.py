@@ -18,6 +18,7 @@ TOP_FLOOR = {
     "fedsim.pytest_plugin",
     "fedsim.sweep",
     "fedsim.deploy",
+    "fedsim.deploy_cli",
 }
 PACKAGES = ("fedsim", "clients", "server", "ontology", "devices")
 

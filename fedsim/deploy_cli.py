@@ -1,0 +1,128 @@
+"""``fedsim deploy superlink | supernode`` and ``fedsim run --federation``: Flower's Deployment
+Engine with TLS and SuperNode authentication (``fedsim/deploy.py`` makes the files and commands)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from fedsim.core.errors import ExitCode, FedsimError
+
+__all__ = ["deploy_app", "run_deployed"]
+
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True)
+
+deploy_app = typer.Typer(
+    help="Flower's Deployment Engine: a SuperLink and SuperNodes with TLS and node auth.",
+    no_args_is_help=True,
+)
+DeployDir = typer.Argument(..., help="deployment folder (certificates, keys, Flower's state)")
+
+
+def _foreground(command: list[str], env: dict[str, str]) -> None:
+    """Run a Flower process until it ends or Ctrl-C; exit with its status."""
+    import signal
+    import subprocess
+
+    err.print("$ " + shlex.join(command))
+    proc = subprocess.Popen(command, env=env)
+
+    def stop(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)  # a kill stops the Flower process too, as Ctrl-C does
+    try:
+        code = proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        code = proc.wait()
+    raise typer.Exit(code)
+
+
+@deploy_app.command("superlink")
+def deploy_superlink(
+    folder: Path = DeployDir,
+    host: str = typer.Option(
+        "127.0.0.1", help="address the SuperLink listens on (its cert names it)"
+    ),
+    port: int = typer.Option(8000, help="its one HTTPS port (Fleet, Control and ServerAppIo APIs)"),
+    insecure: bool = typer.Option(False, help="no TLS and no node authentication (tests only)"),
+) -> None:
+    """Start a SuperLink: certificates made once, TLS, SuperNode authentication, a database."""
+    from fedsim.deploy import Deployment
+
+    deployment = Deployment(folder.resolve(), host, port, insecure)
+    deployment.prepare()
+    err.print(f"flwr CLI: FLWR_HOME={deployment.root / 'flwr-home'} (connection 'fedsim')")
+    _foreground(deployment.superlink_command(), deployment.env("homes/superlink"))
+
+
+@deploy_app.command("supernode")
+def deploy_supernode(
+    folder: Path = DeployDir,
+    scenario: Path = typer.Option(..., help="the scenario this SuperNode is a device of"),
+    device: str = typer.Option(..., help="the device: its id, or its registry name"),
+    host: str = typer.Option("127.0.0.1", help="the SuperLink's host"),
+    port: int = typer.Option(8000, help="the SuperLink's port"),
+    node_port: int | None = typer.Option(None, help="this node's local API port (default 9100+id)"),
+    register: bool = typer.Option(True, help="register the node's key with the SuperLink first"),
+    insecure: bool = typer.Option(False, help="no TLS and no node authentication (tests only)"),
+) -> None:
+    """Start the SuperNode that is one device of a scenario (its node config, and for an attached
+    device its serial port, come from the scenario); its key is made and registered first."""
+    from fedsim.deploy import Deployment, node_config_for
+
+    deployment = Deployment(folder.resolve(), host, port, insecure)
+    deployment.connect()
+    device_id, config = node_config_for(scenario, device)
+    key = None if insecure else deployment.node_key(f"device-{device_id}")
+    if key is not None and register:
+        deployment.register(key)
+    command = deployment.supernode_command(key, config, node_port or 9100 + device_id)
+    _foreground(command, deployment.env(f"homes/device-{device_id}"))
+
+
+def run_deployed(scenario: Path | None, folder: Path, out_dir: Path | None) -> None:
+    """A run on a deployment: submitted with ``flwr run``, followed until it finishes; exit 1
+    unless it completed (``flwr run`` itself exits 0 on failure)."""
+    from fedsim.core.scenario_load import load_scenario
+
+    if scenario is None:
+        raise FedsimError(
+            "--federation", "needs a scenario", "fedsim run SCENARIO --federation DIR"
+        )
+    deployment = _deployment_of(folder)
+    name = load_scenario(scenario).name
+    out_dir = out_dir or Path("results") / f"{name}-deployed"
+    run_id = deployment.submit(scenario, out_dir)
+    err.print(f"run {run_id} on {deployment.address}: waiting for it to finish")
+    status = deployment.wait(run_id)
+    if not status.ok:
+        err.print(f"error: run {run_id} ended {status.status}: {status.details}", markup=False)
+        raise typer.Exit(int(ExitCode.RUN_FAILED))
+    summary = json.loads((out_dir / "summary.json").read_text(encoding="utf-8"))
+    out.print(
+        f"{name}: run {run_id} completed on {deployment.address} in {status.elapsed_s:.0f} s: "
+        f"final accuracy {summary['final_accuracy']}, {summary['failures']} device failures "
+        f"→ {out_dir}"
+    )
+
+
+def _deployment_of(folder: Path) -> Any:
+    """The deployment whose CLI config is in ``folder`` (address and TLS as the SuperLink has)."""
+    import tomllib
+
+    from fedsim.deploy import CONNECTION, Deployment
+
+    config = folder / "flwr-home" / "config.toml"
+    if not config.exists():
+        raise FedsimError(str(folder), "is no deployment folder", "fedsim deploy superlink DIR")
+    entry = tomllib.loads(config.read_text())["superlink"][CONNECTION]
+    host, _, port = str(entry["address"]).rpartition(":")
+    return Deployment(folder.resolve(), host, int(port), bool(entry.get("insecure", False)))

@@ -19,16 +19,7 @@ static int s_replies;
 static const fs_board s_board = {"unit", "host", 0, 0, 0, 0, 0, NULL};
 const fs_board *fs_port_board(void) { return &s_board; }
 uint32_t fs_port_time_us(void) { return FS_NOT_MEASURED; }
-uint32_t fs_port_energy_uj(void) { return FS_NOT_MEASURED; }
-int fs_port_sensor_sample(float *x, uint16_t f, uint8_t l, uint32_t *lb, float *y, uint16_t o) {
-    (void)x;
-    (void)f;
-    (void)l;
-    (void)lb;
-    (void)y;
-    (void)o;
-    return 0;
-}
+/* fs_port_energy_uj, fs_port_sensor_sample: ports/common/no_sensors.c */
 void fs_port_write(const uint8_t *data, size_t len) {
     memcpy(s_reply, data, len);
     s_reply_len = len;

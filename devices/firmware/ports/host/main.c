@@ -61,20 +61,7 @@ uint32_t fs_port_time_us(void) {
     return (uint32_t)((uint64_t)t.tv_sec * 1000000u + (uint64_t)t.tv_nsec / 1000u);
 }
 
-uint32_t fs_port_energy_uj(void) {
-    return FS_NOT_MEASURED;
-}
-
-int fs_port_sensor_sample(float *x, uint16_t features, uint8_t loss, uint32_t *label, float *y,
-                          uint16_t outputs) {
-    (void)x;
-    (void)features;
-    (void)loss;
-    (void)label;
-    (void)y;
-    (void)outputs;
-    return 0;
-}
+/* fs_port_energy_uj, fs_port_sensor_sample: ports/common/no_sensors.c */
 
 /* All of data, waiting for the reader at most WRITE_STALL_MS at a time. */
 static void write_all(const uint8_t *data, size_t len) {

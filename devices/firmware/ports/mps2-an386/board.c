@@ -110,17 +110,4 @@ uint32_t fs_port_time_us(void) {
     return ms * 1000u + (TICKS_PER_MS - 1u - value) / TICKS_PER_US;
 }
 
-uint32_t fs_port_energy_uj(void) {
-    return FS_NOT_MEASURED;
-}
-
-int fs_port_sensor_sample(float *x, uint16_t features, uint8_t loss, uint32_t *label, float *y,
-                          uint16_t outputs) {
-    (void)x;
-    (void)features;
-    (void)loss;
-    (void)label;
-    (void)y;
-    (void)outputs;
-    return 0;
-}
+/* fs_port_energy_uj, fs_port_sensor_sample: ports/common/no_sensors.c */

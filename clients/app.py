@@ -20,6 +20,7 @@ from fedsim.core.records import (
     CONFIG,
     DEVICE_ID,
     HEAD_ONLY,
+    LOCAL_ROUND,
     MEASURED_MJ,
     MEASURED_S,
     METRICS,
@@ -71,7 +72,10 @@ def make_client_app(binding: RunBinding | None = None) -> ClientApp:
 
         round_ = int(config[SERVER_ROUND])  # type: ignore[arg-type]
         head_only = bool(config.get(HEAD_ONLY, False))
-        update = train_one(scenario, fleet, bound.out, node, round_, global_arrays, head_only)
+        step = int(config.get(LOCAL_ROUND, 1))  # type: ignore[arg-type]
+        update = train_one(
+            scenario, fleet, bound.out, node, round_, global_arrays, head_only, step
+        )
         metrics = MetricRecord(
             {DEVICE_ID: node, NUM_EXAMPLES: update.num_examples, TRAIN_LOSS: update.train_loss}
         )

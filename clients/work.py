@@ -9,6 +9,7 @@ compute the same thing.
 from __future__ import annotations
 
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from devices.footprint import head_parameters
 from fedsim.core.aggregators import ModelAggregator
 from fedsim.core.cohort import CohortOrder, CohortReply, DeviceOutcome
 from fedsim.core.data import load_task_data
+from fedsim.core.hierarchy import gateway_rounds
 from fedsim.core.models import encoder_of, get_arrays, set_arrays
 from fedsim.core.payload import round_trip, sent_mask
 from fedsim.core.prototypes import ClassSums, class_sums, decode_report, encode_report
@@ -127,8 +129,11 @@ def _measured(learner: Learner) -> tuple[float | None, float | None]:
     return seconds, None if report.energy_uj is None else report.energy_uj / 1e3
 
 
-def _train_seed(scenario: Scenario, round_: int, device_id: int) -> int:
-    return derive_seed(scenario.seed, "train", round_, device_id)
+def _train_seed(scenario: Scenario, round_: int, device_id: int, step: int = 1) -> int:
+    """Its training draws in ``round_``; behind a gateway, in local round ``step`` of it."""
+    if step == 1:
+        return derive_seed(scenario.seed, "train", round_, device_id)
+    return derive_seed(scenario.seed, "train", round_, device_id, "local", step)
 
 
 def state_store(out: str) -> DeviceStateStore:
@@ -145,11 +150,13 @@ def train_device(
     state: DeviceState,
     model: nn.Module | None = None,
     head_only: bool = False,
+    step: int = 1,
 ) -> DeviceUpdate:
     """One device's round: start from the global arrays, train on its local data.
 
     ``state`` is the device's own state from earlier rounds; a stateful learner updates it in
     place. ``head_only``: only the last layer trains (its SRAM cannot hold more, TinyOL style).
+    ``step``: behind a gateway, which of its local rounds this is (from the gateway's model).
     Raises whatever the device would (an injected crash included); the caller records it.
     """
     _check_crash(scenario, fleet, round_, device_id)
@@ -159,7 +166,7 @@ def train_device(
     x, y = fleet.round_data(device_id, round_)
     if isinstance(scenario.algorithm, PrototypesSpec):
         return _reconnoitre(scenario, model, x, y, global_arrays)
-    seed = _train_seed(scenario, round_, device_id)
+    seed = _train_seed(scenario, round_, device_id, step)
     head = head_parameters(model)
     head_mask = [name in head for name in model.state_dict()]
     frozen_mask = [scenario.algorithm.frozen(name) for name in model.state_dict()]
@@ -209,16 +216,17 @@ def train_one(
     round_: int,
     global_arrays: Arrays,
     head_only: bool = False,
+    step: int = 1,
 ) -> DeviceUpdate:
     """Per-device mode: ``train_device`` with the device's state loaded and saved."""
     if not _learner(scenario).stateful:
         return train_device(
-            scenario, fleet, device_id, round_, global_arrays, {}, head_only=head_only
+            scenario, fleet, device_id, round_, global_arrays, {}, None, head_only, step
         )
     with state_store(out) as store:
         state = store.get(device_id) or {}
         update = train_device(
-            scenario, fleet, device_id, round_, global_arrays, state, head_only=head_only
+            scenario, fleet, device_id, round_, global_arrays, state, None, head_only, step
         )
         store.put(device_id, state)
     return update
@@ -251,10 +259,18 @@ def _sequential(
                 state,
                 model,
                 head_only=device_id in order.head_only,
+                step=order.step,
             )
         except Exception as exc:  # this device fails; its cohort goes on
             done[device_id] = _failure(device_id, exc)
     return done
+
+
+# how a cohort's devices run: one by one, or vectorised where the learner allows
+Work = Callable[
+    [Scenario, Fleet, CohortOrder, list[int], Arrays, dict[int, DeviceState]],
+    dict[int, "DeviceUpdate | DeviceOutcome"],
+]
 
 
 def _vectorized(
@@ -284,7 +300,7 @@ def _vectorized(
     for group in by_size.values():
         if len(group) < MIN_GROUP:
             continue
-        seeds = [_train_seed(scenario, order.round, d) for d in group]
+        seeds = [_train_seed(scenario, order.round, d, order.step) for d in group]
         model = _model(scenario)
         try:
             trained = train_vectorized(
@@ -317,7 +333,7 @@ def run_cohort(
     torch.set_num_threads(1)
     learner = _learner(scenario)
     vectorize = scenario.execution.vectorize and can_vectorize(_model(scenario), learner)
-    work = _vectorized if vectorize else _sequential
+    work: Work = _vectorized if vectorize else _sequential
     store = state_store(out) if learner.stateful else None
     per_window = max(1, WINDOW // order.block_size) * order.block_size
     partials: dict[int, Any] = {}
@@ -338,7 +354,48 @@ def run_cohort(
                 outcomes.append(result.outcome(device_id))
                 updates.append((offset, result.update(f"{device_id}:{order.round}")))
             partials |= reduce_blocks(aggregator, updates, order.block_size)  # whole blocks
+        gateways = {}
+        for g, ids in order.gateways:
+            gateways[g], done = _gateway(
+                scenario, fleet, order, ids, global_arrays, aggregator, work, store
+            )
+            outcomes += done
     finally:
         if store is not None:
             store.close()
-    return CohortReply(partials, outcomes)
+    return CohortReply(partials, outcomes, gateways)
+
+
+def _gateway(
+    scenario: Scenario,
+    fleet: Fleet,
+    order: CohortOrder,
+    ids: tuple[int, ...],
+    received: Arrays,
+    aggregator: ModelAggregator,
+    work: Work,
+    store: DeviceStateStore | None,
+) -> tuple[Any, list[DeviceOutcome]]:
+    """Play a gateway (DESIGN.md §5.1): its local rounds over its devices, its partial."""
+    position = {d: i for i, d in enumerate(ids)}
+
+    def train(
+        step: int, arrays: Arrays, active: list[int]
+    ) -> tuple[list[tuple[int, ModelUpdate | ClassSums]], list[DeviceOutcome]]:
+        local = replace(order, device_ids=active, step=step, gateways=())
+        states = store.get_many(active) if store is not None else {}
+        done = work(scenario, fleet, local, active, arrays, states)
+        if store is not None:
+            store.put_many(states)
+        updates, outcomes = [], []
+        for device_id in active:
+            result = done[device_id]
+            if isinstance(result, DeviceOutcome):
+                outcomes.append(result)
+                continue
+            outcomes.append(result.outcome(device_id))
+            updates.append((position[device_id], result.update(f"{device_id}:{order.round}")))
+        return updates, outcomes
+
+    k, dtype = scenario.local_rounds, scenario.fleet.payload_dtype
+    return gateway_rounds(aggregator, received, ids, k, dtype, train)

@@ -96,10 +96,14 @@ class MarkovOnOff:
         return -mean * np.log(_uniform(self._key, device_ids, index))
 
     def online(self, device_ids: Ids, t: float) -> tuple[NDArray[np.bool_], NDArray[np.float64]]:
+        on, end = self.spell(device_ids, t)
+        return on, np.where(on, end, math.nan)
+
+    def spell(self, device_ids: Ids, t: float) -> tuple[NDArray[np.bool_], NDArray[np.float64]]:
+        """Whether each device is online at ``t``, and when its current spell (on or off) ends."""
         device_ids = np.asarray(device_ids, dtype=np.int64)
         index, end = self._intervals(device_ids, t)
-        on = self._first_online(device_ids) ^ (index % 2 == 1)
-        return on, np.where(on, end, math.nan)
+        return self._first_online(device_ids) ^ (index % 2 == 1), end
 
 
 class Trace:

@@ -17,7 +17,7 @@ deadline if one was set and anyone missed it) and each device's energy.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -31,9 +31,9 @@ from fedsim.core.payload import payload_bytes, sent_mask
 from fedsim.core.prototypes import report_bytes
 from fedsim.core.scenario import Scenario
 
-__all__ = ["EMPTY_ROUND_S", "DevicePlan", "Fate", "FleetCosts", "RoundCost"]
+__all__ = ["EMPTY_ROUND_S", "DevicePlan", "Fate", "FleetCosts", "RoundCost", "stop_plan"]
 
-Fate = Literal["train", "memory-skip", "straggler", "dropout"]
+Fate = Literal["train", "memory-skip", "straggler", "dropout", "gateway-down", "gateway-lost"]
 # A round in which no device can train lasts the deadline, or this long without one.
 EMPTY_ROUND_S = 60.0
 
@@ -49,6 +49,7 @@ class DevicePlan:
     compute_s: float
     up_s: float
     stop_s: float | None = None  # straggler: the deadline; dropout: when it went offline
+    start_s: float = 0.0  # behind gateways: when the model reached its gateway
 
     @property
     def busy_s(self) -> float:
@@ -59,13 +60,13 @@ class DevicePlan:
     def activity(self, round_s: float, delivered: bool) -> Activity:
         """Where its time went in a round of ``round_s``: transfers and compute up to where it
         stopped, idle for the rest (none after a dropout: it is off)."""
-        if self.fate == "memory-skip":
+        if self.fate in ("memory-skip", "gateway-down"):
             return Activity(idle_s=round_s)
         until = self.busy_s if delivered else min(self.busy_s, self.down_s + self.compute_s)
         down = min(self.down_s, until)
         compute = min(self.compute_s, until - down)
         up = min(self.up_s, until - down - compute)
-        idle = 0.0 if self.fate == "dropout" else max(0.0, round_s - until)
+        idle = 0.0 if self.fate == "dropout" else max(0.0, round_s - until - self.start_s)
         return Activity(compute, down, up, idle)
 
 
@@ -89,6 +90,7 @@ class FleetCosts:
         self.full: Footprint = footprint(model, sample_shape, batch, None, copies)
         self.head: Footprint = footprint(model, sample_shape, batch, head, copies)
         names = list(model.state_dict())
+        self.shapes = [tuple(t.shape) for t in model.state_dict().values()]
         self.head_mask = tuple(name in head for name in names)
         shapes = [tuple(t.shape) for t in model.state_dict().values()]
         local = algorithm.local_head
@@ -153,7 +155,7 @@ class FleetCosts:
             first += group.count
         return online
 
-    def _until(self, device_ids: list[int], t: float) -> dict[int, float]:
+    def until(self, device_ids: list[int], t: float) -> dict[int, float]:
         """When each device's current online spell ends (inf: never)."""
         if not self.fleet.availability:
             return {}
@@ -199,16 +201,16 @@ class FleetCosts:
     def plan(self, device_ids: list[int], t: float, round_: int = 1) -> list[DevicePlan]:
         """Each selected device's fate in the round starting at simulated time ``t``."""
         deadline = self.scenario.deadline_s
-        until = self._until(device_ids, t)
+        until = self.until(device_ids, t)
         plans = []
         for d in device_ids:
             plan = self.nominal(d, round_)
             if plan.fate == "train":
                 off = until.get(d, math.inf) - t
                 if off < plan.busy_s and (deadline is None or off < deadline):
-                    plan = _stop(plan, "dropout", off)
+                    plan = stop_plan(plan, "dropout", off)
                 elif deadline is not None and plan.busy_s > deadline:
-                    plan = _stop(plan, "straggler", deadline)
+                    plan = stop_plan(plan, "straggler", deadline)
             plans.append(plan)
         return plans
 
@@ -274,16 +276,15 @@ def _kb(n: int) -> str:
     return f"{n / 1024:.0f} KB" if n < 1 << 30 else f"{n / (1 << 30):.0f} GB"
 
 
-def _stop(plan: DevicePlan, fate: Fate, at: float) -> DevicePlan:
-    return DevicePlan(
-        plan.device_id,
-        fate,
-        plan.scope,
+def stop_plan(plan: DevicePlan, fate: Fate, at: float) -> DevicePlan:
+    """``plan`` cut ``at`` seconds into its work (a straggler at the deadline, a dropout)."""
+    return replace(
+        plan,
+        fate=fate,
         # a download cut short counts the share of its airtime it got (latency included)
-        plan.bytes_down if at >= plan.down_s else int(plan.bytes_down * at / plan.down_s),
-        0,
-        plan.down_s,
-        plan.compute_s,
-        plan.up_s,
-        at,
+        bytes_down=plan.bytes_down
+        if at >= plan.down_s
+        else int(plan.bytes_down * at / plan.down_s),
+        bytes_up=0,
+        stop_s=at,
     )

@@ -19,6 +19,7 @@ from numpy.typing import NDArray
 
 from devices.availability import AlwaysOn, Availability, MarkovOnOff, TraceError, read_trace
 from devices.cost import COST_MODELS
+from devices.topology import Topology, resolve_topology
 from fedsim.core.data import TaskData, load_task_data
 from fedsim.core.errors import FedsimError, known_names
 from fedsim.core.partition import partition_indices
@@ -72,6 +73,7 @@ class Fleet:
     # class-incremental missions (classes per mission, samples per class or all): each round a
     # device learns new classes instead of revisiting its local data
     missions: tuple[int, int | None] | None = None
+    topology: Topology | None = None  # gateways between devices and the server; None: a star
 
     def __len__(self) -> int:
         return len(self.devices)
@@ -223,6 +225,9 @@ def resolve_fleet(
             "raise alpha or min_partition_size, or use fewer devices",
         )
     always = all(isinstance(a, AlwaysOn) for a in availability)
+    topology = resolve_topology(
+        scenario, [d.group for d in devices], [d.name for d in devices], registry, base
+    )
     return Fleet(
         tuple(devices),
         data,
@@ -230,6 +235,7 @@ def resolve_fleet(
         scenario.fleet.partition,
         () if always else tuple(availability),
         _missions(scenario),
+        topology,
     )
 
 

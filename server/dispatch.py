@@ -25,7 +25,7 @@ from devices.fleet import Fleet
 from fedsim.core.aggregators import ModelAggregator
 from fedsim.core.cohort import CohortOrder, CohortReply, DeviceOutcome
 from fedsim.core.data import TaskData
-from fedsim.core.payload import Upload, round_trip
+from fedsim.core.payload import Upload, round_trip, to_wire
 from fedsim.core.prototypes import CLASSES, ClassSums, PrototypeError, decode_report
 from fedsim.core.records import (
     ARRAYS,
@@ -49,7 +49,16 @@ from fedsim.core.reduce import (
 from fedsim.core.scenario import Scenario
 from server.adapt import AdaptResult, HeldOutDevice
 
-__all__ = ["NO_REPLY", "RoundContext", "Work", "cohort_round", "per_device_round", "worker_orders"]
+__all__ = [
+    "NO_REPLY",
+    "RoundContext",
+    "Work",
+    "cohort_round",
+    "collect",
+    "per_device_round",
+    "send_orders",
+    "worker_orders",
+]
 
 
 def collect(
@@ -184,9 +193,19 @@ def cohort_round(ctx: RoundContext, work: Work) -> tuple[Any, list[DeviceOutcome
     if not work.devices:
         return ctx.aggregator.zero(), []
     orders = worker_orders(work.round, work.devices, len(ctx.workers), work.head_only)
+    partials, _, outcomes = send_orders(ctx, orders)
+    return merge_blocks(ctx.aggregator, partials), outcomes
+
+
+def send_orders(
+    ctx: RoundContext, orders: list[CohortOrder]
+) -> tuple[dict[int, Any], dict[int, Any], list[DeviceOutcome]]:
+    """One order per worker (in worker order); the block partials, the gateway partials and the
+    outcomes they reply with. A worker that fails or does not reply fails its devices."""
+    payload = work_payload(ctx)
     messages = [
         Message(
-            RecordDict({ARRAYS: work.payload, CONFIG: order.config()}),
+            RecordDict({ARRAYS: payload, CONFIG: order.config()}),
             dst_node_id=worker,
             message_type=MessageType.TRAIN,
         )
@@ -196,18 +215,26 @@ def cohort_round(ctx: RoundContext, work: Work) -> tuple[Any, list[DeviceOutcome
     replies = ctx.grid.send_and_receive(messages, timeout=ctx.scenario.execution.round_timeout_s)
     got = {r.metadata.src_node_id: r for r in replies}
     partials: dict[int, Any] = {}
+    gateways: dict[int, Any] = {}
     outcomes: list[DeviceOutcome] = []
     for worker, order in by_worker.items():
         reply = got.get(worker)
         if reply is None or reply.has_error():  # the worker's devices share its fate
             status: DeviceStatus = "no-reply" if reply is None else "failed"
             reason = NO_REPLY if reply is None else error_reason(reply)
-            outcomes += [DeviceOutcome(d, status, error=reason) for d in order.device_ids]
+            devices = [*order.device_ids, *(d for _, ids in order.gateways for d in ids)]
+            outcomes += [DeviceOutcome(d, status, error=reason) for d in devices]
             continue
         result = CohortReply.from_content(reply.content, ctx.aggregator)
         partials |= result.partials
+        gateways |= result.gateway_partials
         outcomes += result.outcomes
-    return merge_blocks(ctx.aggregator, partials), outcomes
+    return partials, gateways, outcomes
+
+
+def work_payload(ctx: RoundContext) -> ArrayRecord:
+    """The global arrays as devices (and gateways) receive them."""
+    return ArrayRecord(to_wire(ctx.global_arrays, ctx.scenario.fleet.payload_dtype))
 
 
 def error_reason(reply: Message) -> str:

@@ -17,19 +17,19 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, Message, MessageType, RecordDict
+from flwr.app import Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from numpy.typing import NDArray
 
 from devices.clock import DevicePlan, FleetCosts, RoundCost
 from devices.fleet import Fleet, load_fleet, open_registry
+from devices.tiers import finish_tiered, plan_tiered, topology_summary
 from fedsim.core.aggregators import aggregator_for, server_step
 from fedsim.core.checkpoint import Checkpoint, load_checkpoint, restore_store, save_checkpoint
 from fedsim.core.cohort import DeviceOutcome
 from fedsim.core.data import load_task_data
 from fedsim.core.errors import FedsimError
 from fedsim.core.models import get_arrays, set_arrays
-from fedsim.core.payload import to_wire
 from fedsim.core.plots import plot_accuracy, plot_adaptation, plot_fleet
 from fedsim.core.pretrain import PretrainConfig, pretrain_encoder
 from fedsim.core.records import (
@@ -48,8 +48,9 @@ from fedsim.core.state import STATE_FILE
 from fedsim.core.task_model import task_model
 from ontology.history import write_participation
 from server.adapt import AdaptResult, adapt_and_score, held_out_devices
-from server.dispatch import RoundContext, Work, cohort_round, per_device_round
+from server.dispatch import RoundContext, Work, cohort_round, per_device_round, work_payload
 from server.evaluate import evaluate
+from server.tiers import tiered_round
 
 __all__ = ["LogObserver", "RoundObserver", "run_rounds"]
 
@@ -156,7 +157,8 @@ def _device_records(
                 num_examples=outcome.num_examples,
                 train_loss=outcome.train_loss,
                 bytes_down=plan.bytes_down,
-                bytes_up=plan.bytes_up if ok else 0,
+                # a device whose gateway lost the partial did send its update to the gateway
+                bytes_up=plan.bytes_up if ok or plan.fate == "gateway-lost" else 0,
                 error=outcome.error,
                 measured_s=outcome.measured_s,
                 measured_mj=outcome.measured_mj,
@@ -177,23 +179,48 @@ def _round(ctx: RoundContext, round_: int) -> tuple[RoundRecord, list[DeviceReco
     scenario = ctx.scenario
     available = ctx.costs.available(ctx.clock)
     selected = _select(scenario, round_, available)
-    plans = ctx.costs.plan(selected, ctx.clock, round_)
+    topology = ctx.fleet.topology
+    tiered = None
+    if topology is None:
+        plans = ctx.costs.plan(selected, ctx.clock, round_)
+    else:
+        tiered = plan_tiered(ctx.costs, topology, selected, ctx.clock, round_)
+        plans = tiered.plans
     go = [p for p in plans if p.fate == "train"]
     work = Work(
         round=round_,
         devices=[p.device_id for p in go],
         head_only=frozenset(p.device_id for p in go if p.scope == "head"),
-        payload=ArrayRecord(to_wire(ctx.global_arrays, scenario.fleet.payload_dtype)),
+        payload=work_payload(ctx),
         bytes_up={p.device_id: p.bytes_up for p in go},
         sent={p.device_id: ctx.costs.sent(p.device_id) for p in go},
     )
-    run = cohort_round if ctx.workers else per_device_round
-    partial, outcomes = run(ctx, work)
+    uplinks: dict[int, int] = {}
+    if topology is None:
+        run = cohort_round if ctx.workers else per_device_round
+        partial, outcomes = run(ctx, work)
+    else:
+        partial, outcomes, uplinks = tiered_round(ctx, work, topology)
     averaged = ctx.aggregator.finalize(ctx.global_arrays, partial)
     epsilon = scenario.algorithm.server_lr(round_, scenario.rounds)
     ctx.global_arrays = server_step(ctx.global_arrays, averaged, epsilon)
     delivered = {o.device_id for o in outcomes if o.status == "ok"}
-    cost = ctx.costs.finish(plans, delivered)
+    tiers: dict[str, Any] = {}
+    if topology is None or tiered is None:
+        cost = ctx.costs.finish(plans, delivered)
+    else:
+        tcost = finish_tiered(ctx.costs, topology, tiered, delivered, uplinks)
+        cost = RoundCost(tcost.round_s, tcost.energy_mj, tcost.busy_s)
+        if topology.gateways:  # a one-tier topology records what a star records
+            states = [r.status for r in tiered.gateways.values()]
+            tiers = {
+                "gateways_down": states.count("down"),
+                "gateways_lost": states.count("lost"),
+                "gateways_late": states.count("late"),
+                "gateway_cut": sum(p.fate in ("gateway-down", "gateway-lost") for p in plans),
+                "gateway_energy_mj": _sig(tcost.gateway_energy_mj),
+                "tiers": [{**t, "s": _sig(float(t["s"]))} for t in tcost.tiers],
+            }
     ctx.clock += cost.round_s
     devices = _device_records(ctx, round_, plans, {o.device_id: o for o in outcomes}, cost)
 
@@ -234,6 +261,7 @@ def _round(ctx: RoundContext, round_: int) -> tuple[RoundRecord, list[DeviceReco
         base_accuracy=base,
         adapted=None if adapted is None else _sig(adapted.mean),
         adapted_ci95=None if adapted is None else _sig(adapted.ci95),
+        **tiers,
     )
     return record, devices
 
@@ -487,6 +515,10 @@ def run_rounds(grid: Grid, binding: RunBinding, observer: RoundObserver) -> dict
     }
     if ctx.adaptation is not None:
         summary["adapted"] = _adaptation(binding.out, ctx.adaptation, title)
+    if fleet.topology is not None and fleet.topology.gateways:
+        rounds = [r.tiers or [] for r in records]
+        summary["gateway_energy_j"] = _sig(sum(r.gateway_energy_mj for r in records) / 1000)
+        summary["topology"] = topology_summary(fleet.topology, rounds)
     writer.summary(summary)
     run_report(binding.out)
     return summary

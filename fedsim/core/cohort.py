@@ -8,7 +8,7 @@ one ``DeviceOutcome`` per device (a failed device is reported, not fatal to the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import numpy as np
@@ -21,6 +21,9 @@ from fedsim.core.records import (
     DEVICE_IDS,
     ERRORS,
     FIRST_POSITION,
+    GATEWAY_DEVICES,
+    GATEWAY_SIZES,
+    GATEWAYS,
     HEAD_ONLY,
     MEASURED_MJ,
     MEASURED_S,
@@ -43,6 +46,8 @@ _STATUS_CODES: dict[DeviceStatus, int] = {
     "memory-skip": 3,
     "straggler": 4,
     "dropout": 5,
+    "gateway-down": 6,
+    "gateway-lost": 7,
 }
 _STATUS_NAMES = {code: name for name, code in _STATUS_CODES.items()}
 
@@ -54,9 +59,12 @@ class CohortOrder:
     first_position: int  # position of device_ids[0] in the round's sorted cohort
     block_size: int
     head_only: frozenset[int] = frozenset()  # devices that train only the head (memory)
+    # the gateways this worker plays (DESIGN.md §5.1): (gateway index, its devices this round)
+    gateways: tuple[tuple[int, tuple[int, ...]], ...] = ()
+    step: int = 1  # which local round of a gateway (1 without gateways)
 
     def config(self) -> ConfigRecord:
-        return ConfigRecord(
+        config = ConfigRecord(
             {
                 SERVER_ROUND: self.round,
                 DEVICE_IDS: self.device_ids,
@@ -65,6 +73,11 @@ class CohortOrder:
                 HEAD_ONLY: sorted(self.head_only),
             }
         )
+        if self.gateways:
+            config[GATEWAYS] = [g for g, _ in self.gateways]
+            config[GATEWAY_SIZES] = [len(ids) for _, ids in self.gateways]
+            config[GATEWAY_DEVICES] = [d for _, ids in self.gateways for d in ids]
+        return config
 
     @classmethod
     def from_config(cls, config: ConfigRecord) -> CohortOrder | None:
@@ -73,12 +86,20 @@ class CohortOrder:
             return None
         ids = config[DEVICE_IDS]
         assert isinstance(ids, list)
+        gateways: list[tuple[int, tuple[int, ...]]] = []
+        if GATEWAYS in config:
+            flat = [int(d) for d in config[GATEWAY_DEVICES]]  # type: ignore[union-attr]
+            sizes = [int(n) for n in config[GATEWAY_SIZES]]  # type: ignore[union-attr]
+            for g, size in zip(config[GATEWAYS], sizes, strict=True):  # type: ignore[arg-type]
+                gateways.append((int(g), tuple(flat[:size])))
+                flat = flat[size:]
         return cls(
             round=int(config[SERVER_ROUND]),  # type: ignore[arg-type]
             device_ids=[int(d) for d in ids],
             first_position=int(config[FIRST_POSITION]),  # type: ignore[arg-type]
             block_size=int(config[BLOCK_SIZE]),  # type: ignore[arg-type]
             head_only=frozenset(int(d) for d in config[HEAD_ONLY]),  # type: ignore[union-attr]
+            gateways=tuple(gateways),
         )
 
 
@@ -96,12 +117,15 @@ class DeviceOutcome:
 @dataclass(frozen=True)
 class CohortReply(Generic[P]):
     partials: dict[int, P]  # block index → partial aggregate
-    outcomes: list[DeviceOutcome]  # one per ordered device, in order
+    outcomes: list[DeviceOutcome]  # one per ordered device, in order (then the gateways' devices)
+    gateway_partials: dict[int, P] = field(default_factory=dict)  # gateway index → its partial
 
     def content(self, aggregator: Aggregator[Any, P, Any]) -> RecordDict:
         arrays: dict[str, Array] = {}
         for block, partial in sorted(self.partials.items()):
             arrays |= {f"{block}/{k}": Array(v) for k, v in aggregator.pack(partial).items()}
+        for g, partial in sorted(self.gateway_partials.items()):
+            arrays |= {f"g{g}/{k}": Array(v) for k, v in aggregator.pack(partial).items()}
         metrics = MetricRecord(
             {
                 DEVICE_IDS: [o.device_id for o in self.outcomes],
@@ -119,12 +143,21 @@ class CohortReply(Generic[P]):
     def from_content(
         cls, content: RecordDict, aggregator: Aggregator[Any, P, Any]
     ) -> CohortReply[P]:
-        by_block: dict[int, Packed] = {}
+        by_block: dict[str, Packed] = {}
         arrays: ArrayRecord = content[ARRAYS]  # type: ignore[assignment]
         for key, array in arrays.items():
             block, name = key.split("/", 1)
-            by_block.setdefault(int(block), {})[name] = array.numpy()
-        partials = {b: aggregator.unpack(packed) for b, packed in by_block.items()}
+            by_block.setdefault(block, {})[name] = array.numpy()
+        partials = {
+            int(b): aggregator.unpack(packed)
+            for b, packed in by_block.items()
+            if not b.startswith("g")
+        }
+        gateways = {
+            int(b[1:]): aggregator.unpack(packed)
+            for b, packed in by_block.items()
+            if b.startswith("g")
+        }
         m: MetricRecord = content[METRICS]  # type: ignore[assignment]
         errors: list[str] = content[CONFIG][ERRORS]  # type: ignore[assignment]
         keys = (DEVICE_IDS, STATUS, NUM_EXAMPLES, TRAIN_LOSS, MEASURED_S, MEASURED_MJ)
@@ -141,7 +174,7 @@ class CohortReply(Generic[P]):
             )
             for d, s, n, loss, seconds, mj, e in zip(*columns, errors, strict=True)
         ]
-        return cls(partials, outcomes)
+        return cls(partials, outcomes, gateways)
 
 
 def _nan(value: float | None) -> float:

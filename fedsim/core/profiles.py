@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 __all__ = ["LINK_PREFERENCE", "DeviceProfile", "LinkPower", "LinkType", "ModelFigures"]
 
 # The link a device uses when its scenario group names none: the first of these it has.
-LINK_PREFERENCE = ("wifi", "ethernet", "ble", "lora", "serial")
+LINK_PREFERENCE = ("wifi", "ethernet", "ble", "lora", "serial", "lte")
 
 
 class _Value(BaseModel):

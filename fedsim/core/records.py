@@ -43,6 +43,10 @@ BLOCK_SIZE = "block-size"
 STATUS = "status"
 ERRORS = "errors"
 HEAD_ONLY = "head-only"  # devices (cohort) or this device (per-device) train only the head
+LOCAL_ROUND = "local-round"  # behind a gateway: which of its local rounds (1..local_rounds)
+GATEWAYS = "gateways"  # cohort mode: the gateways a worker plays, their device counts, devices
+GATEWAY_SIZES = "gateway-sizes"
+GATEWAY_DEVICES = "gateway-devices"
 # run_config / node_config keys
 RUN_SCENARIO = "scenario"
 RUN_OUT = "out"
@@ -54,8 +58,19 @@ NODE_PARTITION = "partition-id"  # set by Flower's simulation engine for each vi
 NODE_SERIAL_PORT = "serial-port"
 
 # ok/failed/no-reply: the device trained (or tried); the others were never sent work: their
-# update could not have counted (DESIGN.md §5; devices/clock.py).
-DeviceStatus = Literal["ok", "failed", "no-reply", "memory-skip", "straggler", "dropout"]
+# update could not have counted (DESIGN.md §5; devices/clock.py). gateway-down: its gateway was
+# offline when the round started; gateway-lost: it trained, but its gateway's partial missed the
+# deadline (devices/topology.py).
+DeviceStatus = Literal[
+    "ok",
+    "failed",
+    "no-reply",
+    "memory-skip",
+    "straggler",
+    "dropout",
+    "gateway-down",
+    "gateway-lost",
+]
 
 
 @dataclass(frozen=True)
@@ -142,6 +157,15 @@ class RoundRecord:
     # evaluation.adapt: held-out devices' score after adapting θ (accuracy, or MSE for regression)
     adapted: float | None = None
     adapted_ci95: float | None = None  # half-width of its 95% confidence interval
+    # topology (devices/topology.py), all zero or none in a star: gateways offline at the start,
+    # partials lost (the gateway's uplink missed the deadline), partials late but in time, devices
+    # cut off with their gateway, the gateways' energy, and bytes and time per tier
+    gateways_down: int = 0
+    gateways_lost: int = 0
+    gateways_late: int = 0
+    gateway_cut: int = 0
+    gateway_energy_mj: float = 0.0
+    tiers: list[dict[str, Any]] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

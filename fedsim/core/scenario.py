@@ -28,6 +28,7 @@ from fedsim.core.algorithms import (
     TinyReptileSpec,
 )
 from fedsim.core.data import DATASETS
+from fedsim.core.errors import known_names
 from fedsim.core.models import MODELS
 from fedsim.core.payload import Upload
 from fedsim.core.specs import Spec as _Spec
@@ -48,9 +49,13 @@ __all__ = [
     "FedInsSpec",
     "FedProxSpec",
     "FleetSpec",
+    "GatewayDevices",
+    "GatewaySpec",
     "IidPartition",
     "MarkovAvailability",
     "NaturalPartition",
+    "OutageSpell",
+    "Outages",
     "OutputSpec",
     "PartitionSpec",
     "PrototypesSpec",
@@ -61,6 +66,7 @@ __all__ = [
     "TinyMetaFedSpec",
     "TinyOLSpec",
     "TinyReptileSpec",
+    "TopologySpec",
     "TraceAvailability",
     "choose_engine",
 ]
@@ -153,6 +159,86 @@ class DeviceGroup(_Spec):
         if self.attached is not None and self.count != 1:
             raise ValueError("an attached group is one device on one port: set count: 1")
         return self
+
+
+class OutageSpell(_Spec):
+    start_s: float = Field(ge=0.0)
+    end_s: float = Field(gt=0.0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> OutageSpell:
+        if self.end_s <= self.start_s:
+            raise ValueError(f"an outage ends after it starts ({self.start_s} → {self.end_s})")
+        return self
+
+
+class Outages(_Spec):
+    """Offline spells (simulated seconds from the run's start); online the rest of the time."""
+
+    kind: Literal["outages"]
+    spells: list[OutageSpell] = Field(min_length=1)
+
+
+GatewayAvailabilitySpec = Annotated[
+    AlwaysOn | MarkovAvailability | Outages, Field(discriminator="kind")
+]
+
+
+class GatewayDevices(_Spec):
+    """Which fleet devices reach the server through a gateway: exactly one of ``count`` (the next
+    devices, in id order, that no earlier gateway took), ``groups`` (fleet.groups indices),
+    ``ids`` (device ids), ``names`` (registry device names) or ``query`` (a registry query
+    returning ``?name``, with ``bind``)."""
+
+    count: int | None = Field(None, ge=1)
+    groups: list[int] | None = Field(None, min_length=1)
+    ids: list[int] | None = Field(None, min_length=1)
+    names: list[str] | None = Field(None, min_length=1)
+    query: str | None = None
+    bind: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_way(self) -> GatewayDevices:
+        ways = [k for k in ("count", "groups", "ids", "names", "query") if getattr(self, k)]
+        if len(ways) != 1:
+            raise ValueError(
+                "give exactly one of count, groups, ids, names or query"
+                + (f" (got {', '.join(ways)})" if ways else "")
+            )
+        if self.bind and self.query is None:
+            raise ValueError("bind only applies to a query")
+        return self
+
+
+class GatewaySpec(_Spec):
+    """A gateway (a Raspberry Pi, a phone, an edge box) between devices and the server: it
+    aggregates its devices' updates (or, as an edge server, its child gateways' partials) and
+    sends one partial up its ``link``."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    profile: str = Field("rpi4", description="the gateway's device profile in the registry")
+    link: str | None = Field(
+        None,
+        description="its uplink to its parent: wifi, ethernet, lte, ... (default: the "
+        "profile's preferred link)",
+    )
+    parent: str | None = Field(
+        None, description="the gateway (an edge server) it reports to; none: the server"
+    )
+    devices: GatewayDevices | None = Field(
+        None, description="the devices behind it; none: an edge server above other gateways"
+    )
+    availability: GatewayAvailabilitySpec = AlwaysOn()
+
+
+class TopologySpec(_Spec):
+    """Tiers between devices and the server (DESIGN.md §5.1). Devices behind no gateway reach the
+    server directly; with no gateways this is the flat star, with exactly its results."""
+
+    gateways: list[GatewaySpec] = Field(default_factory=list)
+    local_rounds: int = Field(
+        1, ge=1, description="device rounds a gateway aggregates locally per global round"
+    )
 
 
 class IidPartition(_Spec):
@@ -292,11 +378,19 @@ class Scenario(_Spec):
     evaluation: EvaluationSpec = EvaluationSpec()
     execution: ExecutionSpec = ExecutionSpec()
     registry: RegistrySpec | None = None
+    topology: TopologySpec | None = Field(
+        None, description="devices behind gateways, gateways behind edge servers (default: a star)"
+    )
     output: OutputSpec = OutputSpec()
 
     @property
     def cohort_size(self) -> int:
         return self.clients_per_round or self.fleet.size
+
+    @property
+    def local_rounds(self) -> int:
+        """Device rounds per global round behind a gateway (1 in a star)."""
+        return self.topology.local_rounds if self.topology is not None else 1
 
     @property
     def upload(self) -> Upload:
@@ -373,6 +467,8 @@ class Scenario(_Spec):
                         f"set task.model: {model}",
                     )
                 )
+        if self.topology is not None:
+            problems += self._topology_problems(self.topology)
         data = DATASETS.get(self.task.dataset)
         if self.evaluation.adapt is not None and data.natural_groups is None:
             problems.append(
@@ -382,6 +478,87 @@ class Scenario(_Spec):
                     "so there are no held-out devices to adapt",
                     "remove evaluation.adapt or use a dataset with natural groups "
                     "(fedsim data list)",
+                )
+            )
+        return problems
+
+    def _topology_problems(self, topology: TopologySpec) -> list[tuple[str, str, str]]:
+        problems = []
+        names = [g.name for g in topology.gateways]
+        index = {name: i for i, name in enumerate(names)}
+        for i, gateway in enumerate(topology.gateways):
+            where = f"topology.gateways[{i}]"
+            if names.index(gateway.name) != i:
+                problems.append(
+                    (f"{where}.name", f"'{gateway.name}' names two gateways", "rename one")
+                )
+            children = [g.name for g in topology.gateways if g.parent == gateway.name]
+            if gateway.parent is not None and gateway.parent not in index:
+                problems.append(
+                    (
+                        f"{where}.parent",
+                        known_names("gateway", gateway.parent, names),
+                        "name another gateway, or drop parent (the server)",
+                    )
+                )
+            if gateway.devices is None and not children:
+                problems.append(
+                    (
+                        f"{where}.devices",
+                        f"gateway '{gateway.name}' has no devices and no gateway reports to it",
+                        "give devices: {count: N} (or groups, ids, names, query)",
+                    )
+                )
+            if gateway.devices is not None and children:
+                problems.append(
+                    (
+                        f"{where}.devices",
+                        f"gateway '{gateway.name}' has devices and gateways ({children[0]}) below "
+                        "it; a tier holds one kind",
+                        "put its devices behind a gateway of their own",
+                    )
+                )
+            devices = gateway.devices
+            if devices is not None and devices.groups is not None:
+                bad = [g for g in devices.groups if not 0 <= g < len(self.fleet.groups)]
+                if bad:
+                    problems.append(
+                        (
+                            f"{where}.devices.groups",
+                            f"no fleet group {bad[0]} (the fleet has {len(self.fleet.groups)})",
+                            f"use indices 0..{len(self.fleet.groups) - 1}",
+                        )
+                    )
+            if devices is not None and devices.ids is not None:
+                bad = [d for d in devices.ids if not 0 <= d < self.fleet.size]
+                if bad:
+                    problems.append(
+                        (
+                            f"{where}.devices.ids",
+                            f"no device {bad[0]} (the fleet has {self.fleet.size})",
+                            f"use device ids 0..{self.fleet.size - 1}",
+                        )
+                    )
+            seen, parent = {gateway.name}, gateway.parent
+            while parent is not None and parent in index:
+                if parent in seen:
+                    problems.append(
+                        (
+                            f"{where}.parent",
+                            f"gateway '{gateway.name}' reports to itself through '{parent}'",
+                            "make the gateways a tree under the server",
+                        )
+                    )
+                    break
+                seen.add(parent)
+                parent = topology.gateways[index[parent]].parent
+        if topology.local_rounds > 1 and isinstance(self.algorithm, PrototypesSpec):
+            problems.append(
+                (
+                    "topology.local_rounds",
+                    "prototype averaging adds every mission's sums once; a gateway has nothing "
+                    "to re-aggregate between local rounds",
+                    "set local_rounds: 1",
                 )
             )
         return problems

@@ -1,0 +1,119 @@
+"""Hierarchical aggregation: what a gateway does with its devices' updates (DESIGN.md §5.1).
+
+A gateway is a server for its devices. Each global round it receives the global arrays, runs
+``local_rounds`` device rounds (after each but the last it finalizes its devices' partial into its
+own model, which its devices start the next one from), and sends the partial of its last local
+round up: the same associative reduce as the server's, so a gateway's partial merges at its parent
+exactly as a block partial does. With one local round a two-tier run differs from the flat star
+only by how the partial is rounded on the uplink (``uplink``).
+
+The grouping is fixed as everywhere else (``fedsim.core.reduce``): a gateway reduces its devices in
+ascending id order, in ``block_size(len(devices))`` blocks; a parent merges its children's
+partials in gateway order. Both execution modes call ``gateway_rounds`` (per-device mode from the
+server, cohort mode on the worker that plays the gateway), so they give the same model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from fedsim.core.cohort import DeviceOutcome
+from fedsim.core.payload import PayloadDtype, round_trip
+from fedsim.core.prototypes import PrototypePartial, encode_report
+from fedsim.core.reduce import (
+    Aggregator,
+    Arrays,
+    WeightedSum,
+    block_size,
+    merge_blocks,
+    reduce_blocks,
+)
+
+__all__ = ["TIER_NAMES", "LocalTrain", "combine_outcomes", "gateway_rounds", "tier_name", "uplink"]
+
+TIER_NAMES = {1: "device", 2: "gateway", 3: "edge"}
+WEIGHT_BYTES = 8  # a float64 weight per tensor, and the total
+
+
+def tier_name(tier: int) -> str:
+    """Tier 1: devices' own links; 2: gateways above devices; 3: edge servers above gateways."""
+    return TIER_NAMES.get(tier, f"tier-{tier}")
+
+
+# One local round at a gateway: (step, the arrays its devices receive, the devices still in) →
+# ((position in the gateway's device list, update) pairs in ascending position, one outcome each).
+LocalTrain = Callable[[int, Arrays, list[int]], tuple[list[tuple[int, Any]], list[DeviceOutcome]]]
+
+
+def gateway_rounds(
+    aggregator: Aggregator[Any, Any, Arrays],
+    received: Arrays,
+    devices: Sequence[int],
+    local_rounds: int,
+    dtype: PayloadDtype,
+    train: LocalTrain,
+) -> tuple[Any, list[DeviceOutcome]]:
+    """The partial a gateway sends up, and one outcome per device (in ``devices`` order).
+
+    ``received``: the global arrays as the gateway received them. A device that fails in a local
+    round sits out the rest of this global round; its outcome is the failure.
+    """
+    block = block_size(len(devices))
+    arrays, active = received, list(devices)
+    history: dict[int, list[DeviceOutcome]] = {d: [] for d in devices}
+    partial = aggregator.zero()
+    for step in range(1, local_rounds + 1):
+        sent = received if step == 1 else round_trip(arrays, dtype)
+        updates, outcomes = train(step, sent, active)
+        partial = merge_blocks(aggregator, reduce_blocks(aggregator, updates, block))
+        for outcome in outcomes:
+            history[outcome.device_id].append(outcome)
+        active = [d for d in active if history[d] and history[d][-1].status == "ok"]
+        if step < local_rounds:
+            arrays = aggregator.finalize(arrays, partial)
+    return partial, [combine_outcomes(d, history[d]) for d in devices]
+
+
+def combine_outcomes(device_id: int, steps: Sequence[DeviceOutcome]) -> DeviceOutcome:
+    """A device's global round from its local rounds: its first failure, or ``ok`` with the
+    examples of every local round and the last round's loss and measurements."""
+    if not steps:
+        return DeviceOutcome(device_id, "no-reply")
+    for outcome in steps:
+        if outcome.status != "ok":
+            return outcome
+    if len(steps) == 1:
+        return steps[0]
+    return replace(steps[-1], num_examples=sum(o.num_examples for o in steps))
+
+
+def uplink(partial: Any, dtype: PayloadDtype) -> tuple[Any, int]:
+    """The partial as the parent receives it, and the bytes it takes on the uplink.
+
+    A weighted sum travels as each tensor's weighted mean in the payload's number format (only the
+    tensors some device trained) with its weight in float64; the parent rebuilds the sums from
+    them. Prototype reports are forwarded as the devices sent them (already in the wire format).
+    """
+    if isinstance(partial, WeightedSum):
+        if not partial.sums:
+            return partial, 0
+        sums, nbytes = [], WEIGHT_BYTES
+        for s, w in zip(partial.sums, partial.weights, strict=True):
+            if w > 0:
+                mean = np.asarray(s / w).astype(dtype)
+                nbytes += mean.nbytes + WEIGHT_BYTES
+                sums.append(mean.astype(np.float64) * w)
+            else:
+                sums.append(np.zeros_like(s))
+        return WeightedSum(tuple(sums), partial.weight, partial.weights), nbytes
+    if isinstance(partial, PrototypePartial):
+        nbytes = sum(
+            sum(a.nbytes for a in encode_report(r, dtype).values())
+            for r in partial.reports.values()
+        )
+        return partial, nbytes
+    raise TypeError(f"no uplink encoding for a {type(partial).__name__} partial")

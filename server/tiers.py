@@ -1,0 +1,142 @@
+"""A round through an edge topology (DESIGN.md §5.1): devices behind gateways, partials up.
+
+Devices on the server directly are reduced as in a star. Each gateway with devices sent work runs
+``fedsim.core.hierarchy.gateway_rounds``: in cohort mode on a worker node (the gateway is a Flower
+node whose ClientApp fans out to its devices), in per-device mode here, one message per device
+and local round (the server plays the gateway). Either way the leaf partials are the same; here
+they go up the tree, each rounded on its uplink (``uplink``), edge servers merging their children
+in gateway order, and the server merges its direct devices' partial, then its gateways' partials
+in gateway order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+
+from devices.topology import Topology
+from fedsim.core.cohort import CohortOrder, DeviceOutcome
+from fedsim.core.hierarchy import gateway_rounds, uplink
+from fedsim.core.payload import round_trip, to_wire
+from fedsim.core.records import ARRAYS, CONFIG, HEAD_ONLY, LOCAL_ROUND, SERVER_ROUND
+from fedsim.core.reduce import Arrays, merge_blocks
+from server.dispatch import (
+    RoundContext,
+    Work,
+    collect,
+    per_device_round,
+    send_orders,
+    worker_orders,
+)
+
+__all__ = ["tiered_round"]
+
+
+def tiered_round(
+    ctx: RoundContext, work: Work, topology: Topology
+) -> tuple[Any, list[DeviceOutcome], dict[int, int]]:
+    """The server's partial, every device's outcome, and each gateway's uplink bytes."""
+    aggregator, dtype = ctx.aggregator, ctx.scenario.fleet.payload_dtype
+    direct = [d for d in work.devices if d not in topology.gateway_of]
+    units: dict[int, list[int]] = {}  # leaf gateway → its devices sent work, ascending
+    for d in work.devices:
+        if (g := topology.gateway_of.get(d)) is not None:
+            units.setdefault(g, []).append(d)
+    run = _cohort if ctx.workers else _per_device
+    root, leaves, outcomes = run(ctx, work, direct, dict(sorted(units.items())))
+    arrived: dict[int, Any] = {}
+    nbytes: dict[int, int] = {}
+    for g in reversed(topology.top_down()):  # children before parents
+        gateway = topology.gateways[g]
+        if gateway.devices:
+            if g not in leaves:
+                continue
+            partial = leaves[g]
+        else:
+            children = [c for c in gateway.children if c in arrived]
+            if not children:
+                continue
+            partial = aggregator.zero()
+            for c in children:
+                partial = aggregator.merge(partial, arrived[c])
+        arrived[g], nbytes[g] = uplink(partial, dtype)
+    for gateway in topology.gateways:
+        if gateway.parent is None and gateway.index in arrived:
+            root = aggregator.merge(root, arrived[gateway.index])
+    return root, outcomes, nbytes
+
+
+def _per_device(
+    ctx: RoundContext, work: Work, direct: list[int], units: dict[int, list[int]]
+) -> tuple[Any, dict[int, Any], list[DeviceOutcome]]:
+    """The server plays every gateway: one message per device and local round."""
+    scenario = ctx.scenario
+    dtype, upload = scenario.fleet.payload_dtype, scenario.upload
+    root, outcomes = per_device_round(ctx, replace(work, devices=direct))
+    received = round_trip(ctx.global_arrays, dtype)
+    node_to_device = ctx.node_to_device
+    leaves = {}
+    for g, ids in units.items():
+        position = {d: i for i, d in enumerate(ids)}
+
+        def train(
+            step: int, arrays: Arrays, active: list[int], position: dict[int, int] = position
+        ) -> tuple[list[tuple[int, Any]], list[DeviceOutcome]]:
+            payload = ArrayRecord(to_wire(arrays, dtype))
+            messages = [
+                Message(
+                    RecordDict(
+                        {
+                            ARRAYS: payload,
+                            CONFIG: ConfigRecord(
+                                {
+                                    SERVER_ROUND: work.round,
+                                    HEAD_ONLY: d in work.head_only,
+                                    LOCAL_ROUND: step,
+                                }
+                            ),
+                        }
+                    ),
+                    dst_node_id=ctx.device_to_node[d],
+                    message_type=MessageType.TRAIN,
+                )
+                for d in active
+            ]
+            timeout = scenario.execution.round_timeout_s
+            replies = ctx.grid.send_and_receive(messages, timeout=timeout)
+            updates, done = collect(
+                replies, node_to_device, replace(work, devices=active), arrays, upload
+            )
+            return [(position[active[p]], u) for p, u in updates], done
+
+        leaves[g], done = gateway_rounds(
+            ctx.aggregator, received, ids, scenario.local_rounds, dtype, train
+        )
+        outcomes += done
+    return root, leaves, outcomes
+
+
+def _cohort(
+    ctx: RoundContext, work: Work, direct: list[int], units: dict[int, list[int]]
+) -> tuple[Any, dict[int, Any], list[DeviceOutcome]]:
+    """Direct devices in reduction blocks as in a star; each gateway on one worker, round-robin."""
+    workers = len(ctx.workers)
+    orders = worker_orders(work.round, direct, workers, work.head_only) if direct else []
+    wanted = max(len(orders), min(workers, len(units)))
+    orders += [CohortOrder(work.round, [], 0, 1) for _ in range(wanted - len(orders))]
+    shares: list[list[tuple[int, tuple[int, ...]]]] = [[] for _ in orders]
+    for i, (g, ids) in enumerate(units.items()):
+        shares[i % len(orders)].append((g, tuple(ids)))
+    orders = [
+        replace(
+            order,
+            gateways=tuple(share),
+            head_only=order.head_only
+            | work.head_only.intersection(d for _, ids in share for d in ids),
+        )
+        for order, share in zip(orders, shares, strict=True)
+    ]
+    partials, leaves, outcomes = send_orders(ctx, orders)
+    return merge_blocks(ctx.aggregator, partials), leaves, outcomes

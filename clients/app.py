@@ -8,7 +8,15 @@ cohort mode the node is a worker and the message's ``CohortOrder`` names the dev
 from __future__ import annotations
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.clientapp import ClientApp
 
 from clients.work import InjectedCrashError, run_cohort, train_one
@@ -24,6 +32,7 @@ from fedsim.core.records import (
     MEASURED_MJ,
     MEASURED_S,
     METRICS,
+    NODE_GATEWAY,
     NODE_PARTITION,
     NODE_SERIAL_PORT,
     NUM_EXAMPLES,
@@ -47,7 +56,11 @@ def make_client_app(binding: RunBinding | None = None) -> ClientApp:
     @app.query()
     def describe(msg: Message, context: Context) -> Message:
         _, device_id = _node(context)
-        return Message(RecordDict({METRICS: MetricRecord({DEVICE_ID: device_id})}), reply_to=msg)
+        content = RecordDict({METRICS: MetricRecord({DEVICE_ID: device_id})})
+        gateway = context.node_config.get(NODE_GATEWAY)
+        if gateway:  # this node plays a gateway of the scenario's topology
+            content[CONFIG] = ConfigRecord({NODE_GATEWAY: str(gateway)})
+        return Message(content, reply_to=msg)
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
@@ -73,9 +86,7 @@ def make_client_app(binding: RunBinding | None = None) -> ClientApp:
         round_ = int(config[SERVER_ROUND])  # type: ignore[arg-type]
         head_only = bool(config.get(HEAD_ONLY, False))
         step = int(config.get(LOCAL_ROUND, 1))  # type: ignore[arg-type]
-        update = train_one(
-            scenario, fleet, bound.out, node, round_, global_arrays, head_only, step
-        )
+        update = train_one(scenario, fleet, bound.out, node, round_, global_arrays, head_only, step)
         metrics = MetricRecord(
             {DEVICE_ID: node, NUM_EXAMPLES: update.num_examples, TRAIN_LOSS: update.train_loss}
         )

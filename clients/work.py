@@ -355,11 +355,11 @@ def run_cohort(
                 updates.append((offset, result.update(f"{device_id}:{order.round}")))
             partials |= reduce_blocks(aggregator, updates, order.block_size)  # whole blocks
         gateways = {}
-        for g, ids in order.gateways:
-            gateways[g], done = _gateway(
-                scenario, fleet, order, ids, global_arrays, aggregator, work, store
+        for g, members in order.gateways:
+            gateways[g], played = _gateway(
+                scenario, fleet, order, members, global_arrays, aggregator, work, store
             )
-            outcomes += done
+            outcomes += played
     finally:
         if store is not None:
             store.close()

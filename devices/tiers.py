@@ -88,7 +88,10 @@ def plan_tiered(
             continue
         for ancestor in topology.chain(g):
             below.setdefault(ancestor, []).append(d)
-    start, reachable, until, down = {}, {}, {}, {}
+    start: dict[int, float] = {}
+    reachable: dict[int, bool] = {}
+    until: dict[int, float] = {}
+    down: dict[int, float] = {}
     for g in topology.top_down():
         if g not in below:
             continue

@@ -111,6 +111,8 @@ class Topology:
                 f"gateway {g.name} ({g.profile.name}): {below} → {above} over "
                 f"{g.link_type.kind} ({tier_name(g.tier)} tier)"
             )
+        if self.local_rounds > 1:
+            lines.append(f"gateways aggregate {self.local_rounds} local rounds per global round")
         return lines
 
 

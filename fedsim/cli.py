@@ -43,7 +43,10 @@ def summarize(scenario_path: str | Path) -> str:
 
     data = fleet.data
     model = task_model(scenario, data.num_features, data.num_outputs, 0)
-    groups_cost = "".join(f"\n  {line}" for line in FleetCosts(scenario, fleet, model).describe())
+    lines = FleetCosts(scenario, fleet, model).describe()
+    if fleet.topology is not None:
+        lines += fleet.topology.describe()
+    groups_cost = "".join(f"\n  {line}" for line in lines)
     return (
         f"{scenario_path}: ok: {scenario.name}: {scenario.algorithm.kind} on "
         f"{scenario.task.dataset}/{scenario.task.model}, {len(fleet)} devices ({groups}), "
@@ -120,6 +123,15 @@ def run(
         f"failures, {s['stragglers'] + s['dropouts']} cut, {s['memory_skips']} skipped for "
         f"memory, {s['wall_s']:.1f} s → {result.out}"
     )
+    if "topology" in s:
+        t = s["topology"]
+        versus = f" ({t['backhaul_vs_star']:.0%} of a star's)" if t["backhaul_vs_star"] else ""
+        out.print(
+            f"  {len(t['gateways'])} gateways: {t['backhaul_bytes'] / 1e6:.3g} MB over the "
+            f"backhaul{versus}, {s['gateway_energy_j']:.3g} J; {t['gateways_down']} down, "
+            f"{t['gateways_late']} late, {t['gateways_lost']} partials lost, "
+            f"{t['gateway_cut']} device rounds cut off with their gateway"
+        )
 
 
 @app.command()

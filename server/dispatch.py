@@ -134,6 +134,7 @@ class RoundContext:
     held_out: list[HeldOutDevice] = field(default_factory=list)  # evaluation.adapt
     adaptation: AdaptResult | None = None  # the latest one
     base_classes: NDArray[np.bool_] | None = None  # prototype averaging: the first seen classes
+    gateway_nodes: dict[int, int] = field(default_factory=dict)  # cohort: gateway → its own node
 
     @property
     def node_to_device(self) -> dict[int, int]:
@@ -193,15 +194,15 @@ def cohort_round(ctx: RoundContext, work: Work) -> tuple[Any, list[DeviceOutcome
     if not work.devices:
         return ctx.aggregator.zero(), []
     orders = worker_orders(work.round, work.devices, len(ctx.workers), work.head_only)
-    partials, _, outcomes = send_orders(ctx, orders)
+    partials, _, outcomes = send_orders(ctx, list(zip(ctx.workers, orders, strict=False)))
     return merge_blocks(ctx.aggregator, partials), outcomes
 
 
 def send_orders(
-    ctx: RoundContext, orders: list[CohortOrder]
+    ctx: RoundContext, orders: list[tuple[int, CohortOrder]]
 ) -> tuple[dict[int, Any], dict[int, Any], list[DeviceOutcome]]:
-    """One order per worker (in worker order); the block partials, the gateway partials and the
-    outcomes they reply with. A worker that fails or does not reply fails its devices."""
+    """One order per worker node; the block partials, the gateway partials and the outcomes they
+    reply with. A worker that fails or does not reply fails its devices."""
     payload = work_payload(ctx)
     messages = [
         Message(
@@ -209,9 +210,9 @@ def send_orders(
             dst_node_id=worker,
             message_type=MessageType.TRAIN,
         )
-        for order, worker in zip(orders, ctx.workers, strict=False)
+        for worker, order in orders
     ]
-    by_worker = {m.metadata.dst_node_id: o for m, o in zip(messages, orders, strict=True)}
+    by_worker = dict(orders)
     replies = ctx.grid.send_and_receive(messages, timeout=ctx.scenario.execution.round_timeout_s)
     got = {r.metadata.src_node_id: r for r in replies}
     partials: dict[int, Any] = {}

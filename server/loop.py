@@ -33,8 +33,10 @@ from fedsim.core.models import get_arrays, set_arrays
 from fedsim.core.plots import plot_accuracy, plot_adaptation, plot_fleet
 from fedsim.core.pretrain import PretrainConfig, pretrain_encoder
 from fedsim.core.records import (
+    CONFIG,
     DEVICE_ID,
     METRICS,
+    NODE_GATEWAY,
     DeviceRecord,
     DeviceStatus,
     RoundRecord,
@@ -94,6 +96,36 @@ def _workers(grid: Grid, timeout_s: float) -> list[int]:
             "federation", "no Flower node joined the run", "start at least one SuperNode"
         )
     return workers
+
+
+def _gateway_nodes(
+    grid: Grid, workers: list[int], fleet: Fleet, timeout_s: float
+) -> dict[int, int]:
+    """Cohort mode with gateways: which worker nodes play which gateway (node config
+    ``gateway='name'``, e.g. a Raspberry Pi SuperNode with the gateway's devices on its serial
+    ports). The other gateways go to the workers round-robin."""
+    topology = fleet.topology
+    if topology is None or not topology.gateways:
+        return {}
+    queries = [
+        Message(RecordDict(), dst_node_id=node_id, message_type=MessageType.QUERY)
+        for node_id in workers
+    ]
+    index = {g.name: g.index for g in topology.gateways}
+    nodes: dict[int, int] = {}
+    for reply in grid.send_and_receive(queries, timeout=timeout_s):
+        if reply.has_error() or CONFIG not in reply.content:
+            continue
+        name = str(reply.content[CONFIG][NODE_GATEWAY])
+        if name not in index or not topology.gateways[index[name]].devices:
+            raise FedsimError(
+                "federation",
+                f"node {reply.metadata.src_node_id} plays gateway '{name}', which is not a "
+                "gateway with devices in this scenario's topology",
+                "fix its --node-config gateway='…' (the names are in topology.gateways)",
+            )
+        nodes[index[name]] = reply.metadata.src_node_id
+    return nodes
 
 
 def _discover(grid: Grid, fleet: Fleet, timeout_s: float) -> dict[int, int]:
@@ -453,6 +485,7 @@ def run_rounds(grid: Grid, binding: RunBinding, observer: RoundObserver) -> dict
         _load_encoder(model, scenario.algorithm, scenario.seed)
     cohort = scenario.execution.mode == "cohort"
     workers = _workers(grid, DISCOVERY_TIMEOUT_S) if cohort else []
+    gateway_nodes = _gateway_nodes(grid, workers, fleet, DISCOVERY_TIMEOUT_S) if cohort else {}
     per_device = {} if cohort else _discover(grid, fleet, DISCOVERY_TIMEOUT_S)
     ctx = RoundContext(
         grid=grid,
@@ -464,6 +497,7 @@ def run_rounds(grid: Grid, binding: RunBinding, observer: RoundObserver) -> dict
         costs=FleetCosts(scenario, fleet, model),
         device_to_node=per_device,
         workers=workers,
+        gateway_nodes=gateway_nodes,
         global_arrays=get_arrays(model),
     )
     if scenario.evaluation.adapt is not None:
@@ -519,6 +553,8 @@ def run_rounds(grid: Grid, binding: RunBinding, observer: RoundObserver) -> dict
         rounds = [r.tiers or [] for r in records]
         summary["gateway_energy_j"] = _sig(sum(r.gateway_energy_mj for r in records) / 1000)
         summary["topology"] = topology_summary(fleet.topology, rounds)
+        for key in ("gateways_down", "gateways_late", "gateways_lost", "gateway_cut"):
+            summary["topology"][key] = sum(getattr(r, key) for r in records)
     writer.summary(summary)
     run_report(binding.out)
     return summary

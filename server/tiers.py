@@ -75,6 +75,7 @@ def _per_device(
     scenario = ctx.scenario
     dtype, upload = scenario.fleet.payload_dtype, scenario.upload
     root, outcomes = per_device_round(ctx, replace(work, devices=direct))
+    k = scenario.local_rounds
     received = round_trip(ctx.global_arrays, dtype)
     node_to_device = ctx.node_to_device
     leaves = {}
@@ -106,14 +107,12 @@ def _per_device(
             ]
             timeout = scenario.execution.round_timeout_s
             replies = ctx.grid.send_and_receive(messages, timeout=timeout)
-            updates, done = collect(
-                replies, node_to_device, replace(work, devices=active), arrays, upload
-            )
+            each = {d: work.bytes_up[d] // k for d in active}  # planned for all k rounds
+            local = replace(work, devices=active, bytes_up=each)
+            updates, done = collect(replies, node_to_device, local, arrays, upload)
             return [(position[active[p]], u) for p, u in updates], done
 
-        leaves[g], done = gateway_rounds(
-            ctx.aggregator, received, ids, scenario.local_rounds, dtype, train
-        )
+        leaves[g], done = gateway_rounds(ctx.aggregator, received, ids, k, dtype, train)
         outcomes += done
     return root, leaves, outcomes
 
@@ -121,22 +120,23 @@ def _per_device(
 def _cohort(
     ctx: RoundContext, work: Work, direct: list[int], units: dict[int, list[int]]
 ) -> tuple[Any, dict[int, Any], list[DeviceOutcome]]:
-    """Direct devices in reduction blocks as in a star; each gateway on one worker, round-robin."""
-    workers = len(ctx.workers)
-    orders = worker_orders(work.round, direct, workers, work.head_only) if direct else []
-    wanted = max(len(orders), min(workers, len(units)))
-    orders += [CohortOrder(work.round, [], 0, 1) for _ in range(wanted - len(orders))]
-    shares: list[list[tuple[int, tuple[int, ...]]]] = [[] for _ in orders]
-    for i, (g, ids) in enumerate(units.items()):
-        shares[i % len(orders)].append((g, tuple(ids)))
-    orders = [
-        replace(
-            order,
-            gateways=tuple(share),
-            head_only=order.head_only
-            | work.head_only.intersection(d for _, ids in share for d in ids),
-        )
-        for order, share in zip(orders, shares, strict=True)
-    ]
-    partials, leaves, outcomes = send_orders(ctx, orders)
+    """Direct devices in reduction blocks as in a star; each gateway on one worker: the node that
+    plays it (node config ``gateway``), else the workers round-robin."""
+    workers = ctx.workers
+    direct_orders = (
+        worker_orders(work.round, direct, len(workers), work.head_only) if direct else []
+    )
+    orders = dict(zip(workers, direct_orders, strict=False))
+    shares: dict[int, list[tuple[int, tuple[int, ...]]]] = {}
+    spread = 0
+    for g, ids in units.items():
+        node = ctx.gateway_nodes.get(g)
+        if node is None:
+            node, spread = workers[spread % len(workers)], spread + 1
+        shares.setdefault(node, []).append((g, tuple(ids)))
+    for node, share in shares.items():
+        order = orders.get(node) or CohortOrder(work.round, [], 0, 1)
+        heads = work.head_only.intersection(d for _, ids in share for d in ids)
+        orders[node] = replace(order, gateways=tuple(share), head_only=order.head_only | heads)
+    partials, leaves, outcomes = send_orders(ctx, sorted(orders.items()))
     return merge_blocks(ctx.aggregator, partials), leaves, outcomes

@@ -90,8 +90,9 @@ class CohortOrder:
         if GATEWAYS in config:
             flat = [int(d) for d in config[GATEWAY_DEVICES]]  # type: ignore[union-attr]
             sizes = [int(n) for n in config[GATEWAY_SIZES]]  # type: ignore[union-attr]
-            for g, size in zip(config[GATEWAYS], sizes, strict=True):  # type: ignore[arg-type]
-                gateways.append((int(g), tuple(flat[:size])))
+            names = [int(g) for g in config[GATEWAYS]]  # type: ignore[union-attr]
+            for g, size in zip(names, sizes, strict=True):
+                gateways.append((g, tuple(flat[:size])))
                 flat = flat[size:]
         return cls(
             round=int(config[SERVER_ROUND]),  # type: ignore[arg-type]

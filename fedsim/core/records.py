@@ -56,6 +56,10 @@ NODE_PARTITION = "partition-id"  # set by Flower's simulation engine for each vi
 # a gateway SuperNode proxying a device on a serial bridge:
 #   flower-supernode --node-config "partition-id=3 serial-port='/dev/ttyACM0'"
 NODE_SERIAL_PORT = "serial-port"
+# a gateway SuperNode (cohort mode with a topology): it plays the named gateway of the scenario,
+# its devices' work is sent to it (and its attached devices are on its serial ports)
+#   flower-supernode --node-config "partition-id=0 gateway='floor-1'"
+NODE_GATEWAY = "gateway"
 
 # ok/failed/no-reply: the device trained (or tried); the others were never sent work: their
 # update could not have counted (DESIGN.md §5; devices/clock.py). gateway-down: its gateway was

@@ -5,6 +5,10 @@ the run (``fedsim:Run``) and one ``fedsim:Participation`` per row of ``devices.c
 persistent registry (``registry.db``) it is also added to that store, so later queries can select
 devices by their history (``queries/run-devices.rq``). Devices a query picked from the registry
 keep their registry IRI; devices of a profile-based group are named ``<run id>-<device id>``.
+A run with an edge topology also records it: each gateway as a run-scoped ``fedsim:Gateway``
+named ``<run id>-gw-<gateway name>`` (``fedsim:usedGateway`` of the run, with its profile, uplink
+kind and ``fedsim:reportsTo`` edge server), each device ``fedsim:attachedTo`` its gateway, and the
+run's ``fedsim:localRounds``; ``queries/devices-behind-gateway.rq`` answers with its name.
 Written line by line (a 10,000-device run has 100,000 rows or more), every value escaped by rdflib.
 """
 
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
@@ -22,7 +27,15 @@ from fedsim.core.results import DEVICES
 from fedsim.core.scenario import Scenario
 from ontology.vocab import DEV, DEVICE, FEDSIM, MODEL, RUN
 
-__all__ = ["PARTICIPATION", "device_iri", "participation_lines", "write_participation"]
+__all__ = [
+    "PARTICIPATION",
+    "GatewayRow",
+    "RunTopology",
+    "device_iri",
+    "gateway_iri",
+    "participation_lines",
+    "write_participation",
+]
 
 PARTICIPATION = "participation.ttl"
 
@@ -40,14 +53,36 @@ def device_iri(members: Members, device_id: int, run_id: str) -> URIRef:
     return URIRef(iri) if iri is not None else DEVICE[f"{_iri(run_id)}-{device_id}"]
 
 
+# One gateway of a run's topology: (name, profile name, uplink link kind, parent gateway's name
+# or None for the server, ids of the devices attached to it).
+GatewayRow = tuple[str, str, str, str | None, tuple[int, ...]]
+
+
+@dataclass(frozen=True)
+class RunTopology:
+    """A run's edge topology as plain values (ontology/ does not import devices/)."""
+
+    gateways: Sequence[GatewayRow]
+    local_rounds: int
+
+
+def gateway_iri(run_id: str, name: str) -> URIRef:
+    return DEVICE[f"{_iri(run_id)}-gw-{_iri(name)}"]
+
+
 def _n3(value: object, datatype: URIRef | None = None) -> str:
     return Literal(value, datatype=datatype).n3()
 
 
 def participation_lines(
-    scenario: Scenario, members: Members, out: Path, run_id: str
+    scenario: Scenario,
+    members: Members,
+    out: Path,
+    run_id: str,
+    topology: RunTopology | None = None,
 ) -> Iterator[str]:
-    """The run's participation as N-Triples-like Turtle lines (no prefixes needed)."""
+    """The run's participation as N-Triples-like Turtle lines (no prefixes needed), and its
+    topology when it has one."""
     run = RUN[_iri(run_id)].n3()
     a = "<http://www.w3.org/1999/02/22-rdf-syntax-ns#type>"
     model = MODEL[f"{scenario.task.model}.{scenario.task.dataset}"].n3()
@@ -62,6 +97,8 @@ def participation_lines(
             yield f"{node} {a} {FEDSIM.Device.n3()} ."
             yield f"{node} {FEDSIM.deviceName.n3()} {_n3(f'{run_id}-{device_id}')} ."
             yield f"{node} {FEDSIM.hasProfile.n3()} {DEV[profile].n3()} ."
+    if topology is not None:
+        yield from _topology_lines(topology, members, run_id)
     with (out / DEVICES).open(newline="", encoding="utf-8") as handle:
         for row in csv.DictReader(handle):
             device_id, round_ = int(row["device_id"]), int(row["round"])
@@ -83,13 +120,40 @@ def participation_lines(
             yield f"{node} {FEDSIM.bytesUp.n3()} {_n3(int(row['bytes_up']), XSD.integer)} ."
 
 
-def write_participation(scenario: Scenario, members: Members, out: Path, run_id: str) -> Path:
-    """``<out>/participation.ttl``; returns its path."""
+def _topology_lines(topology: RunTopology, members: Members, run_id: str) -> Iterator[str]:
+    run = RUN[_iri(run_id)].n3()
+    a = "<http://www.w3.org/1999/02/22-rdf-syntax-ns#type>"
+    names = {gateway[0] for gateway in topology.gateways}
+    yield f"{run} {FEDSIM.localRounds.n3()} {_n3(topology.local_rounds, XSD.integer)} ."
+    for name, profile, uplink, parent, device_ids in topology.gateways:
+        if parent is not None and parent not in names:
+            raise ValueError(f"gateway '{name}' reports to '{parent}', not a gateway of the run")
+        node = gateway_iri(run_id, name).n3()
+        yield f"{run} {FEDSIM.usedGateway.n3()} {node} ."
+        yield f"{node} {a} {FEDSIM.Gateway.n3()} ."
+        yield f"{node} {FEDSIM.deviceName.n3()} {_n3(f'{run_id}-gw-{name}')} ."
+        yield f"{node} {FEDSIM.hasProfile.n3()} {DEV[profile].n3()} ."
+        yield f"{node} {FEDSIM.uplinkKind.n3()} {_n3(uplink)} ."
+        if parent is not None:
+            yield f"{node} {FEDSIM.reportsTo.n3()} {gateway_iri(run_id, parent).n3()} ."
+        for device_id in device_ids:
+            device = device_iri(members, device_id, run_id).n3()
+            yield f"{device} {FEDSIM.attachedTo.n3()} {node} ."
+
+
+def write_participation(
+    scenario: Scenario,
+    members: Members,
+    out: Path,
+    run_id: str,
+    topology: RunTopology | None = None,
+) -> Path:
+    """``<out>/participation.ttl`` (with the run's topology, if given); returns its path."""
     path = out / PARTICIPATION
     tmp = path.with_suffix(".tmp")
     with tmp.open("w", encoding="utf-8") as handle:
         handle.write(f"# who took part in run {run_id} ({scenario.name}), and how\n")
-        for line in participation_lines(scenario, members, out, run_id):
+        for line in participation_lines(scenario, members, out, run_id, topology):
             handle.write(line + "\n")
     tmp.replace(path)
     return path

@@ -195,6 +195,8 @@ def _violations(report: Graph, shapes: Graph, namer: _Namer) -> list[Violation]:
         component = str(report.value(result, SH.sourceConstraintComponent) or "")
         component = component.removeprefix(str(SH)).removesuffix("ConstraintComponent")
         problem = PROBLEMS.get(component, component)
+        if component == "MaxCount" and shape is not None and _forbids(shapes, shape):
+            problem = "not allowed"
         rule = report.value(result, SH.resultMessage) or ""
         fix = ""
         if shape is not None:
@@ -214,6 +216,12 @@ def _violations(report: Graph, shapes: Graph, namer: _Namer) -> list[Violation]:
             best[key] = (rank, violation)
     found = [violation for _, violation in best.values()]
     return sorted(found, key=lambda v: (v.focus, v.path, v.value or "", v.message))
+
+
+def _forbids(shapes: Graph, shape: Node) -> bool:
+    """Whether the property shape says the property must be absent (sh:maxCount 0)."""
+    limit = shapes.value(shape, SH.maxCount)
+    return isinstance(limit, Literal) and limit.value == 0
 
 
 def _plain(literal: Literal) -> str | None:

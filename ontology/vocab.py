@@ -26,6 +26,7 @@ class FEDSIM(DefinedNamespace):
     DeviceLink: URIRef
     DeviceProfile: URIRef
     Flash: URIRef
+    Gateway: URIRef
     Gyroscope: URIRef
     HumiditySensor: URIRef
     LightSensor: URIRef
@@ -40,6 +41,7 @@ class FEDSIM(DefinedNamespace):
     TemperatureSensor: URIRef
     activePowerMilliwatts: URIRef
     architecture: URIRef
+    attachedTo: URIRef
     boardName: URIRef
     busySeconds: URIRef
     bytesDown: URIRef
@@ -72,6 +74,7 @@ class FEDSIM(DefinedNamespace):
     learnerKind: URIRef
     learnerSlots: URIRef
     linkKind: URIRef
+    localRounds: URIRef
     modelName: URIRef
     mtuBytes: URIRef
     numClasses: URIRef
@@ -82,6 +85,7 @@ class FEDSIM(DefinedNamespace):
     profileName: URIRef
     protocolVersion: URIRef
     quantization: URIRef
+    reportsTo: URIRef
     requiresSensor: URIRef
     round: URIRef
     runId: URIRef
@@ -97,6 +101,8 @@ class FEDSIM(DefinedNamespace):
     trainMACs: URIRef
     trainRamBytes: URIRef
     txPowerMilliwatts: URIRef
+    uplinkKind: URIRef
+    usedGateway: URIRef
     usedModel: URIRef
     weightCapacity: URIRef
 

@@ -539,19 +539,18 @@ class Scenario(_Spec):
                             f"use device ids 0..{self.fleet.size - 1}",
                         )
                     )
-            seen, parent = {gateway.name}, gateway.parent
-            while parent is not None and parent in index:
-                if parent in seen:
-                    problems.append(
-                        (
-                            f"{where}.parent",
-                            f"gateway '{gateway.name}' reports to itself through '{parent}'",
-                            "make the gateways a tree under the server",
-                        )
-                    )
-                    break
-                seen.add(parent)
+            path, parent = [gateway.name], gateway.parent
+            while parent is not None and parent in index and parent not in path:
+                path.append(parent)
                 parent = topology.gateways[index[parent]].parent
+            if parent == gateway.name and min(path, key=names.index) == gateway.name:
+                problems.append(  # once per cycle, at its first gateway
+                    (
+                        f"{where}.parent",
+                        f"gateways {' → '.join([*path, gateway.name])} report in a cycle",
+                        "make the gateways a tree under the server",
+                    )
+                )
         if topology.local_rounds > 1 and isinstance(self.algorithm, PrototypesSpec):
             problems.append(
                 (

@@ -29,14 +29,23 @@ FIRST_NODE_ID = 1_000  # arbitrary, non-zero: node 0 is the server's
 
 
 class InlineGrid(Grid):
-    def __init__(self, client_app: ClientApp, num_nodes: int, run_id: int = 1) -> None:
+    def __init__(
+        self,
+        client_app: ClientApp,
+        num_nodes: int,
+        run_id: int = 1,
+        node_configs: dict[int, dict[str, str | int | float | bool]] | None = None,
+    ) -> None:
+        """``node_configs``: more node config per partition, as ``flower-supernode
+        --node-config`` would give a node (e.g. ``{0: {"gateway": "floor-1"}}``)."""
         self._client_app = client_app
         self._run = Run.create_empty(run_id)
+        extra = node_configs or {}
         self._contexts = {
             FIRST_NODE_ID + i: Context(
                 run_id=run_id,
                 node_id=FIRST_NODE_ID + i,
-                node_config={NODE_PARTITION: i, NUM_PARTITIONS: num_nodes},
+                node_config={NODE_PARTITION: i, NUM_PARTITIONS: num_nodes, **extra.get(i, {})},
                 state=RecordDict(),
                 run_config={},
             )
@@ -92,10 +101,15 @@ class InlineGrid(Grid):
         return self.pull_messages(self.push_messages(messages))
 
 
-def run_inline(server_app: ServerApp, client_app: ClientApp, num_nodes: int) -> None:
+def run_inline(
+    server_app: ServerApp,
+    client_app: ClientApp,
+    num_nodes: int,
+    node_configs: dict[int, dict[str, str | int | float | bool]] | None = None,
+) -> None:
     """Run ``server_app`` against ``num_nodes`` inline virtual nodes, in this thread."""
     run_id = 1
-    grid = InlineGrid(client_app, num_nodes, run_id)
+    grid = InlineGrid(client_app, num_nodes, run_id, node_configs)
     context = Context(
         run_id=run_id, node_id=SUPERLINK_NODE_ID, node_config={}, state=RecordDict(), run_config={}
     )

@@ -30,7 +30,7 @@ from fedsim.core.cohort import DeviceOutcome
 from fedsim.core.data import load_task_data
 from fedsim.core.errors import FedsimError
 from fedsim.core.models import get_arrays, set_arrays
-from fedsim.core.plots import plot_accuracy, plot_adaptation, plot_fleet
+from fedsim.core.plots import plot_accuracy, plot_adaptation, plot_fleet, plot_tiers
 from fedsim.core.pretrain import PretrainConfig, pretrain_encoder
 from fedsim.core.records import (
     CONFIG,
@@ -48,7 +48,7 @@ from fedsim.core.scenario import PrototypesSpec, Scenario
 from fedsim.core.seeds import derive_seed
 from fedsim.core.state import STATE_FILE
 from fedsim.core.task_model import task_model
-from ontology.history import write_participation
+from ontology.history import RunTopology, write_participation
 from server.adapt import AdaptResult, adapt_and_score, held_out_devices
 from server.dispatch import RoundContext, Work, cohort_round, per_device_round, work_payload
 from server.evaluate import evaluate
@@ -427,11 +427,24 @@ def _write_back(scenario: Scenario, fleet: Fleet, binding: RunBinding) -> None:
     """The run's participation as RDF in the run folder, and in a persistent registry."""
     out = Path(binding.out)
     members = [(d.iri, d.profile.name) for d in fleet.devices]
-    path = write_participation(scenario, members, out, out.name)
+    topology = None
+    if fleet.topology is not None and fleet.topology.gateways:
+        gateways = fleet.topology.gateways
+        rows = [
+            (g.name, g.profile.name, g.link_type.kind, _parent_name(fleet, g.parent), g.devices)
+            for g in gateways
+        ]
+        topology = RunTopology(rows, fleet.topology.local_rounds)
+    path = write_participation(scenario, members, out, out.name, topology)
     assert scenario.registry is not None
     if scenario.registry.db is not None:
         with open_registry(scenario, Path(binding.scenario).parent) as registry:
             registry.store.load([path])
+
+
+def _parent_name(fleet: Fleet, parent: int | None) -> str | None:
+    assert fleet.topology is not None
+    return None if parent is None else fleet.topology.gateways[parent].name
 
 
 def _load_encoder(model: torch.nn.Module, spec: PrototypesSpec, seed: int) -> None:
@@ -540,6 +553,7 @@ def run_rounds(grid: Grid, binding: RunBinding, observer: RoundObserver) -> dict
     title = f"{scenario.name} ({scenario.algorithm.kind}, seed {scenario.seed})"
     plot_accuracy(binding.out, title)
     plot_fleet(binding.out, title)
+    plot_tiers(binding.out, title)
     summary = {
         **_summary(scenario, fleet, records),
         "device_rounds": {"selected": usage.selected, "trained": usage.delivered},

@@ -35,7 +35,7 @@ DESIGN_LINKS = {
     "pico": ("serial",),  # USB CDC to a gateway: the Pico has no radio
     "esp32-s3": ("ble", "wifi"),
     "stm32f746-disco": ("ethernet", "serial"),
-    "rpi4": ("ble", "ethernet", "wifi"),
+    "rpi4": ("ble", "ethernet", "lte", "wifi"),  # LTE: a gateway's uplink
     "rpi-zero2w": ("ble", "wifi"),
 }
 
@@ -84,7 +84,7 @@ def test_link_types_are_read_with_their_figures() -> None:
 
     types = registry.link_types()
 
-    assert [t.kind for t in types] == ["ble", "ethernet", "lora", "serial", "wifi"]
+    assert [t.kind for t in types] == ["ble", "ethernet", "lora", "lte", "serial", "wifi"]
     serial = registry.link_type("serial")
     assert serial.throughput_bps == 115200 * 8 / 10  # 8N1: 10 bits on the wire per byte
     assert serial.mtu_bytes == 2048  # the serial frame's payload limit
@@ -98,7 +98,7 @@ def test_link_types_are_read_with_their_figures() -> None:
 def test_unknown_link_type_lists_known_and_suggests() -> None:
     with pytest.raises(
         FedsimError,
-        match=r"^x: unknown link 'wify'; known: ble, ethernet, lora, serial, wifi "
+        match=r"^x: unknown link 'wify'; known: ble, ethernet, lora, lte, serial, wifi "
         r"\(did you mean 'wifi'\?\)$",
     ):
         default_registry().link_type("wify", "x")

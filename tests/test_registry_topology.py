@@ -5,6 +5,9 @@ gateway or an attachment that breaks the shapes is reported with the shape's mes
 from __future__ import annotations
 
 import csv
+import os
+import subprocess
+import sys
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +24,6 @@ from ontology.history import RunTopology, participation_lines, write_participati
 from ontology.validate import validate_files
 from ontology.vocab import DEVICE
 from tests.conftest import ROOT, tiny_scenario
-from tests.test_cli import fedsim
 
 BUILDING = ROOT / "scenarios" / "fleets" / "building.ttl"
 FLEET = ROOT / "tests" / "data" / "fleet.ttl"
@@ -44,6 +46,15 @@ Write = Callable[..., Path]
 
 def _rooms(floor: int) -> list[str]:
     return [f"room-{floor}-{room}" for room in range(1, 9)]
+
+
+def _fedsim(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    """``python -m fedsim.cli ARGS`` in the repository, as a user runs it (tests/test_cli.py)."""
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "COLUMNS": "200"}
+    command = [sys.executable, "-m", "fedsim.cli", *map(str, args)]
+    return subprocess.run(
+        command, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300, check=False
+    )
 
 
 def _write(tmp_path: Path, name: str, text: str) -> Path:
@@ -122,7 +133,7 @@ def test_a_fleet_group_selects_the_devices_behind_a_gateway(write_scenario: Writ
 
 
 def test_cli_query_lists_the_rooms_behind_a_gateway() -> None:
-    proc = fedsim(
+    proc = _fedsim(
         "registry",
         "query",
         "devices-behind-gateway",
@@ -245,12 +256,7 @@ BAD = [
      "a fedsim:DeviceProfile in the graph"),
     ("attached to a device that is no gateway", "fedsim:attachedTo device:gw",
      "fedsim:attachedTo device:other",
-     "device:sensor fedsim:attachedTo = device:other: wrong class: a device is attached to at "
-     "most one gateway, a fedsim:Gateway of the graph"),
-    ("attached to two gateways", "fedsim:attachedTo device:gw",
-     "fedsim:attachedTo device:gw, device:gw2 . device:gw2 a fedsim:Gateway ; "
-     'fedsim:deviceName "gw2" ; fedsim:hasProfile dev:rpi4',
-     "device:sensor fedsim:attachedTo: more than one value: a device is attached to at most one "
+     "device:sensor fedsim:attachedTo = device:other: wrong class: a device is attached to a "
      "gateway, a fedsim:Gateway of the graph"),
     ("reports to a device that is no gateway", 'fedsim:uplinkKind "ethernet"',
      'fedsim:uplinkKind "ethernet" ; fedsim:reportsTo device:other',

@@ -11,16 +11,24 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
+from clients.app import make_client_app
 from clients.work import train_device
 from devices.fleet import load_fleet
+from fedsim.core.cohort import CohortOrder
 from fedsim.core.errors import FedsimError
 from fedsim.core.hierarchy import WEIGHT_BYTES, uplink
 from fedsim.core.models import get_arrays
+from fedsim.core.records import CONFIG, NODE_GATEWAY, RunBinding
 from fedsim.core.reduce import WeightedMean
 from fedsim.core.scenario_load import merged_data
 from fedsim.core.seeds import derive_seed
 from fedsim.core.task_model import task_model
+from fedsim.inline import FIRST_NODE_ID, InlineGrid, run_inline
 from fedsim.pytest_plugin import FedsimRun, assert_same_run, small_scenario
+from ontology.fleet_registry import FleetRegistry, query_path
+from ontology.history import PARTICIPATION
+from server.app import make_server_app
+from tests.conftest import SCENARIOS
 
 Run = Callable[..., FedsimRun]
 Arrays = list[NDArray[np.float32]]
@@ -42,13 +50,13 @@ def _fleet_scenario(**top: Any) -> dict[str, Any]:
     )
 
 
-TWO_TIER = {
+TWO_TIER: dict[str, Any] = {
     "gateways": [
         {"name": "floor-1", "profile": "rpi4", "link": "ethernet", "devices": {"ids": [0, 2, 4]}},
         {"name": "floor-2", "profile": "rpi4", "link": "wifi", "devices": {"ids": [1, 3, 5]}},
     ]
 }
-THREE_TIER = {
+THREE_TIER: dict[str, Any] = {
     "gateways": [
         {"name": "edge", "profile": "rpi4", "link": "lte"},
         {"name": "floor-1", "parent": "edge", "link": "ethernet", "devices": {"count": 3}},
@@ -397,3 +405,76 @@ def test_prototype_averaging_refuses_local_rounds(write_scenario: Callable[..., 
     path = write_scenario(data, "s.yaml")
     with pytest.raises(FedsimError, match=r"topology\.local_rounds: prototype averaging"):
         load_fleet(path)
+
+
+# -- the Flower mapping: a gateway is a node whose ClientApp fans out to its devices -------------
+def _spy(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, list[int]]]:
+    """(node, gateways in its order) of every cohort order the server sends."""
+    sent: list[tuple[int, list[int]]] = []
+    push = InlineGrid.push_messages
+
+    def spy(self: InlineGrid, messages: Any) -> Any:
+        messages = list(messages)
+        for m in messages:
+            order = CohortOrder.from_config(m.content[CONFIG]) if CONFIG in m.content else None
+            if order is not None:
+                sent.append((m.metadata.dst_node_id, [g for g, _ in order.gateways]))
+        return push(self, messages)
+
+    monkeypatch.setattr(InlineGrid, "push_messages", spy)
+    return sent
+
+
+def test_a_gateway_node_gets_its_gateways_work(
+    fedsim_scenario: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = str(fedsim_scenario(_fleet_scenario(topology=TWO_TIER)))
+    sent = _spy(monkeypatch)
+    plain = RunBinding(path, str(tmp_path / "plain"))
+    run_inline(make_server_app(plain), make_client_app(plain), 3)
+    assert {node for node, gateways in sent if 1 in gateways} == {FIRST_NODE_ID + 1}  # in turn
+    sent.clear()
+    played = RunBinding(path, str(tmp_path / "played"))
+    # node 2 is the floor-2 Pi: flower-supernode --node-config "partition-id=2 gateway='floor-2'"
+    run_inline(make_server_app(played), make_client_app(played), 3, {2: {NODE_GATEWAY: "floor-2"}})
+    floor_2 = {node for node, gateways in sent if 1 in gateways}
+    assert floor_2 == {FIRST_NODE_ID + 2}
+    assert {node for node, gateways in sent if 0 in gateways} == {FIRST_NODE_ID}
+    assert_same_run(FedsimRun.read(tmp_path / "plain"), FedsimRun.read(tmp_path / "played"))
+
+
+def test_a_node_playing_an_unknown_gateway_is_refused(
+    fedsim_scenario: Callable[..., Path], tmp_path: Path
+) -> None:
+    path = str(fedsim_scenario(_fleet_scenario(topology=TWO_TIER)))
+    binding = RunBinding(path, str(tmp_path / "out"))
+    with pytest.raises(FedsimError, match=r"node 1001 plays gateway 'floor-9'.*gateway='…'"):
+        run_inline(
+            make_server_app(binding), make_client_app(binding), 2, {1: {NODE_GATEWAY: "floor-9"}}
+        )
+
+
+# -- the building scenario, end to end -----------------------------------------------------------
+def test_building_gateways_runs_end_to_end_and_reports_its_tiers(fedsim_run: Run) -> None:
+    run = fedsim_run(SCENARIOS / "building-gateways.yaml", rounds=5)
+    topology = run.summary["topology"]
+    assert [(g["name"], g["devices"], g["link"]) for g in topology["gateways"]] == [
+        ("floor-1", 8, "ethernet"),
+        ("floor-2", 8, "ethernet"),
+        ("floor-3", 8, "lte"),
+    ]
+    assert topology["backhaul_vs_star"] < 0.1  # 3 partials instead of 24 devices' traffic × 2
+    assert (run.final_accuracy or 0.0) > 0.9
+    assert all([t["tier"] for t in r["tiers"]] == ["device", "gateway"] for r in run.rounds)
+    report = (run.out / "report.html").read_text(encoding="utf-8")
+    assert "<h2>Tiers</h2>" in report
+    assert 'alt="Bytes and time per tier' in report
+    assert "<td>floor-3<td>rpi4<td>8<td>lte" in report
+    assert f"<td>{topology['tiers']['gateway']['bytes_up']:,}<td>" in report
+    # the run's gateways in its participation graph: who was behind floor-2 in this run
+    data = [SCENARIOS / "fleets" / "building.ttl", run.out / PARTICIPATION]
+    with FleetRegistry.open(data) as registry:
+        rows = registry.query(
+            query_path("devices-behind-gateway"), {"gatewayName": f"{run.out.name}-gw-floor-2"}
+        )
+    assert [str(r["name"]) for r in rows] == [f"room-2-{i}" for i in range(1, 9)]

@@ -10,7 +10,7 @@ from numpy.typing import NDArray
 
 from fedsim.core.results import DEVICES, read_rounds
 
-__all__ = ["plot_accuracy", "plot_adaptation", "plot_fleet", "plot_samples"]
+__all__ = ["plot_accuracy", "plot_adaptation", "plot_fleet", "plot_samples", "plot_tiers"]
 
 # devices.csv statuses, in the order participation bars stack them
 STATUS_COLOURS = {
@@ -20,6 +20,8 @@ STATUS_COLOURS = {
     "straggler": "tab:orange",
     "dropout": "tab:purple",
     "memory-skip": "tab:grey",
+    "gateway-down": "tab:brown",
+    "gateway-lost": "tab:olive",
 }
 
 
@@ -173,6 +175,52 @@ def plot_fleet(out: str | Path, title: str) -> Path:
         ax.grid(alpha=0.3)
     fig.suptitle(title, fontsize=10)
     path = out / "plots" / "fleet.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_tiers(out: str | Path, title: str) -> Path | None:
+    """``plots/tiers.png`` for runs through gateways: bytes per tier and round (what a star
+    through forwarding gateways would carry, dashed), and each tier's share of the round's slowest
+    branch, with the rounds that lost a gateway's partial or had one offline marked."""
+    records = [r for r in read_rounds(out) if r.get("tiers")]
+    if not records:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = [r["round"] for r in records]
+    names = [t["tier"] for t in records[0]["tiers"]]
+    fig, (ax_bytes, ax_time) = plt.subplots(1, 2, figsize=(10, 3.8), constrained_layout=True)
+    for i, name in enumerate(names):
+        sent = [(r["tiers"][i]["bytes_down"] + r["tiers"][i]["bytes_up"]) / 1e3 for r in records]
+        (line,) = ax_bytes.plot(rounds, sent, marker="o", ms=3, label=f"{name} tier")
+        if i:  # a star has no tiers above the devices: every device's bytes cross them
+            star = [r["tiers"][i]["star_bytes"] / 1e3 for r in records]
+            ax_bytes.plot(rounds, star, ls="--", color=line.get_color(), label=f"{name}, as a star")
+    ax_bytes.set(xlabel="round", ylabel="kB (down + up)", title="bytes per tier", yscale="log")
+    bottom = np.zeros(len(records))
+    for i, name in enumerate(names):
+        seconds = np.array([r["tiers"][i]["s"] for r in records])
+        ax_time.bar(rounds, seconds, bottom=bottom, label=f"{name} tier")
+        bottom += seconds
+    ax_time.plot(rounds, [r["round_s"] for r in records], "k.", ms=4, label="round")
+    hit = [r["round"] for r in records if r["gateways_down"] or r["gateways_lost"]]
+    for x in hit:
+        ax_time.axvline(x, color="tab:red", alpha=0.25, lw=3)
+    ax_time.set(xlabel="round", ylabel="simulated s", title="the slowest branch, by tier")
+    if hit:
+        ax_time.plot([], [], color="tab:red", alpha=0.25, lw=3, label="gateway down or lost")
+    for ax in (ax_bytes, ax_time):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.suptitle(title, fontsize=10)
+    path = Path(out) / "plots" / "tiers.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -37,6 +37,7 @@ PLOTS = (
     ("accuracy.png", "Accuracy and loss, vs round and vs simulated time"),
     ("fleet.png", "Participation, the fleet by profile, energy and bytes by device class"),
     ("adaptation.png", "Held-out devices after adaptation"),
+    ("tiers.png", "Bytes and time per tier (devices, gateways, edge servers)"),
 )
 # final metrics compared across runs: (summary key, label, higher is better)
 FINAL = (
@@ -156,6 +157,43 @@ def _profiles_table(out: Path) -> str:
     return f"<table>{head}{body}</table>"
 
 
+def _topology_tables(summary: dict[str, Any]) -> str:
+    """Runs through gateways: bytes and time per tier, against a star; the gateways."""
+    t = summary.get("topology")
+    if not t:
+        return ""
+    head = (
+        "<tr><th>tier<th>bytes down<th>bytes up<th>as a star (bytes)<th>vs a star"
+        "<th>on the slowest branch (s)</tr>"
+    )
+    rows = ""
+    for name, v in t["tiers"].items():
+        sent = v["bytes_down"] + v["bytes_up"]
+        ratio = f"{sent / v['star_bytes']:.1%}" if v["star_bytes"] else "–"
+        rows += (
+            f"<tr><td>{html.escape(name)}<td>{_fmt(v['bytes_down'])}<td>{_fmt(v['bytes_up'])}"
+            f"<td>{_fmt(v['star_bytes'])}<td>{ratio}<td>{_fmt(v['s'])}</tr>"
+        )
+    gateways = "".join(
+        f"<tr><td>{html.escape(g['name'])}<td>{html.escape(g['profile'])}<td>{g['devices']}"
+        f"<td>{html.escape(g['link'])}<td>{html.escape(g['tier'])}"
+        f"<td>{html.escape(g['parent'] or 'the server')}</tr>"
+        for g in t["gateways"]
+    )
+    return (
+        f"<h2>Tiers</h2><p>{t['local_rounds']} local round(s) per global round. Backhaul "
+        f"(every tier above the devices): {_fmt(t['backhaul_bytes'])} bytes, "
+        f"{_fmt(t['backhaul_vs_star'])} of what a star through forwarding gateways carries "
+        f"({_fmt(t['backhaul_bytes_star'])}). Gateways down {t['gateways_down']}, late "
+        f"{t['gateways_late']}, partials lost {t['gateways_lost']}; {t['gateway_cut']} device "
+        f"rounds cut off with their gateway; gateways' energy "
+        f"{_fmt(summary.get('gateway_energy_j'))} J.</p>"
+        f"<table>{head}{rows}</table>"
+        "<table><tr><th>gateway<th>profile<th>devices<th>uplink<th>tier<th>reports to</tr>"
+        f"{gateways}</table>"
+    )
+
+
 def run_report(out: str | Path) -> Path:
     """Write ``<out>/report.html`` for one run (from its files; plots must exist for images)."""
     run = RunView.read(out)
@@ -184,6 +222,7 @@ def run_report(out: str | Path) -> Path:
         f"<p>Status: {html.escape(status)}. {_fmt(s.get('devices'))} devices, "
         f"{len(run.rounds)} rounds.</p>"
         f"<h2>Final metrics</h2><table>{summary_rows}</table>{plots}"
+        f"{_topology_tables(s)}"
         f"<h2>The fleet by profile</h2>{_profiles_table(run.out)}"
         f"<details><summary>Every round</summary><table>{rounds_head}{rounds}</table></details>"
     )

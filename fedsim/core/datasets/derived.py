@@ -12,7 +12,7 @@ from fedsim.core.data import DATASETS, DatasetSource, TaskData, cache_dir
 from fedsim.core.datasets import presence
 from fedsim.core.seeds import derive_seed
 
-__all__ = ["load_held_out_rooms"]
+__all__ = ["load_building", "load_held_out_rooms"]
 
 
 HELD_OUT_ROOMS = 8
@@ -55,6 +55,30 @@ def _presence_rooms() -> DatasetSource:
         "drifting CO2 and light sensors as the test split",
         presence.LICENCE,
         "simulated per room from the seed (as presence), held-out rooms with sensor drift",
+        natural_groups="room",
+        sensors=("TemperatureSensor", "HumiditySensor", "LightSensor", "CO2Sensor"),
+    )
+
+
+BUILDING_FLOORS, ROOMS_PER_FLOOR = 3, 8
+
+
+def load_building(seed: int) -> TaskData:
+    """A building's rooms (``BUILDING_FLOORS`` × ``ROOMS_PER_FLOOR``, floor by floor: rooms
+    0-7 are the first floor, and ``presence``'s rooms); each room's first week trains, the second
+    tests, as in ``presence``."""
+    task = presence.presence_task(seed, BUILDING_FLOORS * ROOMS_PER_FLOOR, presence.DEFAULT_DAYS)
+    return replace(task, name="presence-building")
+
+
+@DATASETS.register("presence-building")
+def _presence_building() -> DatasetSource:
+    return DatasetSource(
+        load_building,
+        f"room presence in a building: {BUILDING_FLOORS} floors of {ROOMS_PER_FLOOR} rooms, one "
+        "sensor node per room (for gateway topologies)",
+        presence.LICENCE,
+        "simulated per room from the seed (as presence)",
         natural_groups="room",
         sensors=("TemperatureSensor", "HumiditySensor", "LightSensor", "CO2Sensor"),
     )

@@ -162,9 +162,10 @@ def plan_tiered(
         up = model.seconds(gateway.link_type, nbytes)
         status: GatewayStatus = "up"
         arrive = ready + up
-        if until[g] - t < arrive:  # its uplink drops before the partial is through
-            _, back = topology.availability[g].spell(g, until[g])
-            arrive, status = back - t + up, "late"
+        if until[g] - t < arrive:  # its uplink drops before the partial is through: the partial
+            _, back = topology.availability[g].spell(g, until[g])  # goes up once it is back
+            if back - t > ready:
+                arrive, status = back - t + up, "late"
         if deadline is not None and arrive > deadline:
             status, arrive = "lost", math.inf
         rounds[g] = replace(

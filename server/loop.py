@@ -346,14 +346,19 @@ class _Usage:
             ("samples", "bytes_down", "bytes_up", "energy_mj", "busy_s"), 0.0
         )
 
-    def add(self, scenario: Scenario, devices: list[DeviceRecord]) -> None:
+    def add(self, scenario: Scenario, devices: list[DeviceRecord], fleet: Fleet) -> None:
+        """A device behind a gateway does ``local_rounds`` device rounds in a global round."""
+        topology = fleet.topology
         for d in devices:
-            self.selected += 1
+            rounds = 1
+            if topology is not None and d.device_id in topology.gateway_of:
+                rounds = topology.local_rounds
+            self.selected += rounds
             self.totals["bytes_down"] += d.bytes_down
             self.totals["energy_mj"] += d.energy_mj
             self.totals["busy_s"] += d.busy_s
             if d.status == "ok":
-                self.delivered += 1
+                self.delivered += rounds
                 self.totals["bytes_up"] += d.bytes_up
                 self.totals["samples"] += scenario.algorithm.samples_processed(d.num_examples)
 
@@ -528,7 +533,7 @@ def run_rounds(grid: Grid, binding: RunBinding, observer: RoundObserver) -> dict
             record, devices = _round(ctx, round_)
             writer.round(record, devices)
             records.append(record)
-            usage.add(scenario, devices)
+            usage.add(scenario, devices, fleet)
             if scenario.output.checkpoint:
                 _checkpoint(binding.out, ctx, round_, usage)
             observer.round(record)

@@ -212,6 +212,8 @@ def test_local_rounds_multiply_device_work_not_backhaul(fedsim_run: Run) -> None
         int(r["bytes_down"]) for r in once.devices if r["round"] == "1" and int(r["device_id"]) < 6
     )
     assert (b[1]["bytes_down"], b[1]["bytes_up"]) == (a[1]["bytes_down"], a[1]["bytes_up"])
+    assert once.summary["device_rounds"]["trained"] == 2 * 9  # two global rounds
+    assert thrice.summary["device_rounds"]["trained"] == 2 * (6 * 3 + 3)  # direct devices: once
     behind = [r for r in thrice.devices if r["round"] == "1" and int(r["device_id"]) < 6]
     first = {r["device_id"]: r for r in once.devices if r["round"] == "1"}
     for row in behind:  # three local rounds' examples, three times the busy time

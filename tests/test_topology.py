@@ -18,6 +18,7 @@ from fedsim.core.cohort import CohortOrder
 from fedsim.core.errors import FedsimError
 from fedsim.core.hierarchy import WEIGHT_BYTES, uplink
 from fedsim.core.models import get_arrays
+from fedsim.core.prototypes import report_bytes
 from fedsim.core.records import CONFIG, NODE_GATEWAY, RunBinding
 from fedsim.core.reduce import WeightedMean
 from fedsim.core.scenario_load import merged_data
@@ -29,6 +30,8 @@ from ontology.fleet_registry import FleetRegistry, query_path
 from ontology.history import PARTICIPATION
 from server.app import make_server_app
 from tests.conftest import SCENARIOS
+from tests.test_cohort import ALGORITHMS, _blobs
+from tests.test_reconnaissance import _scenario as _recon
 
 Run = Callable[..., FedsimRun]
 Arrays = list[NDArray[np.float32]]
@@ -480,3 +483,43 @@ def test_building_gateways_runs_end_to_end_and_reports_its_tiers(fedsim_run: Run
             query_path("devices-behind-gateway"), {"gatewayName": f"{run.out.name}-gw-floor-2"}
         )
     assert [str(r["name"]) for r in rows] == [f"room-2-{i}" for i in range(1, 9)]
+
+
+def test_an_outage_over_before_the_partial_is_ready_delays_nothing(fedsim_run: Run) -> None:
+    one = {**FAKE, "rounds": 1}
+    calm = fedsim_run(_fleet_scenario(topology=TWO_TIER), changes=one)
+    ready = calm.rounds[0]["round_s"]
+    brief = fedsim_run(_fleet_scenario(topology=_outage(ready / 4, ready / 2)), changes=one)
+    assert brief.rounds[0]["gateways_late"] == 0
+    assert brief.rounds[0]["round_s"] == calm.rounds[0]["round_s"]
+
+
+@pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
+def test_every_algorithm_through_gateways_is_the_same_in_both_modes(
+    fedsim_run: Run, algorithm: str
+) -> None:
+    topology = {
+        "local_rounds": 2,
+        "gateways": [
+            _gw("pis", link="ethernet", devices={"groups": [0]}),
+            _gw("esps", link="wifi", devices={"ids": [14, 15, 16, 17, 18, 19]}),
+        ],
+    }
+    per_device = fedsim_run(_blobs({"mode": "per-device"}, algorithm, topology=topology))
+    cohort = fedsim_run(
+        _blobs({"mode": "cohort", "vectorize": False, "actors": 3}, algorithm, topology=topology)
+    )
+    assert_same_run(per_device, cohort)
+    assert sum(r["failures"] for r in cohort.rounds) > 0  # the faults were exercised
+
+
+def test_prototype_reports_go_up_through_a_gateway_unchanged(fedsim_run: Run) -> None:
+    gateway = {"gateways": [_gw("floor", link="wifi", devices={"ids": [0, 2]})]}
+    star = fedsim_run(_recon())
+    per_device = fedsim_run(_recon(topology=gateway), mode="per-device")
+    cohort = fedsim_run(_recon(topology=gateway), mode="cohort")
+    assert_same_run(per_device, cohort)
+    for name, value in star.model.items():  # sums and counts merge exactly, in any grouping
+        np.testing.assert_allclose(cohort.model[name], value, rtol=1e-12, atol=1e-9)
+    first = cohort.rounds[0]["tiers"]
+    assert first[1]["bytes_up"] == 2 * report_bytes(4, 64)  # two reports, forwarded as sent

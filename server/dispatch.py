@@ -31,6 +31,7 @@ from fedsim.core.records import (
     ARRAYS,
     CONFIG,
     HEAD_ONLY,
+    LOCAL_ROUND,
     MEASURED_MJ,
     MEASURED_S,
     METRICS,
@@ -57,6 +58,7 @@ __all__ = [
     "collect",
     "per_device_round",
     "send_orders",
+    "send_per_device",
     "worker_orders",
 ]
 
@@ -158,9 +160,22 @@ def _optional(value: object) -> float | None:
 
 
 def per_device_round(ctx: RoundContext, work: Work) -> tuple[Any, list[DeviceOutcome]]:
+    replies = send_per_device(ctx, work)
+    upload = ctx.scenario.upload
+    base = round_trip(ctx.global_arrays, upload.dtype)
+    updates, outcomes = collect(replies, ctx.node_to_device, work, base, upload)
+    partials = reduce_blocks(ctx.aggregator, updates, block_size(len(work.devices)))
+    return merge_blocks(ctx.aggregator, partials), outcomes
+
+
+def send_per_device(ctx: RoundContext, work: Work, step: int = 0) -> Iterable[Message]:
+    """One message per device of ``work``, to its node; the replies. ``step``: behind a
+    gateway, which of its local rounds (0: none, a star's round)."""
     messages = []
     for d in work.devices:
         config = ConfigRecord({SERVER_ROUND: work.round, HEAD_ONLY: d in work.head_only})
+        if step:
+            config[LOCAL_ROUND] = step
         messages.append(
             Message(
                 RecordDict({ARRAYS: work.payload, CONFIG: config}),
@@ -168,12 +183,7 @@ def per_device_round(ctx: RoundContext, work: Work) -> tuple[Any, list[DeviceOut
                 message_type=MessageType.TRAIN,
             )
         )
-    replies = ctx.grid.send_and_receive(messages, timeout=ctx.scenario.execution.round_timeout_s)
-    upload = ctx.scenario.upload
-    base = round_trip(ctx.global_arrays, upload.dtype)
-    updates, outcomes = collect(replies, ctx.node_to_device, work, base, upload)
-    partials = reduce_blocks(ctx.aggregator, updates, block_size(len(work.devices)))
-    return merge_blocks(ctx.aggregator, partials), outcomes
+    return ctx.grid.send_and_receive(messages, timeout=ctx.scenario.execution.round_timeout_s)
 
 
 def worker_orders(

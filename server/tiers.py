@@ -14,13 +14,12 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord
 
 from devices.topology import Topology
 from fedsim.core.cohort import CohortOrder, DeviceOutcome
 from fedsim.core.hierarchy import gateway_rounds, uplink
 from fedsim.core.payload import round_trip, to_wire
-from fedsim.core.records import ARRAYS, CONFIG, HEAD_ONLY, LOCAL_ROUND, SERVER_ROUND
 from fedsim.core.reduce import Arrays, merge_blocks
 from server.dispatch import (
     RoundContext,
@@ -28,6 +27,7 @@ from server.dispatch import (
     collect,
     per_device_round,
     send_orders,
+    send_per_device,
     worker_orders,
 )
 
@@ -85,30 +85,10 @@ def _per_device(
         def train(
             step: int, arrays: Arrays, active: list[int], position: dict[int, int] = position
         ) -> tuple[list[tuple[int, Any]], list[DeviceOutcome]]:
-            payload = ArrayRecord(to_wire(arrays, dtype))
-            messages = [
-                Message(
-                    RecordDict(
-                        {
-                            ARRAYS: payload,
-                            CONFIG: ConfigRecord(
-                                {
-                                    SERVER_ROUND: work.round,
-                                    HEAD_ONLY: d in work.head_only,
-                                    LOCAL_ROUND: step,
-                                }
-                            ),
-                        }
-                    ),
-                    dst_node_id=ctx.device_to_node[d],
-                    message_type=MessageType.TRAIN,
-                )
-                for d in active
-            ]
-            timeout = scenario.execution.round_timeout_s
-            replies = ctx.grid.send_and_receive(messages, timeout=timeout)
             each = {d: work.bytes_up[d] // k for d in active}  # planned for all k rounds
-            local = replace(work, devices=active, bytes_up=each)
+            payload = ArrayRecord(to_wire(arrays, dtype))
+            local = replace(work, devices=active, bytes_up=each, payload=payload)
+            replies = send_per_device(ctx, local, step)
             updates, done = collect(replies, node_to_device, local, arrays, upload)
             return [(position[active[p]], u) for p, u in updates], done
 

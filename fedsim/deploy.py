@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedsim.core.errors import FedsimError
+from fedsim.core.errors import FedsimError, known_names
 
 __all__ = [
     "CONNECTION",
@@ -240,6 +240,27 @@ def node_config_for(scenario_path: Path, device: str) -> tuple[int, dict[str, An
     if attached is not None:
         config["serial-port"] = attached.port
     return device_id, config
+
+
+def gateway_config_for(scenario_path: Path, gateway: str) -> tuple[int, dict[str, Any]]:
+    """The node config of the SuperNode that plays gateway ``gateway`` of the scenario's topology
+    (cohort mode: it is a worker that gets that gateway's devices, and drives those attached to
+    it on its serial ports): its index, and ``partition-id`` and ``gateway``."""
+    from devices.fleet import load_fleet
+
+    scenario, fleet = load_fleet(scenario_path)
+    if scenario.execution.mode != "cohort":
+        raise FedsimError(
+            str(scenario_path),
+            "a gateway SuperNode runs its devices as a cohort: it needs execution.mode: cohort",
+            "set execution.mode: cohort, or start one SuperNode per device (--device)",
+        )
+    leaves = (
+        {g.name: g.index for g in fleet.topology.gateways if g.devices} if fleet.topology else {}
+    )
+    if gateway not in leaves:
+        raise FedsimError("--gateway", known_names("gateway with devices", gateway, leaves))
+    return leaves[gateway], {"partition-id": leaves[gateway], "gateway": gateway}
 
 
 def _json(text: str) -> dict[str, Any]:

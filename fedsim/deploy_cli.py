@@ -66,26 +66,42 @@ def deploy_superlink(
 @deploy_app.command("supernode")
 def deploy_supernode(
     folder: Path = DeployDir,
-    scenario: Path = typer.Option(..., help="the scenario this SuperNode is a device of"),
-    device: str = typer.Option(..., help="the device: its id, or its registry name"),
+    scenario: Path = typer.Option(..., help="the scenario this SuperNode takes part in"),
+    device: str | None = typer.Option(None, help="the device it is: its id, or registry name"),
+    gateway: str | None = typer.Option(
+        None, help="or the gateway it plays (topology.gateways[].name; cohort mode)"
+    ),
     host: str = typer.Option("127.0.0.1", help="the SuperLink's host"),
     port: int = typer.Option(8000, help="the SuperLink's port"),
-    node_port: int | None = typer.Option(None, help="this node's local API port (default 9100+id)"),
+    node_port: int | None = typer.Option(
+        None, help="this node's local API port (default 9100 + device id, 9300 + gateway index)"
+    ),
     register: bool = typer.Option(True, help="register the node's key with the SuperLink first"),
     insecure: bool = typer.Option(False, help="no TLS and no node authentication (tests only)"),
 ) -> None:
-    """Start the SuperNode that is one device of a scenario (its node config, and for an attached
-    device its serial port, come from the scenario); its key is made and registered first."""
-    from fedsim.deploy import Deployment, node_config_for
+    """Start the SuperNode that is one device of a scenario, or one of its gateways (its node
+    config, and for an attached device its serial port, come from the scenario); its key is made
+    and registered first."""
+    from fedsim.deploy import Deployment, gateway_config_for, node_config_for
 
+    if (device is None) == (gateway is None):
+        raise FedsimError(
+            "--device/--gateway", "give exactly one of them", "--device 3, or --gateway floor-1"
+        )
     deployment = Deployment(folder.resolve(), host, port, insecure)
     deployment.connect()
-    device_id, config = node_config_for(scenario, device)
-    key = None if insecure else deployment.node_key(f"device-{device_id}")
+    if device is not None:
+        number, config = node_config_for(scenario, device)
+        name, default_port = f"device-{number}", 9100 + number
+    else:
+        assert gateway is not None
+        number, config = gateway_config_for(scenario, gateway)
+        name, default_port = f"gateway-{gateway}", 9300 + number
+    key = None if insecure else deployment.node_key(name)
     if key is not None and register:
         deployment.register(key)
-    command = deployment.supernode_command(key, config, node_port or 9100 + device_id)
-    _foreground(command, deployment.env(f"homes/device-{device_id}"))
+    command = deployment.supernode_command(key, config, node_port or default_port)
+    _foreground(command, deployment.env(f"homes/{name}"))
 
 
 def run_deployed(scenario: Path | None, folder: Path, out_dir: Path | None) -> None:

@@ -24,12 +24,14 @@ from fedsim.core.reduce import WeightedMean
 from fedsim.core.scenario_load import merged_data
 from fedsim.core.seeds import derive_seed
 from fedsim.core.task_model import task_model
+from fedsim.deploy import gateway_config_for
 from fedsim.inline import FIRST_NODE_ID, InlineGrid, run_inline
 from fedsim.pytest_plugin import FedsimRun, assert_same_run, small_scenario
 from ontology.fleet_registry import FleetRegistry, query_path
 from ontology.history import PARTICIPATION
 from server.app import make_server_app
 from tests.conftest import SCENARIOS
+from tests.test_cli import fedsim
 from tests.test_cohort import ALGORITHMS, _blobs
 from tests.test_reconnaissance import _scenario as _recon
 
@@ -523,3 +525,22 @@ def test_prototype_reports_go_up_through_a_gateway_unchanged(fedsim_run: Run) ->
         np.testing.assert_allclose(cohort.model[name], value, rtol=1e-12, atol=1e-9)
     first = cohort.rounds[0]["tiers"]
     assert first[1]["bytes_up"] == 2 * report_bytes(4, 64)  # two reports, forwarded as sent
+
+
+def test_a_gateway_supernode_gets_the_gateway_node_config(
+    fedsim_scenario: Callable[..., Path], tmp_path: Path
+) -> None:
+    path = fedsim_scenario(_fleet_scenario(topology=THREE_TIER))
+    assert gateway_config_for(path, "floor-2") == (2, {"partition-id": 2, "gateway": "floor-2"})
+    with pytest.raises(FedsimError, match=r"--gateway: unknown gateway with devices 'edge'"):
+        gateway_config_for(path, "edge")  # an edge server runs no devices: the server plays it
+    per_device = fedsim_scenario(
+        _fleet_scenario(topology=THREE_TIER), {"execution.mode": "per-device"}
+    )
+    with pytest.raises(FedsimError, match=r"needs execution\.mode: cohort"):
+        gateway_config_for(per_device, "floor-1")
+    both = fedsim(
+        "deploy", "supernode", tmp_path, "--scenario", path, "--device", "1", "--gateway", "floor-1"
+    )
+    assert both.returncode != 0
+    assert "--device/--gateway: give exactly one of them" in both.stderr

@@ -103,6 +103,7 @@ class Topology:
         return out
 
     def describe(self) -> list[str]:
+        """One line per gateway: what is below it, where it reports, over which link."""
         lines = []
         for g in self.gateways:
             below = f"{len(g.devices)} devices" if g.devices else f"{len(g.children)} gateways"

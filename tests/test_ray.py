@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from fedsim.core.results import read_rounds
+from fedsim.core.results import read_model, read_rounds
 from tests.conftest import SCENARIOS
 from tests.test_cli import fedsim
 
@@ -46,3 +47,21 @@ def test_quickstart_on_ray_is_deterministic_and_matches_inline_and_per_device(
     assert "InjectedCrashError: injected crash of device" in devices
     # per-device mode: each crash is a Flower error reply, its traceback in Flower's log
     assert "InjectedCrashError" in (tmp_path / "ray-per-device" / "flower.log").read_text()
+
+
+def test_gateways_on_ray_match_inline(tmp_path: Path) -> None:
+    """Gateways are orders to Ray actors: the same partials, rounds and devices as inline."""
+    scenario = tmp_path / "building.yaml"
+    scenario.write_text(
+        f"extends: {SCENARIOS / 'building-gateways.yaml'}\nrounds: 3\n"
+        "registry: {data: [" + str(SCENARIOS / "fleets" / "building.ttl") + "]}\n"
+    )
+    ray = fedsim("run", scenario, "--out", tmp_path / "ray", "--engine", "ray")
+    inline = fedsim("run", scenario, "--out", tmp_path / "inline", "--engine", "inline")
+    for proc in (ray, inline):
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("rounds.jsonl", "devices.csv"):
+        assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "inline" / name).read_bytes()
+    a, b = read_model(tmp_path / "ray"), read_model(tmp_path / "inline")
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert read_rounds(tmp_path / "ray")[0]["tiers"][1]["tier"] == "gateway"

@@ -66,7 +66,8 @@ class DevicePlan:
         down = min(self.down_s, until)
         compute = min(self.compute_s, until - down)
         up = min(self.up_s, until - down - compute)
-        idle = 0.0 if self.fate == "dropout" else max(0.0, round_s - until - self.start_s)
+        # before the model reached its gateway (start_s) it waited; a dropout is off afterwards
+        idle = self.start_s if self.fate == "dropout" else max(0.0, round_s - until)
         return Activity(compute, down, up, idle)
 
 

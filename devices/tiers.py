@@ -160,14 +160,7 @@ def plan_tiered(
             rounds[g] = base
             continue
         up = model.seconds(gateway.link_type, nbytes)
-        status: GatewayStatus = "up"
-        arrive = ready + up
-        if until[g] - t < arrive:  # its uplink drops before the partial is through: the partial
-            _, back = topology.availability[g].spell(g, until[g])  # goes up once it is back
-            if back - t > ready:
-                arrive, status = back - t + up, "late"
-        if deadline is not None and arrive > deadline:
-            status, arrive = "lost", math.inf
+        arrive, status = _upload(topology, g, t, ready, up, deadline)
         rounds[g] = replace(
             base, status=status, ready_s=ready, up_s=up, arrive_s=arrive, bytes_up=nbytes
         )
@@ -177,6 +170,27 @@ def plan_tiered(
                 if plans[d].fate == "train":
                     plans[d] = replace(plans[d], fate="gateway-lost")
     return TieredPlan([plans[d] for d in selected], rounds)
+
+
+MAX_SPELLS = 10_000  # outages an upload may wait through before the partial counts as lost
+
+
+def _upload(
+    topology: Topology, g: int, t: float, ready: float, up: float, deadline: float | None
+) -> tuple[float, GatewayStatus]:
+    """When gateway ``g``'s partial, ready ``ready`` s into the round at ``t``, is through its
+    uplink (``up`` s): in the first online spell from then that holds the whole upload (an upload
+    an outage cuts starts again). ``late`` if it waited for an outage; ``lost`` (inf) if it would
+    arrive after the deadline."""
+    start = ready
+    for _ in range(MAX_SPELLS):
+        if deadline is not None and start + up > deadline:
+            break
+        on, change = topology.availability[g].spell(g, t + start)
+        if on and change - t >= start + up:
+            return start + up, "late" if start > ready else "up"
+        start = change - t  # offline: wait until it is back; cut mid-upload: wait for the next
+    return math.inf, "lost"
 
 
 def _sent(r: GatewayRound) -> bool:
@@ -206,12 +220,15 @@ def finish_tiered(
     plans = tiered.plans
     direct = [p for p in plans if p.device_id not in topology.gateway_of]
     # the branches: direct devices, and the gateways under the server whose partial went up
+    # the branches the server waits for: every direct device that took part (as in a star,
+    # a failed one too: the server cannot tell before its time is up) and every gateway under
+    # the server whose partial goes up (even if all its devices failed)
     branches: list[tuple[float, list[tuple[int, float]]]] = []
     for p in direct:
-        if p.device_id in delivered:
+        if p.fate not in ("memory-skip", "gateway-down"):
             branches.append((p.busy_s, [(1, p.busy_s)]))
     for g, r in tiered.gateways.items():
-        if topology.gateways[g].parent is None and _sent(r) and uplink_bytes.get(g):
+        if topology.gateways[g].parent is None and _sent(r):
             branches.append((r.arrive_s, _critical(topology, tiered, g)))
     took_part = [p for p in plans if p.fate not in ("memory-skip", "gateway-down")]
     missed = any(p.device_id not in delivered for p in took_part)
@@ -230,8 +247,9 @@ def finish_tiered(
         busy[p.device_id] = activity.compute_s + activity.down_s + activity.up_s
     gateway_mj = 0.0
     params = sum(int(np.prod(s)) for s in costs.shapes)
-    for g, r in tiered.gateways.items():
-        gateway = topology.gateways[g]
+    for gateway in topology.gateways:  # powered, whether or not the round needs it
+        g = gateway.index
+        r = tiered.gateways.get(g, GatewayRound(g, "empty"))
         updates = sum(1 for d in delivered if topology.gateway_of.get(d) == g)
         compute = costs.model.compute.seconds(
             gateway.profile, params * updates * topology.local_rounds

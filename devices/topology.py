@@ -232,11 +232,15 @@ def resolve_topology(
     parents = [None if g.parent is None else index[g.parent] for g in spec.gateways]
     children = [tuple(c for c, p in enumerate(parents) if p == i) for i in range(len(parents))]
 
-    def tier(i: int) -> int:
-        return 2 if not children[i] else 1 + max(tier(c) for c in children[i])
-
+    order, stack = [], [i for i, p in enumerate(parents) if p is None]  # a tree (validated)
+    while stack:
+        order.append(stack.pop())
+        stack += children[order[-1]]
+    tiers: dict[int, int] = {}
+    for i in reversed(order):  # children first: 2 above devices, one more per level of gateways
+        tiers[i] = 2 if not children[i] else 1 + max(tiers[c] for c in children[i])
     gateways = tuple(
-        Gateway(i, g.name, *links[i], parents[i], members[i], children[i], tier(i))
+        Gateway(i, g.name, *links[i], parents[i], members[i], children[i], tiers[i])
         for i, g in enumerate(spec.gateways)
     )
     gateway_of = {d: i for i, ids in enumerate(members) for d in ids}

@@ -125,12 +125,13 @@ def run(
     )
     if "topology" in s:
         t = s["topology"]
-        versus = f" ({t['backhaul_vs_star']:.0%} of a star's)" if t["backhaul_vs_star"] else ""
+        versus = f" ({t['backhaul_vs_star']:.0%} of a star's" if t["backhaul_vs_star"] else ""
+        versus += " for the same device rounds)" if versus else ""
         out.print(
             f"  {len(t['gateways'])} gateways: {t['backhaul_bytes'] / 1e6:.3g} MB over the "
             f"backhaul{versus}, {s['gateway_energy_j']:.3g} J; {t['gateways_down']} down, "
             f"{t['gateways_late']} late, {t['gateways_lost']} partials lost, "
-            f"{t['gateway_cut']} device rounds cut off with their gateway"
+            f"devices cut off with their gateway {t['gateway_cut']} times"
         )
 
 

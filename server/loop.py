@@ -124,6 +124,13 @@ def _gateway_nodes(
                 "gateway with devices in this scenario's topology",
                 "fix its --node-config gateway='…' (the names are in topology.gateways)",
             )
+        if index[name] in nodes:
+            raise FedsimError(
+                "federation",
+                f"nodes {nodes[index[name]]} and {reply.metadata.src_node_id} both play gateway "
+                f"'{name}'",
+                "give each gateway SuperNode its own gateway='…'",
+            )
         nodes[index[name]] = reply.metadata.src_node_id
     return nodes
 
@@ -351,8 +358,10 @@ class _Usage:
         topology = fleet.topology
         for d in devices:
             rounds = 1
-            if topology is not None and d.device_id in topology.gateway_of:
-                rounds = topology.local_rounds
+            behind = topology is not None and d.device_id in topology.gateway_of
+            if behind and d.status not in ("gateway-down", "memory-skip"):
+                assert topology is not None
+                rounds = topology.local_rounds  # it was asked for all of them
             self.selected += rounds
             self.totals["bytes_down"] += d.bytes_down
             self.totals["energy_mj"] += d.energy_mj

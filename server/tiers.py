@@ -101,8 +101,10 @@ def _cohort(
     ctx: RoundContext, work: Work, direct: list[int], units: dict[int, list[int]]
 ) -> tuple[Any, dict[int, Any], list[DeviceOutcome]]:
     """Direct devices in reduction blocks as in a star; each gateway on one worker: the node that
-    plays it (node config ``gateway``), else the workers round-robin."""
-    workers = ctx.workers
+    plays it (node config ``gateway``), else the other workers round-robin (all of them if every
+    node plays a gateway)."""
+    played = set(ctx.gateway_nodes.values())  # a gateway's node runs that gateway only
+    workers = [w for w in ctx.workers if w not in played] or ctx.workers
     direct_orders = (
         worker_orders(work.round, direct, len(workers), work.head_only) if direct else []
     )

@@ -71,11 +71,28 @@ THREE_TIER: dict[str, Any] = {
 
 
 @pytest.mark.parametrize("mode", ["cohort", "per-device"])
-def test_a_one_tier_topology_is_exactly_the_star(fedsim_run: Run, mode: str) -> None:
-    star = fedsim_run(_fleet_scenario(), mode=mode)
-    one_tier = fedsim_run(_fleet_scenario(topology={"gateways": []}), mode=mode)
+@pytest.mark.parametrize("deadline", [None, 1.5])
+def test_a_one_tier_topology_is_exactly_the_star(
+    fedsim_run: Run, mode: str, deadline: float | None
+) -> None:
+    fleet = {
+        "groups": [  # crashes, dropouts and (with the deadline) stragglers, all on the clock
+            {"profile": "esp32-s3", "count": 6, "faults": {"crash_prob": 0.3}},
+            {
+                "profile": "nano33-ble-sense",
+                "count": 3,
+                "availability": {"kind": "markov", "mean_on_s": 3.0, "mean_off_s": 1.0},
+            },
+        ],
+        "partition": {"kind": "dirichlet", "alpha": 1.0},
+    }
+    changes = {**FAKE, "fleet": fleet, "rounds": 5, "deadline_s": deadline}
+    star = fedsim_run(_fleet_scenario(), mode=mode, changes=changes)
+    one_tier = fedsim_run(_fleet_scenario(topology={"gateways": []}), mode=mode, changes=changes)
     assert_same_run(star, one_tier)  # rounds.jsonl, devices.csv and the model, exactly
     assert "topology" not in one_tier.summary
+    events = [sum(r[k] for r in star.rounds) for k in ("failures", "dropouts")]
+    assert all(events), events  # what could tell the two clocks apart happened
 
 
 # -- the oracle: hierarchical FedAvg written out in numpy ----------------------------------------
@@ -415,9 +432,9 @@ def test_prototype_averaging_refuses_local_rounds(write_scenario: Callable[..., 
 
 
 # -- the Flower mapping: a gateway is a node whose ClientApp fans out to its devices -------------
-def _spy(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, list[int]]]:
-    """(node, gateways in its order) of every cohort order the server sends."""
-    sent: list[tuple[int, list[int]]] = []
+def _spy(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, list[int], int]]:
+    """(node, gateways in its order, direct devices in it) of every cohort order sent."""
+    sent: list[tuple[int, list[int], int]] = []
     push = InlineGrid.push_messages
 
     def spy(self: InlineGrid, messages: Any) -> Any:
@@ -425,7 +442,8 @@ def _spy(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, list[int]]]:
         for m in messages:
             order = CohortOrder.from_config(m.content[CONFIG]) if CONFIG in m.content else None
             if order is not None:
-                sent.append((m.metadata.dst_node_id, [g for g, _ in order.gateways]))
+                gateways = [g for g, _ in order.gateways]
+                sent.append((m.metadata.dst_node_id, gateways, len(order.device_ids)))
         return push(self, messages)
 
     monkeypatch.setattr(InlineGrid, "push_messages", spy)
@@ -439,14 +457,15 @@ def test_a_gateway_node_gets_its_gateways_work(
     sent = _spy(monkeypatch)
     plain = RunBinding(path, str(tmp_path / "plain"))
     run_inline(make_server_app(plain), make_client_app(plain), 3)
-    assert {node for node, gateways in sent if 1 in gateways} == {FIRST_NODE_ID + 1}  # in turn
+    assert {node for node, gateways, _ in sent if 1 in gateways} == {FIRST_NODE_ID + 1}  # in turn
     sent.clear()
     played = RunBinding(path, str(tmp_path / "played"))
     # node 2 is the floor-2 Pi: flower-supernode --node-config "partition-id=2 gateway='floor-2'"
     run_inline(make_server_app(played), make_client_app(played), 3, {2: {NODE_GATEWAY: "floor-2"}})
-    floor_2 = {node for node, gateways in sent if 1 in gateways}
+    floor_2 = {node for node, gateways, _ in sent if 1 in gateways}
     assert floor_2 == {FIRST_NODE_ID + 2}
-    assert {node for node, gateways in sent if 0 in gateways} == {FIRST_NODE_ID}
+    assert {node for node, gateways, _ in sent if 0 in gateways} == {FIRST_NODE_ID}
+    assert all(direct == 0 for node, _, direct in sent if node == FIRST_NODE_ID + 2)  # only its own
     assert_same_run(FedsimRun.read(tmp_path / "plain"), FedsimRun.read(tmp_path / "played"))
 
 
@@ -544,3 +563,28 @@ def test_a_gateway_supernode_gets_the_gateway_node_config(
     )
     assert both.returncode != 0
     assert "--device/--gateway: give exactly one of them" in both.stderr
+
+
+def test_an_upload_cut_by_a_second_outage_is_lost(fedsim_run: Run) -> None:
+    one = {**FAKE, "rounds": 1}
+    calm = fedsim_run(_fleet_scenario(topology=TWO_TIER), changes=one)
+    ready = calm.rounds[0]["round_s"]
+    topology = _outage(ready / 4, ready / 2)
+    spells = topology["gateways"][1]["availability"]["spells"]
+    spells.append({"start_s": ready * 0.75, "end_s": 1e6})  # back, then down again for good
+    run = fedsim_run(_fleet_scenario(topology=topology, deadline_s=ready + 10.0), changes=one)
+    assert (run.rounds[0]["gateways_lost"], run.rounds[0]["gateway_cut"]) == (1, 3)
+
+
+def test_devices_and_gateways_account_for_the_whole_round(fedsim_run: Run) -> None:
+    """Fake energy: 1 mW busy, 0.001 mW idle; a device waiting for the model is idle, and a
+    gateway no selected device needs still idles."""
+    run = fedsim_run(
+        _fleet_scenario(topology=THREE_TIER, clients_per_round=2), changes={**FAKE, "rounds": 4}
+    )
+    for r in run.rounds:
+        for row in (d for d in run.devices if int(d["round"]) == r["round"]):
+            busy, energy = float(row["busy_s"]), float(row["energy_mj"])
+            idle = (energy - busy) / 0.001
+            assert busy + idle == pytest.approx(r["round_s"], abs=1e-4), row  # 9 digits ÷ 0.001
+        assert r["gateway_energy_mj"] >= 3 * 0.001 * r["round_s"] * (1 - 1e-9)

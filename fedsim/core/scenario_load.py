@@ -301,7 +301,7 @@ def load_scenario(path: str | Path) -> Scenario:
         raise ScenarioError(errors) from None
     problems = scenario.consistency_problems()
     if problems:
-        raise ScenarioError([_located(sources, (p,), w, f) for p, w, f in problems])
+        raise ScenarioError([_located(sources, _parse_dotted(p), w, f) for p, w, f in problems])
     return scenario
 
 

@@ -23,6 +23,7 @@ from clients.work import InjectedCrashError, run_cohort, train_one
 from devices.fleet import load_fleet
 from fedsim.core.aggregators import aggregator_for
 from fedsim.core.cohort import CohortOrder
+from fedsim.core.fleet_spec import AttachedSpec
 from fedsim.core.records import (
     ARRAYS,
     CONFIG,
@@ -40,7 +41,6 @@ from fedsim.core.records import (
     TRAIN_LOSS,
     RunBinding,
 )
-from fedsim.core.scenario import AttachedSpec
 
 __all__ = ["InjectedCrashError", "app", "make_client_app"]
 

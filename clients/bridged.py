@@ -20,7 +20,7 @@ from clients.learners import OnlineHeadLearner
 from clients.tinyol import OnlineHead
 from devices.bridge import BridgeError, SerialBridge
 from devices.messages import HeadConfig, TrainReport
-from fedsim.core.scenario import AttachedSpec
+from fedsim.core.fleet_spec import AttachedSpec
 
 __all__ = ["BridgedHeadLearner", "DeviceUnfitError"]
 

@@ -25,6 +25,17 @@ STATUS_COLOURS = {
 }
 
 
+def _save(fig: Any, path: Path, title: str, dpi: int = 110) -> Path:
+    """Title ``fig``, write it to ``path`` (its folder made) and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.suptitle(title, fontsize=10)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def plot_accuracy(out: str | Path, title: str) -> Path:
     """``plots/accuracy.png``: global test accuracy and loss vs round and vs simulated time;
     rounds with device failures marked; for class-incremental runs also the accuracy on the
@@ -64,12 +75,7 @@ def plot_accuracy(out: str | Path, title: str) -> Path:
             ax_acc.legend(loc="lower right", fontsize=8)
     for ax in axes.flat:
         ax.grid(alpha=0.3)
-    fig.suptitle(title, fontsize=10)
-    path = Path(out) / "plots" / "accuracy.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, Path(out) / "plots" / "accuracy.png", title)
 
 
 def plot_adaptation(out: str | Path, title: str) -> Path:
@@ -101,12 +107,7 @@ def plot_adaptation(out: str | Path, title: str) -> Path:
             ax.set_yscale("log")
     for ax in (ax_round, ax_steps):
         ax.grid(alpha=0.3)
-    fig.suptitle(title, fontsize=10)
-    path = Path(out) / "plots" / "adaptation.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, Path(out) / "plots" / "adaptation.png", title, 120)
 
 
 def _per_profile(out: Path) -> tuple[dict[str, dict[str, float]], dict[int, dict[str, int]]]:
@@ -173,12 +174,7 @@ def plot_fleet(out: str | Path, title: str) -> Path:
         ax.tick_params(axis="x", labelrotation=30, labelsize=8)
     for ax in axes.flat:
         ax.grid(alpha=0.3)
-    fig.suptitle(title, fontsize=10)
-    path = out / "plots" / "fleet.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, Path(out) / "plots" / "fleet.png", title)
 
 
 def plot_tiers(out: str | Path, title: str) -> Path | None:
@@ -219,12 +215,7 @@ def plot_tiers(out: str | Path, title: str) -> Path | None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
         ax.xaxis.get_major_locator().set_params(integer=True)
-    fig.suptitle(title, fontsize=10)
-    path = Path(out) / "plots" / "tiers.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, Path(out) / "plots" / "tiers.png", title)
 
 
 def _as_image(sample: NDArray[Any]) -> NDArray[Any] | None:

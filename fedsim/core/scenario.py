@@ -11,9 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from fedsim.core.algorithms import (
     AlgorithmSpec,
@@ -28,7 +28,27 @@ from fedsim.core.algorithms import (
     TinyReptileSpec,
 )
 from fedsim.core.data import DATASETS
-from fedsim.core.errors import known_names
+from fedsim.core.fleet_spec import (
+    AlwaysOn,
+    AttachedSpec,
+    AvailabilitySpec,
+    DeviceGroup,
+    DirichletPartition,
+    FaultSpec,
+    FleetSpec,
+    GatewayDevices,
+    GatewaySpec,
+    IidPartition,
+    MarkovAvailability,
+    NaturalPartition,
+    Outages,
+    OutageSpell,
+    PartitionSpec,
+    ShardPartition,
+    TopologySpec,
+    TraceAvailability,
+    topology_problems,
+)
 from fedsim.core.models import MODELS
 from fedsim.core.payload import Upload
 from fedsim.core.specs import Spec as _Spec
@@ -37,6 +57,7 @@ __all__ = [
     "AdaptSpec",
     "AlgorithmSpec",
     "AlwaysOn",
+    "AttachedSpec",
     "AvailabilitySpec",
     "BackboneSpec",
     "DeviceGroup",
@@ -85,208 +106,6 @@ class TaskSpec(_Spec):
     @classmethod
     def _known_model(cls, name: str) -> str:
         return MODELS.check(name)
-
-
-class FaultSpec(_Spec):
-    """Injected faults, drawn per (seed, round, device) so runs stay reproducible."""
-
-    crash_prob: float = Field(0.0, ge=0.0, le=1.0)
-
-
-class AlwaysOn(_Spec):
-    kind: Literal["always-on"] = "always-on"
-
-
-class MarkovAvailability(_Spec):
-    """On for Exp(mean_on_s), off for Exp(mean_off_s), alternating; seeded per device."""
-
-    kind: Literal["markov"]
-    mean_on_s: float = Field(gt=0.0, description="mean online spell (1 / on→off rate)")
-    mean_off_s: float = Field(gt=0.0, description="mean offline spell (1 / off→on rate)")
-
-
-class TraceAvailability(_Spec):
-    """Online intervals from a CSV ``device,start,end`` (fleet device ids, simulated seconds)."""
-
-    kind: Literal["trace"]
-    file: str = Field(min_length=1, description="path relative to the scenario file")
-
-
-AvailabilitySpec = Annotated[
-    AlwaysOn | MarkovAvailability | TraceAvailability, Field(discriminator="kind")
-]
-
-
-class AttachedSpec(_Spec):
-    """A physical (or emulated) device on a serial bridge (``devices/PROTOCOL.md``): its group's
-    one device trains on the device itself, and its profile gives the cost model's estimates."""
-
-    port: str = Field(
-        min_length=1, description="/dev/ttyACM0, /dev/serial0, socket://host:port (an emulator)"
-    )
-    baudrate: int = Field(115200, ge=300)
-    timeout_s: float = Field(2.0, gt=0.0, description="per request; TRAIN waits longer per sample")
-    retries: int = Field(3, ge=0, le=20)
-
-
-class DeviceGroup(_Spec):
-    """Devices of one profile (``profile`` + ``count``), or ``count`` devices drawn (seeded) from
-    those a registry query returns (``query`` + ``bind``), e.g. all that can train a model."""
-
-    profile: str | None = Field(None, description="device profile name in the registry")
-    query: str | None = Field(
-        None, description="a named query (ontology/queries) or .rq file returning ?name ?profile"
-    )
-    bind: dict[str, str | int | float | bool] = Field(
-        default_factory=dict, description="the query's variables, e.g. {modelName: mlp.kws}"
-    )
-    count: int = Field(ge=1)
-    link: str | None = Field(
-        None, description="which of the profile's links it uses (default: wifi, ethernet, ...)"
-    )
-    availability: AvailabilitySpec = AlwaysOn()
-    faults: FaultSpec = FaultSpec()
-    attached: AttachedSpec | None = Field(
-        None, description="a real device on a serial bridge (count 1): it trains on the device"
-    )
-
-    @model_validator(mode="after")
-    def _profile_or_query(self) -> DeviceGroup:
-        if (self.profile is None) == (self.query is None):
-            raise ValueError("give either profile (a device class) or query (registry devices)")
-        if self.bind and self.query is None:
-            raise ValueError("bind only applies to a query")
-        if self.attached is not None and self.count != 1:
-            raise ValueError("an attached group is one device on one port: set count: 1")
-        return self
-
-
-class OutageSpell(_Spec):
-    start_s: float = Field(ge=0.0)
-    end_s: float = Field(gt=0.0)
-
-    @model_validator(mode="after")
-    def _ordered(self) -> OutageSpell:
-        if self.end_s <= self.start_s:
-            raise ValueError(f"an outage ends after it starts ({self.start_s} → {self.end_s})")
-        return self
-
-
-class Outages(_Spec):
-    """Offline spells (simulated seconds from the run's start); online the rest of the time."""
-
-    kind: Literal["outages"]
-    spells: list[OutageSpell] = Field(min_length=1)
-
-
-GatewayAvailabilitySpec = Annotated[
-    AlwaysOn | MarkovAvailability | Outages, Field(discriminator="kind")
-]
-
-
-class GatewayDevices(_Spec):
-    """Which fleet devices reach the server through a gateway: exactly one of ``count`` (the next
-    devices, in id order, that no earlier gateway took), ``groups`` (fleet.groups indices),
-    ``ids`` (device ids), ``names`` (registry device names) or ``query`` (a registry query
-    returning ``?name``, with ``bind``)."""
-
-    count: int | None = Field(None, ge=1)
-    groups: list[int] | None = Field(None, min_length=1)
-    ids: list[int] | None = Field(None, min_length=1)
-    names: list[str] | None = Field(None, min_length=1)
-    query: str | None = None
-    bind: dict[str, str | int | float | bool] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _one_way(self) -> GatewayDevices:
-        ways = [k for k in ("count", "groups", "ids", "names", "query") if getattr(self, k)]
-        if len(ways) != 1:
-            raise ValueError(
-                "give exactly one of count, groups, ids, names or query"
-                + (f" (got {', '.join(ways)})" if ways else "")
-            )
-        if self.bind and self.query is None:
-            raise ValueError("bind only applies to a query")
-        return self
-
-
-class GatewaySpec(_Spec):
-    """A gateway (a Raspberry Pi, a phone, an edge box) between devices and the server: it
-    aggregates its devices' updates (or, as an edge server, its child gateways' partials) and
-    sends one partial up its ``link``."""
-
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
-    profile: str = Field("rpi4", description="the gateway's device profile in the registry")
-    link: str | None = Field(
-        None,
-        description="its uplink to its parent: wifi, ethernet, lte, ... (default: the "
-        "profile's preferred link)",
-    )
-    parent: str | None = Field(
-        None, description="the gateway (an edge server) it reports to; none: the server"
-    )
-    devices: GatewayDevices | None = Field(
-        None, description="the devices behind it; none: an edge server above other gateways"
-    )
-    availability: GatewayAvailabilitySpec = AlwaysOn()
-
-
-class TopologySpec(_Spec):
-    """Tiers between devices and the server (DESIGN.md §5.1). Devices behind no gateway reach the
-    server directly; with no gateways this is the flat star, with exactly its results."""
-
-    gateways: list[GatewaySpec] = Field(default_factory=list)
-    local_rounds: int = Field(
-        1, ge=1, description="device rounds a gateway aggregates locally per global round"
-    )
-
-
-class IidPartition(_Spec):
-    kind: Literal["iid"] = "iid"
-
-
-class DirichletPartition(_Spec):
-    kind: Literal["dirichlet"]
-    alpha: float = Field(gt=0.0, description="concentration; small = very non-IID")
-    min_partition_size: int = Field(2, ge=0)
-
-
-class ShardPartition(_Spec):
-    """Sort by label, cut into shards, deal each device ``shards_per_device`` (McMahan et al.)."""
-
-    kind: Literal["shards"]
-    shards_per_device: int = Field(2, ge=1)
-
-
-class NaturalPartition(_Spec):
-    """One natural group per device (writer, speaker, subject, room): real non-IID clients."""
-
-    kind: Literal["natural"]
-
-
-PartitionSpec = Annotated[
-    IidPartition | DirichletPartition | ShardPartition | NaturalPartition,
-    Field(discriminator="kind"),
-]
-
-
-class FleetSpec(_Spec):
-    groups: list[DeviceGroup] = Field(min_length=1)
-    partition: PartitionSpec = IidPartition()
-    samples_per_device: int | None = Field(
-        None, ge=1, description="generated datasets only: local samples per device (default 32)"
-    )
-    memory_policy: Literal["skip", "head-only"] = Field(
-        "skip", description="a device whose SRAM cannot hold training: sit out, or train the head"
-    )
-    payload_dtype: Literal["float32", "float16"] = Field(
-        "float32", description="number format of the model sent down and the update sent up"
-    )
-    cost_model: str = Field("datasheet", description="datasheet (catalog figures) or fake")
-
-    @property
-    def size(self) -> int:
-        return sum(group.count for group in self.groups)
 
 
 class AdaptSpec(_Spec):
@@ -468,7 +287,8 @@ class Scenario(_Spec):
                     )
                 )
         if self.topology is not None:
-            problems += self._topology_problems(self.topology)
+            prototypes = isinstance(self.algorithm, PrototypesSpec)
+            problems += topology_problems(self.topology, self.fleet, prototypes)
         data = DATASETS.get(self.task.dataset)
         if self.evaluation.adapt is not None and data.natural_groups is None:
             problems.append(
@@ -478,86 +298,6 @@ class Scenario(_Spec):
                     "so there are no held-out devices to adapt",
                     "remove evaluation.adapt or use a dataset with natural groups "
                     "(fedsim data list)",
-                )
-            )
-        return problems
-
-    def _topology_problems(self, topology: TopologySpec) -> list[tuple[str, str, str]]:
-        problems = []
-        names = [g.name for g in topology.gateways]
-        index = {name: i for i, name in enumerate(names)}
-        for i, gateway in enumerate(topology.gateways):
-            where = f"topology.gateways[{i}]"
-            if names.index(gateway.name) != i:
-                problems.append(
-                    (f"{where}.name", f"'{gateway.name}' names two gateways", "rename one")
-                )
-            children = [g.name for g in topology.gateways if g.parent == gateway.name]
-            if gateway.parent is not None and gateway.parent not in index:
-                problems.append(
-                    (
-                        f"{where}.parent",
-                        known_names("gateway", gateway.parent, names),
-                        "name another gateway, or drop parent (the server)",
-                    )
-                )
-            if gateway.devices is None and not children:
-                problems.append(
-                    (
-                        f"{where}.devices",
-                        f"gateway '{gateway.name}' has no devices and no gateway reports to it",
-                        "give devices: {count: N} (or groups, ids, names, query)",
-                    )
-                )
-            if gateway.devices is not None and children:
-                problems.append(
-                    (
-                        f"{where}.devices",
-                        f"gateway '{gateway.name}' has devices and gateways ({children[0]}) below "
-                        "it; a tier holds one kind",
-                        "put its devices behind a gateway of their own",
-                    )
-                )
-            devices = gateway.devices
-            if devices is not None and devices.groups is not None:
-                bad = [g for g in devices.groups if not 0 <= g < len(self.fleet.groups)]
-                if bad:
-                    problems.append(
-                        (
-                            f"{where}.devices.groups",
-                            f"no fleet group {bad[0]} (the fleet has {len(self.fleet.groups)})",
-                            f"use indices 0..{len(self.fleet.groups) - 1}",
-                        )
-                    )
-            if devices is not None and devices.ids is not None:
-                bad = [d for d in devices.ids if not 0 <= d < self.fleet.size]
-                if bad:
-                    problems.append(
-                        (
-                            f"{where}.devices.ids",
-                            f"no device {bad[0]} (the fleet has {self.fleet.size})",
-                            f"use device ids 0..{self.fleet.size - 1}",
-                        )
-                    )
-            path, parent = [gateway.name], gateway.parent
-            while parent is not None and parent in index and parent not in path:
-                path.append(parent)
-                parent = topology.gateways[index[parent]].parent
-            if parent == gateway.name and min(path, key=names.index) == gateway.name:
-                problems.append(  # once per cycle, at its first gateway
-                    (
-                        f"{where}.parent",
-                        f"gateways {' → '.join([*path, gateway.name])} report in a cycle",
-                        "make the gateways a tree under the server",
-                    )
-                )
-        if topology.local_rounds > 1 and isinstance(self.algorithm, PrototypesSpec):
-            problems.append(
-                (
-                    "topology.local_rounds",
-                    "prototype averaging adds every mission's sums once; a gateway has nothing "
-                    "to re-aggregate between local rounds",
-                    "set local_rounds: 1",
                 )
             )
         return problems

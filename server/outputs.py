@@ -1,0 +1,179 @@
+"""What a run keeps besides its rounds: running totals per device round, the summary, the
+per-round checkpoint (``fedsim run --resume``), the adaptation results, and the write-back of
+who took part (and through which gateways) to the registry.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from devices.fleet import Fleet, open_registry
+from fedsim.core.checkpoint import Checkpoint, save_checkpoint
+from fedsim.core.errors import FedsimError
+from fedsim.core.plots import plot_adaptation
+from fedsim.core.records import DeviceRecord, RoundRecord, RunBinding
+from fedsim.core.scenario import Scenario
+from fedsim.core.state import STATE_FILE
+from ontology.history import RunTopology, write_participation
+from server.adapt import AdaptResult
+from server.dispatch import RoundContext
+
+__all__ = [
+    "Usage",
+    "restore",
+    "run_summary",
+    "save_round",
+    "sig",
+    "write_adaptation",
+    "write_back",
+]
+
+
+def run_summary(scenario: Scenario, fleet: Fleet, records: list[RoundRecord]) -> dict[str, Any]:
+    final = records[-1]
+    return {
+        "scenario": scenario.name,
+        "status": "completed",
+        "algorithm": scenario.algorithm.kind,
+        "rounds": scenario.rounds,
+        "devices": len(fleet),
+        "devices_by_profile": fleet.by_profile(),
+        "final_accuracy": final.accuracy,
+        "final_loss": final.loss,
+        "best_accuracy": max((r.accuracy for r in records if r.accuracy is not None), default=None),
+        "failures": sum(r.failures for r in records),
+        "bytes_down": sum(r.bytes_down for r in records),
+        "bytes_up": sum(r.bytes_up for r in records),
+        "sim_time_s": records[-1].sim_time_s,
+        "energy_j": sig(sum(r.energy_mj for r in records) / 1000),
+        "memory_skips": sum(r.memory_skips for r in records),
+        "stragglers": sum(r.stragglers for r in records),
+        "dropouts": sum(r.dropouts for r in records),
+    }
+
+
+class Usage:
+    """Running totals of what rounds asked of devices, for per-device-round means."""
+
+    def __init__(self) -> None:
+        self.selected = self.delivered = 0
+        self.totals = dict.fromkeys(
+            ("samples", "bytes_down", "bytes_up", "energy_mj", "busy_s"), 0.0
+        )
+
+    def add(self, scenario: Scenario, devices: list[DeviceRecord], fleet: Fleet) -> None:
+        """A device behind a gateway does ``local_rounds`` device rounds in a global round."""
+        topology = fleet.topology
+        for d in devices:
+            rounds = 1
+            behind = topology is not None and d.device_id in topology.gateway_of
+            if behind and d.status not in ("gateway-down", "memory-skip"):
+                assert topology is not None
+                rounds = topology.local_rounds  # it was asked for all of them
+            self.selected += rounds
+            self.totals["bytes_down"] += d.bytes_down
+            self.totals["energy_mj"] += d.energy_mj
+            self.totals["busy_s"] += d.busy_s
+            if d.status == "ok":
+                self.delivered += rounds
+                self.totals["bytes_up"] += d.bytes_up
+                self.totals["samples"] += scenario.algorithm.samples_processed(d.num_examples)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"selected": self.selected, "delivered": self.delivered, "totals": self.totals}
+
+    @classmethod
+    def from_json(cls, saved: dict[str, Any]) -> Usage:
+        usage = cls()
+        usage.selected, usage.delivered = int(saved["selected"]), int(saved["delivered"])
+        usage.totals = {k: float(v) for k, v in saved["totals"].items()}
+        return usage
+
+    def means(self) -> dict[str, float]:
+        """Samples and bytes up per delivering device; the rest per selected device."""
+        out = {}
+        for key, total in self.totals.items():
+            count = self.delivered if key in ("samples", "bytes_up") else self.selected
+            out[key] = sig(total / count) if count else 0.0
+        return out
+
+
+def save_round(out: str, ctx: RoundContext, round_: int, usage: Usage) -> None:
+    """What the loop carries from round to round, for ``fedsim run --resume``."""
+    server = {
+        "usage": usage.to_json(),
+        "base_classes": None if ctx.base_classes is None else ctx.base_classes.tolist(),
+        "adaptation": None if ctx.adaptation is None else asdict(ctx.adaptation),
+    }
+    saved = Checkpoint(round_, ctx.clock, ctx.scenario.digest(), ctx.global_arrays, server)
+    save_checkpoint(out, saved, Path(out) / STATE_FILE)
+
+
+def restore(ctx: RoundContext, checkpoint: Checkpoint) -> Usage:
+    """Put the loop back where ``checkpoint`` left it; the running totals."""
+    if checkpoint.scenario_sha256 != ctx.scenario.digest():
+        raise FedsimError(
+            ctx.scenario.name,
+            "the scenario changed since this run started (its SHA-256 differs from the checkpoint)",
+            "resume with the scenario as it was, or start a new run",
+        )
+    ctx.global_arrays = checkpoint.arrays
+    ctx.clock = checkpoint.clock
+    server = checkpoint.server
+    if server["base_classes"] is not None:
+        ctx.base_classes = np.array(server["base_classes"], dtype=bool)
+    if server["adaptation"] is not None:
+        a = server["adaptation"]
+        ctx.adaptation = AdaptResult(
+            **{**a, "curve": tuple(a["curve"]), "per_device": tuple(a["per_device"])}
+        )
+    return Usage.from_json(server["usage"])
+
+
+def write_adaptation(out: str, result: AdaptResult, title: str) -> dict[str, Any]:
+    """``adaptation.json`` and ``plots/adaptation.png``; the summary's part."""
+    payload = {
+        "metric": result.metric,
+        "mean": sig(result.mean),
+        "ci95": sig(result.ci95),
+        "before": sig(result.before),
+        "curve": [sig(v) for v in result.curve],
+        "per_device": [sig(v) for v in result.per_device],
+    }
+    (Path(out) / "adaptation.json").write_text(json.dumps(payload, indent=2) + "\n")
+    plot_adaptation(out, title)
+    return {k: payload[k] for k in ("metric", "mean", "ci95", "before")}
+
+
+def write_back(scenario: Scenario, fleet: Fleet, binding: RunBinding) -> None:
+    """The run's participation as RDF in the run folder, and in a persistent registry."""
+    out = Path(binding.out)
+    members = [(d.iri, d.profile.name) for d in fleet.devices]
+    topology = None
+    if fleet.topology is not None and fleet.topology.gateways:
+        gateways = fleet.topology.gateways
+        rows = [
+            (g.name, g.profile.name, g.link_type.kind, _parent_name(fleet, g.parent), g.devices)
+            for g in gateways
+        ]
+        topology = RunTopology(rows, fleet.topology.local_rounds)
+    path = write_participation(scenario, members, out, out.name, topology)
+    assert scenario.registry is not None
+    if scenario.registry.db is not None:
+        with open_registry(scenario, Path(binding.scenario).parent) as registry:
+            registry.store.load([path])
+
+
+def _parent_name(fleet: Fleet, parent: int | None) -> str | None:
+    assert fleet.topology is not None
+    return None if parent is None else fleet.topology.gateways[parent].name
+
+
+def sig(x: float) -> float:
+    """``x`` to 9 significant digits: readable files, no information a person needs lost."""
+    return float(f"{x:.9g}")

@@ -15,8 +15,8 @@ from fedsim.core.errors import ExitCode, FedsimError
 
 __all__ = ["deploy_app", "run_deployed"]
 
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
+out = Console(highlight=False, soft_wrap=True, emoji=False)
 
 deploy_app = typer.Typer(
     help="Flower's Deployment Engine: a SuperLink and SuperNodes with TLS and node auth.",

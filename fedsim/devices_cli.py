@@ -18,7 +18,7 @@ from fedsim.core.errors import FedsimError
 
 __all__ = ["attach", "emulate", "info", "scan"]
 
-out = Console(highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True, emoji=False)
 
 PortArg = typer.Argument(..., help="/dev/ttyACM0, /dev/serial0, socket://127.0.0.1:5555, …")
 BaudOpt = typer.Option(115200, "--baud", min=300, help="line rate (ignored by USB CDC and sockets)")

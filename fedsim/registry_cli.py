@@ -33,7 +33,7 @@ FormatOpt = typer.Option("table", "--format", help="table, csv or json")
 def _console() -> Any:
     from rich.console import Console
 
-    return Console(highlight=False, soft_wrap=True)
+    return Console(highlight=False, soft_wrap=True, emoji=False)
 
 
 def _open(data: Sequence[Path], store: str, db: Path | None) -> Any:

@@ -47,6 +47,14 @@ def test_validate_prints_a_summary_and_a_line_per_group() -> None:
     assert all("trains all layers; a round takes ~" in g for g in groups)
 
 
+def test_output_is_printed_as_written_never_as_emoji(tmp_path: Path) -> None:
+    scenario = tmp_path / "lab:x:.yaml"  # rich would print ":x:" as an emoji
+    scenario.write_text((ROOT / "scenarios" / "quickstart.yaml").read_text(), encoding="utf-8")
+    proc = fedsim("validate", scenario)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"{scenario}: ok")
+
+
 def test_validate_says_which_groups_train_the_head_or_get_cut() -> None:
     proc = fedsim("validate", "scenarios/heterogeneous-fleet.yaml")
 

@@ -148,6 +148,46 @@ def test_a_scenario_runs_to_completion_over_tls_with_authenticated_nodes(
 
 
 @pytest.mark.slow
+def test_a_gateway_supernode_runs_its_floor_and_drives_the_attached_mcu(
+    deployment: tuple[Deployment, Path], tmp_path: Path
+) -> None:
+    """One design for simulation and deployment: a SuperNode started as gateway floor-1 gets
+    the floor's work (cohort mode) and trains the MCU behind it over the serial bridge."""
+    dep, per_device = deployment
+    data = yaml.safe_load(per_device.read_text(encoding="utf-8"))
+    data.update(
+        name="deployed-gateway",
+        execution={"mode": "cohort"},
+        topology={"gateways": [{"name": "floor-1", "link": "ethernet", "devices": {"count": 3}}]},
+    )
+    scenario = tmp_path / "gateway.yaml"
+    scenario.write_text(yaml.safe_dump(data), encoding="utf-8")
+    node = ["deploy", "supernode", str(dep.root), "--scenario", str(scenario)]
+    node += ["--gateway", "floor-1", "--port", dep.address.rsplit(":", 1)[1]]
+    node += ["--node-port", str(_free_port())]
+    gateway = _start(node, tmp_path / "gateway.log")
+    before = [_trains(dep.root / f"device-{d}.log") for d in range(3)]
+    try:
+        _online(dep, 4)
+        out = tmp_path / "out"
+        done = _run_on(dep, scenario, out)
+    finally:
+        _stop([gateway])
+    assert done.returncode == 0, done.stdout + done.stderr
+    run = FedsimRun.read(out)
+    assert [r["participants"] for r in run.rounds] == [3, 3]
+    assert [r["tiers"][1]["tier"] for r in run.rounds] == ["gateway", "gateway"]
+    assert all(float(r["measured_s"]) > 0 for r in run.device_rows(2))  # the MCU, via floor-1
+    assert _trains(tmp_path / "gateway.log") == 2  # one order a round, to the gateway's node
+    assert [_trains(dep.root / f"device-{d}.log") for d in range(3)] == before  # none elsewhere
+
+
+def _trains(log: Path) -> int:
+    """Train messages a SuperNode's log says it received."""
+    return log.read_text(errors="replace").count("Receiving: train message")
+
+
+@pytest.mark.slow
 def test_an_unregistered_supernode_is_refused(
     deployment: tuple[Deployment, Path], tmp_path: Path
 ) -> None:

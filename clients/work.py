@@ -9,7 +9,7 @@ compute the same thing.
 from __future__ import annotations
 
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -341,19 +341,13 @@ def run_cohort(
     try:
         for start in range(0, len(order.device_ids), per_window):
             ids = order.device_ids[start : start + per_window]
-            states = store.get_many(ids) if store is not None else {}
-            done = work(scenario, fleet, order, ids, global_arrays, states)
-            if store is not None:
-                store.put_many(states)
-            updates: list[tuple[int, ModelUpdate | ClassSums]] = []
-            for offset, device_id in enumerate(ids, start=order.first_position + start):
-                result = done.pop(device_id)
-                if isinstance(result, DeviceOutcome):
-                    outcomes.append(result)
-                    continue
-                outcomes.append(result.outcome(device_id))
-                updates.append((offset, result.update(f"{device_id}:{order.round}")))
-            partials |= reduce_blocks(aggregator, updates, order.block_size)  # whole blocks
+            first = order.first_position + start
+            places = range(first, first + len(ids))
+            done = _window(
+                scenario, fleet, order, ids, places, global_arrays, aggregator, work, store
+            )
+            partials |= done[0]  # whole blocks
+            outcomes += done[1]
         gateways = {}
         for g, members in order.gateways:
             gateways[g], played = _gateway(
@@ -364,6 +358,36 @@ def run_cohort(
         if store is not None:
             store.close()
     return CohortReply(partials, outcomes, gateways)
+
+
+def _window(
+    scenario: Scenario,
+    fleet: Fleet,
+    order: CohortOrder,
+    ids: list[int],
+    positions: Sequence[int],
+    arrays: Arrays,
+    aggregator: ModelAggregator,
+    work: Work,
+    store: DeviceStateStore | None,
+) -> tuple[dict[int, Any], list[DeviceOutcome]]:
+    """Run ``ids`` (whole reduction blocks, at ``positions``): their block partials and
+    outcomes. A stateful learner's states are read in one query and written in one transaction
+    (failed devices included: what they changed before failing is kept)."""
+    states = store.get_many(ids) if store is not None else {}
+    done = work(scenario, fleet, order, ids, arrays, states)
+    if store is not None:
+        store.put_many(states)
+    updates: list[tuple[int, ModelUpdate | ClassSums]] = []
+    outcomes: list[DeviceOutcome] = []
+    for position, device_id in zip(positions, ids, strict=True):
+        result = done.pop(device_id)
+        if isinstance(result, DeviceOutcome):
+            outcomes.append(result)
+            continue
+        outcomes.append(result.outcome(device_id))
+        updates.append((position, result.update(f"{device_id}:{order.round}")))
+    return reduce_blocks(aggregator, updates, order.block_size), outcomes
 
 
 def _gateway(
@@ -380,22 +404,24 @@ def _gateway(
     position = {d: i for i, d in enumerate(ids)}
 
     def train(
-        step: int, arrays: Arrays, active: list[int]
-    ) -> tuple[list[tuple[int, ModelUpdate | ClassSums]], list[DeviceOutcome]]:
-        local = replace(order, device_ids=active, step=step, gateways=())
-        states = store.get_many(active) if store is not None else {}
-        done = work(scenario, fleet, local, active, arrays, states)
-        if store is not None:
-            store.put_many(states)
-        updates, outcomes = [], []
-        for device_id in active:
-            result = done[device_id]
-            if isinstance(result, DeviceOutcome):
-                outcomes.append(result)
-                continue
-            outcomes.append(result.outcome(device_id))
-            updates.append((position[device_id], result.update(f"{device_id}:{order.round}")))
-        return updates, outcomes
+        step: int, arrays: Arrays, active: list[int], block: int
+    ) -> tuple[dict[int, Any], list[DeviceOutcome]]:
+        """A local round in windows of whole blocks, as a cohort runs (memory stays flat)."""
+        per_window = max(1, WINDOW // block) * block
+        alive = set(active)
+        partials: dict[int, Any] = {}
+        outcomes: list[DeviceOutcome] = []
+        for start in range(0, len(ids), per_window):
+            chunk = [d for d in ids[start : start + per_window] if d in alive]
+            if chunk:
+                local = replace(order, device_ids=chunk, block_size=block, step=step, gateways=())
+                places = [position[d] for d in chunk]
+                done = _window(
+                    scenario, fleet, local, chunk, places, arrays, aggregator, work, store
+                )
+                partials |= done[0]
+                outcomes += done[1]
+        return partials, outcomes
 
     k, dtype = scenario.local_rounds, scenario.fleet.payload_dtype
     return gateway_rounds(aggregator, received, ids, k, dtype, train)

@@ -20,7 +20,7 @@ from devices.topology import Topology
 from fedsim.core.cohort import CohortOrder, DeviceOutcome
 from fedsim.core.hierarchy import gateway_rounds, uplink
 from fedsim.core.payload import round_trip, to_wire
-from fedsim.core.reduce import Arrays, merge_blocks
+from fedsim.core.reduce import Arrays, merge_blocks, reduce_blocks
 from server.dispatch import (
     RoundContext,
     Work,
@@ -83,14 +83,19 @@ def _per_device(
         position = {d: i for i, d in enumerate(ids)}
 
         def train(
-            step: int, arrays: Arrays, active: list[int], position: dict[int, int] = position
-        ) -> tuple[list[tuple[int, Any]], list[DeviceOutcome]]:
+            step: int,
+            arrays: Arrays,
+            active: list[int],
+            block: int,
+            position: dict[int, int] = position,
+        ) -> tuple[dict[int, Any], list[DeviceOutcome]]:
             each = {d: work.bytes_up[d] // k for d in active}  # planned for all k rounds
             payload = ArrayRecord(to_wire(arrays, dtype))
             local = replace(work, devices=active, bytes_up=each, payload=payload)
             replies = send_per_device(ctx, local, step)
             updates, done = collect(replies, node_to_device, local, arrays, upload)
-            return [(position[active[p]], u) for p, u in updates], done
+            placed = [(position[active[p]], u) for p, u in updates]
+            return reduce_blocks(ctx.aggregator, placed, block), done
 
         leaves[g], done = gateway_rounds(ctx.aggregator, received, ids, k, dtype, train)
         outcomes += done

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
+import clients.work
 from clients.app import make_client_app
 from clients.work import train_device
 from devices.fleet import load_fleet
@@ -588,3 +589,14 @@ def test_devices_and_gateways_account_for_the_whole_round(fedsim_run: Run) -> No
             idle = (energy - busy) / 0.001
             assert busy + idle == pytest.approx(r["round_s"], abs=1e-4), row  # 9 digits ÷ 0.001
         assert r["gateway_energy_mj"] >= 3 * 0.001 * r["round_s"] * (1 - 1e-9)
+
+
+def test_a_gateway_runs_its_devices_in_windows_that_never_change_the_model(
+    fedsim_run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    topology = {"local_rounds": 2, "gateways": [_gw("pis", devices={"groups": [0]})]}
+    scenario = _blobs({"mode": "cohort", "vectorize": False}, "fedavg", topology=topology)
+    whole = fedsim_run(scenario)
+    monkeypatch.setattr(clients.work, "WINDOW", 3)  # 14 devices behind it: 5 windows a round
+    windows = fedsim_run(scenario)
+    assert_same_run(whole, windows)

@@ -30,7 +30,6 @@ from fedsim.core.reduce import (
     WeightedSum,
     block_size,
     merge_blocks,
-    reduce_blocks,
 )
 
 __all__ = ["TIER_NAMES", "LocalTrain", "combine_outcomes", "gateway_rounds", "tier_name", "uplink"]
@@ -44,9 +43,10 @@ def tier_name(tier: int) -> str:
     return TIER_NAMES.get(tier, f"tier-{tier}")
 
 
-# One local round at a gateway: (step, the arrays its devices receive, the devices still in) →
-# ((position in the gateway's device list, update) pairs in ascending position, one outcome each).
-LocalTrain = Callable[[int, Arrays, list[int]], tuple[list[tuple[int, Any]], list[DeviceOutcome]]]
+# One local round at a gateway: (step, the arrays its devices receive, the devices still in,
+# the reduction block size) → (block partials, blocks numbered by position in the gateway's
+# device list // block size; one outcome per device).
+LocalTrain = Callable[[int, Arrays, list[int], int], tuple[dict[int, Any], list[DeviceOutcome]]]
 
 
 def gateway_rounds(
@@ -68,8 +68,8 @@ def gateway_rounds(
     partial = aggregator.zero()
     for step in range(1, local_rounds + 1):
         sent = received if step == 1 else round_trip(arrays, dtype)
-        updates, outcomes = train(step, sent, active)
-        partial = merge_blocks(aggregator, reduce_blocks(aggregator, updates, block))
+        partials, outcomes = train(step, sent, active, block)
+        partial = merge_blocks(aggregator, partials)
         for outcome in outcomes:
             history[outcome.device_id].append(outcome)
         active = [d for d in active if history[d] and history[d][-1].status == "ok"]

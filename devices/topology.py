@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -24,6 +25,7 @@ from fedsim.core.hierarchy import tier_name
 from fedsim.core.profiles import DeviceProfile, LinkPower, LinkType
 from fedsim.core.scenario import GatewaySpec, MarkovAvailability, Outages, Scenario
 from fedsim.core.seeds import derive_seed
+from ontology.fleet_registry import FleetRegistry, query_path
 from ontology.registry import DeviceRegistry
 
 __all__ = ["Gateway", "GatewayAvailability", "Topology", "resolve_topology"]
@@ -135,6 +137,7 @@ def _members(
     names: Sequence[str | None],
     taken: dict[int, str],
     base: Path | None,
+    fleet_registry: FleetRegistry | None,
 ) -> tuple[int, ...]:
     """The fleet devices ``spec.devices`` selects (``groups``/``names``: per device id)."""
     how = spec.devices
@@ -165,15 +168,12 @@ def _members(
             )
         return tuple(sorted(by_name[n] for n in how.names))
     assert how.query is not None
-    from devices.fleet import open_registry  # the fleet module imports this one
-    from ontology.fleet_registry import query_path
-
+    assert fleet_registry is not None
     try:
         path = query_path(how.query, base)
     except FedsimError as exc:
         raise FedsimError(f"{where}.query", exc.what, exc.fix) from None
-    with open_registry(scenario, base) as registry:
-        rows = registry.query(path, how.bind)
+    rows = fleet_registry.query(path, how.bind)
     found = sorted(by_name[str(r["name"])] for r in rows if str(r.get("name")) in by_name)
     if not found:
         raise FedsimError(
@@ -196,25 +196,58 @@ def resolve_topology(
     spec = scenario.topology
     if spec is None:
         return None
+    # the scenario's registry, read once: for devices selected by query, and for the profile and
+    # uplink of a gateway that gives none (the registry's Gateway of the same name)
+    from devices.fleet import open_registry  # the fleet module imports this one
+
+    queried = any(g.devices is not None and g.devices.query for g in spec.gateways)
+    unstated = scenario.registry is not None and any(
+        not (g.profile and g.link) for g in spec.gateways
+    )
+    with ExitStack() as stack:
+        fleet_registry = None
+        known: dict[str, dict[str, str]] = {}
+        if queried or unstated:
+            fleet_registry = stack.enter_context(open_registry(scenario, base))
+        if unstated and fleet_registry is not None:
+            rows = fleet_registry.query("gateways")
+            known = {str(r["name"]): {k: str(v) for k, v in r.items()} for r in rows}
+        return _resolve(scenario, groups, names, registry, base, fleet_registry, known)
+
+
+def _resolve(
+    scenario: Scenario,
+    groups: Sequence[int],
+    names: Sequence[str | None],
+    registry: DeviceRegistry,
+    base: Path | None,
+    fleet_registry: FleetRegistry | None,
+    known: dict[str, dict[str, str]],
+) -> Topology:
+    spec = scenario.topology
+    assert spec is not None
     taken: dict[int, str] = {}
     members: list[tuple[int, ...]] = []
     links: list[tuple[DeviceProfile, LinkPower, LinkType]] = []
     for i, g in enumerate(spec.gateways):
         where = f"topology.gateways[{i}]"
-        profile = registry.profile(g.profile, f"{where}.profile")
-        power = profile.link(g.link)
+        listed = known.get(g.name, {})
+        profile = registry.profile(g.profile or listed.get("profile") or "rpi4", f"{where}.profile")
+        link = g.link or listed.get("uplink")
+        power = profile.link(link)
         if power is None:
             raise FedsimError(
                 f"{where}.link",
-                known_names(f"link of '{profile.name}'", g.link or "", profile.radios)
-                if g.link
+                known_names(f"link of '{profile.name}'", link or "", profile.radios)
+                if link
                 else f"profile '{profile.name}' has no link",
                 "name one of its links, or another profile",
             )
         links.append((profile, power, registry.link_type(power.kind, f"{where}.link")))
         ids: tuple[int, ...] = ()
         if g.devices is not None:
-            ids = _members(scenario, g, f"{where}.devices", groups, names, taken, base)
+            where_d = f"{where}.devices"
+            ids = _members(scenario, g, where_d, groups, names, taken, base, fleet_registry)
             for d in ids:
                 if d in taken:
                     raise FedsimError(

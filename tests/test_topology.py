@@ -600,3 +600,22 @@ def test_a_gateway_runs_its_devices_in_windows_that_never_change_the_model(
     monkeypatch.setattr(clients.work, "WINDOW", 3)  # 14 devices behind it: 5 windows a round
     windows = fedsim_run(scenario)
     assert_same_run(whole, windows)
+
+
+def test_a_gateway_takes_its_profile_and_uplink_from_the_registry(
+    fedsim_scenario: Callable[..., Path],
+) -> None:
+    scenario = merged_data(SCENARIOS / "building-gateways.yaml")
+    gateways = scenario["topology"]["gateways"]
+    gateways[1]["link"] = "wifi"  # what the scenario says wins
+    gateways[2]["devices"] = {"ids": list(range(16, 23))}  # room 3-8 moves to the annex
+    gateways.append({"name": "annex", "devices": {"ids": [23]}})
+    _, fleet = load_fleet(fedsim_scenario(scenario))
+    assert fleet.topology is not None
+    got = [(g.name, g.profile.name, g.link_type.kind) for g in fleet.topology.gateways]
+    assert got == [
+        ("floor-1", "rpi4", "ethernet"),  # building.ttl: uplinkKind "ethernet"
+        ("floor-2", "rpi4", "wifi"),
+        ("floor-3", "rpi4", "lte"),
+        ("annex", "rpi4", "wifi"),  # not in the registry: rpi4, its preferred link
+    ]

@@ -164,11 +164,14 @@ class GatewaySpec(_Spec):
     sends one partial up its ``link``."""
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
-    profile: str = Field("rpi4", description="the gateway's device profile in the registry")
+    profile: str | None = Field(
+        None,
+        description="its device profile (default: the registry gateway of this name's, else rpi4)",
+    )
     link: str | None = Field(
         None,
-        description="its uplink to its parent: wifi, ethernet, lte, ... (default: the "
-        "profile's preferred link)",
+        description="its uplink to its parent: wifi, ethernet, lte, ... (default: the registry "
+        "gateway of this name's uplinkKind, else the profile's preferred link)",
     )
     parent: str | None = Field(
         None, description="the gateway (an edge server) it reports to; none: the server"

@@ -57,9 +57,6 @@ class TieredPlan:
     plans: list[DevicePlan]
     gateways: dict[int, GatewayRound]  # the gateways with selected devices below them
 
-    def lost(self, device_id: int) -> bool:
-        return any(p.device_id == device_id and p.fate == "gateway-lost" for p in self.plans)
-
 
 def _partial_bytes(costs: FleetCosts, device_ids: Sequence[int]) -> int:
     """A partial's bytes on an uplink: the tensors any of these devices sends, each as a mean in
@@ -90,7 +87,6 @@ def plan_tiered(
             below.setdefault(ancestor, []).append(d)
     start: dict[int, float] = {}
     reachable: dict[int, bool] = {}
-    until: dict[int, float] = {}
     down: dict[int, float] = {}
     for g in topology.top_down():
         if g not in below:
@@ -102,7 +98,6 @@ def plan_tiered(
         start[g] = (0.0 if parent is None else start[parent]) + down[g]
         ok = parent is None or reachable[parent]
         reachable[g] = ok and on and change - t >= start[g]
-        until[g] = change if on else t
     plans = {p.device_id: p for p in costs.plan(direct, t, round_)}
     device_until = costs.until(selected, t)
     for d in selected:

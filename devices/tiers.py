@@ -214,7 +214,6 @@ def finish_tiered(
     deadline = costs.scenario.deadline_s
     plans = tiered.plans
     direct = [p for p in plans if p.device_id not in topology.gateway_of]
-    # the branches: direct devices, and the gateways under the server whose partial went up
     # the branches the server waits for: every direct device that took part (as in a star,
     # a failed one too: the server cannot tell before its time is up) and every gateway under
     # the server whose partial goes up (even if all its devices failed)

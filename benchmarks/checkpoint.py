@@ -19,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+from benchmarks import publish
 from fedsim.core.scenario_load import merged_data, with_changes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,9 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             f"ratio on/off: {on / off:.3f} ({(on - off) / rounds * 1e3:+.1f} ms per round)",
         ]
     )
-    print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "checkpoint.md").write_text(text + "\n", encoding="utf-8")
+    publish(text, args.out, "checkpoint.md")
     return 0
 
 

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import publish
 from devices.agent import Device, serve
 from devices.bridge import SerialBridge
 from devices.emulator import FIRMWARE, build_firmware, host_firmware, qemu_command, qemu_mcu
@@ -236,9 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         f"- instructions per TRAIN sample, whole device path: {icount['path']:,.0f}",
     ]
     text = "\n".join(lines)
-    print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "serial.md").write_text(text + "\n", encoding="utf-8")
+    publish(text, args.out, "serial.md")
     return 0
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from benchmarks import publish
 from fedsim.core.scenario_load import merged_data, with_changes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,9 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{wall:.1f} | {wall / star_wall:.2f} |"
         )
     text = "\n".join(lines)
-    print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "topology.md").write_text(text + "\n", encoding="utf-8")
+    publish(text, args.out, "topology.md")
     return 0
 
 

@@ -21,9 +21,12 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedsim.core.errors import FedsimError, known_names
+
+if TYPE_CHECKING:
+    from devices.fleet import Fleet
 
 __all__ = [
     "CONNECTION",
@@ -212,18 +215,25 @@ class Deployment:
             time.sleep(poll_s)
 
 
-def node_config_for(scenario_path: Path, device: str) -> tuple[int, dict[str, Any]]:
-    """The node config of the SuperNode that is device ``device`` (an id, or a registry name) of
-    the scenario: its ``partition-id``, and for an attached device its ``serial-port``."""
+def _fleet_in_mode(scenario_path: Path, mode: str, what: str, fix: str) -> Fleet:
+    """The scenario's fleet, if the scenario runs in execution ``mode`` (else ``what``, ``fix``)."""
     from devices.fleet import load_fleet
 
     scenario, fleet = load_fleet(scenario_path)
-    if scenario.execution.mode != "per-device":
-        raise FedsimError(
-            str(scenario_path),
-            "a SuperNode per device needs execution.mode: per-device",
-            "set execution.mode: per-device in the scenario you deploy",
-        )
+    if scenario.execution.mode != mode:
+        raise FedsimError(str(scenario_path), what, fix)
+    return fleet
+
+
+def node_config_for(scenario_path: Path, device: str) -> tuple[int, dict[str, Any]]:
+    """The node config of the SuperNode that is device ``device`` (an id, or a registry name) of
+    the scenario: its ``partition-id``, and for an attached device its ``serial-port``."""
+    fleet = _fleet_in_mode(
+        scenario_path,
+        "per-device",
+        "a SuperNode per device needs execution.mode: per-device",
+        "set execution.mode: per-device in the scenario you deploy",
+    )
     names = {d.name: d.device_id for d in fleet.devices if d.name}
     if device.isdigit() and int(device) < len(fleet):
         device_id = int(device)
@@ -246,15 +256,12 @@ def gateway_config_for(scenario_path: Path, gateway: str) -> tuple[int, dict[str
     """The node config of the SuperNode that plays gateway ``gateway`` of the scenario's topology
     (cohort mode: it is a worker that gets that gateway's devices, and drives those attached to
     it on its serial ports): its index, and ``partition-id`` and ``gateway``."""
-    from devices.fleet import load_fleet
-
-    scenario, fleet = load_fleet(scenario_path)
-    if scenario.execution.mode != "cohort":
-        raise FedsimError(
-            str(scenario_path),
-            "a gateway SuperNode runs its devices as a cohort: it needs execution.mode: cohort",
-            "set execution.mode: cohort, or start one SuperNode per device (--device)",
-        )
+    fleet = _fleet_in_mode(
+        scenario_path,
+        "cohort",
+        "a gateway SuperNode runs its devices as a cohort: it needs execution.mode: cohort",
+        "set execution.mode: cohort, or start one SuperNode per device (--device)",
+    )
     leaves = (
         {g.name: g.index for g in fleet.topology.gateways if g.devices} if fleet.topology else {}
     )

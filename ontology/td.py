@@ -12,8 +12,9 @@ units) are named, not described. Triples in the TD's own namespaces are left out
 The TD has no interaction affordances (``properties``): a device's memory, clock and links are
 static metadata with no endpoint to read them from, so a ``form`` would invent one.
 
-TD JSON-LD parses offline only with the TD 1.1 context served locally: ``td_to_rdf`` reads it from
-``../shared/standards/wot-td/`` beside the repository, as do the JSON Schema and SHACL checks.
+TD JSON-LD parses offline: ``td_to_rdf`` resolves the TD 1.1 context URL to the copy shipped in
+``ontology/standards/wot-td/`` (W3C files with their licence and source) and refuses any other
+remote context, so no TD is ever fetched; the JSON Schema and SHACL checks read the same folder.
 """
 
 from __future__ import annotations
@@ -46,8 +47,7 @@ __all__ = [
     "td_to_rdf",
 ]
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-STANDARDS = REPO_ROOT.parent / "shared" / "standards" / "wot-td"  # W3C files, not copied here
+STANDARDS = Path(__file__).resolve().parent / "standards" / "wot-td"  # W3C files: package data
 TD_CONTEXT = "https://www.w3.org/2022/wot/td/v1.1"
 TD_NAMESPACES = (  # the TD's own vocabularies: TD structure, not the thing's description
     "https://www.w3.org/2019/wot/td#",
@@ -164,7 +164,7 @@ def check_td(document: Mapping[str, Any]) -> list[str]:
 def td_json_schema() -> dict[str, Any]:
     """The W3C TD JSON Schema, with the TD 1.1 rule for ``@context``.
 
-    The shared snapshot is of the W3C main branch, which drafts TD 2.0: its ``thing-context``
+    The shipped snapshot is of the W3C main branch, which drafts TD 2.0: its ``thing-context``
     accepts only ``https://www.w3.org/ns/wot-next/td``. A TD 1.1 document names the TD 1.1 context
     instead (first, possibly followed by prefix maps), as the TD 1.1 schema says; every other
     keyword is checked as the snapshot has it.
@@ -180,7 +180,7 @@ def td_json_schema() -> dict[str, Any]:
     return schema
 
 
-_SCHEMA_FIX = "see the W3C TD 1.1 JSON Schema (../shared/standards/wot-td/)"
+_SCHEMA_FIX = "see the W3C TD 1.1 JSON Schema (ontology/standards/wot-td/)"
 
 
 def _schema_problems(document: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -210,7 +210,9 @@ def _standard(name: str) -> Path:
     path = STANDARDS / name
     if not path.is_file():
         raise FedsimError(
-            str(path), "W3C TD file not found", "check out the shared standards beside the repo"
+            str(path),
+            "W3C TD file not found (it ships with fedsim)",
+            "restore ontology/standards/wot-td/ from the repository or reinstall fedsim",
         )
     return path
 

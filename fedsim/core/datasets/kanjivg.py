@@ -28,7 +28,7 @@ Measured (defaults: 2,600 glyphs, 424 of them whole characters, mean 3.1 strokes
 0.09 at 28 px against 0.08 for real Omniglot; ~0.7 ms per image, the full set in ~40 s, a
 5 MB cache. A Conv-4 (32 channels) protonet trained 3,000 20-way episodes on it errs 25–28% on
 the 20 official 20-way 1-shot runs of real Omniglot, against 21–23% when trained on the 242 real
-characters in ``../shared/datasets/omniglot``; trained on whole characters of up to 10 strokes
+characters shipped in ``data/omniglot``; trained on whole characters of up to 10 strokes
 instead: 29–33%; with half of the writers' jitter: 30–32% (400 test queries: ±2%).
 """
 

@@ -3,8 +3,9 @@
 The directory holds the standard layout, extracted or zipped: ``[<set>/]<Alphabet>/<character>/
 <image>_<drawer>.png`` (black ink on white, 105×105), plus optionally ``all_runs.zip`` (or a
 ``run01/`` … ``run20/`` tree): the 20 official within-alphabet 20-way 1-shot runs. It is
-``$FEDSIM_OMNIGLOT`` if set, else the shared copy beside the project (``../shared/datasets/
-omniglot``). Images become float32 28×28 with ink = 1 (an antialiased box downsampling).
+``$FEDSIM_OMNIGLOT`` if set, else the subset shipped in the package (``data/omniglot/``: the two
+"background small" sets and ``all_runs.zip``, MIT, see its ``SOURCE.md``). Images become float32
+28×28 with ink = 1 (an antialiased box downsampling).
 Decoded sets are cached (keyed by the source files' names, sizes and times).
 """
 
@@ -36,7 +37,7 @@ __all__ = [
     "source_files",
 ]
 
-DEFAULT_DIR = Path(__file__).resolve().parents[3].parent / "shared" / "datasets" / "omniglot"
+DEFAULT_DIR = Path(__file__).resolve().parent / "data" / "omniglot"  # shipped: package data
 SIZE = 28
 VERSION = 1
 TEST_DRAWERS = 4  # of 20: held out for the test split

@@ -19,6 +19,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -42,6 +43,7 @@ from devices.messages import (
 from devices.protocol import (
     HEADER,
     MAX_PAYLOAD,
+    MAX_RAW,
     VERSION,
     Frame,
     FrameError,
@@ -131,8 +133,8 @@ class Device:
         """One COBS frame (no delimiter) → the reply's bytes on the wire (empty: dropped)."""
         try:
             request = decode_frame(raw, strict_status=False)  # a request's status is ignored
-        except FrameError as exc:
-            return self._refusal(raw, exc)
+        except FrameError:
+            return self._refusal(raw)
         if request.type == MessageType.HELLO:
             self._last = None
         elif self._last is not None and self._last[:2] == (request.sequence, request.type):
@@ -144,31 +146,40 @@ class Device:
             reply = _error(request.sequence, refusal.status, str(refusal))
         except FrameError as exc:
             reply = _error(request.sequence, Status.BAD_REQUEST, str(exc))
+        except Exception as exc:  # a bug must cost one request, not the agent
+            traceback.print_exc(file=sys.stderr)
+            reason = f"agent bug ({type(exc).__name__}); see its log"
+            reply = _error(request.sequence, Status.INTERNAL, reason)
         else:
             reply = Frame(request.type, request.sequence, payload, flags=flags)
         wire = encode_frame(reply)
         self._last = (request.sequence, request.type, wire)
         return wire
 
-    def _refusal(self, raw: bytes, exc: FrameError) -> bytes:
-        """An intact frame (its CRC checks) of another protocol version or of an unknown type is
-        answered with ERROR, so the host can say what is wrong; anything else is dropped silently
-        (the host's retry recovers it)."""
+    def _refusal(self, raw: bytes) -> bytes:
+        """A frame ``decode_frame`` refused, treated as the firmware treats it (``fs_device.c``,
+        ``on_frame``): one longer than the largest frame, or whose COBS, size or CRC do not
+        check, is dropped (the host's retry recovers it); an intact one of another protocol
+        version is answered ERROR/BAD_REQUEST whatever its length field says, so the host can
+        tell the user; one whose length field lies is dropped; an intact one of an unknown type
+        is answered ERROR/BAD_REQUEST."""
         self.dropped += 1
         try:
             body = cobs_decode(raw)
         except FrameError:
             return b""
-        if len(body) < HEADER.size + 2 or crc16(body[:-2]) != int.from_bytes(body[-2:], "little"):
+        if not HEADER.size + 2 <= len(body) <= MAX_RAW:
             return b""
-        sequence = int.from_bytes(body[2:4], "little")
-        if body[0] != VERSION:  # answered, but its reply is not remembered for replay
-            reason = f"protocol version {body[0]} not supported; this device speaks {VERSION}"
+        if crc16(body[:-2]) != int.from_bytes(body[-2:], "little"):
+            return b""
+        version, kind, sequence, length, _, _ = HEADER.unpack(body[: HEADER.size])
+        if version != VERSION:  # answered, but its reply is not remembered for replay
+            reason = f"protocol version {version} not supported; this device speaks {VERSION}"
             return encode_frame(_error(sequence, Status.BAD_REQUEST, reason))
-        if body[1] in MessageType.__members__.values() or len(body) - HEADER.size - 2 > MAX_PAYLOAD:
+        if length != len(body) - HEADER.size - 2 or kind in MessageType.__members__.values():
             return b""
-        wire = encode_frame(_error(sequence, Status.BAD_REQUEST, f"unknown message type {body[1]}"))
-        self._last = (sequence, body[1], wire)  # as any request's reply (the firmware does too)
+        wire = encode_frame(_error(sequence, Status.BAD_REQUEST, f"unknown message type {kind}"))
+        self._last = (sequence, kind, wire)  # as any request's reply (the firmware does too)
         return wire
 
     def _dispatch(self, request: Frame) -> tuple[bytes, int]:
@@ -215,6 +226,9 @@ class Device:
         if not more and end < config.floats:
             reason = f"last chunk ends at {end} of {config.floats} floats"
             raise _RefusalError(Status.BAD_REQUEST, reason)
+        if not np.isfinite(values).all():
+            at = offset + int(np.argmin(np.isfinite(values)))
+            raise _RefusalError(Status.NOT_FINITE, f"weight {at} is not a finite number")
         buffer[offset:end] = values
         self._loading = (config, buffer, end)
         if offset == 0:
@@ -241,29 +255,51 @@ class Device:
             raise _RefusalError(
                 Status.BAD_REQUEST, f"label {int(y.max())} ≥ {config.outputs} outputs"
             )
+        finite = np.isfinite(x).all(axis=1)
+        if config.loss == "mse":
+            finite &= np.isfinite(y).all(axis=1)
+        if not finite.all():  # refused before any step: the head stays as it was
+            reason = f"sample {int(np.argmin(finite))} has a number that is not finite"
+            raise _RefusalError(Status.NOT_FINITE, reason)
         return x, y
 
     def _train(self, payload: bytes) -> bytes:
+        """The steps, then a check: a loss sum beyond float32 or a weight that is inf or NaN is
+        answered NOT_FINITE and the head is forgotten (NO_MODEL until the next load), as the
+        firmware does; the host counts the device's update as failed."""
         x, y = self._samples(payload)
         head, _ = self._loaded()
         start = self.clock_ns()
-        loss = sum(head.step(x[i], y[i]) for i in range(len(x)))
+        with np.errstate(all="ignore"):  # overflow becomes inf or NaN, checked below
+            loss = np.float32(sum(head.step(x[i], y[i]) for i in range(len(x))))
         micros = (self.clock_ns() - start) // 1000
+        if not (
+            np.isfinite(loss) and np.isfinite(head.weight).all() and np.isfinite(head.bias).all()
+        ):
+            self.head = self.config = None
+            raise _RefusalError(Status.NOT_FINITE, _DIVERGED)
         return encode_train(TrainReport(len(x), float(loss), micros, None))
 
     def _eval(self, payload: bytes) -> bytes:
         x, y = self._samples(payload)
         head, config = self._loaded()
         correct, loss = 0, 0.0
-        for i in range(len(x)):
-            p = head.predict(x[i])
-            if config.loss == "softmax":
-                correct += int(np.argmax(p) == y[i])
-                loss -= float(np.log(max(float(p[int(y[i])]), 1e-12)))
-            else:
-                d = p - y[i]
-                loss += 0.5 * float(d @ d)
-        return encode_eval(EvalReport(len(x), correct, loss))
+        with np.errstate(all="ignore"):
+            for i in range(len(x)):
+                p = head.predict(x[i])
+                if config.loss == "softmax":
+                    correct += int(np.argmax(p) == y[i])
+                    label_p = float(p[int(y[i])])  # NaN is floored too, as in the firmware
+                    loss -= float(np.log(label_p if label_p > 1e-12 else 1e-12))
+                else:
+                    d = p - y[i]
+                    loss += 0.5 * float(d @ d)
+            loss32 = np.float32(loss)
+        if not np.isfinite(loss32):
+            raise _RefusalError(
+                Status.NOT_FINITE, "EVAL loss sum is not finite (inputs too large?)"
+            )
+        return encode_eval(EvalReport(len(x), correct, float(loss32)))
 
     def _get(self, payload: bytes) -> tuple[bytes, int]:
         head, config = self._loaded()
@@ -277,6 +313,9 @@ class Device:
         values = flat[offset : offset + per]
         more = MORE if offset + len(values) < config.floats else 0
         return encode_chunk(offset, values), more
+
+
+_DIVERGED = "training diverged (a loss or weight is not finite): head forgotten, load it again"
 
 
 def _error(sequence: int, status: Status, reason: str) -> Frame:

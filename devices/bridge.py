@@ -15,8 +15,9 @@ import math
 import os
 import random
 import time
+import unicodedata
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol, TypeVar
 
 import numpy as np
@@ -42,6 +43,7 @@ from devices.protocol import (
     FrameError,
     MessageType,
     Status,
+    StatusError,
     VersionError,
     decode_frame,
     encode_frame,
@@ -53,11 +55,13 @@ __all__ = [
     "DeviceError",
     "DeviceResetError",
     "DeviceTimeoutError",
+    "ImplausibleHelloError",
     "Link",
     "PortError",
     "SerialBridge",
     "VersionMismatchError",
     "open_link",
+    "printable",
 ]
 
 F32 = NDArray[np.float32]
@@ -87,16 +91,28 @@ class VersionMismatchError(BridgeError):
 
 
 class DeviceError(BridgeError):
-    """The device answered with an error status."""
+    """The device answered with an error status (an int: one this host does not know)."""
 
-    def __init__(self, port: str, status: Status, reason: str, request: MessageType) -> None:
-        super().__init__(port, f"{request.name} refused with {status.name}: {reason}")
+    def __init__(self, port: str, status: Status | int, reason: str, request: MessageType) -> None:
+        name = status.name if isinstance(status, Status) else f"unknown status {status}"
+        super().__init__(port, f"{request.name} refused with {name}: {reason}")
         self.status = status
         self.reason = reason
 
 
 class DeviceResetError(DeviceError):
     """The device lost its head in the middle of a round: it rebooted."""
+
+
+class ImplausibleHelloError(BridgeError):
+    """The device's HELLO has figures no working device has (``Hello.implausible``)."""
+
+
+def printable(text: str) -> str:
+    """``text`` with every control, format or unassigned character (terminal escapes, bidi
+    overrides, newlines) replaced by '?': what a device says must not drive the terminal, nor
+    break a one-line error. Rich markup is the printer's to escape."""
+    return "".join("?" if unicodedata.category(c)[0] == "C" else c for c in text)
 
 
 class Link(Protocol):
@@ -226,7 +242,7 @@ class SerialBridge:
             self._io(self.link.write, send)
             self.stats.bytes_sent += len(send)
             self.stats.payload_sent += len(payload)
-            reply = self._await(self._sequence, time.monotonic() + wait)
+            reply = self._await(kind, self._sequence, time.monotonic() + wait)
             if reply is not None:
                 return self._checked(kind, reply)
         raise DeviceTimeoutError(
@@ -236,7 +252,7 @@ class SerialBridge:
             "dropped for the round",
         )
 
-    def _await(self, sequence: int, deadline: float) -> Frame | None:
+    def _await(self, kind: MessageType, sequence: int, deadline: float) -> Frame | None:
         link = self.link
         assert link is not None
         while time.monotonic() < deadline:
@@ -254,6 +270,11 @@ class SerialBridge:
                 frame = decode_frame(raw)
             except VersionError as exc:
                 raise VersionMismatchError(self.port, str(exc)) from None
+            except StatusError as exc:  # intact, but a status this host does not know
+                if exc.sequence != sequence:
+                    self.stats.stale_frames += 1
+                    continue
+                raise DeviceError(self.port, exc.status, _reason(exc.payload), kind) from None
             except FrameError:
                 self.stats.bad_frames += 1
                 continue
@@ -267,12 +288,17 @@ class SerialBridge:
     def _checked(self, kind: MessageType, reply: Frame) -> Frame:
         if reply.status == Status.OK and reply.type == kind:
             return reply
-        reason = reply.payload.decode(errors="replace") or "no reason given"
+        reason = _reason(reply.payload)
         if reply.status == Status.NO_MODEL and kind in (MessageType.TRAIN, MessageType.GET_WEIGHTS):
             raise DeviceResetError(self.port, reply.status, reason, kind)
         if reply.status == Status.OK:  # OK, but to another request type
             raise DeviceError(self.port, Status.INTERNAL, f"reply of type {reply.type}", kind)
         raise DeviceError(self.port, reply.status, reason, kind)
+
+    def _diverged(self, kind: MessageType, what: str) -> DeviceError:
+        """A non-finite number in a reply that the device sent as OK (a firmware from before
+        NOT_FINITE): the same failure as the device's own NOT_FINITE."""
+        return DeviceError(self.port, Status.NOT_FINITE, f"the device reports {what}", kind)
 
     def _decode(
         self,
@@ -292,7 +318,21 @@ class SerialBridge:
     def hello(self) -> Hello:
         """The device's self-description (and the start of a session: it clears its replay
         memory)."""
-        self.hello_info = self._decode(MessageType.HELLO, decode_hello)
+        hello = self._decode(MessageType.HELLO, decode_hello)
+        why = hello.implausible()
+        if why is not None:
+            raise ImplausibleHelloError(
+                self.port,
+                f"its HELLO is implausible: {why}. Is it running fedsim firmware, and the "
+                "build intact? (PROTOCOL.md, HELLO)",
+            )
+        self.hello_info = replace(
+            hello,
+            board=printable(hello.board),
+            core=printable(hello.core),
+            firmware=printable(hello.firmware),
+            sensors=tuple(printable(s) for s in hello.sensors),
+        )
         return self.hello_info
 
     def _max_payload(self) -> int:
@@ -322,6 +362,8 @@ class SerialBridge:
         for payload in self._batches(config, x, y):
             wait = self.timeout + per * self.per_sample_s
             report = self._decode(MessageType.TRAIN, decode_train, payload, wait=wait)
+            if not math.isfinite(report.loss_sum):
+                raise self._diverged(MessageType.TRAIN, f"a loss sum of {report.loss_sum}")
             steps += report.steps
             loss += report.loss_sum
             timed &= report.train_us is not None
@@ -342,6 +384,8 @@ class SerialBridge:
                 raise DeviceError(self.port, Status.INTERNAL, reason, MessageType.GET_WEIGHTS)
             flat[offset : offset + len(values)] = values
             offset += len(values)
+        if not np.isfinite(flat).all():
+            raise self._diverged(MessageType.GET_WEIGHTS, "non-finite weights")
         cut = config.outputs * config.features
         return flat[:cut].reshape(config.outputs, config.features), flat[cut:]
 
@@ -349,6 +393,8 @@ class SerialBridge:
         count, correct, loss = 0, 0, 0.0
         for payload in self._batches(config, x, y):
             report = self._decode(MessageType.EVAL, decode_eval, payload)
+            if not math.isfinite(report.loss_sum):
+                raise self._diverged(MessageType.EVAL, f"a loss sum of {report.loss_sum}")
             count, correct, loss = (
                 count + report.count,
                 correct + report.correct,
@@ -358,3 +404,8 @@ class SerialBridge:
 
     def reset(self) -> None:
         self.request(MessageType.RESET)
+
+
+def _reason(payload: bytes) -> str:
+    """An ERROR reply's reason, safe to print."""
+    return printable(payload.decode(errors="replace")) or "no reason given"

@@ -14,13 +14,14 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from devices.protocol import MAX_PAYLOAD, FrameError
+from devices.protocol import MAX_PAYLOAD, VERSION, FrameError
 
 __all__ = [
     "CAP_ENERGY",
     "CAP_SENSORS",
     "CAP_TIME",
     "LOSS_CODES",
+    "MIN_PAYLOAD",
     "NOT_MEASURED",
     "EvalReport",
     "HeadConfig",
@@ -46,6 +47,7 @@ __all__ = [
 F32 = NDArray[np.float32]
 
 CAP_TIME, CAP_ENERGY, CAP_SENSORS = 1, 2, 4
+MIN_PAYLOAD = 128  # the least max_payload a device may announce (fs_config.h's lower bound)
 NOT_MEASURED = 0xFFFFFFFF
 LOSS_CODES = {"softmax": 0, "mse": 1}
 
@@ -55,6 +57,13 @@ _TRAIN = struct.Struct("<HHfII")  # steps, reserved, loss_sum, train_us, energy_
 _EVAL = struct.Struct("<HHf")  # count, correct, loss_sum
 _OFFSET = struct.Struct("<I")
 _COUNT = struct.Struct("<H")
+
+
+def _f32(value: float) -> float:
+    """``value`` as the float32 the wire carries: beyond float32's range it is ±inf (as a C
+    device's float arithmetic gives) instead of ``struct``'s OverflowError."""
+    with np.errstate(over="ignore"):
+        return float(np.float32(value))
 
 
 def _check(condition: bool, what: str) -> None:
@@ -89,6 +98,28 @@ class Hello:
     @property
     def measures_energy(self) -> bool:
         return bool(self.caps & CAP_ENERGY)
+
+    def implausible(self) -> str | None:
+        """Why these figures cannot describe a working device (a broken or hostile firmware),
+        or None. Bounds (``PROTOCOL.md``, "HELLO"): max_payload within [128, 2048], the firmware's
+        compile-time range (below it a LOAD chunk carries almost nothing, and under 20 bytes none
+        at all); at least one slot, output and feature; a weight buffer of at least one 1×1 head
+        (2 floats) that fits the RAM the device reports (4 bytes a float), which also refuses
+        zero RAM and a max_floats near 2³²: the u32 sram field cannot exceed 4 GiB."""
+        if self.protocol != VERSION:
+            return f"protocol {self.protocol}, though its frames are version {VERSION}"
+        if not MIN_PAYLOAD <= self.max_payload <= MAX_PAYLOAD:
+            return f"max_payload {self.max_payload} outside [{MIN_PAYLOAD}, {MAX_PAYLOAD}]"
+        if min(self.slots, self.max_outputs, self.max_features) < 1:
+            return "a device needs at least one learner slot, output and feature"
+        if self.max_floats < 2:
+            return f"max_floats {self.max_floats}: the smallest head (1×1, a bias) needs 2"
+        if self.sram_bytes < 4 * self.max_floats:
+            return (
+                f"a weight buffer of {self.max_floats} floats ({4 * self.max_floats} bytes) "
+                f"does not fit its {self.sram_bytes} bytes of RAM"
+            )
+        return None
 
     def fits(self, config: HeadConfig) -> str | None:
         """Why this device cannot hold ``config``'s head, or None when it can."""
@@ -191,7 +222,7 @@ class HeadConfig:
 
 def encode_load(config: HeadConfig, offset: int, values: F32) -> bytes:
     head = _LOAD.pack(
-        config.outputs, config.features, LOSS_CODES[config.loss], 0, 0, config.lr, offset
+        config.outputs, config.features, LOSS_CODES[config.loss], 0, 0, _f32(config.lr), offset
     )
     return head + np.asarray(values, "<f4").tobytes()
 
@@ -278,7 +309,7 @@ def encode_train(report: TrainReport) -> bytes:
     return _TRAIN.pack(
         report.steps,
         0,
-        report.loss_sum,
+        _f32(report.loss_sum),
         NOT_MEASURED if report.train_us is None else min(report.train_us, NOT_MEASURED - 1),
         NOT_MEASURED if report.energy_uj is None else min(report.energy_uj, NOT_MEASURED - 1),
     )
@@ -303,7 +334,7 @@ class EvalReport:
 
 
 def encode_eval(report: EvalReport) -> bytes:
-    return _EVAL.pack(report.count, report.correct, report.loss_sum)
+    return _EVAL.pack(report.count, report.correct, _f32(report.loss_sum))
 
 
 def decode_eval(payload: bytes) -> EvalReport:

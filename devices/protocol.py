@@ -20,12 +20,14 @@ from dataclasses import dataclass
 __all__ = [
     "HEADER",
     "MAX_PAYLOAD",
+    "MAX_RAW",
     "VERSION",
     "CrcError",
     "Frame",
     "FrameError",
     "MessageType",
     "Status",
+    "StatusError",
     "VersionError",
     "cobs_decode",
     "cobs_encode",
@@ -38,6 +40,7 @@ __all__ = [
 VERSION = 1
 MAX_PAYLOAD = 2048
 HEADER = struct.Struct("<BBHHBB")  # version, type, sequence, length, status, flags
+MAX_RAW = HEADER.size + MAX_PAYLOAD + 2  # the largest decoded frame: header, payload, CRC
 
 
 class MessageType(enum.IntEnum):
@@ -57,6 +60,11 @@ class Status(enum.IntEnum):
     NO_MODEL = 3
     BUSY = 4
     INTERNAL = 5
+    NOT_FINITE = 6  # a loss, weight or input is inf or NaN (training diverged)
+
+
+_TYPES = frozenset(int(t) for t in MessageType)
+_STATUSES = frozenset(int(s) for s in Status)
 
 
 class FrameError(ValueError):
@@ -69,6 +77,15 @@ class CrcError(FrameError):
 
 class VersionError(FrameError):
     pass
+
+
+class StatusError(FrameError):
+    """An intact frame whose status byte this host does not know (a newer or broken device):
+    what it carried is kept, so the host can report it instead of waiting for another reply."""
+
+    def __init__(self, kind: MessageType, sequence: int, status: int, payload: bytes) -> None:
+        super().__init__(f"unknown status {status}")
+        self.type, self.sequence, self.status, self.payload = kind, sequence, status, payload
 
 
 def _crc_table() -> tuple[int, ...]:
@@ -156,9 +173,9 @@ def encode_frame(frame: Frame) -> bytes:
 
 
 def decode_frame(encoded: bytes, strict_status: bool = True) -> Frame:
-    """A frame from its COBS bytes (without the 0x00 delimiter), checked: CRC, length, version.
-    ``strict_status=False`` (a device reading requests, whose status it ignores) reads an
-    unknown status byte as OK instead of refusing the frame."""
+    """A frame from its COBS bytes (without the 0x00 delimiter), checked: CRC, length, version,
+    type. An unknown status byte is a ``StatusError`` (which keeps the frame's fields);
+    ``strict_status=False`` (a device reading requests, whose status it ignores) reads it as OK."""
     raw = cobs_decode(encoded)
     if len(raw) < HEADER.size + 2:
         raise FrameError(f"frame of {len(raw)} bytes is shorter than a header and a CRC")
@@ -176,12 +193,13 @@ def decode_frame(encoded: bytes, strict_status: bool = True) -> Frame:
         raise FrameError(f"header says {length} payload bytes, the frame has {len(payload)}")
     if length > MAX_PAYLOAD:
         raise FrameError(f"payload of {length} bytes exceeds {MAX_PAYLOAD}")
-    if not strict_status and status not in Status.__members__.values():
+    if kind not in _TYPES:
+        raise FrameError(f"unknown message type {kind}")
+    if status not in _STATUSES:
+        if strict_status:
+            raise StatusError(MessageType(kind), sequence, status, payload)
         status = Status.OK
-    try:
-        return Frame(MessageType(kind), sequence, payload, Status(status), flags, version)
-    except ValueError as exc:
-        raise FrameError(f"unknown message type or status: {exc}") from None
+    return Frame(MessageType(kind), sequence, payload, Status(status), flags, version)
 
 
 def split_frames(stream: bytes) -> Iterator[bytes]:

@@ -7,12 +7,14 @@ shows a device's self-description, ``attach PORT`` writes it into a registry Tur
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from fedsim.core.errors import FedsimError
 
@@ -33,6 +35,29 @@ def _hello(port: str, baud: int, timeout: float) -> Any:
             return bridge.hello()
     except BridgeError as exc:
         raise FedsimError("", str(exc)) from None
+
+
+def _text(value: str) -> Text:
+    """A value from a device or the user as a table cell: printed as written, never read as
+    rich markup (a board named '[/]'), with control characters (terminal escapes) replaced."""
+    from devices.bridge import printable
+
+    return Text(printable(value))
+
+
+def _check_out(output: Path) -> None:
+    """Refuse an ``--out`` that cannot be written before asking the device anything. A missing
+    folder is an error, not created: as every other ``--out`` of fedsim, and because a typo in a
+    folder name should not quietly start a new registry tree."""
+    folder = output.parent
+    if output.is_dir():
+        raise FedsimError("--out", f"'{output}' is a folder", f"name a file in it: {output}/a.ttl")
+    if not folder.is_dir():
+        raise FedsimError(
+            "--out", f"folder '{folder}' does not exist", f"create it (mkdir -p '{folder}') first"
+        )
+    if not os.access(folder, os.W_OK) or (output.exists() and not os.access(output, os.W_OK)):
+        raise FedsimError("--out", f"'{output}' is not writable", "choose another path")
 
 
 def _size(n: int) -> str:
@@ -66,7 +91,7 @@ def scan(
                 row.append(f"{hello.board} ({hello.firmware})")
             except FedsimError:
                 row.append("-")
-        table.add_row(*row)
+        table.add_row(*map(_text, row))
     out.print(table)
 
 
@@ -96,7 +121,7 @@ def info(port: str = PortArg, baud: int = BaudOpt, timeout: float = TimeoutOpt) 
         "measures": ", ".join(caps) or "nothing (the cost model estimates)",
     }
     for key, value in rows.items():
-        table.add_row(key, value)
+        table.add_row(key, _text(value))
     out.print(table)
 
 
@@ -114,9 +139,11 @@ def attach(
     timeout: float = TimeoutOpt,
 ) -> None:
     """Register the device on PORT: its HELLO becomes a fedsim:Device in a Turtle file."""
+    from devices.bridge import printable
     from ontology.attached import AttachedDevice, guess_profile, register
     from ontology.registry import default_registry
 
+    _check_out(output)
     hello = _hello(port, baud, timeout)
     registry = default_registry()
     if profile is None:
@@ -137,12 +164,16 @@ def attach(
         sensors=hello.sensors,
         fleet=fleet,
     )
-    register(device, output)
-    out.print(f"registered {name} ({hello.board}, profile {known.name}) in {output}")
+    try:
+        register(device, output)
+    except OSError as exc:
+        raise FedsimError("--out", f"cannot write '{output}' ({exc.strerror})") from None
+    board = printable(hello.board)
+    out.print(f"registered {name} ({board}, profile {known.name}) in {output}", markup=False)
     out.print("use it in a scenario (algorithm.kind: tinyol):")
     group = f"{{profile: {known.name}, count: 1, attached: {{port: '{port}'}}}}"
-    out.print(f"  fleet: {{groups: [{group}]}}")
-    out.print(f"query it: fedsim registry inventory --data {output}")
+    out.print(f"  fleet: {{groups: [{group}]}}", markup=False)
+    out.print(f"query it: fedsim registry inventory --data {output}", markup=False)
 
 
 def emulate(
@@ -165,8 +196,9 @@ def emulate(
     try:
         context = qemu_mcu(tcp_port=tcp_port) if board == "mps2-an386" else host_firmware()
         with context as running:
-            out.print(f"{board} answers on {running.port} (booted in {running.boot_s:.2f} s)")
-            out.print(f"  fedsim devices info {running.port}")
+            line = f"{board} answers on {running.port} (booted in {running.boot_s:.2f} s)"
+            out.print(line, markup=False)
+            out.print(f"  fedsim devices info {running.port}", markup=False)
             out.print("  Ctrl-C stops it")
             while running.process.poll() is None:
                 time.sleep(0.2)

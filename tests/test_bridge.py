@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pytest
@@ -21,6 +21,7 @@ from devices.bridge import (
     DeviceError,
     DeviceResetError,
     DeviceTimeoutError,
+    ImplausibleHelloError,
     PortError,
     SerialBridge,
     VersionMismatchError,
@@ -340,7 +341,7 @@ def test_duplicate_replies_are_dropped_as_stale() -> None:
 
 
 def test_device_refusals_become_device_errors() -> None:
-    small = Hello("tiny", "m0", "f", 1, 1, 1, max_floats=64, max_features=64, max_outputs=16)
+    small = Hello("tiny", "m0", "f", 1, 65536, 1, max_floats=64, max_features=64, max_outputs=16)
     bridge = _bridge(FakeLink(Device(small)))
     bridge.hello()
     w, b, x, y = _data()
@@ -485,3 +486,141 @@ def test_a_request_too_large_to_frame_is_a_bridge_error() -> None:
     bridge = _bridge(FakeLink(Device()))
     with pytest.raises(BridgeError, match="fake0: cannot send TRAIN: payload of 3000 bytes"):
         bridge.request(MessageType.TRAIN, b"x" * 3000)
+
+
+# -- hardening: non-finite numbers, unknown statuses, lying frames, hostile HELLOs ---------------
+MSE = HeadConfig(outputs=2, features=4, lr=0.01, loss="mse")
+
+
+def _ask(device: Device, kind: MessageType, sequence: int, payload: bytes = b"") -> Frame:
+    return decode_frame(device.feed(encode_frame(Frame(kind, sequence, payload)))[:-1])
+
+
+def _load_mse(device: Device, sequence: int, values: np.ndarray | None = None) -> Frame:
+    flat = np.zeros(MSE.floats, np.float32) if values is None else values
+    (chunk,) = load_chunks(MSE, flat)
+    return _ask(device, MessageType.LOAD_WEIGHTS, sequence, chunk)
+
+
+def _mse_samples(target: float, n: int = 4, feature: float = 1.0) -> bytes:
+    x = np.full((n, MSE.features), feature, np.float32)
+    return encode_samples(MSE, x, np.full((n, MSE.outputs), target, np.float32))
+
+
+def test_the_agent_answers_non_finite_frames_and_keeps_serving() -> None:
+    device = Device()
+    assert _load_mse(device, 1).status == Status.OK
+
+    nan_sample = _ask(device, MessageType.TRAIN, 2, _mse_samples(1.0, feature=float("nan")))
+    overflow_eval = _ask(device, MessageType.EVAL, 3, _mse_samples(1e19))  # 4 × 1e38 > f32 max
+    kept = device.head is not None and device.head.seen == 0
+    overflow_train = _ask(device, MessageType.TRAIN, 4, _mse_samples(1e19))
+    after = _ask(device, MessageType.TRAIN, 5, _mse_samples(1.0))
+    inf_weight = _load_mse(device, 6, np.array([0, 0, np.inf, 0, 0, 0, 0, 0, 0, 0], np.float32))
+    hello = _ask(device, MessageType.HELLO, 7)
+
+    assert (nan_sample.type, nan_sample.status) == (MessageType.ERROR, Status.NOT_FINITE)
+    assert nan_sample.payload == b"sample 0 has a number that is not finite"
+    assert overflow_eval.status == Status.NOT_FINITE
+    assert kept  # refused inputs and an EVAL leave the head as it was
+    assert overflow_train.status == Status.NOT_FINITE
+    assert overflow_train.payload.startswith(b"training diverged")
+    assert after.status == Status.NO_MODEL  # a diverged head is forgotten
+    assert (inf_weight.status, inf_weight.payload) == (
+        Status.NOT_FINITE,
+        b"weight 2 is not a finite number",
+    )
+    assert (hello.type, hello.status) == (MessageType.HELLO, Status.OK)
+
+
+def test_a_diverged_device_update_is_a_device_error_never_a_success() -> None:
+    bridge = _bridge(FakeLink(Device()))
+    bridge.hello()
+    bridge.load_head(MSE, np.zeros((2, 4), np.float32), np.zeros(2, np.float32))
+    x = np.ones((4, MSE.features), np.float32)
+    with pytest.raises(
+        DeviceError, match="fake0: TRAIN refused with NOT_FINITE: training diverged"
+    ):
+        bridge.train(MSE, x, np.full((4, 2), 1e19, np.float32))
+
+
+def test_an_ok_reply_with_a_non_finite_loss_is_a_device_error() -> None:
+    def as_old_firmware(wire: bytes) -> bytes:  # one that answers inf instead of NOT_FINITE
+        frame = decode_frame(wire[:-1])
+        if frame.type != MessageType.TRAIN:
+            return wire
+        payload = encode_train(TrainReport(decode_train(frame.payload).steps, float("inf")))
+        return encode_frame(Frame(frame.type, frame.sequence, payload))
+
+    bridge = _bridge(FakeLink(Device(), on_reply=as_old_firmware))
+    w, b, x, y = _data(10)
+    bridge.hello()
+    bridge.load_head(CONFIG, w, b)
+    with pytest.raises(DeviceError, match=r"TRAIN refused with NOT_FINITE: .* a loss sum of inf"):
+        bridge.train(CONFIG, x, y)
+
+
+def test_an_unknown_status_is_reported_as_such_not_as_silence() -> None:
+    def status_9(wire: bytes) -> bytes:
+        frame = decode_frame(wire[:-1])
+        body = HEADER.pack(1, MessageType.ERROR, frame.sequence, 7, 9, 0) + b"melted!"
+        return cobs_encode(body + crc16(body).to_bytes(2, "little")) + b"\x00"
+
+    bridge = _bridge(FakeLink(Device(), on_reply=status_9))
+    with pytest.raises(DeviceError, match=r"fake0: HELLO refused with unknown status 9: melted!"):
+        bridge.hello()
+    assert bridge.stats.retries == 0
+
+
+def _raw(version: int, kind: int, sequence: int, length: int, payload: bytes) -> bytes:
+    body = HEADER.pack(version, kind, sequence, length, 0, 0) + payload
+    return cobs_encode(body + crc16(body).to_bytes(2, "little")) + b"\x00"
+
+
+@pytest.mark.parametrize(
+    ("version", "kind", "length", "size"),
+    [
+        (1, 42, 3, 4),  # an unknown type whose length field lies
+        (1, 42, 0, 0),  # the same, intact: the one of these that is answered
+        (1, 42, MAX_PAYLOAD + 1, MAX_PAYLOAD + 1),  # oversize, unknown type
+        (2, MessageType.HELLO, MAX_PAYLOAD + 2, MAX_PAYLOAD + 2),  # oversize, another version
+        (1, MessageType.TRAIN, 0, 5),  # a known type whose length field lies
+    ],
+)
+def test_the_agent_drops_lying_and_oversize_frames_as_the_firmware_does(
+    version: int, kind: int, length: int, size: int
+) -> None:
+    device = Device()
+    reply = device.feed(_raw(version, kind, 77, length, b"\x01" * size))
+    assert (reply != b"") == (length == size == 0)  # only the intact one is answered
+    assert _ask(device, MessageType.HELLO, 78).status == Status.OK  # still serving
+
+
+HOSTILE = "\x1b[2J\x1b]0;owned\x07[/]board\u202e\n"
+
+
+def test_hello_strings_reach_the_host_printable() -> None:
+    device = Device(Hello(HOSTILE, "c\x1b[31m", "f\r", 0, 1 << 20, 0, 4096, 64, 16))
+    hello = _bridge(FakeLink(device)).hello()
+    assert hello.board == "?[2J?]0;owned?[/]board??"  # markup is the printer's to escape
+    assert (hello.core, hello.firmware) == ("c?[31m", "f?")
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ({"max_floats": 2**32 - 1}, r"4294967295 floats \(17179869180 bytes\) does not fit"),
+        ({"sram_bytes": 0}, "does not fit its 0 bytes of RAM"),
+        ({"max_payload": 16}, r"max_payload 16 outside \[128, 2048\]"),
+        ({"max_outputs": 0}, "at least one learner slot, output and feature"),
+        ({"max_floats": 1}, "the smallest head"),
+        ({"protocol": 7}, "protocol 7, though its frames are version 1"),
+    ],
+)
+def test_an_implausible_hello_is_refused_not_registered(change: dict[str, int], why: str) -> None:
+    good = Hello("b", "c", "f", 0, 1 << 20, 0, max_floats=4096, max_features=64, max_outputs=16)
+    bridge = _bridge(FakeLink(Device(replace(good, **change))))  # type: ignore[arg-type]
+    with pytest.raises(ImplausibleHelloError, match=f"fake0: its HELLO is implausible: .*{why}"):
+        bridge.hello()
+    assert bridge.hello_info is None
+    assert good.implausible() is None

@@ -8,6 +8,8 @@
 
 #define FS_LOAD_HEADER 16u /* outputs, features, loss, reserved x3, lr, offset */
 #define FS_GET_MAX_FLOATS ((FS_MAX_PAYLOAD - 4u) / 4u)
+/* The reason of a TRAIN answered NOT_FINITE (devices/agent.py says the same). */
+#define FS_DIVERGED "training diverged (a loss or weight is not finite): head forgotten, load it again"
 
 static float s_weights[FS_MAX_FLOATS];
 static float s_scratch[FS_MAX_OUTPUTS];
@@ -23,6 +25,22 @@ static struct {
     uint8_t ready;     /* [0, size) received: the head can train */
     uint32_t steps;    /* samples trained since power-on */
 } s_model;
+
+/* The index of the first of n floats at p (4 bytes apart) that is inf or NaN, or n. */
+static uint32_t first_non_finite(const uint8_t *p, uint32_t n) {
+    uint32_t i;
+    for (i = 0; i < n && isfinite(fs_get_f32(p + 4u * i)); i++) {
+    }
+    return i;
+}
+
+/* The index of the first weight that is inf or NaN, or the head's size. */
+static uint32_t first_non_finite_weight(void) {
+    uint32_t i;
+    for (i = 0; i < s_model.size && isfinite(s_weights[i]); i++) {
+    }
+    return i;
+}
 
 static void forget_head(void) {
     s_model.loading = 0;
@@ -48,6 +66,7 @@ static int load_checks(const fs_header *h, const uint8_t *p, fs_reply *r) {
     const uint16_t outputs = fs_get_u16(p), features = fs_get_u16(p + 2);
     const uint32_t offset = fs_get_u32(p + 12), count = (h->length - FS_LOAD_HEADER) / 4u;
     const uint32_t size = fs_head_size(outputs, features);
+    const uint32_t finite = first_non_finite(p + FS_LOAD_HEADER, count);
     if (p[4] > FS_LOSS_MSE) {
         fs_reply_fail(r, FS_BAD_REQUEST, "loss code ", p[4], ": 0 is softmax, 1 is mse");
     } else if (outputs == 0 || features == 0) {
@@ -76,6 +95,8 @@ static int load_checks(const fs_header *h, const uint8_t *p, fs_reply *r) {
     } else if (!(h->flags & FS_FLAG_MORE) && offset + count < size) {
         fs_reply_fail(r, FS_BAD_REQUEST, "last chunk (no more flag) ends at ", offset + count,
                   ", before the head's end");
+    } else if (finite < count) {
+        fs_reply_fail(r, FS_NOT_FINITE, "weight ", offset + finite, " is not a finite number");
     } else {
         return 1;
     }
@@ -139,6 +160,23 @@ static uint32_t read_sample(const uint8_t *samples, uint32_t k) {
     return 0;
 }
 
+/* Every feature (and mse target) of count samples is finite; else a NOT_FINITE reply. Checked
+ * before any step, so a refused request leaves the head as it was. */
+static int samples_finite(const uint8_t *samples, uint32_t count, fs_reply *r) {
+    const fs_head *hd = &s_model.head;
+    uint32_t k;
+    for (k = 0; k < count; k++) {
+        const uint8_t *s = samples + k * sample_bytes(); /* features, then label or targets */
+        if (first_non_finite(s, hd->features) < hd->features ||
+            (hd->loss == FS_LOSS_MSE &&
+             first_non_finite(s + 4u * hd->features, hd->outputs) < hd->outputs)) {
+            fs_reply_fail(r, FS_NOT_FINITE, "sample ", k, " has a number that is not finite");
+            return 0;
+        }
+    }
+    return 1;
+}
+
 /* A head, a payload of 2 + count * sample bytes and labels in range; else an error reply.
  * `what` names the request in the reason. */
 static int samples_check(const fs_header *h, const uint8_t *p, fs_reply *r, uint16_t *count,
@@ -176,7 +214,7 @@ static int samples_check(const fs_header *h, const uint8_t *p, fs_reply *r, uint
             return 0;
         }
     }
-    return 1;
+    return samples_finite(p + 2, *count, r);
 }
 
 /* Up to FS_SENSOR_MAX_STEPS samples from the port's sensor; returns the steps taken. */
@@ -227,6 +265,11 @@ static void handle_train(const fs_header *h, const uint8_t *p, fs_reply *r) {
         label = read_sample(p + 2, k);
         loss_sum += fs_head_step(&s_model.head, s_x, label, s_y);
     }
+    if (!isfinite(loss_sum) || first_non_finite_weight() < s_model.size) {
+        forget_head(); /* its weights cannot be trusted: NO_MODEL until the next load */
+        fs_reply_error(r, FS_NOT_FINITE, FS_DIVERGED);
+        return;
+    }
     s_model.steps += steps;
     fs_put_u16(r->payload, steps);
     fs_put_u16(r->payload + 2, 0);
@@ -252,6 +295,10 @@ static void handle_eval(const fs_header *h, const uint8_t *p, fs_reply *r) {
         label = read_sample(p + 2, k);
         loss_sum += fs_head_score(&s_model.head, s_x, label, s_y, &hit);
         correct = (uint16_t)(correct + hit);
+    }
+    if (!isfinite(loss_sum)) {
+        fs_reply_error(r, FS_NOT_FINITE, "EVAL loss sum is not finite (inputs too large?)");
+        return;
     }
     fs_put_u16(r->payload, count);
     fs_put_u16(r->payload + 2, correct);

@@ -43,7 +43,8 @@ typedef enum {
     FS_TOO_LARGE = 2,
     FS_NO_MODEL = 3,
     FS_BUSY = 4,
-    FS_INTERNAL = 5
+    FS_INTERNAL = 5,
+    FS_NOT_FINITE = 6 /* a loss, weight or input is inf or NaN (training diverged) */
 } fs_status;
 
 /* The 8-byte header, decoded. */

@@ -183,7 +183,7 @@ static void check_reply(const fs_header *req, fs_frame_status st, uint32_t steps
         fail("a reply that does not decode", s_frame);
     }
     if (h.sequence != req->sequence) fail("a reply with another sequence", s_frame);
-    if (h.status > FS_INTERNAL || (h.status == FS_OK) != (h.type != FS_ERROR)) {
+    if (h.status > FS_NOT_FINITE || (h.status == FS_OK) != (h.type != FS_ERROR)) {
         fail("a reply whose status and type disagree", s_frame);
     }
     if (h.type != FS_ERROR && h.type != req->type) fail("a reply of another type", s_frame);
@@ -216,8 +216,8 @@ static void check_reply(const fs_header *req, fs_frame_status st, uint32_t steps
          fs_get_u32(s_check + 8) != fs_get_u32(s_req + 8))) {
         fail("GET_WEIGHTS reply", s_frame);
     }
-    if (h.status == FS_NO_MODEL) {
-        s_need_load = 1;
+    if (h.status == FS_NO_MODEL || (req->type == FS_TRAIN && h.status == FS_NOT_FINITE)) {
+        s_need_load = 1; /* a diverged TRAIN forgets the head */
     }
     s_last.valid = req->type != FS_HELLO;
     s_last.type = req->type;
@@ -468,8 +468,9 @@ int main(int argc, char **argv) {
         one_frame();
     }
     printf("fs_fuzz: seed %lu, %lu frames: replies ok %lu bad_request %lu too_large %lu "
-           "no_model %lu; %lu replays, %lu dropped, %lu steps\n",
+           "no_model %lu not_finite %lu; %lu replays, %lu dropped, %lu steps\n",
            seed, frames, s_stats[FS_OK], s_stats[FS_BAD_REQUEST], s_stats[FS_TOO_LARGE],
-           s_stats[FS_NO_MODEL], s_replays, s_dropped, (unsigned long)fs_device_steps());
+           s_stats[FS_NO_MODEL], s_stats[FS_NOT_FINITE], s_replays, s_dropped,
+           (unsigned long)fs_device_steps());
     return 0;
 }

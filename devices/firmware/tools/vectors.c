@@ -105,7 +105,7 @@ static void decode_line(void) {
         printf("error %s\n", fs_frame_status_name(st));
         return;
     }
-    if (h.type < FS_HELLO || h.type > FS_ERROR || h.status > FS_INTERNAL) {
+    if (h.type < FS_HELLO || h.type > FS_ERROR || h.status > FS_NOT_FINITE) {
         puts("error type");
         return;
     }

@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "fedsim_port.h"
+#include "fs_config.h"
 #include "fs_device.h"
 
 #if defined(__x86_64__)
@@ -53,6 +54,24 @@ static fs_board s_board = {"host-pty", FS_HOST_CORE, 0, 0, 0, FS_CAP_TIME, 0, NU
 
 const fs_board *fs_port_board(void) {
     return &s_board;
+}
+
+/* The machine's RAM as HELLO's u32 sram_bytes (clipped at 4 GiB - 1, as the Pi agent does): a
+ * host that reports no RAM is refused by the bridge (Hello.implausible). When the system does
+ * not say, the core's weight buffer is what the device is known to hold. */
+static uint32_t host_ram_bytes(void) {
+    long pages = -1, size = -1;
+#if defined(_SC_PHYS_PAGES) && defined(_SC_PAGESIZE)
+    pages = sysconf(_SC_PHYS_PAGES);
+    size = sysconf(_SC_PAGESIZE);
+#endif
+    if (pages <= 0 || size <= 0) {
+        return 4u * FS_MAX_FLOATS;
+    }
+    if ((unsigned long)pages > 0xFFFFFFFFul / (unsigned long)size) {
+        return 0xFFFFFFFFu;
+    }
+    return (uint32_t)((unsigned long)pages * (unsigned long)size);
 }
 
 uint32_t fs_port_time_us(void) {
@@ -236,6 +255,7 @@ int main(int argc, char **argv) {
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
+    s_board.sram_bytes = host_ram_bytes();
     if (stdio) {
         s_board.board = "host-stdio";
     } else {

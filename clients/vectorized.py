@@ -6,10 +6,12 @@ the same SGD update ``p ← p − lr·∇``. Only the kernels differ (batched ma
 one product per device), so results agree with the sequential loop to float32 rounding
 (``tests/test_cohort.py`` bounds the difference), not bit for bit.
 
-All devices given must have the same number of local samples (identical batch schedules; the
-caller groups them); they train in chunks of ``CHUNK`` to bound memory. Models with buffers (e.g.
-BatchNorm running statistics) are not vectorised: ``can_vectorize`` says so, and the caller falls
-back to the sequential loop.
+Only the parameters that train in ``LocalSgd`` train here: those with ``requires_grad`` (a frozen
+backbone is a constant of the objective, never stepped; ``tests/test_cohort.py`` holds both paths to
+the same frozen tensors). All devices given must have the same number of local samples (identical
+batch schedules; the caller groups them); they train in chunks of ``CHUNK`` to bound memory. Models
+with buffers (e.g. BatchNorm running statistics) are not vectorised: ``can_vectorize`` says so, and
+the caller falls back to the sequential loop.
 """
 
 from __future__ import annotations
@@ -60,21 +62,25 @@ def _train_chunk(
     xs: torch.Tensor,
     ys: torch.Tensor,
     orders: torch.Tensor,
+    trainable: frozenset[str],
 ) -> tuple[dict[str, torch.Tensor], list[float]]:
+    """``trainable``: the parameters that step; the others (frozen) are constants, shared by all
+    devices of the chunk and returned unchanged."""
     devices, n = ys.shape
-    names = list(start)
+    names = [k for k in start if k in trainable]
+    fixed = {k: v for k, v in start.items() if k not in trainable}
 
     def objective(
         params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        loss = task_loss(functional_call(model, params, (x,)), y)
+        loss = task_loss(functional_call(model, {**fixed, **params}, (x,)), y)
         if learner.mu <= 0:
             return loss, loss.detach()
         drift = sum(((params[k] - start[k]) ** 2).sum() for k in names)
         return loss + 0.5 * learner.mu * drift, loss.detach()
 
     step = vmap(grad(objective, has_aux=True))
-    params = {k: v.unsqueeze(0).repeat(devices, *([1] * v.dim())) for k, v in start.items()}
+    params = {k: start[k].unsqueeze(0).repeat(devices, *([1] * start[k].dim())) for k in names}
     rows = torch.arange(devices).unsqueeze(1)
     totals = [0.0] * devices
     seen = 0
@@ -87,6 +93,8 @@ def _train_chunk(
             width = batch.shape[1]
             totals = [t + loss * width for t, loss in zip(totals, losses.tolist(), strict=True)]
             seen += width
+    for k, v in fixed.items():  # frozen: every device returns the tensor it received
+        params[k] = v.unsqueeze(0).expand(devices, *v.shape)
     return params, [t / max(seen, 1) for t in totals]
 
 
@@ -97,13 +105,15 @@ def train_vectorized(
     data: Sequence[Batch],
     seeds: Sequence[int],
 ) -> list[tuple[Arrays, float]]:
-    """``(arrays, mean loss)`` per device, in the order of ``data``."""
+    """``(arrays, mean loss)`` per device, in the order of ``data``: every parameter of ``model``
+    (frozen ones as received)."""
     if not isinstance(learner, LocalSgd):
         raise TypeError(f"cannot vectorise {type(learner).__name__}; use the sequential loop")
     sizes = {len(y) for _, y in data}
     if len(sizes) > 1:
         raise ValueError(f"devices of one vectorised group need equal sample counts, got {sizes}")
     names = [name for name, _ in model.named_parameters()]
+    trainable = frozenset(name for name, p in model.named_parameters() if p.requires_grad)
     start = {k: torch.from_numpy(np.asarray(a)) for k, a in zip(names, global_arrays, strict=True)}
     results: list[tuple[Arrays, float] | None] = [None] * len(data)
     model.train()
@@ -113,7 +123,7 @@ def train_vectorized(
             xs = torch.from_numpy(np.stack([data[i][0] for i in chunk]))
             ys = torch.from_numpy(np.stack([data[i][1] for i in chunk]))
             orders = _orders(len(data[c][1]), [seeds[i] for i in chunk], learner.epochs)
-            params, losses = _train_chunk(model, start, learner, xs, ys, orders)
+            params, losses = _train_chunk(model, start, learner, xs, ys, orders, trainable)
             stacked = [params[k].numpy() for k in names]
             for j, i in enumerate(chunk):
                 results[i] = ([s[j].copy() for s in stacked], losses[j])

@@ -52,6 +52,16 @@ ALGORITHMS = {
 }
 
 
+# Algorithms with a frozen part that the vectorised path can run (plain SGD, no key loss): the
+# frozen tensors must stay exactly as received in every mode (issue 21: the vectorised path once
+# fine-tuned and averaged a "frozen" backbone).
+_SSF = {k: v for k, v in ALGORITHMS["fedins"].items() if k not in ("entries", "top_n")}
+FROZEN_PARTS = {
+    "federated-ssf": {**_SSF, "entries": 1, "top_n": 1, "key_weight": 0.0},
+    "head-only-fedavg": {**_SSF, "entries": 2, "top_n": 1, "key_weight": 0.0, "train": "head"},
+}
+
+
 def test_every_aggregator_has_a_mode_equality_case() -> None:
     # prototype averaging needs its own data and encoder: tests/test_reconnaissance.py
     assert set(ALGORITHMS) | {"prototypes"} == set(AGGREGATORS.names())
@@ -61,7 +71,8 @@ def _blobs(
     execution: dict[str, Any], algorithm: str = "fedavg", **overrides: Any
 ) -> dict[str, Any]:
     """Equal-sized devices (so cohorts vectorise), a partial last batch, faults on one group."""
-    model = "ssf-vit" if algorithm == "fedins" else "mlp"
+    spec = ALGORITHMS.get(algorithm) or FROZEN_PARTS[algorithm]
+    model = "ssf-vit" if spec["kind"] == "fedins" else "mlp"
     return tiny_scenario(
         task={"dataset": "blobs-784", "model": model},
         fleet={
@@ -72,7 +83,7 @@ def _blobs(
             "partition": {"kind": "dirichlet", "alpha": 0.5},
             "samples_per_device": 20,
         },
-        algorithm=ALGORITHMS[algorithm],
+        algorithm=spec,
         execution={"engine": "inline", **execution},
         **{"clients_per_round": 20, **overrides},
     )
@@ -128,6 +139,41 @@ def test_vectorised_cohorts_match_per_device_mode_to_float_rounding(
         assert x["loss"] == pytest.approx(y["loss"], rel=1e-4)
 
 
+@pytest.mark.parametrize("algorithm", sorted(FROZEN_PARTS))
+def test_frozen_parts_stay_frozen_in_every_mode(
+    algorithm: str, write_scenario: Write, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vectorised = []
+    train = clients.work.train_vectorized
+
+    def spy(*args: Any) -> Any:
+        vectorised.append(len(args[3]))
+        return train(*args)
+
+    monkeypatch.setattr(clients.work, "train_vectorized", spy)
+    runs = {
+        mode: _run(write_scenario, tmp_path, mode, _blobs(execution, algorithm, rounds=2))
+        for mode, execution in {
+            "per-device": {"mode": "per-device"},
+            "sequential": {"mode": "cohort", "vectorize": False, "actors": 2},
+            "vectorised": {"mode": "cohort", "vectorize": True, "actors": 1},
+        }.items()
+    }
+
+    assert vectorised and min(vectorised) >= clients.work.MIN_GROUP  # the vectorised path ran
+    spec = Scenario.model_validate(_blobs({}, algorithm)).algorithm
+    models = {mode: _model(out) for mode, out in runs.items()}
+    reference = models["per-device"]
+    frozen = [k for k in reference if spec.frozen(k)]
+    assert frozen and len(frozen) < len(reference)
+    for mode, model in models.items():
+        for k in reference:
+            if k in frozen:  # as received: bit for bit
+                assert np.array_equal(model[k], reference[k]), (mode, k)
+            else:
+                np.testing.assert_allclose(model[k], reference[k], rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("actors", [1, 2, 5, 64])
 def test_the_number_of_workers_never_changes_the_model(
     actors: int, write_scenario: Write, tmp_path: Path
@@ -181,6 +227,33 @@ def test_vectorised_training_equals_the_sequential_loop() -> None:
             np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
         assert not np.array_equal(arrays[0], start[0])  # it trained
         assert loss == pytest.approx(alone_loss, rel=1e-5)
+
+
+def test_vectorised_training_leaves_frozen_parameters_alone() -> None:
+    rng = np.random.default_rng(1)
+    learner = LocalSgd(lr=0.5, epochs=2, batch_size=4, mu=0.2)
+    data = [
+        (rng.normal(size=(8, 12)).astype(np.float32), rng.integers(0, 3, 8).astype(np.int64))
+        for _ in range(4)
+    ]
+    seeds = [11, 12, 13, 14]
+
+    def frozen_body() -> Any:
+        model = build_model("mlp", 12, 3, 1)
+        first = next(model.parameters())
+        first.requires_grad_(False)
+        return model
+
+    start = get_arrays(frozen_body())
+    together = train_vectorized(frozen_body(), start, learner, data, seeds)
+
+    for (x, y), seed, (arrays, _) in zip(data, seeds, together, strict=True):
+        alone = frozen_body()
+        learner.train(alone, x, y, seed)
+        assert np.array_equal(arrays[0], start[0])  # frozen: as received
+        for got, want in zip(arrays, get_arrays(alone), strict=True):
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+        assert not np.array_equal(arrays[-1], start[-1])  # the rest trained
 
 
 def test_vectorised_groups_need_equal_sample_counts() -> None:

@@ -29,7 +29,7 @@ from fedsim.core.cohort import CohortOrder, CohortReply, DeviceOutcome
 from fedsim.core.data import load_task_data
 from fedsim.core.hierarchy import gateway_rounds
 from fedsim.core.models import encoder_of, get_arrays, set_arrays
-from fedsim.core.payload import round_trip, sent_mask
+from fedsim.core.payload import sent_mask
 from fedsim.core.prototypes import ClassSums, class_sums, decode_report, encode_report
 from fedsim.core.reduce import Arrays, ModelUpdate, reduce_blocks
 from fedsim.core.scenario import PrototypesSpec, Scenario, TinyOLSpec
@@ -44,6 +44,7 @@ __all__ = [
     "STATE_FILE",
     "DeviceUpdate",
     "InjectedCrashError",
+    "NonFiniteUpdateError",
     "run_cohort",
     "state_store",
     "train_device",
@@ -168,9 +169,6 @@ def train_device(
         return _reconnoitre(scenario, model, x, y, global_arrays)
     seed = _train_seed(scenario, round_, device_id, step)
     head = head_parameters(model)
-    head_mask = [name in head for name in model.state_dict()]
-    frozen_mask = [scenario.algorithm.frozen(name) for name in model.state_dict()]
-    sent = sent_mask(head_mask, head_only, scenario.algorithm.local_head, frozen_mask)
     frozen = [p for name, p in model.named_parameters() if head_only and name not in head]
     try:
         for p in frozen:
@@ -180,11 +178,53 @@ def train_device(
     finally:
         for p in frozen:
             p.requires_grad_(True)
-    wire = scenario.upload.encode(get_arrays(model), global_arrays, sent)
+    sent = _sent(scenario, model, head_only)
+    return _update(scenario, model, get_arrays(model), global_arrays, sent, len(y), loss, learner)
+
+
+def _sent(scenario: Scenario, model: nn.Module, head_only: bool) -> tuple[bool, ...]:
+    """Which of the model's tensors a device uploads (``fedsim.core.payload.sent_mask``)."""
+    head = head_parameters(model)
+    names = list(model.state_dict())
+    frozen = [scenario.algorithm.frozen(name) for name in names]
+    heads = [name in head for name in names]
+    return sent_mask(heads, head_only, scenario.algorithm.local_head, frozen)
+
+
+class NonFiniteUpdateError(ValueError):
+    """A device's training diverged (NaN or inf in its loss or its model): the device fails."""
+
+
+def _check_finite(model: nn.Module, arrays: Arrays, loss: float) -> None:
+    """Raise ``NonFiniteUpdateError`` naming the first non-finite figure: a diverged update must
+    fail its device, never be averaged into the global model or counted as a loss of 0."""
+    fix = "the local training diverged: lower algorithm.lr (or check the data for NaN)"
+    if not np.isfinite(loss):
+        raise NonFiniteUpdateError(f"non-finite training loss {loss}; {fix}")
+    for name, array in zip(model.state_dict(), arrays, strict=True):
+        if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+            raise NonFiniteUpdateError(f"non-finite values in tensor '{name}'; {fix}")
+
+
+def _update(
+    scenario: Scenario,
+    model: nn.Module,
+    trained: Arrays,
+    global_arrays: Arrays,
+    sent: tuple[bool, ...],
+    num_examples: int,
+    loss: float,
+    learner: Learner | None = None,
+) -> DeviceUpdate:
+    """What a device that trained ``trained`` from ``global_arrays`` sends, as the server will
+    decode it: one definition for the sequential and the vectorised path."""
+    _check_finite(model, trained, loss)
+    wire = scenario.upload.encode(trained, global_arrays, sent)
     arrays = scenario.upload.decode(wire, global_arrays, sent)
-    weight = scenario.algorithm.update_weight(len(y))
-    trained = None if all(sent) else sent
-    return DeviceUpdate(arrays, weight, loss, trained, wire, None, *_measured(learner))
+    weight = scenario.algorithm.update_weight(num_examples)
+    mask = None if all(sent) else sent
+    measured = _measured(learner) if learner is not None else (None, None)
+    return DeviceUpdate(arrays, weight, loss, mask, wire, None, *measured)
 
 
 @torch.no_grad()
@@ -203,6 +243,10 @@ def _reconnoitre(
     num_classes, dim = global_arrays[-2].shape
     parts = [encoder(inputs[i : i + 256]).numpy() for i in range(0, len(x), 256)]
     embeddings = np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)  # nothing new
+    if not np.isfinite(embeddings).all():
+        raise NonFiniteUpdateError(
+            "non-finite embeddings: the encoder holds NaN or inf; re-run fedsim pretrain"
+        )
     wire = encode_report(class_sums("", embeddings, y), scenario.fleet.payload_dtype)
     report = decode_report(wire, "", num_classes, dim)
     return DeviceUpdate(global_arrays, len(y), 0.0, (False,) * len(global_arrays), wire, report)
@@ -287,7 +331,7 @@ def _vectorized(
     for device_id in ids:
         try:  # what train_device does before training, device by device
             _check_crash(scenario, fleet, order.round, device_id)
-            data[device_id] = fleet.local_data(device_id)
+            data[device_id] = fleet.round_data(device_id, order.round)
         except Exception as exc:
             done[device_id] = _failure(device_id, exc)
     by_size: dict[int, list[int]] = {}
@@ -309,9 +353,13 @@ def _vectorized(
         except Exception:  # find the failing device(s) one at a time
             done |= _sequential(scenario, fleet, order, group, global_arrays, states)
             continue
-        dtype = scenario.fleet.payload_dtype
+        sent = _sent(scenario, model, head_only=False)  # head-only devices ran one by one
         for device_id, (arrays, loss) in zip(group, trained, strict=True):
-            done[device_id] = DeviceUpdate(round_trip(arrays, dtype), len(data[device_id][1]), loss)
+            n = len(data[device_id][1])
+            try:
+                done[device_id] = _update(scenario, model, arrays, global_arrays, sent, n, loss)
+            except NonFiniteUpdateError as exc:
+                done[device_id] = _failure(device_id, exc)
     return done
 
 

@@ -97,13 +97,30 @@ def query(
     fmt: str = FormatOpt,
 ) -> None:
     """Run a SELECT query; its variables are bound with --bind (typed, never pasted in)."""
-    from ontology.fleet_registry import parse_binding
+    from ontology.fleet_registry import parse_binding, query_path
 
     bindings = dict(parse_binding(b) for b in bind)
+    _check_bindings(query_path(file), bindings)
     with _open(data, store, db) as registry:
         rows = registry.query(file, bindings)
     columns = list(dict.fromkeys(k for row in rows for k in row))
     _print(rows, columns, fmt, f"{file}: {len(rows)} rows")
+
+
+def _check_bindings(path: Path, bindings: dict[str, Any]) -> None:
+    """Refuse a --bind of a variable the query does not mention: it would bind nothing."""
+    from fedsim.core.errors import did_you_mean
+    from ontology.endpoint_guard import variables
+
+    names = variables(path.read_text(encoding="utf-8"))
+    for name in bindings:
+        if name not in names:
+            known = ", ".join(sorted(names)) or "none"
+            raise FedsimError(
+                f"--bind {name}",
+                f"{path.name} has no variable ?{name}{did_you_mean(name, names)}",
+                f"bind one of its variables: {known}",
+            )
 
 
 @registry_app.command("match")
@@ -279,18 +296,54 @@ def serve(
     db: Path | None = DbOpt,
     host: str = typer.Option("127.0.0.1", help="address to listen on"),
     port: int = typer.Option(3030, help="port (0: any free one)"),
-    timeout_s: float = typer.Option(10.0, "--timeout", help="seconds a query may run"),
+    timeout_s: float = typer.Option(
+        10.0, "--timeout", help="seconds a query may wait for a worker, and then run"
+    ),
     max_rows: int = typer.Option(10_000, "--max-rows", help="rows returned at most"),
+    workers: int = typer.Option(4, "--workers", help="query worker processes"),
+    allow_service: list[str] = typer.Option(
+        [], "--allow-service", help="URL prefix a SERVICE clause may query (repeatable)"
+    ),
+    client_timeout_s: float = typer.Option(
+        10.0, "--client-timeout", help="seconds a connection has to send a whole request"
+    ),
+    max_connections: int = typer.Option(
+        256, "--max-connections", help="connections served at once (more: 503)"
+    ),
+    backlog: int = typer.Option(1024, "--backlog", help="connections waiting to be accepted"),
 ) -> None:
     """Serve the registry read-only over the SPARQL 1.1 Protocol at http://HOST:PORT/sparql
-    (GET/POST; JSON, XML or CSV results; updates refused) until Ctrl-C."""
+    (GET/POST; JSON, XML or CSV results; updates and SERVICE refused) until Ctrl-C."""
     import time
 
     from ontology.endpoint import serve as start
+    from ontology.endpoint_guard import allowed_prefix
 
+    limits = {"--timeout": timeout_s, "--max-rows": max_rows, "--workers": workers}
+    limits |= {"--client-timeout": client_timeout_s, "--max-connections": max_connections}
+    limits |= {"--backlog": backlog}
+    for name, value in limits.items():
+        if not value > 0:
+            raise FedsimError(name, f"must be positive, got {value:g}", f"give {name} > 0")
+    for prefix in allow_service:
+        try:
+            allowed_prefix(prefix)
+        except ValueError as exc:
+            raise FedsimError("--allow-service", str(exc), "give an http(s) URL prefix") from None
     with (
         _open(data, store, db) as registry,
-        start(registry.store, host, port, timeout_s, max_rows) as server,
+        start(
+            registry.store,
+            host,
+            port,
+            timeout_s,
+            max_rows,
+            workers,
+            allow_service,
+            client_timeout_s,
+            max_connections,
+            backlog,
+        ) as server,
     ):
         _console().print(f"SPARQL endpoint: {server.url} (read-only; Ctrl-C stops it)")
         while True:

@@ -4,264 +4,126 @@
     ...
     server.shutdown()
 
-Queries come as ``GET /sparql?query=…``, as a form ``POST`` (``query=…``) or as a
-``POST`` of ``application/sparql-query``. SELECT and ASK answer in SPARQL JSON (the default), XML or
-(SELECT only) CSV, CONSTRUCT and DESCRIBE in Turtle or N-Triples, chosen by the Accept header.
+Queries come as ``GET /sparql?query=…``, as a form ``POST`` (``query=…``) or as a ``POST`` of
+``application/sparql-query``; results as ontology/endpoint_formats.py negotiates them.
 
 Refused, with a plain-text reason: updates (``update=`` or ``application/sparql-update``: 403),
-malformed queries (400, the parser's message), queries running past ``timeout_s`` or more than
-``max_running`` queries at once (503), types the client cannot accept (406). Results longer than
+malformed queries (400, the parser's message), queries that would make the store fetch a remote
+resource (``SERVICE`` not under an ``allow_service`` prefix, ``FROM``/``FROM NAMED``: 400,
+ontology/endpoint_guard.py), types the client cannot accept (406). Results longer than
 ``max_rows`` rows (or triples) are cut there and say so in ``X-Fedsim-Truncated: <rows kept>``.
 
-Each query runs in a worker thread that the handler stops waiting for at ``timeout_s``. The worker
-may finish in the background: a SELECT or CONSTRUCT stops at its next row, but neither rdflib nor
-pyoxigraph can interrupt an evaluation, so an aggregate or a sort runs to its end, holding one of
-the ``max_running`` slots until then. The memory store must not be written while it is served.
+Limits (README "The SPARQL endpoint" has the threat model):
+- queries run in ``workers`` supervised processes (ontology/endpoint_workers.py): one waits up to
+  ``timeout_s`` for a free worker, then runs up to ``timeout_s``; past it, its worker is killed
+  and replaced (503). A query that crashes the store costs its request a 500, never the server.
+- a connection has ``client_timeout_s`` to deliver a whole request (line, headers, body) from
+  when it opens or its previous answer was sent: a silent, trickling (slowloris) or short-bodied
+  client is cut off (408 where it was mid-request).
+- at most ``max_connections`` connections are served at once; more are answered 503 at once;
+  ``backlog`` connections may wait in the kernel's listen queue to be accepted.
 """
 
 from __future__ import annotations
 
-import csv
 import io
-import json
 import logging
+import socket
 import threading
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+import time
+from collections.abc import Callable, Sequence
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Literal, TypeVar, cast
+from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
-from xml.sax.saxutils import escape, quoteattr
 
-from rdflib import Graph
-
-from ontology.store import PREFIXES, QueryError, RdfTriple, RegistryStore, Solutions, Term
+from ontology.endpoint_formats import TRUNCATED_HEADER, Reply
+from ontology.endpoint_guard import allowed_prefix, refusal
+from ontology.endpoint_workers import WorkerPool
+from ontology.store import RegistryStore
 
 __all__ = ["ENDPOINT_PATH", "TRUNCATED_HEADER", "SparqlServer", "serve"]
 
 ENDPOINT_PATH = "/sparql"
-TRUNCATED_HEADER = "X-Fedsim-Truncated"
 MAX_BODY_BYTES = 1 << 20  # a POSTed query longer than this is refused (413)
-JSON, XML, CSV = "application/sparql-results+json", "application/sparql-results+xml", "text/csv"
-TURTLE, NTRIPLES = "text/turtle", "application/n-triples"
-ALIASES = {"application/json": JSON, "application/xml": XML, "application/turtle": TURTLE}
-OFFERS = {  # per query form, what the endpoint can answer in; the first is the default
-    "select": [JSON, XML, CSV],
-    "ask": [JSON, XML],
-    "graph": [TURTLE, NTRIPLES],
-}
-FORM_NAMES = {"select": "SELECT", "ask": "ASK", "graph": "CONSTRUCT or DESCRIBE"}
-PLAIN = "text/plain; charset=utf-8"
-RESULTS_NS = "http://www.w3.org/2005/sparql-results#"
 _LOG = logging.getLogger(__name__)
-Item = TypeVar("Item")
 
 
 class _HttpError(Exception):
-    """An answer other than 200: its status and a one-line reason for the client."""
+    """An answer other than 200, decided in the server process: its status and a reason."""
 
     def __init__(self, status: HTTPStatus, reason: str) -> None:
         super().__init__(reason)
-        self.status, self.reason = status, reason
+        self.reply = Reply.plain(status, reason)
 
 
-@dataclass
-class _Answer:
-    """A query's result, materialised by the worker so that serialising it cannot block."""
+class _DeadlineReader(io.RawIOBase):
+    """A connection's reading side that gives up at the handler's deadline, however the bytes
+    trickle in: each read may wait only for what is left of the time."""
 
-    form: Literal["select", "ask", "graph"]
-    variables: list[str] = field(default_factory=list)
-    rows: list[dict[str, Term]] = field(default_factory=list)
-    triples: list[RdfTriple] = field(default_factory=list)
-    boolean: bool = False
-    truncated: bool = False
+    def __init__(self, sock: socket.socket, handler: _Handler) -> None:
+        self._sock, self._handler = sock, handler
 
+    def readable(self) -> bool:
+        return True
 
-def _take(items: Iterator[Item], limit: int, stop: threading.Event) -> tuple[list[Item], bool]:
-    """Up to ``limit`` items and whether there were more; stops early once ``stop`` is set."""
-    kept: list[Item] = []
-    for item in items:
-        if stop.is_set():  # the handler gave up waiting: stop at the next row
-            break
-        if len(kept) == limit:
-            return kept, True
-        kept.append(item)
-    return kept, False
-
-
-def _evaluate(store: RegistryStore, query: str, max_rows: int, stop: threading.Event) -> _Answer:
-    result = store.execute(query)
-    if isinstance(result, bool):
-        return _Answer("ask", boolean=result)
-    if isinstance(result, Solutions):
-        rows, truncated = _take(result.rows, max_rows, stop)
-        return _Answer("select", variables=result.variables, rows=rows, truncated=truncated)
-    triples, truncated = _take(result.triples, max_rows, stop)
-    return _Answer("graph", triples=triples, truncated=truncated)
-
-
-class _Runner:
-    """Runs queries in worker threads, at most ``max_running`` at once, each up to ``timeout_s``."""
-
-    def __init__(self, store: RegistryStore, timeout_s: float, max_rows: int, max_running: int):
-        self.store, self.timeout_s, self.max_rows = store, timeout_s, max_rows
-        self.max_running = max_running
-        self._slots = threading.BoundedSemaphore(max_running)
-
-    def run(self, query: str) -> _Answer:
-        if not self._slots.acquire(blocking=False):
-            raise _HttpError(
-                HTTPStatus.SERVICE_UNAVAILABLE,
-                f"{self.max_running} queries are running (some may have timed out); retry later",
-            )
-        outcome: list[_Answer | Exception] = []
-        done, stop = threading.Event(), threading.Event()
-
-        def work() -> None:
-            try:
-                outcome.append(_evaluate(self.store, query, self.max_rows, stop))
-            except Exception as exc:  # handed to the waiting handler
-                outcome.append(exc)
-            finally:
-                self._slots.release()
-                done.set()
-
-        threading.Thread(target=work, name="fedsim-sparql-query", daemon=True).start()
-        if not done.wait(self.timeout_s):
-            stop.set()
-            raise _HttpError(
-                HTTPStatus.SERVICE_UNAVAILABLE,
-                f"the query ran past the endpoint's {self.timeout_s:g} s limit; "
-                "narrow it (LIMIT, more bound terms) or ask for a longer timeout",
-            )
-        if isinstance(outcome[0], QueryError):
-            raise _HttpError(HTTPStatus.BAD_REQUEST, outcome[0].what)
-        if isinstance(outcome[0], Exception):
-            raise outcome[0]
-        return outcome[0]
-
-
-def _accepted(header: str | None) -> list[str]:
-    """The media ranges of an Accept header, best first, q=0 left out; ``*/*`` when absent."""
-    ranges = []
-    for position, part in enumerate((header or "*/*").split(",")):
-        media_range, *params = (p.strip() for p in part.split(";"))
-        q = 1.0
-        for param in params:
-            key, _, value = param.partition("=")
-            if key.strip().lower() == "q":
-                try:
-                    q = float(value)
-                except ValueError:
-                    q = 0.0
-        if media_range and q > 0:
-            ranges.append((-q, position, ALIASES.get(media_range.lower(), media_range.lower())))
-    return [media_range for _, _, media_range in sorted(ranges)]
-
-
-def _negotiate(header: str | None, offers: list[str]) -> str | None:
-    """The offered type the client accepts best (``offers[0]`` for ``*/*``), or None."""
-    for media_range in _accepted(header):
-        if media_range == "*/*":
-            return offers[0]
-        prefix = media_range.removesuffix("*")
-        found = [
-            t
-            for t in offers
-            if t == media_range or (prefix != media_range and t.startswith(prefix))
-        ]
-        if found:
-            return found[0]
-    return None
-
-
-def _json_term(term: Term) -> dict[str, str]:
-    out = {"type": term.kind, "value": term.value}
-    if term.lang:
-        out["xml:lang"] = term.lang
-    elif term.datatype:
-        out["datatype"] = term.datatype
-    return out
-
-
-def _json(answer: _Answer) -> bytes:
-    if answer.form == "ask":
-        return json.dumps({"head": {}, "boolean": answer.boolean}).encode()
-    bindings = [{name: _json_term(t) for name, t in row.items()} for row in answer.rows]
-    document = {"head": {"vars": answer.variables}, "results": {"bindings": bindings}}
-    return json.dumps(document, ensure_ascii=False).encode()
-
-
-def _xml_term(term: Term) -> str:
-    if term.kind != "literal":
-        return f"<{term.kind}>{escape(term.value)}</{term.kind}>"
-    attribute = (
-        f" xml:lang={quoteattr(term.lang)}"
-        if term.lang
-        else f" datatype={quoteattr(term.datatype)}"
-        if term.datatype
-        else ""
-    )
-    return f"<literal{attribute}>{escape(term.value)}</literal>"
-
-
-def _xml(answer: _Answer) -> bytes:
-    lines = ['<?xml version="1.0" encoding="utf-8"?>', f'<sparql xmlns="{RESULTS_NS}">']
-    if answer.form == "ask":
-        lines += ["<head/>", f"<boolean>{str(answer.boolean).lower()}</boolean>"]
-    else:
-        lines.append("<head>")
-        lines += [f"<variable name={quoteattr(name)}/>" for name in answer.variables]
-        lines += ["</head>", "<results>"]
-        for row in answer.rows:
-            cells = (
-                f"<binding name={quoteattr(n)}>{_xml_term(t)}</binding>" for n, t in row.items()
-            )
-            lines.append(f"<result>{''.join(cells)}</result>")
-        lines.append("</results>")
-    lines.append("</sparql>")
-    return "\n".join(lines).encode()
-
-
-def _csv(answer: _Answer) -> bytes:
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\r\n")  # RFC 4180, as SPARQL's CSV results
-    writer.writerow(answer.variables)
-    for row in answer.rows:
-        terms = (row.get(name) for name in answer.variables)
-        writer.writerow(
-            "" if t is None else f"_:{t.value}" if t.kind == "bnode" else t.value for t in terms
-        )
-    return text.getvalue().encode()
-
-
-def _graph(answer: _Answer, rdf_format: str) -> bytes:
-    graph = Graph()
-    for prefix, iri in PREFIXES.items():
-        graph.bind(prefix, iri)
-    for triple in answer.triples:
-        graph.add(triple)
-    return graph.serialize(format=rdf_format).encode()
-
-
-SERIALIZERS: dict[str, Callable[[_Answer], bytes]] = {
-    JSON: _json,
-    XML: _xml,
-    CSV: _csv,
-    TURTLE: lambda answer: _graph(answer, "turtle"),
-    NTRIPLES: lambda answer: _graph(answer, "nt"),
-}
+    def readinto(self, buffer: Any) -> int:
+        left = self._handler.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request did not arrive in time")
+        self._sock.settimeout(left)
+        return self._sock.recv_into(buffer)
 
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True  # a request stuck on a slow client never blocks shutdown
-    runner: _Runner
+    pool: WorkerPool
+    allow: tuple[str, ...]
+    client_timeout_s: float
+    slots: threading.BoundedSemaphore  # one per connection served
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            _refuse_busy(request)
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+
+def _refuse_busy(request: socket.socket) -> None:
+    body = b"too many connections; retry later\n"
+    head = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    head += f"Content-Length: {len(body)}\r\nConnection: close\r\nRetry-After: 1\r\n\r\n"
+    try:
+        request.settimeout(1.0)
+        request.sendall(head.encode() + body)
+    except OSError:
+        pass
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server_version = "fedsim-sparql/1"
+    server_version = "fedsim-sparql/2"
+    protocol_version = "HTTP/1.1"  # keep-alive, bounded by the client timeout
+    deadline = 0.0
+
+    @property
+    def _server(self) -> _Server:
+        return cast(_Server, self.server)
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile = io.BufferedReader(_DeadlineReader(self.connection, self))
+
+    def handle_one_request(self) -> None:
+        self.deadline = time.monotonic() + self._server.client_timeout_s
+        super().handle_one_request()  # a TimeoutError while reading closes the connection
 
     def do_GET(self) -> None:
         url = urlsplit(self.path)
@@ -272,8 +134,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._guarded(lambda: self._post(parse_qs(url.query, keep_blank_values=True)), url.path)
 
     def do_PUT(self) -> None:
-        reason = b"read-only endpoint: use GET or POST\n"
-        self._send(HTTPStatus.METHOD_NOT_ALLOWED, reason, PLAIN, {"Allow": "GET, POST"})
+        error = _HttpError(HTTPStatus.METHOD_NOT_ALLOWED, "read-only endpoint: use GET or POST")
+        self._send(error.reply, {"Allow": "GET, POST"})
 
     def do_DELETE(self) -> None:
         self.do_PUT()
@@ -281,41 +143,43 @@ class _Handler(BaseHTTPRequestHandler):
     def do_PATCH(self) -> None:
         self.do_PUT()
 
-    def _guarded(self, action: Callable[[], None], path: str) -> None:
+    def _guarded(self, action: Callable[[], Reply], path: str) -> None:
         try:
             if path != ENDPOINT_PATH:
                 raise _HttpError(
                     HTTPStatus.NOT_FOUND, f"no such resource; the endpoint is {ENDPOINT_PATH}"
                 )
-            action()
+            answer = action()
         except _HttpError as error:
-            self._send(error.status, f"{error.reason}\n".encode(), PLAIN)
-        except Exception as exc:
-            _LOG.exception("SPARQL endpoint: query failed")
-            body = f"internal error: {type(exc).__name__}: {exc}\n".encode()
-            self._send(HTTPStatus.INTERNAL_SERVER_ERROR, body, PLAIN)
+            answer = error.reply
+        except Exception:
+            _LOG.exception("SPARQL endpoint: a request failed")
+            answer = Reply.plain(
+                HTTPStatus.INTERNAL_SERVER_ERROR, "internal error; the server's log has the details"
+            )
+        self._send(answer)
 
-    def _post(self, params: dict[str, list[str]]) -> None:
+    def _post(self, params: dict[str, list[str]]) -> Reply:
         content_type = self.headers.get_content_type()
         if content_type == "application/sparql-update":
             raise _HttpError(HTTPStatus.FORBIDDEN, "read-only endpoint: SPARQL updates are refused")
-        try:
-            body = self._body().decode(self.headers.get_content_charset("utf-8"))
-        except (LookupError, UnicodeDecodeError) as exc:
-            raise _HttpError(HTTPStatus.BAD_REQUEST, f"cannot decode the body: {exc}") from None
-        if content_type == "application/x-www-form-urlencoded":
-            form = parse_qs(body, keep_blank_values=True)
-            self._query({**params, **{k: params.get(k, []) + v for k, v in form.items()}})
-        elif content_type == "application/sparql-query":
-            if "query" in params:
-                raise _HttpError(HTTPStatus.BAD_REQUEST, "query both in the URL and in the body")
-            self._query({**params, "query": [body]})
-        else:
+        if content_type not in ("application/x-www-form-urlencoded", "application/sparql-query"):
             raise _HttpError(
                 HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
                 f"cannot read a {content_type} body; send application/x-www-form-urlencoded "
                 "(query=...) or application/sparql-query",
             )
+        try:
+            body = self._body().decode(self.headers.get_content_charset("utf-8"))
+        except (LookupError, UnicodeDecodeError) as exc:
+            reason = exc.reason if isinstance(exc, UnicodeDecodeError) else "unknown charset"
+            raise _HttpError(HTTPStatus.BAD_REQUEST, f"cannot decode the body: {reason}") from None
+        if content_type == "application/x-www-form-urlencoded":
+            form = parse_qs(body, keep_blank_values=True)
+            return self._query({**params, **{k: params.get(k, []) + v for k, v in form.items()}})
+        if "query" in params:
+            raise _HttpError(HTTPStatus.BAD_REQUEST, "query both in the URL and in the body")
+        return self._query({**params, "query": [body]})
 
     def _body(self) -> bytes:
         length = self.headers.get("Content-Length")
@@ -325,9 +189,18 @@ class _Handler(BaseHTTPRequestHandler):
             raise _HttpError(
                 HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"query over {MAX_BODY_BYTES} bytes"
             )
-        return self.rfile.read(int(length))
+        try:
+            body = self.rfile.read(int(length))
+        except TimeoutError:
+            raise _HttpError(
+                HTTPStatus.REQUEST_TIMEOUT,
+                f"the body did not arrive within {self._server.client_timeout_s:g} s",
+            ) from None
+        if len(body) != int(length):
+            raise _HttpError(HTTPStatus.BAD_REQUEST, "the body is shorter than its Content-Length")
+        return body
 
-    def _query(self, params: dict[str, list[str]]) -> None:
+    def _query(self, params: dict[str, list[str]]) -> Reply:
         if "update" in params:
             raise _HttpError(HTTPStatus.FORBIDDEN, "read-only endpoint: SPARQL updates are refused")
         if any(params.get(p) for p in ("default-graph-uri", "named-graph-uri")):
@@ -339,37 +212,24 @@ class _Handler(BaseHTTPRequestHandler):
             raise _HttpError(
                 HTTPStatus.BAD_REQUEST, f"expected one query parameter, got {len(queries)}"
             )
-        answer = cast(_Server, self.server).runner.run(queries[0])
-        offers = OFFERS[answer.form]
-        media_type = _negotiate(self.headers.get("Accept"), offers)
-        if media_type is None:
-            raise _HttpError(
-                HTTPStatus.NOT_ACCEPTABLE,
-                f"a {FORM_NAMES[answer.form]} result can be sent as {', '.join(offers)}",
-            )
-        extra = (
-            {TRUNCATED_HEADER: str(len(answer.rows) + len(answer.triples))}
-            if answer.truncated
-            else {}
-        )
-        self._send(
-            HTTPStatus.OK, SERIALIZERS[media_type](answer), f"{media_type}; charset=utf-8", extra
-        )
+        reason = refusal(queries[0], self._server.allow)
+        if reason is not None:
+            raise _HttpError(HTTPStatus.BAD_REQUEST, reason)
+        return self._server.pool.run(queries[0], self.headers.get("Accept"))
 
-    def _send(
-        self,
-        status: HTTPStatus,
-        body: bytes,
-        content_type: str,
-        extra: dict[str, str] | None = None,
-    ) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in (extra or {}).items():
+    def _send(self, answer: Reply, extra: dict[str, str] | None = None) -> None:
+        self.connection.settimeout(self._server.client_timeout_s)  # a client that never reads
+        if answer.status != HTTPStatus.OK:
+            self.close_connection = True  # a refused POST's body may still be unread
+        self.send_response(answer.status)
+        self.send_header("Content-Type", answer.content_type)
+        self.send_header("Content-Length", str(len(answer.body)))
+        for name, value in {**answer.headers, **(extra or {})}.items():
             self.send_header(name, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
-        self.wfile.write(body)
+        self.wfile.write(answer.body)
 
     def log_message(self, format: str, *args: object) -> None:
         _LOG.debug("%s " + format, self.address_string(), *args)
@@ -390,11 +250,16 @@ class SparqlServer:
         host, port = self._httpd.server_address[:2]
         return f"http://{host!s}:{port}{ENDPOINT_PATH}"
 
+    def worker_pids(self) -> list[int]:
+        """The query worker processes alive now."""
+        return self._httpd.pool.pids()
+
     def shutdown(self) -> None:
-        """Stop serving and close the socket; query workers still running finish on their own."""
+        """Stop serving, close the socket and stop the workers (a running query is killed)."""
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join()
+        self._httpd.pool.close()
 
     def __enter__(self) -> SparqlServer:
         return self
@@ -411,14 +276,35 @@ def serve(
     port: int = 0,
     timeout_s: float = 10.0,
     max_rows: int = 10_000,
-    max_running: int = 4,
+    workers: int = 4,
+    allow_service: Sequence[str] = (),
+    client_timeout_s: float = 10.0,
+    max_connections: int = 256,
+    backlog: int = 1024,
 ) -> SparqlServer:
-    """Serve ``store`` read-only at ``http://host:port/sparql`` (port 0: a free one) in a thread."""
-    if timeout_s <= 0 or max_rows < 1 or max_running < 1:
-        raise ValueError(
-            f"timeout_s > 0, max_rows >= 1 and max_running >= 1 expected, got "
-            f"{timeout_s}, {max_rows}, {max_running}"
-        )
-    httpd = _Server((host, port), _Handler)
-    httpd.runner = _Runner(store, timeout_s, max_rows, max_running)
+    """Serve ``store`` read-only at ``http://host:port/sparql`` (port 0: a free one) in a thread.
+
+    Call it before starting threads that use ``store``: the workers get the store as it is now.
+    """
+    limits: dict[str, float] = {
+        "workers": workers,
+        "max_rows": max_rows,
+        "max_connections": max_connections,
+    }
+    limits |= {"backlog": backlog, "timeout_s": timeout_s, "client_timeout_s": client_timeout_s}
+    low = [f"{name} {value:g}" for name, value in limits.items() if not value > 0]
+    if low:
+        raise ValueError(f"expected positive limits, got {', '.join(low)}")
+    allow = tuple(allowed_prefix(prefix) for prefix in allow_service)
+    httpd = _Server((host, port), _Handler, bind_and_activate=False)
+    httpd.request_queue_size = backlog  # listen(); Linux caps it at net.core.somaxconn
+    try:
+        httpd.server_bind()
+        httpd.server_activate()
+    except OSError:
+        httpd.server_close()
+        raise
+    httpd.allow, httpd.client_timeout_s = allow, client_timeout_s
+    httpd.slots = threading.BoundedSemaphore(max_connections)
+    httpd.pool = WorkerPool(store, workers, timeout_s, max_rows)
     return SparqlServer(httpd)

@@ -177,6 +177,7 @@ class MemoryStore(RegistryStore):
         try:
             result = self._live.query(query, initBindings=terms)
         except Exception as exc:  # pyparsing's ParseException, or rdflib's on unknown prefixes
+            _raise_if_dataset(exc)
             raise QueryError(" ".join(str(exc).split())) from None
         if result.type == "ASK":
             return bool(result.askAnswer)
@@ -186,10 +187,14 @@ class MemoryStore(RegistryStore):
         names = [str(v) for v in result.vars or []]
 
         def rows() -> Iterator[dict[str, Term]]:
-            for row in result:
-                assert isinstance(row, ResultRow)  # a SELECT yields rows
-                values = zip(names, row, strict=True)
-                yield {name: from_rdflib(node) for name, node in values if node is not None}
+            try:
+                for row in result:
+                    assert isinstance(row, ResultRow)  # a SELECT yields rows
+                    values = zip(names, row, strict=True)
+                    yield {name: from_rdflib(node) for name, node in values if node is not None}
+            except Exception as exc:  # rdflib evaluates GRAPH lazily, at the first row
+                _raise_if_dataset(exc)
+                raise
 
         return Solutions(names, rows())
 
@@ -210,14 +215,31 @@ class MemoryStore(RegistryStore):
         self._graph = None
 
 
+def _raise_if_dataset(exc: Exception) -> None:
+    """rdflib's plain ``Exception`` for GRAPH or FROM NAMED on a ``Graph``, as a located error."""
+    if "requiring a dataset" in str(exc):
+        raise FedsimError(
+            "query",
+            "GRAPH and FROM NAMED need named graphs; the memory store holds one default graph",
+            "drop them, or use the oxigraph store",
+        ) from None
+
+
 class OxigraphStore(RegistryStore):
     """A ``pyoxigraph.Store``: in memory, or on disk at ``path`` (one process at a time)."""
 
     kind = "oxigraph"
 
-    def __init__(self, path: Path | None = None) -> None:
-        self._store: ox.Store | None = ox.Store(str(path) if path is not None else None)
-        self._persistent = path is not None
+    def __init__(self, path: Path | None = None, read_only: bool = False) -> None:
+        if read_only and path is None:
+            raise FedsimError("store", "a read-only Oxigraph store needs a path", "give its folder")
+        self.path = path
+        self._store: ox.Store | None = (
+            ox.Store.read_only(str(path))
+            if read_only and path is not None
+            else ox.Store(str(path) if path is not None else None)
+        )
+        self._persistent = path is not None and not read_only
 
     @property
     def _live(self) -> ox.Store:

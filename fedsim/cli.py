@@ -32,8 +32,10 @@ ScenarioArg = typer.Argument(..., help="scenario YAML, e.g. scenarios/quickstart
 def summarize(scenario_path: str | Path) -> str:
     """One line saying what a scenario will run (``fedsim validate``)."""
     from devices.fleet import load_fleet
+    from fedsim.parts import check_parts
 
     scenario, fleet = load_fleet(scenario_path)
+    check_parts(scenario.algorithm.kind, f"{scenario_path}: algorithm.kind")
     groups = ", ".join(f"{n} {p}" for p, n in fleet.by_profile().items())
     params = scenario.fleet.partition.model_dump(exclude={"kind"})
     args = ", ".join(f"{k}={v}" for k, v in params.items())

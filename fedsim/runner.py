@@ -24,11 +24,12 @@ from typing import Any, Literal
 
 from clients.app import make_client_app
 from devices.fleet import load_fleet
-from fedsim.core.errors import FedsimError
+from fedsim.core.errors import FedsimError, RunStoppedError
 from fedsim.core.records import RunBinding
 from fedsim.core.results import MANIFEST, SUMMARY
 from fedsim.core.scenario import Scenario, choose_engine
 from fedsim.inline import run_inline
+from fedsim.parts import check_parts
 from server.app import make_server_app
 from server.loop import LogObserver, RoundObserver
 
@@ -152,6 +153,7 @@ def run(
     if scenario_path is None:
         raise FedsimError("scenario", "no scenario given", "fedsim run SCENARIO.yaml")
     scenario, fleet = load_fleet(scenario_path)
+    check_parts(scenario.algorithm.kind, f"{scenario_path}: algorithm.kind")
     chosen = choose_engine(scenario, engine)
     out_dir = Path(out) if resume and out is not None else _out_dir(scenario, out, overwrite)
     binding = RunBinding(
@@ -195,6 +197,13 @@ def run(
     if not summary_path.exists():
         raise RuntimeError(f"the run ended without writing {summary_path}; see the log above")
     summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    if summary.get("status") != "completed":  # the Ray engine logs a ServerApp's exception
+        raise RunStoppedError(
+            str(summary.get("status", "failed")),
+            str(out_dir),
+            str(summary.get("error", "the run stopped")),
+            f"the rounds so far are kept there (engine log: {FLOWER_LOG})",
+        )
     summary["engine"] = chosen  # how it ran (results do not depend on it)
     if cluster:
         summary["ray_cluster"] = {"address": cluster, "actors": actors}

@@ -25,6 +25,7 @@ from fedsim.core.aggregators import aggregator_for, server_step
 from fedsim.core.checkpoint import load_checkpoint, restore_store
 from fedsim.core.cohort import DeviceOutcome
 from fedsim.core.data import load_task_data
+from fedsim.core.errors import RunStoppedError
 from fedsim.core.models import get_arrays, set_arrays
 from fedsim.core.plots import plot_accuracy, plot_fleet, plot_tiers
 from fedsim.core.pretrain import PretrainConfig, pretrain_encoder
@@ -160,6 +161,7 @@ def _round(ctx: RoundContext, round_: int) -> tuple[RoundRecord, list[DeviceReco
     averaged = ctx.aggregator.finalize(ctx.global_arrays, partial)
     epsilon = scenario.algorithm.server_lr(round_, scenario.rounds)
     ctx.global_arrays = server_step(ctx.global_arrays, averaged, epsilon)
+    _check_global(ctx, round_, outcomes)
     delivered = {o.device_id for o in outcomes if o.status == "ok"}
     tiers: dict[str, Any] = {}
     if topology is None or tiered is None:
@@ -220,6 +222,37 @@ def _round(ctx: RoundContext, round_: int) -> tuple[RoundRecord, list[DeviceReco
         **tiers,
     )
     return record, devices
+
+
+def _check_global(ctx: RoundContext, round_: int, outcomes: list[DeviceOutcome]) -> None:
+    """Stop the run when the global model is no longer finite: every later round, metric and
+    the saved model would be NaN, reported as numbers."""
+    for name, array in zip(ctx.model.state_dict(), ctx.global_arrays, strict=True):
+        if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+            ok = sum(o.status == "ok" for o in outcomes)
+            raise RunStoppedError(
+                "diverged",
+                f"round {round_}",
+                f"the global model is not finite (NaN or inf in '{name}') after aggregating "
+                f"{ok} device updates",
+                "the federation diverged: lower algorithm.lr (or the server step); "
+                "devices.csv has each device's training loss up to the round before",
+            )
+
+
+def _check_delivered(usage: Usage, records: list[RoundRecord], first_error: str) -> None:
+    """A run in which no device ever delivered an update learned nothing: it failed."""
+    if usage.delivered or not records:
+        return
+    failures = sum(r.failures for r in records)
+    why = f"; the first device error: {first_error}" if first_error else ""
+    raise RunStoppedError(
+        "no-updates",
+        f"{len(records)} rounds",
+        f"no device update succeeded ({usage.selected} device rounds selected, {failures} "
+        f"failed or did not reply){why}",
+        "see the error column of devices.csv; fedsim validate checks the scenario",
+    )
 
 
 def _reconnaissance(ctx: RoundContext) -> tuple[float | None, float | None, float | None]:
@@ -314,22 +347,25 @@ def run_rounds(grid: Grid, binding: RunBinding, observer: RoundObserver) -> dict
     observer.start(scenario.rounds)
     for earlier in records:  # a resumed run's progress starts where it stopped
         observer.round(earlier)
+    first_error = ""
     try:
         for round_ in range(len(records) + 1, scenario.rounds + 1):
             record, devices = _round(ctx, round_)
             writer.round(record, devices)
             records.append(record)
             usage.add(scenario, devices, fleet)
+            first_error = first_error or next((d.error for d in devices if d.error), "")
             if scenario.output.checkpoint:
                 save_round(binding.out, ctx, round_, usage)
             observer.round(record)
+        _check_delivered(usage, records, first_error)
     except BaseException as exc:  # keep what was done: the rounds so far, and why it stopped
-        error = f"{type(exc).__name__}: {exc}"
+        stopped = exc if isinstance(exc, RunStoppedError) else None
         writer.summary(
             {
                 "scenario": scenario.name,
-                "status": "failed",
-                "error": error,
+                "status": stopped.status if stopped else "failed",
+                "error": stopped.line() if stopped else f"{type(exc).__name__}: {exc}",
                 "rounds_completed": len(records),
             }
         )

@@ -19,6 +19,7 @@ TOP_FLOOR = {
     "fedsim.sweep",
     "fedsim.deploy",
     "fedsim.deploy_cli",
+    "fedsim.parts",
 }
 PACKAGES = ("fedsim", "clients", "server", "ontology", "devices")
 

@@ -1,0 +1,142 @@
+"""A run's numbers can be trusted, or the run fails loudly (issue 21): a diverged device fails, a
+non-finite global model stops the run, a run in which no update succeeds is a failed run, and an
+algorithm with a missing part is refused before anything runs."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import server.loop
+from clients.learners import LEARNERS
+from fedsim.cli import summarize
+from fedsim.core.aggregators import AGGREGATORS
+from fedsim.core.errors import ExitCode, FedsimError, RunStoppedError
+from fedsim.core.results import read_rounds
+from fedsim.parts import PARTS, check_parts, missing_parts, spec_kinds
+from fedsim.runner import run
+from tests.conftest import tiny_scenario
+from tests.test_cli import fedsim
+
+Write = Callable[..., Path]
+DIVERGING = {"kind": "fedavg", "lr": 1e30, "local_epochs": 1, "batch_size": 4}
+EXECUTIONS = {
+    "per-device": {"mode": "per-device"},
+    "sequential": {"mode": "cohort", "vectorize": False, "actors": 2},
+    "vectorised": {"mode": "cohort", "vectorize": True, "actors": 1},
+}
+
+
+def _equal_devices(execution: dict[str, Any], algorithm: dict[str, Any]) -> dict[str, Any]:
+    """Ten equal-sized devices, all selected: a cohort of them vectorises."""
+    return tiny_scenario(
+        task={"dataset": "blobs-784", "model": "mlp"},
+        fleet={
+            "groups": [{"profile": "rpi4", "count": 10}],
+            "partition": {"kind": "iid"},
+            "samples_per_device": 12,
+        },
+        algorithm=algorithm,
+        execution={"engine": "inline", **execution},
+        clients_per_round=10,
+        rounds=2,
+    )
+
+
+def _devices(out: Path) -> list[dict[str, str]]:
+    with (out / "devices.csv").open(encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("mode", sorted(EXECUTIONS))
+def test_diverged_devices_fail_and_a_run_without_updates_stops(
+    mode: str, write_scenario: Write, tmp_path: Path
+) -> None:
+    path = write_scenario(_equal_devices(EXECUTIONS[mode], DIVERGING))
+
+    with pytest.raises(RunStoppedError, match="no device update succeeded") as caught:
+        run(path, tmp_path / "out")
+
+    assert caught.value.status == "no-updates"
+    assert caught.value.exit_code == ExitCode.UNTRUSTED_RESULT
+    assert "non-finite" in caught.value.what
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["status"] == "no-updates"
+    assert summary["rounds_completed"] == 2
+    devices = _devices(tmp_path / "out")
+    assert devices
+    assert {d["status"] for d in devices} == {"failed"}
+    assert all("non-finite" in d["error"] for d in devices)
+    assert all(r["train_loss"] is None for r in read_rounds(tmp_path / "out"))
+
+
+def test_the_cli_exits_3_with_one_line_for_a_run_without_updates(
+    write_scenario: Write, tmp_path: Path
+) -> None:
+    path = write_scenario(_equal_devices(EXECUTIONS["vectorised"], DIVERGING))
+
+    proc = fedsim("run", path, "--out", tmp_path / "out")
+
+    assert proc.returncode == ExitCode.UNTRUSTED_RESULT, proc.stderr
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1
+    assert "no device update succeeded" in errors[0]
+
+
+def test_a_non_finite_global_model_stops_the_run(
+    write_scenario: Write, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_step = server.loop.server_step
+    calls = []
+
+    def poisoned(arrays: Any, averaged: Any, epsilon: float) -> Any:
+        out = real_step(arrays, averaged, epsilon)
+        calls.append(1)
+        if len(calls) == 2:  # round 2's aggregate overflows
+            out[0] = np.full_like(out[0], np.inf)
+        return out
+
+    monkeypatch.setattr(server.loop, "server_step", poisoned)
+    algorithm = {**DIVERGING, "lr": 0.1}
+    path = write_scenario(_equal_devices(EXECUTIONS["per-device"], algorithm) | {"rounds": 4})
+
+    with pytest.raises(RunStoppedError, match=r"round 2: the global model is not finite") as caught:
+        run(path, tmp_path / "out")
+
+    assert caught.value.status == "diverged"
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["status"] == "diverged"
+    assert summary["rounds_completed"] == 1
+    assert "lower algorithm.lr" in summary["error"]
+    assert not (tmp_path / "out" / "model.npz").exists()
+
+
+@pytest.mark.parametrize("kind", spec_kinds())
+def test_every_algorithm_the_schema_accepts_has_all_its_parts(kind: str) -> None:
+    assert missing_parts(kind) == []
+    assert {"learner", "algorithm"} == {registry.kind for registry in PARTS.values()}
+
+
+@pytest.mark.parametrize("registry", [LEARNERS, AGGREGATORS], ids=["learner", "aggregator"])
+def test_an_algorithm_missing_a_part_is_refused_before_it_runs(
+    registry: Any, write_scenario: Write, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delitem(registry._factories, "fedavg")
+    path = write_scenario(tiny_scenario())
+
+    with pytest.raises(FedsimError, match="is incomplete") as caught:
+        check_parts("fedavg")
+    assert "fedprox" in str(caught.value)  # it names the complete ones
+    located = r"algorithm\.kind: algorithm 'fedavg' is incomplete"
+    with pytest.raises(FedsimError, match=located):  # fedsim validate
+        summarize(path)
+    with pytest.raises(FedsimError, match=located):
+        run(path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # refused before any output

@@ -4,7 +4,10 @@ simulated ones (``fleet.groups[].attached``), and one that goes silent drops out
 from __future__ import annotations
 
 import csv
+import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +162,80 @@ def test_devices_info_on_an_absent_port_says_how_to_find_one() -> None:
     assert proc.returncode == 2
     assert "error: /dev/ttyNOPE: cannot open (No such file or directory)" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@contextmanager
+def _agent_as(pty_pair: tuple[str, str], **hello: Any) -> Iterator[str]:
+    """The host end of a pty served by the agent, its HELLO changed by ``hello``."""
+    import serial
+
+    from devices.agent import Device, pi_hello, serve
+
+    host, device_end = pty_pair
+    link = serial.serial_for_url(device_end, timeout=0.02)
+    stop = threading.Event()
+    device = Device(replace(pi_hello(), **hello))
+    thread = threading.Thread(target=serve, args=(link, device, stop), daemon=True)
+    thread.start()
+    try:
+        yield host
+    finally:
+        stop.set()
+        thread.join(5)
+        link.close()
+
+
+@pytest.mark.serial
+def test_a_board_name_with_markup_and_escapes_is_printed_as_text(
+    pty_pair: tuple[str, str], tmp_path: Path
+) -> None:
+    board = "\x1b]0;owned\x07[/][bold]raspberrypi\x1b[2J"
+    with _agent_as(pty_pair, board=board) as port:
+        info = fedsim("devices", "info", port)
+        attach = fedsim(
+            "devices", "attach", port, "--name", "pi", "--profile", "rpi4", "--out",
+            tmp_path / "a.ttl",
+        )  # fmt: skip
+
+    for proc in (info, attach):
+        assert proc.returncode == 0, proc.stderr
+        assert "?]0;owned?[/][bold]raspberrypi?[2J" in proc.stdout
+        assert "\x1b" not in proc.stdout + proc.stderr
+    graph = load_turtle([tmp_path / "a.ttl"])
+    assert [str(b) for b in graph.objects(None, FEDSIM.boardName)] == [
+        "?]0;owned?[/][bold]raspberrypi?[2J"
+    ]
+
+
+@pytest.mark.serial
+def test_an_implausible_hello_is_not_registered(pty_pair: tuple[str, str], tmp_path: Path) -> None:
+    with _agent_as(pty_pair, max_floats=2**32 - 1) as port:
+        proc = fedsim(
+            "devices", "attach", port, "--name", "pi", "--profile", "rpi4", "--out",
+            tmp_path / "a.ttl",
+        )  # fmt: skip
+
+    assert proc.returncode == 2
+    assert "its HELLO is implausible: a weight buffer of 4294967295 floats" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "a.ttl").exists()
+
+
+@pytest.mark.serial
+def test_attach_into_a_missing_folder_is_one_line_before_the_device_is_asked(
+    agent_port: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "no" / "such" / "a.ttl"
+    proc = fedsim(
+        "devices", "attach", agent_port, "--name", "pi", "--profile", "rpi4", "--out", out
+    )
+
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: --out: folder '{out.parent}' does not exist; create it (mkdir -p '{out.parent}') "
+        "first"
+    ]
+    assert not out.parent.exists()
 
 
 # -- a gateway node: the ClientApp proxies its device when its node config names a serial port -----

@@ -6,6 +6,7 @@ TCP, both driven with devices/protocol.py and their weights held against a numpy
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import re
@@ -647,3 +648,70 @@ def test_arduino_port_compiles_for_both_cpus() -> None:
         assert f"== {board}: core + Arduino port objects" in report
         assert f"build/arduino/{board}/main.o" in report
     assert report.count("(TOTALS)") == 2
+
+
+# ---- the firmware and the Python agent answer the same frames the same way ----------------------
+
+
+def _raw_frame(version: int, kind: int, sequence: int, length: int, payload: bytes) -> bytes:
+    body = struct.pack("<BBHHBB", version, kind, sequence, length, 0, 0) + payload
+    return cobs_encode(body + struct.pack("<H", crc16(body))) + b"\x00"
+
+
+def _agreement_stream() -> list[bytes]:
+    """Frames that lie about their length, oversize ones, other versions and unknown types, then
+    non-finite numbers, each request with its own sequence number; HELLOs between them show the
+    device still serves. Payloads are zeros: COBS adds least to them, so an oversize frame is
+    still short enough on the wire for the agent's receive buffer to take it whole."""
+    frames: list[bytes] = []
+
+    def add(version: int, kind: int, length: int, payload: bytes) -> None:
+        frames.append(_raw_frame(version, kind, 100 + len(frames), length, payload))
+
+    for kind in (*range(0, 9), 42, 255):
+        add(1, kind, 3, bytes(4))  # length lies: dropped by both
+        add(1, kind, 4000, b"")
+        add(1, kind, MAX_PAYLOAD + 1, bytes(MAX_PAYLOAD + 1))  # oversize: dropped by both
+        add(1, MessageType.HELLO, 0, b"")
+    add(1, 42, 0, b"")  # intact unknown type: BAD_REQUEST from both
+    add(2, MessageType.HELLO, 5, b"")  # another version: answered, whatever its length says
+    add(2, MessageType.HELLO, MAX_PAYLOAD + 3, bytes(MAX_PAYLOAD + 3))  # too long to answer
+    mse = struct.pack("<HHBBHfI", 2, 4, 1, 0, 0, 0.01, 0)
+    add(1, MessageType.LOAD_WEIGHTS, 56, mse + struct.pack("<10f", 0, 0, math.inf, *[0] * 7))
+    add(1, MessageType.LOAD_WEIGHTS, 56, mse + bytes(40))
+    row = struct.pack("<4f", 1, 1, 1, 1)
+    add(1, MessageType.TRAIN, 26, b"\x01\x00" + struct.pack("<4f", 1, math.nan, 1, 1) + row[:8])
+    big = b"\x04\x00" + (row + struct.pack("<2f", 1e19, 1e19)) * 4  # loss sum 4e38 > f32 max
+    add(1, MessageType.EVAL, len(big), big)
+    add(1, MessageType.TRAIN, len(big), big)
+    add(1, MessageType.TRAIN, len(big), big)  # the head was forgotten: NO_MODEL
+    add(1, MessageType.HELLO, 0, b"")
+    return frames
+
+
+def _answers(wire: bytes) -> list[tuple[int, int, int]]:
+    """(sequence, type, status) of every reply in a byte stream."""
+    replies = [decode_frame(raw) for raw in wire.split(b"\x00") if raw]
+    return [(r.sequence, int(r.type), int(r.status)) for r in replies]
+
+
+def test_the_agent_and_the_firmware_answer_the_same_frames_alike(host_build: Path) -> None:
+    from devices.agent import Device
+
+    frames = _agreement_stream()
+    firmware = subprocess.run(
+        [str(host_build / "host-asan" / "fs_host"), "--stdio"],
+        input=b"".join(frames),
+        capture_output=True,
+        timeout=30,
+    )
+    agent = Device()
+    agent_wire = b"".join(agent.feed(frame) for frame in frames)
+
+    assert firmware.returncode == 0, firmware.stderr.decode()[-2000:]
+    assert _answers(agent_wire) == _answers(firmware.stdout)
+    statuses = [status for _, _, status in _answers(agent_wire)]
+    assert statuses.count(Status.NOT_FINITE) == 4  # inf weight, NaN sample, EVAL and TRAIN
+    assert statuses[-2:] == [Status.NO_MODEL, Status.OK]
+    assert statuses.count(Status.OK) == 11 + 1 + 1  # HELLOs, the load, the last HELLO
+    assert statuses.count(Status.BAD_REQUEST) == 2  # the intact unknown type, version 2

@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from devices.fleet import Fleet, open_registry
-from fedsim.core.checkpoint import Checkpoint, save_checkpoint
+from fedsim.core.checkpoint import REPAIR, Checkpoint, first_problem, save_checkpoint
 from fedsim.core.errors import FedsimError
 from fedsim.core.plots import plot_adaptation
 from fedsim.core.records import DeviceRecord, RoundRecord, RunBinding
@@ -57,14 +59,15 @@ def run_summary(scenario: Scenario, fleet: Fleet, records: list[RoundRecord]) ->
     }
 
 
+USAGE_TOTALS = ("samples", "bytes_down", "bytes_up", "energy_mj", "busy_s")
+
+
 class Usage:
     """Running totals of what rounds asked of devices, for per-device-round means."""
 
     def __init__(self) -> None:
         self.selected = self.delivered = 0
-        self.totals = dict.fromkeys(
-            ("samples", "bytes_down", "bytes_up", "energy_mj", "busy_s"), 0.0
-        )
+        self.totals = dict.fromkeys(USAGE_TOTALS, 0.0)
 
     def add(self, scenario: Scenario, devices: list[DeviceRecord], fleet: Fleet) -> None:
         """A device behind a gateway does ``local_rounds`` device rounds in a global round."""
@@ -87,13 +90,6 @@ class Usage:
     def to_json(self) -> dict[str, Any]:
         return {"selected": self.selected, "delivered": self.delivered, "totals": self.totals}
 
-    @classmethod
-    def from_json(cls, saved: dict[str, Any]) -> Usage:
-        usage = cls()
-        usage.selected, usage.delivered = int(saved["selected"]), int(saved["delivered"])
-        usage.totals = {k: float(v) for k, v in saved["totals"].items()}
-        return usage
-
     def means(self) -> dict[str, float]:
         """Samples and bytes up per delivering device; the rest per selected device."""
         out = {}
@@ -115,24 +111,88 @@ def save_round(out: str, ctx: RoundContext, round_: int, usage: Usage) -> None:
 
 
 def restore(ctx: RoundContext, checkpoint: Checkpoint) -> Usage:
-    """Put the loop back where ``checkpoint`` left it; the running totals."""
+    """Put the loop back where ``checkpoint`` left it; the running totals. A ``FedsimError`` when
+    it does not fit the scenario: another scenario, other arrays than its model's, running values
+    of the wrong form."""
     if checkpoint.scenario_sha256 != ctx.scenario.digest():
         raise FedsimError(
             ctx.scenario.name,
             "the scenario changed since this run started (its SHA-256 differs from the checkpoint)",
             "resume with the scenario as it was, or start a new run",
         )
+    _check_arrays(checkpoint, ctx.global_arrays)
+    running = _running(checkpoint)
     ctx.global_arrays = checkpoint.arrays
     ctx.clock = checkpoint.clock
-    server = checkpoint.server
-    if server["base_classes"] is not None:
-        ctx.base_classes = np.array(server["base_classes"], dtype=bool)
-    if server["adaptation"] is not None:
-        a = server["adaptation"]
+    if running.base_classes is not None:
+        ctx.base_classes = np.array(running.base_classes, dtype=bool)
+    if running.adaptation is not None:
+        a = running.adaptation
         ctx.adaptation = AdaptResult(
-            **{**a, "curve": tuple(a["curve"]), "per_device": tuple(a["per_device"])}
+            a.metric, a.mean, a.ci95, a.before, tuple(a.curve), tuple(a.per_device)
         )
-    return Usage.from_json(server["usage"])
+    usage = Usage()
+    usage.selected, usage.delivered = running.usage.selected, running.usage.delivered
+    usage.totals = dict(running.usage.totals)
+    return usage
+
+
+def _check_arrays(checkpoint: Checkpoint, model: list[NDArray[Any]]) -> None:
+    """The checkpoint's arrays are the scenario's model's: as many, each of its shape and dtype."""
+    where = checkpoint.path("global")
+    if len(checkpoint.arrays) != len(model):
+        raise FedsimError(
+            where,
+            f"holds {len(checkpoint.arrays)} arrays, the scenario's model has {len(model)}",
+            REPAIR,
+        )
+    for i, (got, want) in enumerate(zip(checkpoint.arrays, model, strict=True)):
+        if got.shape != want.shape or got.dtype != want.dtype:
+            raise FedsimError(
+                where,
+                f"arr_{i} is {got.dtype} {list(got.shape)}, the scenario's model has "
+                f"{want.dtype} {list(want.shape)} there",
+                REPAIR,
+            )
+
+
+class _Saved(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+class _SavedUsage(_Saved):
+    selected: int = Field(ge=0)
+    delivered: int = Field(ge=0)
+    totals: dict[str, float]
+
+
+class _SavedAdaptation(_Saved):
+    metric: str
+    mean: float
+    ci95: float
+    before: float
+    curve: list[float]
+    per_device: list[float]
+
+
+class _Running(_Saved):
+    """What ``save_round`` keeps besides the arrays and the clock."""
+
+    usage: _SavedUsage
+    base_classes: list[bool] | None
+    adaptation: _SavedAdaptation | None
+
+
+def _running(checkpoint: Checkpoint) -> _Running:
+    try:
+        running = _Running.model_validate(checkpoint.server)
+    except ValidationError as exc:
+        problem = first_problem(exc, prefix="values.")
+        raise FedsimError(checkpoint.path("server"), problem, REPAIR) from None
+    if set(running.usage.totals) != set(USAGE_TOTALS):
+        what = f"values.usage.totals: needs exactly {', '.join(USAGE_TOTALS)}"
+        raise FedsimError(checkpoint.path("server"), what, REPAIR)
+    return running
 
 
 def write_adaptation(out: str, result: AdaptResult, title: str) -> dict[str, Any]:

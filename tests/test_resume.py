@@ -27,6 +27,7 @@ from tests.test_cli import fedsim
 Write = Callable[..., Path]
 DRIVER = ROOT / "tests" / "data" / "resume_driver.py"  # the CLI with a stateful learner
 ROUNDS_TOTAL = 8
+DIGEST = "ab" * 32  # a scenario's SHA-256
 
 
 def _driver(*args: str | Path) -> subprocess.Popen[str]:
@@ -103,8 +104,9 @@ def test_a_checkpoint_round_trips_and_keeps_only_the_last(tmp_path: Path) -> Non
         store.put(3, {"w": np.arange(4.0)})
     arrays = [np.arange(6, dtype=np.float32).reshape(2, 3), np.ones(2, np.float32)]
     for round_ in (1, 2):
-        saved = Checkpoint(round_, 1.5 * round_, "abc", arrays, {"usage": {"x": round_}})
+        saved = Checkpoint(round_, 1.5 * round_, DIGEST, arrays, {"usage": {"x": round_}})
         save_checkpoint(tmp_path, saved, live)
+        (tmp_path / ROUNDS).write_text(f'{{"round": {round_}}}\n' * round_)
     loaded = load_checkpoint(tmp_path)
     assert loaded is not None
     assert (loaded.round, loaded.clock, loaded.server) == (2, 3.0, {"usage": {"x": 2}})
@@ -112,7 +114,7 @@ def test_a_checkpoint_round_trips_and_keeps_only_the_last(tmp_path: Path) -> Non
         np.testing.assert_array_equal(got, want)
         assert got.dtype == want.dtype
     names = sorted(p.name for p in (tmp_path / "checkpoint").iterdir())
-    assert names == ["device-state-2.sqlite", "global-2.npz", "state.json"]
+    assert names == ["commit.json", "device-state-2.sqlite", "global-2.npz", "server-2.json"]
     with DeviceStateStore(live) as store:  # the round after the checkpoint changes the store...
         store.put(3, {"w": np.zeros(4)})
         store.put(4, {"w": np.ones(1)})

@@ -7,12 +7,17 @@ for its host), ``keys/`` (one ECDSA P-384 key per SuperNode, OpenSSH format, reg
 SuperLink before the node starts), ``flwr-home/config.toml`` (the ``flwr`` CLI's connection
 ``fedsim``), ``superlink.db`` (registrations and runs survive a restart) and ``homes/`` (one
 ``FLWR_HOME`` per process: Flower installs the app there). This module writes the files and the
-command lines; Flower does the rest (``flower-superlink``, ``flower-supernode``, ``flwr``).
+command lines; Flower does the rest (``flower-superlink`` through ``fedsim.deploy_superlink``,
+``flower-supernode``, ``flwr``).
+
+Two addresses: SuperNodes reach the Fleet API on ``host:port``; the Control and ServerAppIo APIs
+(register node keys, submit runs) listen on ``control_host:control_port``, loopback by default,
+so holding ``ca.crt`` is not enough to enroll a node. Private keys, ``keys/``, ``certs/`` and the
+database are the owner's only (0600 files, 0700 folders) from the moment they exist.
 """
 
 from __future__ import annotations
 
-import datetime
 import ipaddress
 import json
 import os
@@ -24,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fedsim.core.errors import FedsimError, known_names
+from fedsim.deploy_files import PRIVATE_DIR, certificates, private_dir, private_file, ssh_key
 
 if TYPE_CHECKING:
     from devices.fleet import Fleet
@@ -33,11 +39,13 @@ __all__ = [
     "Deployment",
     "RunStatus",
     "app_dir",
+    "is_loopback",
     "node_config_for",
 ]
 
 CONNECTION = "fedsim"  # the flwr CLI's name for the deployment's SuperLink
 FINISHED = "finished:"
+LEGACY_GRPC = ("FLWR_INTERNAL_GRPC_CONTROL_API", "FLWR_INTERNAL_GRPC_FLEET_API")
 
 
 def app_dir() -> Path:
@@ -67,13 +75,21 @@ class RunStatus:
 @dataclass(frozen=True)
 class Deployment:
     root: Path
-    host: str = "127.0.0.1"
+    host: str = "127.0.0.1"  # the Fleet API: the address SuperNodes reach
     port: int = 8000
     insecure: bool = False  # no TLS (and then no SuperNode authentication): never the default
+    control_port: int = 8001  # the Control and ServerAppIo APIs (flwr, the ServerApp) ...
+    control_host: str = "127.0.0.1"  # ... on this host only, unless the operator says otherwise
 
     @property
     def address(self) -> str:
+        """The Fleet API's address (what ``flower-supernode --superlink`` dials)."""
         return f"{self.host}:{self.port}"
+
+    @property
+    def control_address(self) -> str:
+        """The Control API's address (what the ``flwr`` CLI dials)."""
+        return f"{self.control_host}:{self.control_port}"
 
     @property
     def ca(self) -> Path:
@@ -82,8 +98,9 @@ class Deployment:
     def env(self, home: str = "flwr-home") -> dict[str, str]:
         """The environment of a Flower process of this deployment (its own ``FLWR_HOME``)."""
         path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+        inherited = {k: v for k, v in os.environ.items() if k not in LEGACY_GRPC}
         return {
-            **os.environ,
+            **inherited,
             "FLWR_TELEMETRY_ENABLED": "0",
             "FLWR_HOME": str(self.root / home),
             "PATH": path,
@@ -91,9 +108,18 @@ class Deployment:
 
     # -- files ------------------------------------------------------------------------------------
     def prepare(self) -> None:
-        """The SuperLink's side: certificates (unless insecure), made once; the CLI's connection."""
+        """The SuperLink's side: certificates (unless insecure), made once; a private database;
+        the CLI's connection."""
+        if (self.host, self.port) == (self.control_host, self.control_port):
+            raise FedsimError(
+                "--control-port",
+                f"the Control API cannot share the Fleet API's address {self.address}",
+                "give it another port (default 8001)",
+            )
+        self.root.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)  # a user's folder: kept
         if not self.insecure and not self.ca.exists():
-            _certificates(self.root / "certs", self.host)
+            certificates(self.root / "certs", [self.host, self.control_host])
+        private_file(self.root / "superlink.db", b"", exist_ok=True)  # sqlite takes it empty
         self.connect()
 
     def connect(self) -> None:
@@ -110,20 +136,25 @@ class Deployment:
         tls = "insecure = true" if self.insecure else f'root-certificates = "{self.ca}"'
         (home / "config.toml").write_text(
             f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-            f'address = "{self.address}"\n{tls}\n',
+            f'address = "{self.control_address}"\n{tls}\n',
             encoding="utf-8",
         )
 
     def node_key(self, name: str) -> Path:
         """The SuperNode ``name``'s private key (its ``.pub`` beside it), made once."""
         key = self.root / "keys" / name
+        private_dir(key.parent)
         if not key.exists():
-            _ssh_key(key, comment=name)
+            ssh_key(key, comment=name)
         return key
 
     # -- commands ---------------------------------------------------------------------------------
     def superlink_command(self) -> list[str]:
-        command = ["flower-superlink", "--host", self.host, "--port", str(self.port)]
+        """Flower's SuperLink, every API on the control address, the Fleet API alone on the
+        public one (``fedsim/deploy_superlink.py``)."""
+        command = [sys.executable, "-m", "fedsim.deploy_superlink"]
+        command += ["--fleet-host", self.host, "--fleet-port", str(self.port)]
+        command += ["--host", self.control_host, "--port", str(self.control_port)]
         command += ["--database", str(self.root / "superlink.db")]
         command += ["--disable-runtime-dependency-installation"]  # fedsim's venv has them
         if self.insecure:
@@ -144,7 +175,8 @@ class Deployment:
         self, key: Path | None, node_config: dict[str, Any], port: int
     ) -> list[str]:
         config = " ".join(f"{k}={_toml(v)}" for k, v in node_config.items())
-        command = ["flower-supernode", "--superlink", self.address, "--port", str(port)]
+        command = ["flower-supernode", "--superlink", self.address]
+        command += ["--host", "127.0.0.1", "--port", str(port)]  # its ClientApp API: local only
         command += ["--node-config", config]
         if self.insecure:
             return [*command, "--insecure"]
@@ -166,15 +198,24 @@ class Deployment:
         """Whether the SuperLink answers (a TLS-verified call; the JSON format would exit 0)."""
         return self.flwr("supernode", "ls", timeout=60).returncode == 0
 
-    def register(self, key: Path) -> None:
-        """Register the SuperNode's public key (again: harmless)."""
-        done = self.flwr("supernode", "register", f"{key}.pub", "--format", "json")
+    def register(self, public_key: Path) -> None:
+        """Register a SuperNode's public key (``keys/NAME.pub``; again: harmless), through the
+        Control API: on the SuperLink's host."""
+        if not public_key.is_file() or not public_key.read_bytes().startswith(b"ecdsa-sha2-"):
+            raise FedsimError(
+                str(public_key),
+                "is not a SuperNode public key (an OpenSSH ecdsa-sha2-nistp384 line)",
+                "give the node's keys/NAME.pub",
+            )
+        done = self.flwr("supernode", "register", str(public_key), "--format", "json")
         reply = _json(done.stdout)
         if not reply.get("success") and "already in use" not in str(reply.get("error-message")):
             raise FedsimError(
-                str(key),
-                f"the SuperLink did not register this SuperNode: {reply or done.stderr.strip()}",
-                f"start the SuperLink first (fedsim deploy superlink {self.root})",
+                str(public_key),
+                f"the SuperLink's Control API at {self.control_address} did not register this "
+                f"SuperNode: {reply.get('error-message') or done.stderr.strip()[-300:]}",
+                "register it on the SuperLink's host (fedsim deploy register DIR KEY.pub), "
+                "with the SuperLink running",
             )
 
     def submit(self, scenario: Path, out: Path) -> str:
@@ -187,7 +228,7 @@ class Deployment:
         if not reply.get("success") or "run-id" not in reply:
             raise FedsimError(
                 "--federation",
-                f"the SuperLink at {self.address} did not start the run: "
+                f"the SuperLink at {self.control_address} did not start the run: "
                 f"{reply.get('error-message') or done.stderr.strip()[-500:]}",
                 "is it running (fedsim deploy superlink), and are SuperNodes connected?",
             )
@@ -213,6 +254,16 @@ class Deployment:
             if status.status.startswith(FINISHED) or time.monotonic() > deadline:
                 return status
             time.sleep(poll_s)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine's loopback interface only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _fleet_in_mode(scenario_path: Path, mode: str, what: str, fix: str) -> Fleet:
@@ -280,75 +331,3 @@ def _json(text: str) -> dict[str, Any]:
 
 def _toml(value: Any) -> str:
     return json.dumps(value) if isinstance(value, str) else str(value)
-
-
-def _certificates(folder: Path, host: str) -> None:
-    """A CA, and a server certificate it signs for ``host`` (and localhost)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    folder.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP384R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fedsim deployment CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=365))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .sign(ca_key, hashes.SHA384())
-    )
-    key = ec.generate_private_key(ec.SECP384R1())
-    names: list[x509.GeneralName] = [x509.DNSName("localhost")]
-    try:
-        names.append(x509.IPAddress(ipaddress.ip_address(host)))
-    except ValueError:
-        names.append(x509.DNSName(host))
-    if host != "127.0.0.1":
-        names.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
-    server = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=365))
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA384())
-    )
-    pem = serialization.Encoding.PEM
-    (folder / "ca.crt").write_bytes(ca.public_bytes(pem))
-    (folder / "server.pem").write_bytes(server.public_bytes(pem))
-    private = key.private_bytes(
-        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    (folder / "server.key").write_bytes(private)
-    (folder / "server.key").chmod(0o600)
-
-
-def _ssh_key(path: Path, comment: str) -> None:
-    """An ECDSA P-384 key pair in OpenSSH format (what SuperNode authentication takes)."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    key = ec.generate_private_key(ec.SECP384R1())
-    private = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.OpenSSH,
-        serialization.NoEncryption(),
-    )
-    public = key.public_key().public_bytes(
-        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-    )
-    path.write_bytes(private)
-    path.chmod(0o600)
-    Path(f"{path}.pub").write_bytes(public + f" {comment}\n".encode())

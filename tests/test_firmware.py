@@ -431,7 +431,7 @@ def test_fuzz_harness_survives_100k_frames_under_sanitizers(host_build: Path) ->
 
     assert done.returncode == 0, done.stderr[-3000:]
     assert "100000 frames" in done.stdout
-    for status in ("ok", "bad_request", "too_large", "no_model"):
+    for status in ("ok", "bad_request", "too_large", "no_model", "not_finite"):
         assert _number(rf"{status} (\d+)", done.stdout) > 0, done.stdout
     assert _number(r"(\d+) replays", done.stdout) > 0
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from clients.tinyol import OnlineHead
 from devices.agent import Device
@@ -624,3 +626,32 @@ def test_an_implausible_hello_is_refused_not_registered(change: dict[str, int], 
         bridge.hello()
     assert bridge.hello_info is None
     assert good.implausible() is None
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.sampled_from([MessageType.TRAIN, MessageType.EVAL]),
+    st.lists(st.integers(0, 2**32 - 1), min_size=6, max_size=6 * 8).map(
+        lambda bits: np.array(bits[: len(bits) // 6 * 6], np.uint32).view(np.float32)
+    ),
+    st.floats(0, 2.0**100, width=32),
+)
+def test_any_numbers_get_one_answer_and_the_agent_serves_on(
+    kind: MessageType, numbers: np.ndarray, lr: float
+) -> None:
+    config = replace(MSE, lr=lr)  # features and targets of any float32 bits, inf and NaN too
+    rows = numbers.reshape(-1, 6)
+    device = Device()
+    (chunk,) = load_chunks(config, np.full(config.floats, 0.5, np.float32))
+    assert _ask(device, MessageType.LOAD_WEIGHTS, 1, chunk).status == Status.OK
+
+    reply = _ask(device, kind, 2, encode_samples(config, rows[:, :4], rows[:, 4:]))
+    hello = _ask(device, MessageType.HELLO, 3)
+
+    assert reply.status in (Status.OK, Status.NOT_FINITE)
+    if reply.status == Status.OK:
+        loss = (decode_train if kind == MessageType.TRAIN else decode_eval)(reply.payload).loss_sum
+        assert np.isfinite(loss)
+        assert device.head is not None
+        assert np.isfinite(device.head.weight).all()
+    assert hello.status == Status.OK

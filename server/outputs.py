@@ -15,7 +15,8 @@ from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from devices.fleet import Fleet, open_registry
-from fedsim.core.checkpoint import REPAIR, Checkpoint, first_problem, save_checkpoint
+from fedsim.core.checkpoint import Checkpoint, save_checkpoint
+from fedsim.core.checkpoint_verify import REPAIR, first_problem
 from fedsim.core.errors import FedsimError
 from fedsim.core.plots import plot_adaptation
 from fedsim.core.records import DeviceRecord, RoundRecord, RunBinding

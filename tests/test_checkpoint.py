@@ -125,6 +125,13 @@ def _not_npz(out: Path) -> None:
     _redigest(out, f"global-{ROUND}.npz")
 
 
+def _one_npy(out: Path) -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ones(3, np.float32))
+    (out / CHECKPOINT_DIR / f"global-{ROUND}.npz").write_bytes(buffer.getvalue())
+    _redigest(out, f"global-{ROUND}.npz")
+
+
 def _outside(out: Path) -> None:
     commit = _commit(out)
     files = commit["files"]
@@ -180,6 +187,12 @@ CASES: dict[str, tuple[Tamper, str, str]] = {  # how it is damaged; the file nam
         r"arr_0: 1 of \d+ values are NaN or infinite",
     ),
     "not an npz": (_not_npz, npz, r"is not a readable \.npz archive"),
+    "one .npy": (_one_npy, npz, r"is a single array, not an \.npz archive"),
+    "pickled objects": (
+        lambda o: _replace_arrays(o, lambda a: [np.array([{"x": 1}], dtype=object), *a[1:]]),
+        npz,
+        r"is not a readable \.npz archive \(ValueError\)",
+    ),
     "wrong shape": (
         lambda o: _replace_arrays(o, lambda a: [a[0][:, :-1], *a[1:]]),
         npz,

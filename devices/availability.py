@@ -14,6 +14,7 @@ in any execution mode, with any cohort.
 from __future__ import annotations
 
 import csv
+import io
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,8 +23,9 @@ from typing import Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from fedsim.core.errors import FedsimError
+from fedsim.core.errors import FedsimError, clip
 from fedsim.core.seeds import derive_seed
+from fedsim.core.textfile import read_text
 
 __all__ = ["AlwaysOn", "Availability", "MarkovOnOff", "Trace", "TraceError", "read_trace"]
 
@@ -146,43 +148,69 @@ class TraceError(FedsimError):
     """A problem inside a trace file: ``where`` is already ``file:line``."""
 
 
+# a trace is numbers: a 10-million-row fleet trace is ~200 MB; anything larger is the wrong file
+MAX_TRACE_BYTES = 256 * 1024 * 1024
+
+
 def read_trace(path: Path, where: str, devices: range) -> Trace:
     """Read a CSV with a header ``device,start,end`` (fleet device ids, seconds of simulated
-    time, one online interval per row). Problems name the file and line."""
+    time, one online interval per row). Problems name the file and line; a file that is not a
+    trace is refused without quoting it."""
     if not path.is_file():
         raise FedsimError(
             where, f"no trace file {path}", "give a CSV path relative to the scenario"
         )
+    why = "a trace holds three numbers per online interval"
+    text = read_text(path, "a trace (CSV)", MAX_TRACE_BYTES, why)
+    reader = csv.reader(io.StringIO(text, newline=""))
     intervals: dict[int, list[tuple[float, float]]] = {}
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        if tuple(reader.fieldnames or ()) != TRACE_COLUMNS:
+    try:
+        if tuple(next(reader, ())) != TRACE_COLUMNS:
             raise TraceError(
                 f"{path}:1",
-                f"header is {','.join(reader.fieldnames or ()) or 'empty'}",
-                f"the first line must be {','.join(TRACE_COLUMNS)}",
+                f"expected a trace: a CSV whose first line is {','.join(TRACE_COLUMNS)}",
+                f"check the path, or make the first line {','.join(TRACE_COLUMNS)}",
             )
-        for line, row in enumerate(reader, start=2):
-            try:
-                device, start, end = int(row["device"]), float(row["start"]), float(row["end"])
-            except (TypeError, ValueError):
-                raise TraceError(
-                    f"{path}:{line}",
-                    f"cannot read {row}",
-                    "write an integer device id and two numbers of seconds",
-                ) from None
-            if not start < end or start < 0:
-                raise TraceError(
-                    f"{path}:{line}",
-                    f"interval [{start}, {end}) is empty or starts before 0",
-                    "each row needs 0 <= start < end",
-                )
-            if device not in devices:
-                raise TraceError(
-                    f"{path}:{line}",
-                    f"device {device} is not in this group (devices {devices.start}-"
-                    f"{devices.stop - 1})",
-                    "use the fleet's device ids (as in devices.csv)",
-                )
-            intervals.setdefault(device, []).append((start, end))
+        for row in reader:
+            if row:  # blank lines are skipped, as csv.DictReader does
+                device, start, end = _interval(row, f"{path}:{reader.line_num}", devices)
+                intervals.setdefault(device, []).append((start, end))
+    except csv.Error as exc:  # a field over csv.field_size_limit(), a stray quote
+        raise TraceError(
+            f"{path}:{reader.line_num}",
+            f"not a line of CSV ({clip(str(exc), 80)})",
+            "write device,start,end as three plain numbers",
+        ) from None
     return Trace(intervals)
+
+
+def _interval(row: list[str], where: str, devices: range) -> tuple[int, float, float]:
+    """One row's (device, start, end), checked."""
+    if len(row) != len(TRACE_COLUMNS):
+        raise TraceError(
+            where,
+            f"expected {len(TRACE_COLUMNS)} columns ({','.join(TRACE_COLUMNS)}), got {len(row)}",
+            "write one interval per line",
+        )
+    try:
+        device, start, end = int(row[0]), float(row[1]), float(row[2])
+    except ValueError:
+        raise TraceError(
+            where,
+            "cannot read the row as an integer device id and two numbers of seconds",
+            "write e.g. 3,0,120.5",
+        ) from None
+    if not start < end or start < 0:
+        raise TraceError(
+            where,
+            f"interval [{start}, {end}) is empty or starts before 0",
+            "each row needs 0 <= start < end",
+        )
+    if device not in devices:
+        raise TraceError(
+            where,
+            f"device {clip(str(device), 20)} is not in this group (devices {devices.start}-"
+            f"{devices.stop - 1})",
+            "use the fleet's device ids (as in devices.csv)",
+        )
+    return device, start, end

@@ -37,10 +37,14 @@ from fedsim.core.scenario import (
 )
 from fedsim.core.scenario_load import load_scenario, locate
 from fedsim.core.seeds import derive_seed
+from fedsim.core.textfile import read_text
 from ontology.fleet_registry import FleetRegistry, query_path
 from ontology.registry import DeviceRegistry, default_registry
+from ontology.store import open_store
 
-__all__ = ["Device", "Fleet", "load_fleet", "open_registry", "resolve_fleet"]
+__all__ = ["Device", "Fleet", "check_registry_data", "load_fleet", "open_registry", "resolve_fleet"]
+
+MAX_TURTLE_BYTES = 64 * 1024 * 1024  # registry.data: Turtle files of fleet devices
 
 
 @dataclass(frozen=True)
@@ -303,7 +307,31 @@ def _members(
     finally:
         if fleet_registry is not None:
             fleet_registry.close()
+    if fleet_registry is None and scenario.registry is not None and scenario.registry.data:
+        check_registry_data(scenario, base)  # no group reads it: a broken file must still fail
     return members
+
+
+def _data_files(scenario: Scenario, base: Path | None) -> dict[Path, str]:
+    """``registry.data``'s files and their text, each there and UTF-8 (errors name the file)."""
+    assert scenario.registry is not None
+    root, texts = base or Path.cwd(), {}
+    for i, name in enumerate(scenario.registry.data):
+        path = root / name
+        if not path.is_file():
+            raise FedsimError(f"registry.data[{i}]", f"no file {path}", "give a Turtle file's path")
+        texts[path] = read_text(path, "Turtle", MAX_TURTLE_BYTES, "fleet devices are a few KB each")
+    return texts
+
+
+def check_registry_data(scenario: Scenario, base: Path | None) -> None:
+    """Parse ``registry.data`` alone (no catalog, no database): a located error if it is broken."""
+    store = open_store("memory")
+    try:
+        for path, text in _data_files(scenario, base).items():
+            store.add_turtle(text, str(path))
+    finally:
+        store.close()
 
 
 def open_registry(scenario: Scenario, base: Path | None) -> FleetRegistry:
@@ -311,14 +339,9 @@ def open_registry(scenario: Scenario, base: Path | None) -> FleetRegistry:
     spec = scenario.registry
     if spec is None:
         return FleetRegistry.open()
-    root = base or Path.cwd()
-    for i, name in enumerate(spec.data):
-        if not (root / name).is_file():
-            raise FedsimError(
-                f"registry.data[{i}]", f"no file {root / name}", "give a Turtle file's path"
-            )
-    db = root / spec.db if spec.db is not None else None
-    return FleetRegistry.open([root / name for name in spec.data], spec.store, db)
+    paths = list(_data_files(scenario, base))
+    db = (base or Path.cwd()) / spec.db if spec.db is not None else None
+    return FleetRegistry.open(paths, spec.store, db)
 
 
 def _link(

@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 
 from fedsim.core.errors import EXIT_CODE_HELP, ExitCode, FedsimError
+from fedsim.core.out_path import check_out
 from fedsim.core.scenario import choose_engine
 
 __all__ = ["app", "main", "summarize"]
@@ -92,6 +93,8 @@ def run(
 
     if engine not in (None, "auto", "ray", "inline"):
         raise FedsimError("--engine", f"unknown engine '{engine}'", "use auto, ray or inline")
+    if out_dir is not None:
+        check_out(out_dir, "--out", "folder")
     if federation is not None:
         from fedsim.deploy_cli import run_deployed
 
@@ -246,6 +249,7 @@ def data_preview(
     from fedsim.core.data_info import preview_samples
     from fedsim.core.plots import plot_samples
 
+    check_out(output, "--output", "file")
     data = load_task_data(name, seed)
     x, y = preview_samples(data, per_class=per_class, seed=seed)
     path = plot_samples(x, y, data.class_names, f"{name}: test samples", output)
@@ -270,6 +274,8 @@ def sweep(
 
     if engine not in (None, "auto", "ray", "inline"):
         raise FedsimError("--engine", f"unknown engine '{engine}'", "use auto, ray or inline")
+    if output is not None:
+        check_out(output, "--out", "folder")
     base = load_scenario(scenario)
     folder = output or Path(base.output.dir) / f"{base.name}-sweep"
     runs = plan_sweep(scenario, sets, seeds, folder)
@@ -292,6 +298,8 @@ def report(
     """One run: (re)write its report.html. Several: compare them side by side in one page."""
     from fedsim.core.report import compare_report, run_report
 
+    if len(runs) > 1:  # one run's report goes into the run's folder
+        check_out(output, "--out", "file")
     path = run_report(runs[0]) if len(runs) == 1 else compare_report(runs, output)
     out.print(f"wrote {path} (opens offline in a browser)")
 

@@ -210,7 +210,7 @@ def test_trace_availability(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "match"),
     [
-        ("dev,start,end\n", r"trace.csv:1: header is dev,start,end; the first line must be"),
+        ("dev,start,end\n", r"trace.csv:1: expected a trace: a CSV whose first line is device,"),
         ("device,start,end\n3,0,x\n", r"trace.csv:2: cannot read .*integer device id"),
         ("device,start,end\n3,10,5\n", r"trace.csv:2: interval \[10.0, 5.0\) is empty"),
         ("device,start,end\n3,0,5\n9,0,5\n", r"trace.csv:3: device 9 is not in this group"),

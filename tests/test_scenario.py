@@ -176,7 +176,7 @@ def test_invalid_yaml_names_the_line(write_scenario: Write) -> None:
 
 
 def test_top_level_must_be_a_mapping(write_scenario: Write) -> None:
-    with pytest.raises(FedsimError, match=r"expected a mapping of keys, got list"):
+    with pytest.raises(FedsimError, match=r"scenario\.yaml:1: expected a scenario: a mapping of keys, got list"):
         load_scenario(write_scenario("- 1\n"))
 
 

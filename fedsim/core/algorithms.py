@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
+from fedsim.core.specs import BatchSize, Epochs, Steps, at_most
 from fedsim.core.specs import Spec as _Spec
 
 __all__ = [
@@ -27,6 +28,10 @@ __all__ = [
     "TinyOLSpec",
     "TinyReptileSpec",
 ]
+
+
+# classes, support and query samples of one pre-training episode, all in one batch
+_PerEpisode = Annotated[int, at_most(1_000, "one episode's samples are held in one batch")]
 
 
 class _Algorithm(_Spec):
@@ -72,8 +77,8 @@ class _Algorithm(_Spec):
 
 class _LocalSgd(_Algorithm):
     lr: float = Field(0.1, gt=0.0)
-    local_epochs: int = Field(1, ge=1)
-    batch_size: int = Field(16, ge=1)
+    local_epochs: Epochs = Field(1, ge=1)
+    batch_size: BatchSize = Field(16, ge=1)
 
     def samples_processed(self, num_examples: int) -> int:
         """Samples one device's round runs through training (forward and backward)."""
@@ -89,7 +94,7 @@ class TinyOLSpec(_Algorithm):
 
     kind: Literal["tinyol"]
     lr: float = Field(0.01, gt=0.0, description="per-sample SGD learning rate")
-    passes: int = Field(1, ge=1, description="passes over the device's stream per round")
+    passes: Epochs = Field(1, ge=1, description="passes over the device's stream per round")
 
     @property
     def batch_size(self) -> int:
@@ -123,10 +128,10 @@ class EncoderSpec(_Spec):
         return "conv4-proto" if self.architecture == "conv4" else "mlp-proto"
 
     dataset: Literal["kanjivg", "omniglot", "kws", "har"] = "kanjivg"
-    episodes: int = Field(2000, ge=1)
-    n_way: int = Field(5, ge=2)
-    k_shot: int = Field(5, ge=1)
-    q_queries: int = Field(5, ge=1)
+    episodes: Steps = Field(2000, ge=1)
+    n_way: _PerEpisode = Field(5, ge=2)
+    k_shot: _PerEpisode = Field(5, ge=1)
+    q_queries: _PerEpisode = Field(5, ge=1)
     lr: float = Field(1e-3, gt=0.0)
     rotations: bool = True
 
@@ -139,10 +144,12 @@ class PrototypesSpec(_Algorithm):
 
     kind: Literal["prototypes"]
     encoder: EncoderSpec = EncoderSpec()
-    classes_per_mission: int = Field(5, ge=1, description="new classes per device per mission")
-    samples_per_class: int | None = Field(
-        None, ge=1, description="labelled samples per new class (default: all it has)"
-    )
+    classes_per_mission: Annotated[
+        int, at_most(10_000, "a mission's classes are embedded and held together")
+    ] = Field(5, ge=1, description="new classes per device per mission")
+    samples_per_class: (
+        Annotated[int, at_most(1_000_000, "a class's samples are embedded one by one")] | None
+    ) = Field(None, ge=1, description="labelled samples per new class (default: all it has)")
 
     @property
     def batch_size(self) -> int:
@@ -165,9 +172,10 @@ class BackboneSpec(_Spec):
     (``fedsim.core.backbone``; cached by this config and the seed)."""
 
     dataset: Literal["fashion-mnist", "mnist-5k"] = "fashion-mnist"
-    steps: int = Field(3000, ge=1)
-    dim: int = Field(64, ge=8)
-    depth: int = Field(4, ge=1)
+    steps: Steps = Field(3000, ge=1)
+    # the ViT's parameters grow as depth × dim²: 1024 × 1024 × 64 blocks is ~1 GB of weights
+    dim: Annotated[int, at_most(1_024, "the ViT's weights grow as dim²")] = Field(64, ge=8)
+    depth: Annotated[int, at_most(64, "every block's weights are held in memory")] = Field(4, ge=1)
 
 
 class FedInsSpec(_LocalSgd):
@@ -182,7 +190,9 @@ class FedInsSpec(_LocalSgd):
     kind: Literal["fedins"]
     lr: float = Field(0.05, gt=0.0)
     backbone: BackboneSpec = BackboneSpec()
-    entries: int = Field(25, ge=1, description="M: SSF sets (with key and head) in the pool")
+    entries: Annotated[int, at_most(1_000, "every entry trains and travels each round")] = Field(
+        25, ge=1, description="M: SSF sets (with key and head) in the pool"
+    )
     top_n: int = Field(3, ge=1, description="N: entries averaged per instance")
     key_weight: float = Field(0.1, ge=0.0, le=1.0, description="λ of the key-matching loss")
     weighting: Literal["uniform", "samples"] = Field(
@@ -249,8 +259,8 @@ class _Reptile(_Algorithm):
     """
 
     lr: float = Field(0.02, gt=0.0, description="device (inner) SGD learning rate")
-    batch_size: int = Field(1, ge=1, description="samples per online step (1: one at a time)")
-    steps: int = Field(5, ge=1, description="online SGD steps per device round")
+    batch_size: BatchSize = Field(1, ge=1, description="samples per online step (1: one at a time)")
+    steps: Steps = Field(5, ge=1, description="online SGD steps per device round")
     epsilon: float = Field(1.0, gt=0.0, le=1.0, description="server step size ε at round 1")
     epsilon_end: float = Field(0.0, ge=0.0, le=1.0, description="ε approached at the end")
     schedule: Literal["linear", "cosine", "constant"] = "linear"
@@ -294,7 +304,7 @@ class TinyMetaFedSpec(_Reptile):
 
     kind: Literal["tinymetafed"]
     local: Literal["head", "none"] = Field("head", description="parameters kept on the device")
-    support_steps: int = Field(2, ge=0, description="online steps reconstructing the local part")
+    support_steps: Steps = Field(2, ge=0, description="online steps reconstructing the local part")
     top_p: float = Field(
         0.25, gt=0.0, le=1.0, description="fraction of global changes uploaded (largest |Δ|)"
     )

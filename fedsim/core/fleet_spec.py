@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from fedsim.core.errors import known_names
+from fedsim.core.specs import DeviceCount, FileName, PathText, at_least, at_most
 from fedsim.core.specs import Spec as _Spec
 
 __all__ = [
@@ -45,19 +46,26 @@ class AlwaysOn(_Spec):
     kind: Literal["always-on"] = "always-on"
 
 
+# spells are drawn one by one up to the simulated time: a mean of 10⁻⁹ s would draw ~10¹¹ spells
+# per device for a 100 s run
+_Spell = Annotated[
+    float, at_least(1.0, "spells are simulated one by one, and a round lasts seconds")
+]
+
+
 class MarkovAvailability(_Spec):
     """On for Exp(mean_on_s), off for Exp(mean_off_s), alternating; seeded per device."""
 
     kind: Literal["markov"]
-    mean_on_s: float = Field(gt=0.0, description="mean online spell (1 / on→off rate)")
-    mean_off_s: float = Field(gt=0.0, description="mean offline spell (1 / off→on rate)")
+    mean_on_s: _Spell = Field(gt=0.0, description="mean online spell (1 / on→off rate)")
+    mean_off_s: _Spell = Field(gt=0.0, description="mean offline spell (1 / off→on rate)")
 
 
 class TraceAvailability(_Spec):
     """Online intervals from a CSV ``device,start,end`` (fleet device ids, simulated seconds)."""
 
     kind: Literal["trace"]
-    file: str = Field(min_length=1, description="path relative to the scenario file")
+    file: PathText = Field(min_length=1, description="path relative to the scenario file")
 
 
 AvailabilitySpec = Annotated[
@@ -72,8 +80,12 @@ class AttachedSpec(_Spec):
     port: str = Field(
         min_length=1, description="/dev/ttyACM0, /dev/serial0, socket://host:port (an emulator)"
     )
-    baudrate: int = Field(115200, ge=300)
-    timeout_s: float = Field(2.0, gt=0.0, description="per request; TRAIN waits longer per sample")
+    baudrate: Annotated[int, at_most(10_000_000, "serial ports run at most a few Mbit/s")] = Field(
+        115200, ge=300
+    )
+    timeout_s: Annotated[float, at_most(3600.0, "a device silent for an hour is gone")] = Field(
+        2.0, gt=0.0, description="per request; TRAIN waits longer per sample"
+    )
     retries: int = Field(3, ge=0, le=20)
 
 
@@ -82,13 +94,13 @@ class DeviceGroup(_Spec):
     those a registry query returns (``query`` + ``bind``), e.g. all that can train a model."""
 
     profile: str | None = Field(None, description="device profile name in the registry")
-    query: str | None = Field(
+    query: PathText | None = Field(
         None, description="a named query (ontology/queries) or .rq file returning ?name ?profile"
     )
     bind: dict[str, str | int | float | bool] = Field(
         default_factory=dict, description="the query's variables, e.g. {modelName: mlp.kws}"
     )
-    count: int = Field(ge=1)
+    count: DeviceCount = Field(ge=1)
     link: str | None = Field(
         None, description="which of the profile's links it uses (default: wifi, ethernet, ...)"
     )
@@ -138,7 +150,7 @@ class GatewayDevices(_Spec):
     ``ids`` (device ids), ``names`` (registry device names) or ``query`` (a registry query
     returning ``?name``, with ``bind``)."""
 
-    count: int | None = Field(None, ge=1)
+    count: DeviceCount | None = Field(None, ge=1)
     groups: list[int] | None = Field(None, min_length=1)
     ids: list[int] | None = Field(None, min_length=1)
     names: list[str] | None = Field(None, min_length=1)
@@ -163,7 +175,7 @@ class GatewaySpec(_Spec):
     aggregates its devices' updates (or, as an edge server, its child gateways' partials) and
     sends one partial up its ``link``."""
 
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    name: FileName
     profile: str | None = Field(
         None,
         description="its device profile (default: the registry gateway of this name's, else rpi4)",
@@ -187,9 +199,9 @@ class TopologySpec(_Spec):
     server directly; with no gateways this is the flat star, with exactly its results."""
 
     gateways: list[GatewaySpec] = Field(default_factory=list)
-    local_rounds: int = Field(
-        1, ge=1, description="device rounds a gateway aggregates locally per global round"
-    )
+    local_rounds: Annotated[
+        int, at_most(1_000, "each local round trains every device behind the gateway")
+    ] = Field(1, ge=1, description="device rounds a gateway aggregates locally per global round")
 
 
 class IidPartition(_Spec):
@@ -198,15 +210,21 @@ class IidPartition(_Spec):
 
 class DirichletPartition(_Spec):
     kind: Literal["dirichlet"]
-    alpha: float = Field(gt=0.0, description="concentration; small = very non-IID")
-    min_partition_size: int = Field(2, ge=0)
+    alpha: Annotated[float, at_most(1e6, "above ~100 the split is IID already (use kind: iid)")] = (
+        Field(gt=0.0, description="concentration; small = very non-IID")
+    )
+    min_partition_size: Annotated[
+        int, at_most(1_000_000, "it is retried until every device has as many samples")
+    ] = Field(2, ge=0)
 
 
 class ShardPartition(_Spec):
     """Sort by label, cut into shards, deal each device ``shards_per_device`` (McMahan et al.)."""
 
     kind: Literal["shards"]
-    shards_per_device: int = Field(2, ge=1)
+    shards_per_device: Annotated[int, at_most(10_000, "every shard is cut from the dataset")] = (
+        Field(2, ge=1)
+    )
 
 
 class NaturalPartition(_Spec):
@@ -224,7 +242,10 @@ PartitionSpec = Annotated[
 class FleetSpec(_Spec):
     groups: list[DeviceGroup] = Field(min_length=1)
     partition: PartitionSpec = IidPartition()
-    samples_per_device: int | None = Field(
+    samples_per_device: (
+        Annotated[int, at_most(100_000, "a device's samples are generated in memory as it trains")]
+        | None
+    ) = Field(
         None, ge=1, description="generated datasets only: local samples per device (default 32)"
     )
     memory_policy: Literal["skip", "head-only"] = Field(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
@@ -51,6 +51,17 @@ from fedsim.core.fleet_spec import (
 )
 from fedsim.core.models import MODELS
 from fedsim.core.payload import Upload
+from fedsim.core.specs import (
+    MAX_DEVICES,
+    BatchSize,
+    DeviceCount,
+    FileName,
+    PathText,
+    Rounds,
+    Seed,
+    Steps,
+    at_most,
+)
 from fedsim.core.specs import Spec as _Spec
 
 __all__ = [
@@ -115,19 +126,27 @@ class AdaptSpec(_Spec):
     rest (``query: rest``) or on all of them (``all``, the Reptile sine reference: the 50-point
     grid). The same support samples every evaluation, so rounds compare."""
 
-    support: int = Field(10, ge=1, description="K: labelled samples a held-out device adapts on")
-    head_steps: int = Field(
+    support: Annotated[int, at_most(100_000, "a device adapts on them all at once")] = Field(
+        10, ge=1, description="K: labelled samples a held-out device adapts on"
+    )
+    head_steps: Steps = Field(
         0, ge=0, description="first, steps on the head alone (TinyMetaFed's reconstruction)"
     )
-    steps: int = Field(32, ge=0, description="then SGD steps on all parameters")
+    steps: Steps = Field(32, ge=0, description="then SGD steps on all parameters")
     lr: float = Field(0.02, gt=0.0)
-    batch_size: int | None = Field(None, ge=1, description="samples per step (default: all K)")
+    batch_size: BatchSize | None = Field(
+        None, ge=1, description="samples per step (default: all K)"
+    )
     query: Literal["rest", "all"] = "rest"
-    max_devices: int | None = Field(None, ge=2, description="evaluate this many held-out devices")
+    max_devices: DeviceCount | None = Field(
+        None, ge=2, description="evaluate this many held-out devices"
+    )
 
 
 class EvaluationSpec(_Spec):
-    every: int = Field(1, ge=1, description="evaluate the global model every N rounds (and last)")
+    every: Rounds = Field(
+        1, ge=1, description="evaluate the global model every N rounds (and last)"
+    )
     adapt: AdaptSpec | None = Field(
         None, description="also score θ after adaptation on held-out devices (meta-learning)"
     )
@@ -149,7 +168,9 @@ class ExecutionSpec(_Spec):
     mode: Literal["cohort", "per-device"] = "cohort"
     vectorize: bool = True
     actors: int = Field(2, ge=1, le=64, description="Ray actors (one CPU each)")
-    round_timeout_s: float = Field(600.0, gt=0.0)
+    round_timeout_s: Annotated[
+        float, at_most(604_800.0, "a round that waits over a week has stopped")
+    ] = Field(600.0, gt=0.0)
     ray_address: str | None = Field(
         None,
         description="an existing Ray cluster (host:port of its head; or $FEDSIM_RAY_ADDRESS): "
@@ -166,31 +187,33 @@ class RegistrySpec(_Spec):
     """The registry a run reads devices from and writes its participation to (DESIGN.md §8)."""
 
     store: Literal["memory", "oxigraph"] = "memory"
-    db: str | None = Field(
+    db: PathText | None = Field(
         None, description="oxigraph only: a persistent store folder (relative to the scenario)"
     )
-    data: list[str] = Field(
+    data: list[PathText] = Field(
         default_factory=list, description="Turtle files of fleet devices (relative paths)"
     )
     write_back: bool = Field(True, description="record who took part in which round, and how")
 
 
 class OutputSpec(_Spec):
-    dir: str = "results"
+    dir: PathText = "results"
     checkpoint: bool = Field(
         True, description="checkpoint every round, so `fedsim run --resume` can continue a run"
     )
 
 
 class Scenario(_Spec):
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    name: FileName
     description: str = ""
-    seed: int = 0
+    seed: Seed = 0
     task: TaskSpec = TaskSpec()
     fleet: FleetSpec
     algorithm: AlgorithmSpec
-    rounds: int = Field(ge=1)
-    clients_per_round: int | None = Field(None, ge=1, description="default: the whole fleet")
+    rounds: Rounds = Field(ge=1)
+    clients_per_round: DeviceCount | None = Field(
+        None, ge=1, description="default: the whole fleet"
+    )
     deadline_s: float | None = Field(
         None, gt=0.0, description="simulated seconds a round waits; later devices are cut"
     )
@@ -224,6 +247,15 @@ class Scenario(_Spec):
     def consistency_problems(self) -> list[tuple[str, str, str]]:
         """Cross-field problems as (dotted path, what, fix)."""
         problems = []
+        if self.fleet.size > MAX_DEVICES:
+            problems.append(
+                (
+                    "fleet.groups",
+                    f"{self.fleet.size:,} devices in all: every device is simulated in this "
+                    f"process, its profile and data held in memory",
+                    f"use at most {MAX_DEVICES:,}",
+                )
+            )
         if self.clients_per_round is not None and self.clients_per_round > self.fleet.size:
             problems.append(
                 (

@@ -11,15 +11,17 @@ import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from fedsim.core.errors import FedsimError, did_you_mean
+from fedsim.core.errors import FedsimError, clip, did_you_mean, shown
+from fedsim.core.safe_yaml import dotted, load_yaml
 from fedsim.core.scenario import Scenario
+from fedsim.core.textfile import read_text
 
 __all__ = ["ScenarioError", "load_scenario", "locate", "merged_data", "with_changes"]
 
@@ -38,6 +40,14 @@ class ScenarioError(FedsimError):
         return [e.line() for e in self.errors]
 
 
+# A scenario is a few KB (the largest shipped one is 3 KB); reading stops past this, before
+# parsing: pure-Python YAML parses ~200 KB/s, and a wrong path can name a large file.
+MAX_SCENARIO_BYTES = 128 * 1024
+MAX_EXTENDS = 16  # files in one extends chain (the shipped ones use 2)
+MAX_ERRORS = 20  # problems listed one per line; the rest are counted
+_KEYS = frozenset(Scenario.model_fields) | {"extends"}
+
+
 @dataclass
 class _Source:
     """One YAML file of an ``extends`` chain: its parsed data and node tree (for line numbers)."""
@@ -45,28 +55,70 @@ class _Source:
     path: Path
     data: dict[str, Any]
     node: yaml.Node | None
+    _index: dict[int, dict[Any, tuple[int, yaml.Node]]] = field(default_factory=dict)
+
+    def line(self, loc: Loc) -> int | None:
+        """1-based line of the deepest YAML node along ``loc`` (its key when it is a mapping
+        key). Mappings are indexed once, so locating N errors costs N lookups, not N scans."""
+        node, line = self.node, None
+        for part in loc:
+            if isinstance(node, yaml.MappingNode):
+                keys = self._index.get(id(node))
+                if keys is None:
+                    keys = self._index[id(node)] = {}
+                    for k, v in node.value:
+                        if isinstance(k, yaml.ScalarNode):
+                            keys.setdefault(k.value, (k.start_mark.line + 1, v))
+                if str(part) not in keys:
+                    break
+                line, node = keys[str(part)]
+            elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+                if not 0 <= part < len(node.value):
+                    break
+                node = node.value[part]
+                line = node.start_mark.line + 1
+            else:
+                break
+        return line
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):  # a name too long, a NUL byte
+        return False
 
 
 def _read(path: Path) -> _Source:
-    if not path.is_file():
-        what = "no such file" if not path.exists() else "not a file"
-        raise FedsimError(str(path), what, "check the path (scenarios live in scenarios/)")
-    text = path.read_text(encoding="utf-8")
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise FedsimError(where, f"invalid YAML: {problem}", "fix the syntax at that line") from exc
+    if not _is_file(path):
+        what = "not a file" if path.exists() else "no such file"
+        raise FedsimError(
+            clip(str(path), 200), what, "check the path (scenarios live in scenarios/)"
+        )
+    why = f"a scenario is a few KB (the limit is {MAX_SCENARIO_BYTES // 1024} KB)"
+    text = read_text(path, "a scenario (YAML)", MAX_SCENARIO_BYTES, why)
+    data, node = load_yaml(text, str(path))
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise FedsimError(
-            str(path), f"expected a mapping of keys, got {type(data).__name__}", "see scenarios/"
+            f"{path}:{node.start_mark.line + 1 if node is not None else 1}",
+            f"expected a scenario: a mapping of keys, got {type(data).__name__}",
+            "see scenarios/quickstart.yaml",
         )
     return _Source(path, data, node)
+
+
+def _not_a_scenario(source: _Source) -> str | None:
+    """Why a parsed mapping is not a scenario (none of its top-level keys is a scenario's), or
+    ``None``. Such a file (a key file, a config of another tool) is refused as a whole: listing
+    its keys as unknown would print its contents."""
+    if not source.data or any(isinstance(k, str) and k in _KEYS for k in source.data):
+        return None
+    return (
+        f"{source.path} is not a scenario: none of its {len(source.data)} top-level keys is a "
+        "scenario key"
+    )
 
 
 def _merge(base: Mapping[str, Any], child: Mapping[str, Any]) -> dict[str, Any]:
@@ -83,19 +135,50 @@ def _merge(base: Mapping[str, Any], child: Mapping[str, Any]) -> dict[str, Any]:
 def _chain(path: Path) -> list[_Source]:
     """The file and the files it extends, child first."""
     chain: list[_Source] = []
+    seen: set[Path] = set()
     while True:
-        if any(s.path.resolve() == path.resolve() for s in chain):
-            raise FedsimError(str(chain[-1].path), f"extends: cycle back to {path}", "remove it")
         source = _read(path)
+        why = _not_a_scenario(source)
+        if why is not None and chain:  # say where the wrong file was named
+            raise FedsimError(
+                f"{chain[-1].path}:{chain[-1].line(('extends',)) or 1}: extends",
+                why,
+                "extends must name a scenario YAML (with name, fleet, algorithm, rounds...)",
+            )
+        if why is not None:
+            raise FedsimError(
+                f"{path}:{source.line((next(iter(source.data)),)) or 1}",
+                why,
+                "a scenario has name, fleet, algorithm and rounds; see scenarios/quickstart.yaml",
+            )
+        seen.add(_resolved(path))
         if chain:  # a base: its relative paths mean relative to it, not to the child
             _anchor_paths(source.data, path.parent)
         chain.append(source)
         parent = source.data.pop("extends", None)
         if parent is None:
             return chain
-        if not isinstance(parent, str):
-            raise FedsimError(f"{path}: extends", "expected a file path", "e.g. extends: base.yaml")
+        where = f"{path}:{source.line(('extends',)) or 1}: extends"
+        if not isinstance(parent, str) or not parent:
+            raise FedsimError(
+                where, f"expected a file path, got {shown(parent)}", "e.g. extends: base.yaml"
+            )
         path = path.parent / parent
+        if _resolved(path) in seen:
+            raise FedsimError(where, f"cycle back to {clip(str(path), 200)}", "remove it")
+        if len(chain) >= MAX_EXTENDS:
+            raise FedsimError(
+                where,
+                f"a chain of more than {MAX_EXTENDS} files extending each other",
+                "extend a scenario that extends less (or copy its keys)",
+            )
+
+
+def _resolved(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # a symlink loop: the path itself must do
+        return path.absolute()
 
 
 def _anchor(value: Any, folder: Path) -> Any:
@@ -124,25 +207,6 @@ def _anchor_paths(data: dict[str, Any], folder: Path) -> None:
         query = group.get("query")
         if isinstance(query, str) and query.endswith(".rq"):
             group["query"] = _anchor(query, folder)
-
-
-def _line(node: yaml.Node | None, loc: Loc) -> int | None:
-    """1-based line of the deepest YAML node along ``loc`` (its key when it is a mapping key)."""
-    line = None
-    for part in loc:
-        if isinstance(node, yaml.MappingNode):
-            match = [(k, v) for k, v in node.value if k.value == part]
-            if not match:
-                break
-            line, node = match[0][0].start_mark.line + 1, match[0][1]
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
-            if part >= len(node.value):
-                break
-            node = node.value[part]
-            line = node.start_mark.line + 1
-        else:
-            break
-    return line
 
 
 def _field_model(annotation: Any, data: Any) -> type[BaseModel] | None:
@@ -198,10 +262,6 @@ def _model_at(loc: Loc, data: Any) -> type[BaseModel] | None:
     return model
 
 
-def _dotted(loc: Loc) -> str:
-    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
-
-
 _EXPECTED = {
     "int": ("an integer", "write a whole number, e.g. 10"),
     "float": ("a number", "write a number, e.g. 0.1"),
@@ -222,26 +282,36 @@ _BOUNDS = {
 
 
 def _describe(err: Mapping[str, Any], model: type[BaseModel] | None, key: str) -> tuple[str, str]:
-    """(what, fix) for one pydantic error."""
+    """(what, fix) for one pydantic error; what the user wrote is shown bounded (``shown``)."""
     kind, value = err["type"], err.get("input")
-    got = f"got {value!r} ({type(value).__name__})"
+    got = f"got {shown(value)}"
     if kind == "extra_forbidden":
         known = sorted(model.model_fields) if model else []
-        return f"unknown key '{key}'{did_you_mean(key, known)}", f"known keys: {', '.join(known)}"
+        return (
+            f"unknown key '{clip(key)}'{did_you_mean(key, known)}",
+            f"known keys: {', '.join(known)}",
+        )
     if kind == "missing":
         return "required key is missing", f"add '{key}'"
     if kind in ("union_tag_invalid", "union_tag_not_found"):
         tags = [t.strip(" '") for t in str(err.get("ctx", {}).get("expected_tags", "")).split(",")]
-        tag = err.get("ctx", {}).get("tag", "")
-        what = f"unknown kind '{tag}'{did_you_mean(str(tag), tags)}" if tag else "'kind' missing"
+        tag = clip(str(err.get("ctx", {}).get("tag", "")))
+        what = f"unknown kind '{tag}'{did_you_mean(tag, tags)}" if tag else "'kind' missing"
         return what, f"known kinds: {', '.join(tags)}"
     if kind == "literal_error":
         expected = str(err.get("ctx", {}).get("expected", ""))
         options = [o.strip(" '") for o in expected.replace(" or ", ",").split(",") if o.strip()]
-        return f"{value!r} is not allowed{did_you_mean(str(value), options)}", f"use {expected}"
+        if not isinstance(value, str):
+            return f"{got}, not one of the allowed values", f"use {expected}"
+        return f"{clip(value)!r} is not allowed{did_you_mean(value, options)}", f"use {expected}"
     if kind == "value_error":
         what, _, fix = str(err["msg"]).removeprefix("Value error, ").partition("; ")
         return what, fix
+    if kind == "finite_number":
+        return (
+            f"must be a finite number, {got}",
+            "write an ordinary number: .inf or .nan would make every loss, model and cost NaN",
+        )
     if kind in _BOUNDS:
         limit = err.get("ctx", {}).get(_BOUNDS[kind][1])
         return (
@@ -251,36 +321,40 @@ def _describe(err: Mapping[str, Any], model: type[BaseModel] | None, key: str) -
     for stem, (expected, fix) in _EXPECTED.items():
         if kind.startswith(stem):
             return f"expected {expected}, {got}", fix
-    message = str(err["msg"]).replace("Input should be", "must be")
+    message = clip(str(err["msg"]).replace("Input should be", "must be"), 160)
     return f"{message[0].lower()}{message[1:]}, {got}", "see the scenario reference in README.md"
 
 
 def _located(sources: list[_Source], loc: Loc, what: str, fix: str) -> FedsimError:
     where = str(sources[0].path)
     for source in sources:  # the child first: its keys override the bases'
-        line = _line(source.node, loc)
+        line = source.line(loc)
         if line is not None:
             where = f"{source.path}:{line}"
             break
-    path = _dotted(loc)
+    path = dotted(loc)
     return FedsimError(f"{where}: {path}" if path else where, what, fix)
 
 
-def _parse_dotted(dotted: str) -> Loc:
+def _parse_dotted(text: str) -> Loc:
     parts: list[str | int] = []
-    for name, index in re.findall(r"([^.\[\]]+)|\[(\d+)\]", dotted):
+    for name, index in re.findall(r"([^.\[\]]+)|\[(\d+)\]", text):
         parts.append(int(index) if index else name)
     return tuple(parts)
 
 
 def locate(path: str | Path, error: FedsimError) -> FedsimError:
     """Add the file (and line) to an error found after validation, whose ``where`` is a path
-    into the scenario such as ``fleet.groups[2].profile``."""
+    into the scenario such as ``fleet.groups[2].profile``. An error that already names another
+    file (a trace, a Turtle file: ``data.ttl:3``) is returned as it is."""
+    loc = _parse_dotted(error.where)
+    if not loc or loc[0] not in _KEYS:
+        return error
     try:
         sources = _chain(Path(path))
     except FedsimError:
         return FedsimError(f"{path}: {error.where}", error.what, error.fix)
-    return _located(sources, _parse_dotted(error.where), error.what, error.fix)
+    return _located(sources, loc, error.what, error.fix)
 
 
 def load_scenario(path: str | Path) -> Scenario:
@@ -293,11 +367,14 @@ def load_scenario(path: str | Path) -> Scenario:
         scenario = Scenario.model_validate(data)
     except ValidationError as exc:
         errors = []
-        for err in exc.errors():
+        for err in exc.errors(include_url=False)[:MAX_ERRORS]:
             loc = _drop_tags(tuple(err["loc"]), data)
             model = _model_at(loc[:-1], data) if err["type"] == "extra_forbidden" else None
             what, fix = _describe(err, model, str(loc[-1]) if loc else "")
             errors.append(_located(sources, loc, what, fix))
+        if exc.error_count() > MAX_ERRORS:
+            more = exc.error_count() - MAX_ERRORS
+            errors.append(FedsimError(str(path), f"{more} more problems", "fix these first"))
         raise ScenarioError(errors) from None
     problems = scenario.consistency_problems()
     if problems:
@@ -319,13 +396,13 @@ def merged_data(path: str | Path) -> dict[str, Any]:
 def with_changes(data: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
     """A deep copy of ``data`` with dotted keys set (``"algorithm.lr"``; ``__`` works too)."""
     out: dict[str, Any] = json.loads(json.dumps(data))
-    for dotted, value in changes.items():
-        keys = dotted.replace("__", ".").split(".")
+    for name, value in changes.items():
+        keys = name.replace("__", ".").split(".")
         node = out
         for key in keys[:-1]:
             child = node.setdefault(key, {})
             if not isinstance(child, dict):
-                raise KeyError(f"{dotted}: '{key}' is not a mapping in this scenario")
+                raise KeyError(f"{name}: '{key}' is not a mapping in this scenario")
             node = child
         node[keys[-1]] = value
     return out

@@ -1,12 +1,114 @@
-"""The base of every scenario section: frozen, unknown keys forbidden, strict types."""
+"""The base of every scenario section (frozen, unknown keys forbidden, strict types, finite
+numbers) and the bounded types its fields share: an upper bound on every count that sizes memory
+or time, with the reason in the message."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from typing import Annotated
 
-__all__ = ["Spec"]
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from fedsim.core.errors import shown
+
+__all__ = [
+    "BatchSize",
+    "DeviceCount",
+    "Epochs",
+    "FileName",
+    "PathText",
+    "Rounds",
+    "Seed",
+    "Spec",
+    "Steps",
+    "at_least",
+    "at_most",
+]
 
 
 class Spec(BaseModel):
-    # strict: a YAML "10" is not silently an int; extra="forbid": a typo is an error, not a no-op.
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    # strict: a YAML "10" is not silently an int; extra="forbid": a typo is an error, not a no-op;
+    # allow_inf_nan=False: .inf or .nan in any number (lr, alpha, a timeout) would make every loss,
+    # model and cost NaN and still report success.
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
+
+
+def at_most(limit: int | float, why: str) -> AfterValidator:
+    """An upper bound with its reason (``why``: what the value sizes), e.g. a device count that
+    is held in memory. Lower bounds stay ``Field(ge=...)``."""
+
+    def check(value: int | float) -> int | float:
+        if value > limit:
+            raise ValueError(
+                f"must be at most {limit:,}, got {shown(value)}: {why}; use at most {limit:,}"
+            )
+        return value
+
+    return AfterValidator(check)
+
+
+def at_least(limit: float, why: str) -> AfterValidator:
+    """A lower bound with its reason, where the obvious one (> 0) is not enough."""
+
+    def check(value: float) -> float:
+        if value < limit:
+            raise ValueError(f"must be at least {limit:g}, got {shown(value)}: {why}; use more")
+        return value
+
+    return AfterValidator(check)
+
+
+SEED_LIMIT = 2**32
+
+
+def _seed(value: int) -> int:
+    if not 0 <= value < SEED_LIMIT:
+        raise ValueError(
+            f"must be from 0 to {SEED_LIMIT - 1:,}, got {shown(value)}: numpy, scikit-learn and "
+            f"Flower take 32-bit seeds; use a value from 0 to {SEED_LIMIT - 1}"
+        )
+    return value
+
+
+def _file_name(name: str) -> str:
+    size = len(name.encode())
+    if size > 255:
+        raise ValueError(
+            f"is {size} bytes long: it becomes a file or folder name, which holds at most 255 "
+            "bytes; shorten it"
+        )
+    if set(name) == {"."}:
+        raise ValueError(f"'{name}' names a folder, not a run; use letters or digits")
+    return name
+
+
+def _path_text(path: str) -> str:
+    if "\x00" in path:
+        raise ValueError("a path cannot hold a NUL character; remove it")
+    if len(path.encode()) > 4096:
+        raise ValueError(
+            f"is {len(path.encode()):,} bytes long: a path holds at most 4,096; shorten it"
+        )
+    return path
+
+
+Seed = Annotated[int, AfterValidator(_seed)]
+# letters, digits, _ . - only: the name is used as a results folder and in file names
+FileName = Annotated[
+    str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$"), AfterValidator(_file_name)
+]
+PathText = Annotated[str, AfterValidator(_path_text)]
+
+# Counts that size memory or time; a value in the 10⁸-10¹² range is a typo or an attack, and
+# would run out of memory (devices, batches) or run for days (rounds, steps) instead of failing.
+MAX_DEVICES = 1_000_000
+DeviceCount = Annotated[
+    int,
+    at_most(
+        MAX_DEVICES,
+        "every device is simulated in this process, its profile and data held in memory",
+    ),
+]
+Rounds = Annotated[int, at_most(100_000, "every round is run, logged and checkpointed in turn")]
+Epochs = Annotated[int, at_most(1_000, "each epoch passes over all of a device's samples")]
+Steps = Annotated[int, at_most(1_000_000, "every step is run in turn")]
+BatchSize = Annotated[int, at_most(65_536, "a batch and its activations are held in memory")]

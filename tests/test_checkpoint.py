@@ -7,9 +7,11 @@ record, so the check that must catch it (finiteness, shapes, types) is the one t
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
+import os
 import shutil
 import sqlite3
 from collections.abc import Callable
@@ -298,3 +300,39 @@ def test_a_run_killed_before_its_first_commit_starts_over(tmp_path: Path) -> Non
     (tmp_path / CHECKPOINT_DIR / "global-1.npz.tmp").write_bytes(b"half")
     (tmp_path / ROUNDS).write_text('{"round": 1}\n')
     assert load_checkpoint(tmp_path) is None
+
+
+@pytest.mark.parametrize("crash_at", [1, 2, 3, 4, 5])
+def test_a_save_cut_short_at_any_rename_leaves_a_whole_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, crash_at: int
+) -> None:
+    """Renames 1-3 put round 2's files in place and 4 commits them; 5: cut short while dropping
+    round 1's files. Wherever a kill strikes, the folder loads: round 1 until the commit, then 2."""
+    live = tmp_path / STATE_FILE
+    with DeviceStateStore(live) as store:
+        store.put(0, {"w": np.ones(2)})
+    (tmp_path / ROUNDS).write_text('{"round": 1}\n')
+    save_checkpoint(tmp_path, Checkpoint(1, 1.0, "ab" * 32, [np.full(2, 1, np.float32)]), live)
+    (tmp_path / ROUNDS).write_text('{"round": 1}\n{"round": 2}\n')  # rows first, then the commit
+    calls = iter(range(1, 100))
+    real_replace, real_unlink = os.replace, Path.unlink
+
+    def replace(src: str | Path, dst: str | Path) -> None:
+        if next(calls) == crash_at:
+            raise KeyboardInterrupt  # the process dies here
+        real_replace(src, dst)
+
+    def unlink(path: Path, missing_ok: bool = False) -> None:
+        if crash_at == 5 and path.name.startswith(("global-1", "server-1")):
+            raise KeyboardInterrupt
+        real_unlink(path, missing_ok)
+
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(Path, "unlink", unlink)
+    with contextlib.suppress(KeyboardInterrupt):
+        save_checkpoint(tmp_path, Checkpoint(2, 2.0, "ab" * 32, [np.full(2, 2, np.float32)]), live)
+    monkeypatch.undo()
+    loaded = load_checkpoint(tmp_path)
+    assert loaded is not None
+    assert loaded.round == (2 if crash_at == 5 else 1)
+    np.testing.assert_array_equal(loaded.arrays[0], np.full(2, loaded.round, np.float32))

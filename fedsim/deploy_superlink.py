@@ -140,6 +140,8 @@ def main(argv: list[str] | None = None) -> None:
         f"ServerAppIo APIs on {config.host}:{config.port} only\n"
     )
     asyncio.run(_serve(control, fleet, sockets))
+    if not control.started:  # the app's startup failed (its log says why), as uvicorn.run exits
+        raise SystemExit(3)
 
 
 if __name__ == "__main__":

@@ -234,14 +234,20 @@ def test_an_unregistered_supernode_is_refused(
 
 @pytest.mark.slow
 def test_a_run_that_fails_on_the_superlink_exits_non_zero(
-    deployment: tuple[Deployment, Path], tmp_path: Path
+    deployment: tuple[Deployment, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    import typer
+
+    from fedsim.deploy_cli import run_deployed
+
     dep, scenario = deployment
     blocked = tmp_path / "not-a-folder"
     blocked.write_text("a file where the results folder should go")
-    done = _run_on(dep, scenario, blocked)
-    assert done.returncode == 1, done.stdout + done.stderr
-    assert "ended finished:failed" in done.stderr
+    # `fedsim run` refuses such an --out itself (exit 2); past that check, the ServerApp fails
+    with pytest.raises(typer.Exit) as ended:
+        run_deployed(scenario, dep.root, blocked)
+    assert ended.value.exit_code == 1
+    assert "ended finished:failed" in capsys.readouterr().err
 
 
 def test_a_node_without_the_deployments_ca_is_told_to_copy_it(tmp_path: Path) -> None:

@@ -259,7 +259,7 @@ class Device:
         if config.loss == "mse":
             finite &= np.isfinite(y).all(axis=1)
         if not finite.all():  # refused before any step: the head stays as it was
-            reason = f"sample {int(np.argmin(finite))} has a number that is not finite"
+            reason = f"sample {int(finite.argmin())} has a number that is not finite"
             raise _RefusalError(Status.NOT_FINITE, reason)
         return x, y
 

@@ -39,7 +39,7 @@ from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
 from ontology.endpoint_formats import TRUNCATED_HEADER, Reply
-from ontology.endpoint_guard import allowed_prefix, refusal
+from ontology.endpoint_guard import allowed_prefix
 from ontology.endpoint_workers import WorkerPool
 from ontology.store import RegistryStore
 
@@ -79,7 +79,6 @@ class _DeadlineReader(io.RawIOBase):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True  # a request stuck on a slow client never blocks shutdown
     pool: WorkerPool
-    allow: tuple[str, ...]
     client_timeout_s: float
     slots: threading.BoundedSemaphore  # one per connection served
 
@@ -89,6 +88,10 @@ class _Server(ThreadingHTTPServer):
             self.shutdown_request(request)
             return
         super().process_request(request, client_address)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # a client that reset or vanished mid-request: not worth a traceback on the console
+        _LOG.debug("SPARQL endpoint: connection from %s failed", client_address, exc_info=True)
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
@@ -212,9 +215,6 @@ class _Handler(BaseHTTPRequestHandler):
             raise _HttpError(
                 HTTPStatus.BAD_REQUEST, f"expected one query parameter, got {len(queries)}"
             )
-        reason = refusal(queries[0], self._server.allow)
-        if reason is not None:
-            raise _HttpError(HTTPStatus.BAD_REQUEST, reason)
         return self._server.pool.run(queries[0], self.headers.get("Accept"))
 
     def _send(self, answer: Reply, extra: dict[str, str] | None = None) -> None:
@@ -304,7 +304,7 @@ def serve(
     except OSError:
         httpd.server_close()
         raise
-    httpd.allow, httpd.client_timeout_s = allow, client_timeout_s
+    httpd.client_timeout_s = client_timeout_s
     httpd.slots = threading.BoundedSemaphore(max_connections)
-    httpd.pool = WorkerPool(store, workers, timeout_s, max_rows)
+    httpd.pool = WorkerPool(store, workers, timeout_s, max_rows, allow)
     return SparqlServer(httpd)

@@ -23,11 +23,13 @@ from urllib.parse import urljoin, urlsplit
 __all__ = ["allowed_prefix", "refusal", "variables"]
 
 _ESCAPE = re.compile(r"\\u([0-9A-Fa-f]{4})|\\U([0-9A-Fa-f]{8})")
-# Comments, IRIs, variables, strings, language tags (skipped or kept whole); then names.
+# Comments, IRIs, variables, strings, language tags (skipped or kept whole); then names. A string
+# that is not closed runs as far as it can (the parser refuses the query anyway): were it not
+# matched, the scan would restart at every quote inside it, in time quadratic in the query.
 _TOKENS = re.compile(
     r"""(?P<skip>\#[^\n]*|[?$]\w+|@[A-Za-z]+(?:-[A-Za-z0-9]+)*
-       |\"\"\"(?:[^"\\]|\\.|"(?!""))*\"\"\"|'''(?:[^'\\]|\\.|'(?!''))*'''
-       |"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')
+       |\"\"\"(?:[^"\\]|\\.|"(?!""))*+(?:\"\"\")?|'''(?:[^'\\]|\\.|'(?!''))*+(?:''')?
+       |"(?:[^"\\\n]|\\.)*+"?|'(?:[^'\\\n]|\\.)*+'?)
       |(?P<iri><[^<>"{}|^`\\\x00-\x20]*>)
       |(?P<word>[A-Za-z_][\w.-]*(?::[\w.:%-]*)?|:[\w.:%-]*)""",
     re.VERBOSE,

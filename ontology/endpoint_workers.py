@@ -24,6 +24,7 @@ import queue
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from multiprocessing import Pipe
@@ -32,6 +33,7 @@ from multiprocessing.reduction import recv_handle, send_handle
 
 from fedsim.core.errors import FedsimError
 from ontology.endpoint_formats import Reply, reply
+from ontology.endpoint_guard import refusal
 from ontology.store import OxigraphStore, QueryError, RegistryStore
 
 __all__ = ["WorkerPool"]
@@ -46,10 +48,22 @@ class _Worker:
     conn: Connection
 
 
-def _evaluate(store: RegistryStore, query: str, accept: str | None, max_rows: int) -> Reply:
-    """One query's reply; an exception becomes a status and a line, never its text for a 500."""
+@dataclass(frozen=True)
+class _Limits:
+    max_rows: int
+    allow_service: tuple[str, ...]
+
+
+def _evaluate(store: RegistryStore, query: str, accept: str | None, limits: _Limits) -> Reply:
+    """One query's reply; an exception becomes a status and a line, never its text for a 500.
+
+    The SSRF check runs here, not in the server: it costs a second or so per megabyte of query.
+    """
+    reason = refusal(query, limits.allow_service)
+    if reason is not None:
+        return Reply.plain(HTTPStatus.BAD_REQUEST, reason)
     try:
-        return reply(store.execute(query), accept, max_rows)
+        return reply(store.execute(query), accept, limits.max_rows)
     except QueryError as exc:
         return Reply.plain(HTTPStatus.BAD_REQUEST, exc.what)
     except FedsimError as exc:
@@ -62,7 +76,7 @@ def _evaluate(store: RegistryStore, query: str, accept: str | None, max_rows: in
         )
 
 
-def _serve_queries(conn: Connection, store: RegistryStore, max_rows: int) -> None:
+def _serve_queries(conn: Connection, store: RegistryStore, limits: _Limits) -> None:
     """A worker's life: (query, accept) in, Reply out, until the server closes the pipe."""
     if isinstance(store, OxigraphStore) and store.path is not None:
         # RocksDB's background threads did not survive the fork: open the folder afresh
@@ -72,10 +86,10 @@ def _serve_queries(conn: Connection, store: RegistryStore, max_rows: int) -> Non
             query, accept = conn.recv()
         except (EOFError, OSError):
             return
-        conn.send(_evaluate(store, query, accept, max_rows))
+        conn.send(_evaluate(store, query, accept, limits))
 
 
-def _forked(body: object, *args: object) -> int:
+def _forked(body: Callable[..., None], *args: object) -> int:
     """Fork; the child runs ``body(*args)`` and leaves with ``os._exit`` (no atexit, no flush of
     the parent's buffers). Returns the child's pid to the parent."""
     pid = os.fork()
@@ -84,7 +98,7 @@ def _forked(body: object, *args: object) -> int:
     code = 0
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's; pipes end us
-        body(*args)  # type: ignore[operator]
+        body(*args)
     except BaseException:
         _LOG.exception("SPARQL endpoint: a worker process failed")
         code = 1
@@ -92,7 +106,7 @@ def _forked(body: object, *args: object) -> int:
         os._exit(code)
 
 
-def _zygote(control: Connection, store: RegistryStore, max_rows: int) -> None:
+def _zygote(control: Connection, store: RegistryStore, limits: _Limits) -> None:
     """Fork a worker per request on ``control``; pass its pipe back, then its pid."""
     keep = control.fileno()
     os.closerange(3, keep)  # the server's sockets and other descriptors are not ours to hold
@@ -109,7 +123,7 @@ def _zygote(control: Connection, store: RegistryStore, max_rows: int) -> None:
             control.close()
             ours.close()
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            _serve_queries(theirs, store, max_rows)
+            _serve_queries(theirs, store, limits)
 
         pid = _forked(work)
         theirs.close()
@@ -120,12 +134,21 @@ def _zygote(control: Connection, store: RegistryStore, max_rows: int) -> None:
 
 class WorkerPool:
     """``size`` worker processes; a query waits up to ``timeout_s`` for one, then runs up to
-    ``timeout_s``; the worker of a query that overran or crashed is killed and replaced."""
+    ``timeout_s``; the worker of a query that overran or crashed is killed and replaced.
+    ``allow_service``: the URL prefixes a SERVICE may query (ontology/endpoint_guard.py)."""
 
-    def __init__(self, store: RegistryStore, size: int, timeout_s: float, max_rows: int) -> None:
+    def __init__(
+        self,
+        store: RegistryStore,
+        size: int,
+        timeout_s: float,
+        max_rows: int,
+        allow_service: tuple[str, ...] = (),
+    ) -> None:
         self.size, self.timeout_s = size, timeout_s
         self._control, theirs = Pipe()
-        self._zygote_pid = _forked(_zygote, theirs, store, max_rows)
+        limits = _Limits(max_rows, allow_service)
+        self._zygote_pid = _forked(_zygote, theirs, store, limits)
         theirs.close()
         self._lock = threading.Lock()  # one spawn at a time on the control pipe
         self._idle: queue.Queue[_Worker] = queue.Queue()

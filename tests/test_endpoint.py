@@ -20,6 +20,7 @@ from SPARQLWrapper import CSV, JSON, POST, POSTDIRECTLY, TURTLE, URLENCODED, XML
 from SPARQLWrapper.SPARQLExceptions import QueryBadFormed
 
 from ontology.endpoint import TRUNCATED_HEADER, SparqlServer, serve
+from ontology.endpoint_guard import refusal
 from ontology.fleet_registry import query_path
 from ontology.registry import CATALOG_DIR
 from ontology.store import STORES, RegistryStore, open_store
@@ -436,3 +437,13 @@ def test_cli_query_refuses_a_bind_the_query_does_not_mention() -> None:
     assert "--bind modelNme: trainable-devices.rq has no variable ?modelNme" in proc.stderr
     assert "(did you mean 'modelName'?)" in proc.stderr
     assert "?modelName" in known
+
+
+def test_the_service_check_is_linear_in_the_query() -> None:
+    unclosed = '"\\' * 100_000  # 100k unclosed strings: quadratic, the scan took minutes
+    start = time.perf_counter()
+
+    reason = refusal(unclosed + " SERVICE <http://127.0.0.1:9/> {}")
+
+    assert time.perf_counter() - start < 2
+    assert reason is None  # inside the first, unclosed string: the parser refuses the query

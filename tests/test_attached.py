@@ -238,6 +238,15 @@ def test_attach_into_a_missing_folder_is_one_line_before_the_device_is_asked(
     assert not out.parent.exists()
 
 
+def test_attach_into_a_folder_is_refused_before_the_port_is_opened(tmp_path: Path) -> None:
+    proc = fedsim("devices", "attach", "/dev/ttyNOPE", "--name", "pi", "--out", tmp_path)
+
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"error: --out: '{tmp_path}' is a folder; name a file in it: " + (
+        f"{tmp_path}/a.ttl"
+    )
+
+
 # -- a gateway node: the ClientApp proxies its device when its node config names a serial port -----
 def _train_message(scenario_path: Path, tmp_path: Path) -> tuple[Any, Any]:
     from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict

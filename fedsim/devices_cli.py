@@ -7,7 +7,6 @@ shows a device's self-description, ``attach PORT`` writes it into a registry Tur
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from fedsim.core.errors import FedsimError
+from fedsim.core.out_path import check_out
 
 __all__ = ["attach", "emulate", "info", "scan"]
 
@@ -43,21 +43,6 @@ def _text(value: str) -> Text:
     from devices.bridge import printable
 
     return Text(printable(value))
-
-
-def _check_out(output: Path) -> None:
-    """Refuse an ``--out`` that cannot be written before asking the device anything. A missing
-    folder is an error, not created: as every other ``--out`` of fedsim, and because a typo in a
-    folder name should not quietly start a new registry tree."""
-    folder = output.parent
-    if output.is_dir():
-        raise FedsimError("--out", f"'{output}' is a folder", f"name a file in it: {output}/a.ttl")
-    if not folder.is_dir():
-        raise FedsimError(
-            "--out", f"folder '{folder}' does not exist", f"create it (mkdir -p '{folder}') first"
-        )
-    if not os.access(folder, os.W_OK) or (output.exists() and not os.access(output, os.W_OK)):
-        raise FedsimError("--out", f"'{output}' is not writable", "choose another path")
 
 
 def _size(n: int) -> str:
@@ -143,7 +128,7 @@ def attach(
     from ontology.attached import AttachedDevice, guess_profile, register
     from ontology.registry import default_registry
 
-    _check_out(output)
+    check_out(output, "--out", "file")  # a missing folder is an error, as for every --out
     hello = _hello(port, baud, timeout)
     registry = default_registry()
     if profile is None:

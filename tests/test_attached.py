@@ -232,8 +232,8 @@ def test_attach_into_a_missing_folder_is_one_line_before_the_device_is_asked(
 
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        f"error: --out: folder '{out.parent}' does not exist; create it (mkdir -p '{out.parent}') "
-        "first"
+        f"error: --out {out}: its folder {out.parent} does not exist; create it first "
+        f"(mkdir -p {out.parent}) or give another path"
     ]
     assert not out.parent.exists()
 
@@ -242,8 +242,8 @@ def test_attach_into_a_folder_is_refused_before_the_port_is_opened(tmp_path: Pat
     proc = fedsim("devices", "attach", "/dev/ttyNOPE", "--name", "pi", "--out", tmp_path)
 
     assert proc.returncode == 2
-    assert proc.stderr.strip() == f"error: --out: '{tmp_path}' is a folder; name a file in it: " + (
-        f"{tmp_path}/a.ttl"
+    assert proc.stderr.strip() == (
+        f"error: --out {tmp_path}: is a folder, not a file; give a file path, e.g. out.html"
     )
 
 

@@ -330,21 +330,27 @@ def serve(
             allowed_prefix(prefix)
         except ValueError as exc:
             raise FedsimError("--allow-service", str(exc), "give an http(s) URL prefix") from None
-    with (
-        _open(data, store, db) as registry,
-        start(
-            registry.store,
-            host,
-            port,
-            timeout_s,
-            max_rows,
-            workers,
-            allow_service,
-            client_timeout_s,
-            max_connections,
-            backlog,
-        ) as server,
-    ):
-        _console().print(f"SPARQL endpoint: {server.url} (read-only; Ctrl-C stops it)")
-        while True:
-            time.sleep(3600)
+    with _open(data, store, db) as registry:
+        try:
+            server = start(
+                registry.store,
+                host,
+                port,
+                timeout_s,
+                max_rows,
+                workers,
+                allow_service,
+                client_timeout_s,
+                max_connections,
+                backlog,
+            )
+        except OSError as exc:
+            raise FedsimError(
+                f"--host {host} --port {port}",
+                f"cannot listen there: {exc.strerror or exc}",
+                "choose another --port (0: any free one) or stop what holds it",
+            ) from None
+        with server:
+            _console().print(f"SPARQL endpoint: {server.url} (read-only; Ctrl-C stops it)")
+            while True:
+                time.sleep(3600)

@@ -301,10 +301,10 @@ def serve(
     try:
         httpd.server_bind()
         httpd.server_activate()
-    except OSError:
+        httpd.client_timeout_s = client_timeout_s
+        httpd.slots = threading.BoundedSemaphore(max_connections)
+        httpd.pool = WorkerPool(store, workers, timeout_s, max_rows, allow)
+    except BaseException:
         httpd.server_close()
         raise
-    httpd.client_timeout_s = client_timeout_s
-    httpd.slots = threading.BoundedSemaphore(max_connections)
-    httpd.pool = WorkerPool(store, workers, timeout_s, max_rows, allow)
     return SparqlServer(httpd)

@@ -152,7 +152,8 @@ def attach(
     try:
         register(device, output)
     except OSError as exc:
-        raise FedsimError("--out", f"cannot write '{output}' ({exc.strerror})") from None
+        where, why = f"--out {output}", exc.strerror or type(exc).__name__
+        raise FedsimError(where, f"cannot write it ({why})", "give another path") from None
     board = printable(hello.board)
     out.print(f"registered {name} ({board}, profile {known.name}) in {output}", markup=False)
     out.print("use it in a scenario (algorithm.kind: tinyol):")

@@ -168,10 +168,12 @@ def rdf_term(name: str, value: Binding) -> BindTerm:
 
 
 # What may hide a brace or a keyword: comments, IRIs, variables, strings; then names and braces.
+# A string that is not closed runs as far as it can (the parser refuses the query anyway): were it
+# not matched, the scan would restart at every quote inside it, in time quadratic in the query.
 _TOKENS = re.compile(
     r"""(?P<skip>\#[^\n]*|<[^<>"{}|^`\\\x00-\x20]*>|[?$]\w+
-       |\"\"\"(?:[^"\\]|\\.|"(?!""))*\"\"\"|'''(?:[^'\\]|\\.|'(?!''))*'''
-       |"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')
+       |\"\"\"(?:[^"\\]|\\.|"(?!""))*+(?:\"\"\")?|'''(?:[^'\\]|\\.|'(?!''))*+(?:''')?
+       |"(?:[^"\\\n]|\\.)*+"?|'(?:[^'\\\n]|\\.)*+'?)
       |(?P<word>[A-Za-z_][\w.-]*(?::[\w.:%-]*)?|:[\w.:%-]*)
       |(?P<open>\{)|(?P<close>\})|(?P<paren>[()])""",
     re.VERBOSE,

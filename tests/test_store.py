@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -15,6 +16,7 @@ from fedsim.core.errors import FedsimError
 from ontology.registry import CATALOG_DIR
 from ontology.store import STORES, Binding, QueryError, RegistryStore, Row, Term, Value, open_store
 from ontology.synthetic import SENSORS, synthetic_fleet, synthetic_model
+from ontology.terms import group_start
 
 KINDS = sorted(STORES)
 CATALOG = sorted(CATALOG_DIR.glob("*.ttl"))
@@ -380,3 +382,11 @@ def test_the_synthetic_fleet_is_seeded_and_mixed() -> None:
     assert 0.45 < text.count("freeSramBytes") / devices < 0.55
     assert '"synth-000001"' in text
     assert '"synth-002000"' in text
+
+
+def test_finding_the_group_of_an_unclosed_string_takes_linear_time() -> None:
+    query = 'SELECT ?x WHERE """' + '\\"' * 40_000  # never closed: each quote once started a scan
+    started = time.perf_counter()
+    with pytest.raises(QueryError):
+        group_start(query)
+    assert time.perf_counter() - started < 1.0

@@ -22,7 +22,7 @@ from devices.clock import DevicePlan, FleetCosts, RoundCost
 from devices.fleet import load_fleet
 from devices.tiers import finish_tiered, plan_tiered, topology_summary
 from fedsim.core.aggregators import aggregator_for, server_step
-from fedsim.core.checkpoint import load_checkpoint, restore_store
+from fedsim.core.checkpoint import Checkpoint, load_checkpoint, restore_store
 from fedsim.core.cohort import DeviceOutcome
 from fedsim.core.data import load_task_data
 from fedsim.core.errors import RunStoppedError
@@ -296,6 +296,20 @@ def _load_encoder(model: torch.nn.Module, spec: PrototypesSpec, seed: int) -> No
     set_arrays(model, [*trained[:-2], *arrays[-2:]])  # the linear head ↔ the prototype buffers
 
 
+def _writer(binding: RunBinding, scenario: Scenario, checkpoint: Checkpoint | None) -> RunWriter:
+    """The run's writer. Resuming: the rows past the checkpoint are dropped, the resume is noted
+    in the manifest and the device-state store is put back as it was at the checkpoint."""
+    if not binding.resume:
+        writer = RunWriter(binding.out)
+        writer.manifest(scenario, binding.scenario, binding.command)
+        return writer
+    done = checkpoint.round if checkpoint is not None else 0
+    writer = RunWriter(binding.out, resume_after=done)
+    writer.resumed(done)
+    restore_store(checkpoint, Path(binding.out) / STATE_FILE)
+    return writer
+
+
 def run_rounds(grid: Grid, binding: RunBinding, observer: RoundObserver) -> dict[str, Any]:
     """Run the scenario bound to this app on ``grid``; write results; return the summary.
 
@@ -306,14 +320,6 @@ def run_rounds(grid: Grid, binding: RunBinding, observer: RoundObserver) -> dict
     started = time.perf_counter()
     scenario, fleet = load_fleet(binding.scenario)
     checkpoint = load_checkpoint(binding.out) if binding.resume else None
-    if binding.resume:
-        done = checkpoint.round if checkpoint is not None else 0
-        writer = RunWriter(binding.out, resume_after=done)
-        writer.resumed(done)
-        restore_store(checkpoint, Path(binding.out) / STATE_FILE)
-    else:
-        writer = RunWriter(binding.out)
-        writer.manifest(scenario, binding.scenario, binding.command)
     data = load_task_data(scenario.task.dataset, scenario.seed)
     model = task_model(
         scenario, data.num_features, data.num_outputs, derive_seed(scenario.seed, "init")
@@ -339,11 +345,12 @@ def run_rounds(grid: Grid, binding: RunBinding, observer: RoundObserver) -> dict
     )
     if scenario.evaluation.adapt is not None:
         ctx.held_out = held_out_devices(data, scenario.evaluation.adapt, scenario.seed)
+    # a checkpoint that does not fit the model is refused before the run folder is touched
+    usage = restore(ctx, checkpoint) if checkpoint is not None else Usage()
+    writer = _writer(binding, scenario, checkpoint)
     records: list[RoundRecord] = []
-    usage = Usage()
     if checkpoint is not None:
         records = [RoundRecord(**r) for r in read_rounds(binding.out)]
-        usage = restore(ctx, checkpoint)
     observer.start(scenario.rounds)
     for earlier in records:  # a resumed run's progress starts where it stopped
         observer.round(earlier)

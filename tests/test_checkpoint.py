@@ -226,7 +226,9 @@ def test_a_damaged_checkpoint_is_refused_with_a_located_line(copy: Path, case: s
     assert "\n" not in error.line()
 
 
-@pytest.mark.parametrize("case", ["record missing", "rewound round", "NaN array"])
+@pytest.mark.parametrize(
+    "case", ["record missing", "rewound round", "NaN array", "wrong shape", "running values"]
+)
 def test_a_refused_checkpoint_leaves_the_run_folder_as_it_was(copy: Path, case: str) -> None:
     CASES[case][0](copy)
     before = {p: p.read_bytes() for p in (copy / ROUNDS, copy / MANIFEST)}

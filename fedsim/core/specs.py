@@ -51,7 +51,9 @@ def at_least(limit: float, why: str) -> AfterValidator:
 
     def check(value: float) -> float:
         if value < limit:
-            raise ValueError(f"must be at least {limit:g}, got {shown(value)}: {why}; use more")
+            raise ValueError(
+                f"must be at least {limit:g}, got {shown(value)}: {why}; use at least {limit:g}"
+            )
         return value
 
     return AfterValidator(check)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from fedsim.cli import main
 from fedsim.core.errors import EXIT_CODE_HELP, ExitCode
 from tests.conftest import ROOT, tiny_scenario
 
@@ -124,3 +126,120 @@ def test_run_inline_from_the_command_line(write_scenario: Write, tmp_path: Path)
     assert f"→ {out}" in proc.stdout
     assert "3/3" in proc.stderr  # the progress bar
     assert (out / "plots" / "accuracy.png").stat().st_size > 10_000
+
+
+def fedsim_here(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, list[str]]:
+    """``fedsim ARGS`` in this process (no start-up cost): the exit code and stderr's lines."""
+    saved = sys.argv
+    sys.argv = ["fedsim", *map(str, args)]
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    finally:
+        sys.argv = saved
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (
+            ["run", "{scenario}", "--out", "{file}"],
+            r"--out .*taken: is a file, not a folder; give a folder",
+        ),
+        (["sweep", "{scenario}", "--out", "{file}"], r"--out .*taken: is a file, not a folder"),
+        (
+            ["run", "{scenario}", "--out", "{missing}/run"],
+            r"--out .*missing/run: its folder .*missing does not exist; create it first",
+        ),
+        (
+            ["sweep", "{scenario}", "--out", "{missing}/s"],
+            r"--out .*missing/s: its folder .*missing",
+        ),
+        (["report", "a", "b", "--out", "{missing}/c.html"], r"--out .*missing/c\.html: its folder"),
+        (["data", "preview", "digits", "-o", "{missing}/p.png"], r"--output .*/p\.png: its folder"),
+        (["data", "preview", "digits", "-o", "{tmp}"], r"--output .*: is a folder, not a file"),
+        (
+            ["run", "{scenario}", "--out", "/proc/fedsim-run"],
+            r"--out /proc/fedsim-run: cannot write in /proc \(.*\); give a path in a folder you",
+        ),
+    ],
+    ids=[
+        "run-file",
+        "sweep-file",
+        "run-no-parent",
+        "sweep-no-parent",
+        "report-no-parent",
+        "preview-no-parent",
+        "preview-folder",
+        "run-unwritable",
+    ],
+)
+def test_a_bad_out_path_is_refused_before_any_work(
+    capsys: pytest.CaptureFixture[str],
+    write_scenario: Write,
+    tmp_path: Path,
+    args: list[str],
+    expected: str,
+) -> None:
+    taken = tmp_path / "taken"
+    taken.write_text("not a folder")
+    names = {"scenario": write_scenario(tiny_scenario()), "file": taken, "tmp": tmp_path}
+    names["missing"] = tmp_path / "missing"
+
+    code, lines = fedsim_here(capsys, *(a.format(**names) for a in args))
+
+    assert code == ExitCode.BAD_INPUT
+    assert len(lines) == 1, lines
+    assert re.fullmatch(r"error: " + expected + ".*", lines[0]), lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scenario.yaml", "taken"]
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("name: t\nname: u\n", r"name: duplicate key 'name' \(first at line 1\)"),
+        (
+            "name: t\ndescription: " + "{a: " * 20_000 + "}" * 20_000,
+            r"YAML nested more than 64 levels deep",
+        ),
+        (tiny_scenario(seed=2**40), r"seed: must be from 0 to 4,294,967,295"),
+        (
+            tiny_scenario(fleet={"groups": [{"profile": "rpi4", "count": 10**10}]}),
+            r"fleet\.groups\[0\]\.count: must be at most 1,000,000",
+        ),
+    ],
+    ids=["duplicate", "deep", "seed", "count"],
+)
+def test_bad_scenarios_exit_2_with_one_line(
+    capsys: pytest.CaptureFixture[str], write_scenario: Write, content: dict | str, expected: str
+) -> None:
+    path = write_scenario(content)
+
+    for command in ("validate", "run"):
+        code, lines = fedsim_here(capsys, command, path)
+
+        assert code == ExitCode.BAD_INPUT
+        assert len(lines) == 1, lines
+        assert re.match(rf"error: {re.escape(str(path))}:\d+: (.*: )?{expected}", lines[0]), lines[
+            0
+        ]
+
+
+def test_an_alias_bomb_does_not_hang_validate(write_scenario: Write) -> None:
+    levels = ["a: &a [l, l, l, l, l, l, l, l, l, l]"] + [
+        f"{c}: &{c} [{', '.join([f'*{p}'] * 10)}]"
+        for p, c in zip("abcdefgh", "bcdefghi", strict=True)
+    ]
+    path = write_scenario("name: t\ndescription: *i\n".join(["\n".join(levels) + "\n", ""]))
+
+    proc = fedsim("validate", path)  # hung: an error message formatted the 10⁹ strings
+
+    assert proc.returncode == ExitCode.BAD_INPUT, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == (
+        f"error: {path}:5: e: this value expands (aliases included) to over 100,000 values; "
+        "a scenario holds a few hundred values; remove the aliases (*name) that repeat collections"
+    )

@@ -37,14 +37,11 @@ from fedsim.core.scenario import (
 )
 from fedsim.core.scenario_load import load_scenario, locate
 from fedsim.core.seeds import derive_seed
-from fedsim.core.textfile import read_text
 from ontology.fleet_registry import FleetRegistry, query_path
 from ontology.registry import DeviceRegistry, default_registry
 from ontology.store import open_store
 
 __all__ = ["Device", "Fleet", "check_registry_data", "load_fleet", "open_registry", "resolve_fleet"]
-
-MAX_TURTLE_BYTES = 64 * 1024 * 1024  # registry.data: Turtle files of fleet devices
 
 
 @dataclass(frozen=True)
@@ -312,24 +309,23 @@ def _members(
     return members
 
 
-def _data_files(scenario: Scenario, base: Path | None) -> dict[Path, str]:
-    """``registry.data``'s files and their text, each there and UTF-8 (errors name the file)."""
+def _data_files(scenario: Scenario, base: Path | None) -> list[Path]:
+    """``registry.data``'s files, each checked to be there."""
     assert scenario.registry is not None
-    root, texts = base or Path.cwd(), {}
+    root = base or Path.cwd()
     for i, name in enumerate(scenario.registry.data):
-        path = root / name
-        if not path.is_file():
-            raise FedsimError(f"registry.data[{i}]", f"no file {path}", "give a Turtle file's path")
-        texts[path] = read_text(path, "Turtle", MAX_TURTLE_BYTES, "fleet devices are a few KB each")
-    return texts
+        if not (root / name).is_file():
+            raise FedsimError(
+                f"registry.data[{i}]", f"no file {root / name}", "give a Turtle file's path"
+            )
+    return [root / name for name in scenario.registry.data]
 
 
 def check_registry_data(scenario: Scenario, base: Path | None) -> None:
     """Parse ``registry.data`` alone (no catalog, no database): a located error if it is broken."""
     store = open_store("memory")
     try:
-        for path, text in _data_files(scenario, base).items():
-            store.add_turtle(text, str(path))
+        store.load(_data_files(scenario, base))  # UTF-8 and Turtle syntax, errors at file:line
     finally:
         store.close()
 
@@ -339,9 +335,8 @@ def open_registry(scenario: Scenario, base: Path | None) -> FleetRegistry:
     spec = scenario.registry
     if spec is None:
         return FleetRegistry.open()
-    paths = list(_data_files(scenario, base))
     db = (base or Path.cwd()) / spec.db if spec.db is not None else None
-    return FleetRegistry.open(paths, spec.store, db)
+    return FleetRegistry.open(_data_files(scenario, base), spec.store, db)
 
 
 def _link(

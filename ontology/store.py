@@ -25,6 +25,7 @@ from rdflib.plugins.parsers.notation3 import BadSyntax
 from rdflib.query import ResultRow
 
 from fedsim.core.errors import FedsimError, known_names
+from fedsim.core.textfile import read_text
 from ontology.terms import (
     PREFIXES,
     SERIAL_FORMATS,
@@ -68,6 +69,9 @@ __all__ = [
 ]
 
 
+TURTLE_BYTES = 256 * 1024 * 1024  # read no further: a larger file is not a device description
+
+
 class RegistryStore(ABC):
     """An RDF store the registry reads with SPARQL; use as a context manager or ``close()`` it."""
 
@@ -76,9 +80,8 @@ class RegistryStore(ABC):
     def load(self, paths: Iterable[Path]) -> None:
         """Add Turtle files; a syntax error names ``file:line``."""
         for path in paths:
-            self._add_turtle(
-                Path(path).read_text(encoding="utf-8"), str(path), Path(path).resolve()
-            )
+            text = read_text(Path(path), "Turtle", TURTLE_BYTES, "a Turtle file of devices")
+            self._add_turtle(text, str(path), Path(path).resolve())
 
     def add_turtle(self, text: str, where: str = "turtle text") -> None:
         """Add Turtle text; ``where`` names it in a syntax error."""

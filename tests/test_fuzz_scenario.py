@@ -92,10 +92,12 @@ def mutated(draw: st.DrawFn) -> str:
     data = copy.deepcopy(BASE)
     for _ in range(draw(st.integers(1, 3))):
         loc = draw(st.sampled_from(list(_paths(data)) or [("name",)]))
-        action = draw(st.sampled_from(["set", "set", "set", "delete", "add", "nest"]))
+        action = draw(st.sampled_from(["set", "set", "set", "delete", "add", "nest", "extends"]))
         try:
             if action == "set":
                 _set(data, loc, draw(values))
+            elif action == "extends":  # a path of any shape: long, odd characters, a folder
+                data["extends"] = draw(st.text(max_size=5000) | st.sampled_from([".", "/", "/dev"]))
             elif action == "delete":
                 _delete(data, loc)
             elif action == "add":

@@ -551,3 +551,22 @@ def test_registry_data_the_fleet_does_not_use_is_still_checked(
     path = write_scenario(tiny_scenario(registry={"data": ["data.ttl"]}), "s.yaml")
 
     _one_line(path, expected, plan)
+
+
+@pytest.mark.parametrize(
+    ("extends", "expected"),
+    [
+        ("a" * 5000, r"s\.yaml:1: extends: .*/a{20,}…: not a usable path \(File name too long\)"),
+        ("a\x00b", r"s\.yaml:1: extends: .*/a\\x00b: no such file; give the path of a scenario"),
+        (".", r"s\.yaml:1: extends: .*: not a file; give the path of a scenario YAML"),
+        ("/dev/zero", r"s\.yaml:1: extends: /dev/zero: not a file"),
+        (["a.yaml"], r"s\.yaml:1: extends: expected a file path, got a list of 1 items"),
+    ],
+    ids=["long", "nul", "folder", "device", "list"],
+)
+def test_extends_of_a_path_that_is_no_file(
+    write_scenario: Write, extends: object, expected: str
+) -> None:
+    path = write_scenario({"extends": extends, "name": "x"}, "s.yaml")
+
+    _one_line(path, expected)

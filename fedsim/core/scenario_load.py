@@ -82,16 +82,19 @@ class _Source:
         return line
 
 
-def _is_file(path: Path) -> bool:
+def _not_a_file(path: Path) -> str | None:
+    """Why ``path`` cannot be read as a file, or ``None``."""
     try:
-        return path.is_file()
-    except (OSError, ValueError):  # a name too long, a NUL byte
-        return False
+        if path.is_file():
+            return None
+        return "not a file" if path.exists() else "no such file"
+    except (OSError, ValueError) as exc:  # a name too long, a NUL byte
+        return f"not a usable path ({clip(str(getattr(exc, 'strerror', None) or exc))})"
 
 
 def _read(path: Path) -> _Source:
-    if not _is_file(path):
-        what = "not a file" if path.exists() else "no such file"
+    what = _not_a_file(path)
+    if what is not None:
         raise FedsimError(
             clip(str(path), 200), what, "check the path (scenarios live in scenarios/)"
         )
@@ -164,6 +167,13 @@ def _chain(path: Path) -> list[_Source]:
                 where, f"expected a file path, got {shown(parent)}", "e.g. extends: base.yaml"
             )
         path = path.parent / parent
+        what = _not_a_file(path)
+        if what is not None:
+            raise FedsimError(
+                where,
+                f"{clip(str(path), 200)}: {what}",
+                "give the path of a scenario YAML, relative to this file",
+            )
         if _resolved(path) in seen:
             raise FedsimError(where, f"cycle back to {clip(str(path), 200)}", "remove it")
         if len(chain) >= MAX_EXTENDS:
@@ -177,7 +187,7 @@ def _chain(path: Path) -> list[_Source]:
 def _resolved(path: Path) -> Path:
     try:
         return path.resolve()
-    except (OSError, RuntimeError):  # a symlink loop: the path itself must do
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, a NUL: the path must do
         return path.absolute()
 
 

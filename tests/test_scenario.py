@@ -388,6 +388,10 @@ def test_extends_cycle_names_the_line(write_scenario: Write) -> None:
         ({"name": ".."}, r"name: '\.\.' names a folder, not a run"),
         ({"output": {"dir": "a\x00b"}}, r"output\.dir: a path cannot hold a NUL character"),
         (
+            {"registry": {"data": ["x/" + "a" * 300 + ".ttl"]}},
+            r"registry\.data\[0\]: names a file or folder 304 bytes long: a name holds at most 255",
+        ),
+        (
             {"algorithm": {"kind": "fedavg", "lr": float("inf")}},
             r"algorithm\.lr: must be a finite number, got inf \(float\); write an ordinary number",
         ),

@@ -90,6 +90,11 @@ def _path_text(path: str) -> str:
         raise ValueError(
             f"is {len(path.encode()):,} bytes long: a path holds at most 4,096; shorten it"
         )
+    longest = max((len(part.encode()) for part in path.split("/")), default=0)
+    if longest > 255:
+        raise ValueError(
+            f"names a file or folder {longest} bytes long: a name holds at most 255; shorten it"
+        )
     return path
 
 

@@ -233,6 +233,15 @@ def _one_line(path: Path, pattern: str, load: Callable[[Path], object] = load_sc
     return lines[0]
 
 
+@pytest.fixture(scope="module")
+def warm(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Resolve one valid fleet first: the 2 s bound is for checking, not for importing torch and
+    loading the dataset on the first call."""
+    path = tmp_path_factory.mktemp("warm") / "warm.yaml"
+    path.write_text(yaml.safe_dump(tiny_scenario()), encoding="utf-8")
+    plan(path)
+
+
 def _yaml(**changes: object) -> str:
     return yaml.safe_dump(tiny_scenario(**changes), sort_keys=False)
 
@@ -528,7 +537,7 @@ def _with_trace(write_scenario: Write, trace: Path) -> Path:
     ids=["not-a-trace", "utf-16", "latin-1", "field-limit", "columns"],
 )
 def test_bad_traces_are_located_and_not_quoted(
-    write_scenario: Write, tmp_path: Path, content: bytes, expected: str
+    warm: None, write_scenario: Write, tmp_path: Path, content: bytes, expected: str
 ) -> None:
     trace = tmp_path / "trace.csv"
     trace.write_bytes(content)
@@ -548,7 +557,7 @@ def test_bad_traces_are_located_and_not_quoted(
     ids=["syntax", "utf-16", "missing"],
 )
 def test_registry_data_the_fleet_does_not_use_is_still_checked(
-    write_scenario: Write, tmp_path: Path, content: bytes | None, expected: str
+    warm: None, write_scenario: Write, tmp_path: Path, content: bytes | None, expected: str
 ) -> None:
     if content is not None:
         (tmp_path / "data.ttl").write_bytes(content)
@@ -574,3 +583,18 @@ def test_extends_of_a_path_that_is_no_file(
     path = write_scenario({"extends": extends, "name": "x"}, "s.yaml")
 
     _one_line(path, expected)
+
+
+def test_more_shards_than_samples_is_explained(warm: None, write_scenario: Write) -> None:
+    fleet = {
+        "groups": [{"profile": "rpi4", "count": 10}],
+        "partition": {"kind": "shards", "shards_per_device": 200},
+    }
+    path = write_scenario(tiny_scenario(fleet=fleet), "s.yaml")
+
+    _one_line(
+        path,
+        r"s\.yaml:\d+: fleet\.partition: cannot deal 200 label shards to each of 10 devices "
+        r"\(.*\); lower shards_per_device",
+        plan,
+    )

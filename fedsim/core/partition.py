@@ -125,7 +125,7 @@ def partition_indices(
         )
     try:
         parts = _split(spec, labels, groups, num_devices, derive_seed(seed, "partition"))
-    except ValueError as exc:
+    except (ValueError, ZeroDivisionError) as exc:  # shards smaller than a sample: 0 / 0
         if isinstance(spec, ShardPartition):
             raise FedsimError(
                 "fleet.partition",

@@ -185,10 +185,10 @@ class DeviceRegistry:
 
     @classmethod
     def from_files(cls, paths: list[Path]) -> DeviceRegistry:
-        graph = Graph()
-        for path in paths:
-            graph.parse(path, format="turtle")
-        return cls(graph, ", ".join(str(p) for p in paths))
+        """Read UTF-8 Turtle files; an unreadable one or a syntax error is a located error."""
+        from ontology.validate import load_turtle  # validate imports pyshacl: load it on use
+
+        return cls(load_turtle(paths), ", ".join(str(p) for p in paths))
 
     @staticmethod
     def _read_link_types(graph: Graph, where: str) -> dict[str, LinkType]:

@@ -28,6 +28,8 @@ from rdflib.plugins.parsers.notation3 import BadSyntax
 from rdflib.term import Node
 
 from fedsim.core.errors import FedsimError
+from fedsim.core.textfile import read_text
+from ontology.store import TURTLE_BYTES
 from ontology.vocab import FEDSIM, PREFIXES
 
 __all__ = [
@@ -115,8 +117,9 @@ def load_turtle(paths: str | Path | Iterable[str | Path]) -> Graph:
         paths = [paths]
     graph = Graph(bind_namespaces="core")  # rdflib's defaults bind schema: to https://schema.org/
     for path in paths:
-        try:
-            graph.parse(path, format="turtle")
+        text = read_text(Path(path), "Turtle", TURTLE_BYTES, "a Turtle file of devices")
+        try:  # the file's own IRI stays the base of its relative IRIs
+            graph.parse(data=text, format="turtle", publicID=Path(path).resolve().as_uri())
         except BadSyntax as error:
             line = cast(int, getattr(error, "lines", 0)) + 1
             why = cast(str, getattr(error, "_why", "bad syntax"))
@@ -125,10 +128,6 @@ def load_turtle(paths: str | Path | Iterable[str | Path]) -> Graph:
                 f"Turtle syntax error: {why}",
                 "check this line and the end of the statement before it (each ends with ' .')",
             ) from None
-        except OSError as error:
-            raise FedsimError(str(path), f"cannot read the file: {error.strerror}") from None
-        except UnicodeDecodeError as error:
-            raise FedsimError(str(path), f"not UTF-8 text: {error.reason}") from None
     return graph
 
 

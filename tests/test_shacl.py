@@ -279,10 +279,26 @@ def test_turtle_syntax_error_is_located_at_file_and_line(tmp_path: Path) -> None
         load_turtle(path)
 
 
+def test_a_turtle_file_that_is_not_utf8_is_located(tmp_path: Path) -> None:
+    path = tmp_path / "utf16.ttl"
+    path.write_bytes(HEADER.encode("utf-16"))
+
+    with pytest.raises(FedsimError, match=re.escape(f"{path}:1: ") + ".*UTF-16.*UTF-8"):
+        load_turtle(path)
+
+
+def test_relative_iris_resolve_against_the_file(tmp_path: Path) -> None:
+    path = _write(tmp_path, "relative.ttl", '<thing> <p> "v" .\n')
+
+    graph = load_turtle(path)
+
+    assert {str(s) for s in graph.subjects()} == {(tmp_path / "thing").as_uri()}
+
+
 def test_unreadable_file_is_reported(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere.ttl"
 
-    with pytest.raises(FedsimError, match=re.escape(f"{missing}: cannot read the file")):
+    with pytest.raises(FedsimError, match=re.escape(f"{missing}: cannot read it (No such file")):
         validate_files([missing])
 
 

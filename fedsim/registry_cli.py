@@ -111,8 +111,9 @@ def _check_bindings(path: Path, bindings: dict[str, Any]) -> None:
     """Refuse a --bind of a variable the query does not mention: it would bind nothing."""
     from fedsim.core.errors import did_you_mean
     from ontology.endpoint_guard import variables
+    from ontology.fleet_registry import read_query
 
-    names = variables(path.read_text(encoding="utf-8"))
+    names = variables(read_query(path))
     for name in bindings:
         if name not in names:
             known = ", ".join(sorted(names)) or "none"

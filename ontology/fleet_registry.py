@@ -19,6 +19,7 @@ from rdflib import Literal as RdfLiteral
 from rdflib import URIRef
 
 from fedsim.core.errors import FedsimError, known_names
+from fedsim.core.textfile import read_text
 from ontology.registry import CATALOG_DIR, QUERY_DIR
 from ontology.store import RegistryStore, open_store
 from ontology.vocab import PREFIXES
@@ -32,6 +33,7 @@ __all__ = [
     "RunDevice",
     "parse_binding",
     "query_path",
+    "read_query",
 ]
 
 Train = Literal["full", "head", "no"]
@@ -104,6 +106,14 @@ def query_path(name_or_path: str | Path, base: Path | None = None) -> Path:
     )
 
 
+QUERY_BYTES = 1024 * 1024  # read no further: no query the registry runs is longer
+
+
+def read_query(path: Path) -> str:
+    """The SPARQL text of a ``.rq`` file: UTF-8, or a located error."""
+    return read_text(path, "SPARQL query", QUERY_BYTES, "a query for the registry")
+
+
 def parse_binding(text: str) -> tuple[str, Any]:
     """``name=value``: an integer, a number, true/false, ``<iri>`` or ``prefix:name`` (an IRI
     with a known prefix), else a string literal. Values become typed RDF terms, never query text.
@@ -170,7 +180,7 @@ class FleetRegistry:
         self, name_or_path: str | Path, bindings: Mapping[str, Binding] | None = None
     ) -> list[dict[str, Any]]:
         """Rows of a named query or ``.rq`` file, values as plain Python."""
-        text = query_path(name_or_path).read_text(encoding="utf-8")
+        text = read_query(query_path(name_or_path))
         return self.store.select(text, dict(bindings or {}))
 
     def _known(self, query: str, what: str, name: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import urllib.error
@@ -312,3 +313,13 @@ def test_cli_serve_answers_sparql_and_refuses_updates() -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_a_query_file_that_is_not_utf8_is_a_located_error(
+    registry: FleetRegistry, tmp_path: Path
+) -> None:
+    path = tmp_path / "latin1.rq"
+    path.write_bytes('SELECT ?x WHERE { ?x ?p "café" }'.encode("latin-1"))
+
+    with pytest.raises(FedsimError, match=re.escape(f"{path}:1: ") + ".*UTF-8"):
+        registry.query(path)

@@ -29,7 +29,7 @@ from fedsim.core.cohort import CohortOrder, CohortReply, DeviceOutcome
 from fedsim.core.data import load_task_data
 from fedsim.core.hierarchy import gateway_rounds
 from fedsim.core.models import encoder_of, get_arrays, set_arrays
-from fedsim.core.payload import sent_mask
+from fedsim.core.payload import non_finite, sent_mask
 from fedsim.core.prototypes import ClassSums, class_sums, decode_report, encode_report
 from fedsim.core.reduce import Arrays, ModelUpdate, reduce_blocks
 from fedsim.core.scenario import PrototypesSpec, Scenario, TinyOLSpec
@@ -195,15 +195,23 @@ class NonFiniteUpdateError(ValueError):
     """A device's training diverged (NaN or inf in its loss or its model): the device fails."""
 
 
-def _check_finite(model: nn.Module, arrays: Arrays, loss: float) -> None:
-    """Raise ``NonFiniteUpdateError`` naming the first non-finite figure: a diverged update must
-    fail its device, never be averaged into the global model or counted as a loss of 0."""
-    fix = "the local training diverged: lower algorithm.lr (or check the data for NaN)"
-    if not np.isfinite(loss):
-        raise NonFiniteUpdateError(f"non-finite training loss {loss}; {fix}")
-    for name, array in zip(model.state_dict(), arrays, strict=True):
-        if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
-            raise NonFiniteUpdateError(f"non-finite values in tensor '{name}'; {fix}")
+def _check_finite(
+    scenario: Scenario, model: nn.Module, trained: Arrays, sent_arrays: Arrays, loss: float
+) -> None:
+    """Raise ``NonFiniteUpdateError`` when the update diverged, or when it is finite but not in
+    the payload's number format (float16 holds at most 65504): the server would average inf."""
+    names = list(model.state_dict())
+    problem = non_finite(names, trained, loss)
+    if problem:
+        fix = "the local training diverged: lower algorithm.lr (or check the data for NaN)"
+        raise NonFiniteUpdateError(f"{problem}; {fix}")
+    problem = non_finite(names, sent_arrays, loss)
+    if problem:
+        dtype = scenario.fleet.payload_dtype
+        raise NonFiniteUpdateError(
+            f"{problem} as sent in {dtype}: the update exceeds {dtype}'s range; "
+            "use fleet.payload_dtype: float32, or lower algorithm.lr"
+        )
 
 
 def _update(
@@ -218,9 +226,9 @@ def _update(
 ) -> DeviceUpdate:
     """What a device that trained ``trained`` from ``global_arrays`` sends, as the server will
     decode it: one definition for the sequential and the vectorised path."""
-    _check_finite(model, trained, loss)
     wire = scenario.upload.encode(trained, global_arrays, sent)
     arrays = scenario.upload.decode(wire, global_arrays, sent)
+    _check_finite(scenario, model, trained, arrays, loss)
     weight = scenario.algorithm.update_weight(num_examples)
     mask = None if all(sent) else sent
     measured = _measured(learner) if learner is not None else (None, None)
@@ -358,7 +366,7 @@ def _vectorized(
             n = len(data[device_id][1])
             try:
                 done[device_id] = _update(scenario, model, arrays, global_arrays, sent, n, loss)
-            except NonFiniteUpdateError as exc:
+            except Exception as exc:  # this device fails; its cohort goes on
                 done[device_id] = _failure(device_id, exc)
     return done
 

@@ -152,21 +152,28 @@ def run_deployed(scenario: Path | None, folder: Path, out_dir: Path | None) -> N
     """A run on a deployment: submitted with ``flwr run``, followed until it finishes; exit 1
     unless it completed (``flwr run`` itself exits 0 on failure)."""
     from fedsim.core.scenario_load import load_scenario
+    from fedsim.parts import check_parts
+    from fedsim.runner import stopped_error
 
     if scenario is None:
         raise FedsimError(
             "--federation", "needs a scenario", "fedsim run SCENARIO --federation DIR"
         )
     deployment = _deployment_of(folder)
-    name = load_scenario(scenario).name
+    loaded = load_scenario(scenario)
+    check_parts(loaded.algorithm.kind, f"{scenario}: algorithm.kind")
+    name = loaded.name
     out_dir = out_dir or Path("results") / f"{name}-deployed"
     run_id = deployment.submit(scenario, out_dir)
     err.print(f"run {run_id} on {deployment.control_address}: waiting for it to finish")
     status = deployment.wait(run_id)
+    path = out_dir / "summary.json"
+    summary = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    if summary and summary.get("status") != "completed":  # it says why (exit 3: diverged, ...)
+        raise stopped_error(summary, out_dir)
     if not status.ok:
         err.print(f"error: run {run_id} ended {status.status}: {status.details}", markup=False)
         raise typer.Exit(int(ExitCode.RUN_FAILED))
-    summary = json.loads((out_dir / "summary.json").read_text(encoding="utf-8"))
     out.print(
         f"{name}: run {run_id} completed on {deployment.control_address} in "
         f"{status.elapsed_s:.0f} s: "

@@ -79,6 +79,9 @@ def _emit(text: str, output: Path | None) -> None:
     if output is None:
         _console().print(text, end="", markup=False)
     else:
+        from fedsim.core.out_path import check_out
+
+        check_out(output, "--output", "file")
         output.write_text(text, encoding="utf-8")
         _console().print(f"wrote {output}")
 
@@ -276,16 +279,20 @@ def import_td(
 ) -> None:
     """The fedsim description in a Thing Description, as Turtle (checked against the TD JSON
     Schema; parsed offline with the local TD 1.1 context)."""
+    from fedsim.core.textfile import read_text
     from ontology.td import import_td as read_td
 
     if not file.is_file():
         raise FedsimError(str(file), "no such file", "give a TD JSON-LD file")
+    text = read_text(file, "Thing Description", 16 * 1024 * 1024, "a TD describes one device")
     try:
-        document = json.loads(file.read_text(encoding="utf-8"))
+        document = json.loads(text)
     except json.JSONDecodeError as exc:
         raise FedsimError(
             f"{file}:{exc.lineno}", f"not JSON: {exc.msg}", "fix the syntax"
         ) from None
+    except RecursionError:
+        raise FedsimError(str(file), "JSON nested too deep for a TD", "give a TD file") from None
     text = read_td(document, str(file)).serialize(format="turtle")
     _emit(text, output)
 

@@ -24,14 +24,20 @@ from typing import Any, Literal
 
 from clients.app import make_client_app
 from devices.fleet import load_fleet
+from fedsim.core.checkpoint import load_checkpoint
+from fedsim.core.data import load_task_data
 from fedsim.core.errors import FedsimError, RunStoppedError
+from fedsim.core.models import get_arrays
 from fedsim.core.records import RunBinding
 from fedsim.core.results import MANIFEST, SUMMARY
 from fedsim.core.scenario import Scenario, choose_engine
+from fedsim.core.task_model import task_model
+from fedsim.core.textfile import read_text
 from fedsim.inline import run_inline
 from fedsim.parts import check_parts
 from server.app import make_server_app
 from server.loop import LogObserver, RoundObserver
+from server.outputs import check_resumable
 
 __all__ = ["RunResult", "resume_target", "run"]
 
@@ -55,9 +61,17 @@ def _out_dir(scenario: Scenario, out: str | Path | None, overwrite: bool) -> Pat
         return path
     base = Path(scenario.output.dir) / scenario.name
     path, n = base, 1
-    while path.exists() and any(path.iterdir()):  # never overwrite an earlier run by default
-        n += 1
-        path = base.with_name(f"{base.name}-{n}")
+    try:
+        while path.exists() and any(path.iterdir()):  # never overwrite an earlier run by default
+            n += 1
+            path = base.with_name(f"{base.name}-{n}")
+        path.mkdir(parents=True, exist_ok=True)  # before any work: a bad output.dir fails now
+    except OSError as exc:
+        raise FedsimError(
+            f"output.dir {scenario.output.dir}",
+            f"cannot make the run folder {path}: {exc.strerror or exc}",
+            "give a writable output.dir in the scenario, or --out",
+        ) from None
     return path
 
 
@@ -116,6 +130,52 @@ def _cluster_cpus(address: str) -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))  # type: ignore[no-untyped-call]
 
 
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """When and how large ``path`` was last written (None: absent)."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
+
+
+def _check_resumable(scenario: Scenario, out: Path) -> None:
+    """The checks a resumed run's ServerApp makes of its checkpoint, before any engine starts."""
+    checkpoint = load_checkpoint(out)
+    if checkpoint is None:
+        return
+    data = load_task_data(scenario.task.dataset, scenario.seed)
+    model = task_model(scenario, data.num_features, data.num_outputs, 0)
+    check_resumable(scenario, checkpoint, get_arrays(model))
+
+
+def stopped_error(summary: dict[str, Any], out: Path) -> RunStoppedError:
+    """The error a stopped run's ``summary.json`` records (the line it stopped with)."""
+    status = str(summary.get("status", "failed"))
+    if "what" in summary:
+        where = str(summary.get("where") or out)
+        return RunStoppedError(status, where, str(summary["what"]), str(summary.get("fix", "")))
+    error = str(summary.get("error", "the run stopped"))
+    return RunStoppedError(status, str(out), error, f"see {FLOWER_LOG} in the run folder")
+
+
+def _record(path: Path, key: str) -> str:
+    """The string ``key`` of a run's JSON record (``manifest.json``, ``summary.json``); a located
+    error when the file is damaged."""
+    text = read_text(path, "JSON record", 64 * 1024 * 1024, "a run's record is small")
+    try:
+        value = json.loads(text)[key]
+    except (json.JSONDecodeError, KeyError, TypeError, RecursionError) as exc:
+        raise FedsimError(
+            str(path),
+            f"is damaged: no readable '{key}' ({type(exc).__name__})",
+            "restore the file from a copy, or start the run anew",
+        ) from None
+    if not isinstance(value, str):
+        raise FedsimError(str(path), f"is damaged: '{key}' is no string", "restore the file")
+    return value
+
+
 def resume_target(out: str | Path) -> Path:
     """The scenario of the unfinished run in ``out`` (from its manifest); a ``FedsimError`` when
     there is nothing to resume."""
@@ -124,9 +184,9 @@ def resume_target(out: str | Path) -> Path:
     if not manifest.exists():
         raise FedsimError(str(folder), "holds no run to resume (no manifest.json)", "")
     summary = folder / SUMMARY
-    if summary.exists() and json.loads(summary.read_text()).get("status") == "completed":
+    if summary.exists() and _record(summary, "status") == "completed":
         raise FedsimError(str(folder), "this run is complete: nothing to resume", "")
-    scenario = Path(json.loads(manifest.read_text(encoding="utf-8"))["scenario_path"])
+    scenario = Path(_record(manifest, "scenario_path"))
     if not scenario.exists():
         raise FedsimError(
             str(folder), f"its scenario {scenario} is gone", "put the scenario file back"
@@ -162,6 +222,10 @@ def run(
         command=command or shlex.join(sys.argv),
         resume=resume,
     )
+    summary_path = out_dir / SUMMARY
+    before = _stamp(summary_path)
+    if resume and chosen == "ray":  # the ServerApp's own checks, here: Ray would only log them
+        _check_resumable(scenario, out_dir)
     server_app = make_server_app(binding, observer or LogObserver())
     client_app = make_client_app(binding)
     actors = scenario.execution.actors
@@ -193,17 +257,16 @@ def run(
                 import ray
 
                 ray.shutdown()  # disconnect; the cluster stays up
-    summary_path = out_dir / SUMMARY
-    if not summary_path.exists():
-        raise RuntimeError(f"the run ended without writing {summary_path}; see the log above")
-    summary = json.loads(summary_path.read_text(encoding="utf-8"))
-    if summary.get("status") != "completed":  # the Ray engine logs a ServerApp's exception
+    if _stamp(summary_path) == before:  # the ServerApp stopped before it wrote a summary
         raise RunStoppedError(
-            str(summary.get("status", "failed")),
+            "failed",
             str(out_dir),
-            str(summary.get("error", "the run stopped")),
-            f"the rounds so far are kept there (engine log: {FLOWER_LOG})",
+            "the run stopped before it wrote its summary",
+            f"see {FLOWER_LOG} in the run folder",
         )
+    summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    if summary.get("status") != "completed":  # the Ray engine only logs a ServerApp's exception
+        raise stopped_error(summary, out_dir)
     summary["engine"] = chosen  # how it ran (results do not depend on it)
     if cluster:
         summary["ray_cluster"] = {"address": cluster, "actors": actors}

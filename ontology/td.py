@@ -169,7 +169,7 @@ def td_json_schema() -> dict[str, Any]:
     instead (first, possibly followed by prefix maps), as the TD 1.1 schema says; every other
     keyword is checked as the snapshot has it.
     """
-    text = _standard("td-json-schema-validation.json").read_text()
+    text = _standard("td-json-schema-validation.json").read_text(encoding="utf-8")
     schema = cast(dict[str, Any], json.loads(text))
     definitions = schema["definitions"]
     more = definitions["thing-context"]["anyOf"][1]["additionalItems"]
@@ -197,7 +197,7 @@ def _schema_problems(document: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 @cache
 def _td_context() -> dict[str, Any]:
-    context = json.loads(_standard("td-context-1.1.jsonld").read_text())["@context"]
+    context = json.loads(_standard("td-context-1.1.jsonld").read_text(encoding="utf-8"))["@context"]
     return cast(dict[str, Any], context)
 
 

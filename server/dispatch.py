@@ -25,7 +25,7 @@ from devices.fleet import Fleet
 from fedsim.core.aggregators import ModelAggregator
 from fedsim.core.cohort import CohortOrder, CohortReply, DeviceOutcome
 from fedsim.core.data import TaskData
-from fedsim.core.payload import Upload, round_trip, to_wire
+from fedsim.core.payload import Upload, non_finite, round_trip, to_wire
 from fedsim.core.prototypes import CLASSES, ClassSums, PrototypeError, decode_report
 from fedsim.core.records import (
     ARRAYS,
@@ -108,6 +108,10 @@ def collect(
                 arrays = upload.decode(wire, base, sent)
             except ValueError as exc:  # malformed: refused whole, the device counted as failed
                 outcomes.append(DeviceOutcome(device_id, "failed", error=str(exc)[:200]))
+                continue
+            problem = non_finite([f"#{i}" for i in range(len(arrays))], arrays, loss)
+            if problem:  # a device (or a SuperNode) that sends NaN or inf fails; never averaged
+                outcomes.append(DeviceOutcome(device_id, "failed", error=f"{problem}: refused"))
                 continue
             updates.append((position, (arrays, n) if all(sent) else (arrays, n, sent)))
             measured = [_optional(metrics.get(k)) for k in (MEASURED_S, MEASURED_MJ)]

@@ -9,6 +9,7 @@ alone; a worker that fails or does not reply takes down only the devices it was 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any, Protocol
@@ -25,7 +26,7 @@ from fedsim.core.aggregators import aggregator_for, server_step
 from fedsim.core.checkpoint import Checkpoint, load_checkpoint, restore_store
 from fedsim.core.cohort import DeviceOutcome
 from fedsim.core.data import load_task_data
-from fedsim.core.errors import RunStoppedError
+from fedsim.core.errors import FedsimError, RunStoppedError
 from fedsim.core.models import get_arrays, set_arrays
 from fedsim.core.plots import plot_accuracy, plot_fleet, plot_tiers
 from fedsim.core.pretrain import PretrainConfig, pretrain_encoder
@@ -56,7 +57,7 @@ from server.outputs import (
 )
 from server.tiers import tiered_round
 
-__all__ = ["LogObserver", "RoundObserver", "run_rounds"]
+__all__ = ["LogObserver", "RoundObserver", "run_rounds", "stop_record"]
 
 log = logging.getLogger("fedsim.server")
 DISCOVERY_TIMEOUT_S = 120.0
@@ -193,6 +194,7 @@ def _round(ctx: RoundContext, round_: int) -> tuple[RoundRecord, list[DeviceReco
             adapted = ctx.adaptation = adapt_and_score(
                 ctx.model, ctx.global_arrays, ctx.held_out, scenario.evaluation.adapt, scenario.seed
             )
+    _check_scores(round_, {"accuracy": accuracy, "loss": loss, "base accuracy": base})
     ok = [d for d in devices if d.status == "ok"]
     examples = sum(d.num_examples for d in ok)
     fates = [p.fate for p in plans]
@@ -224,6 +226,20 @@ def _round(ctx: RoundContext, round_: int) -> tuple[RoundRecord, list[DeviceReco
     return record, devices
 
 
+def stop_record(exc: BaseException) -> dict[str, str]:
+    """What ``summary.json`` says of a run that stopped: its status and error line, and the
+    error's parts, so that ``fedsim run`` prints the same line on every engine."""
+    if isinstance(exc, FedsimError):
+        status = exc.status if isinstance(exc, RunStoppedError) else "refused"
+        return {"status": status, "error": exc.line(), **_parts(exc)}
+    what = f"{type(exc).__name__}: {exc}"
+    return {"status": "failed", "error": what, "where": "", "what": what, "fix": ""}
+
+
+def _parts(exc: FedsimError) -> dict[str, str]:
+    return {"where": exc.where, "what": exc.what, "fix": exc.fix}
+
+
 def _check_global(ctx: RoundContext, round_: int, outcomes: list[DeviceOutcome]) -> None:
     """Stop the run when the global model is no longer finite: every later round, metric and
     the saved model would be NaN, reported as numbers."""
@@ -237,6 +253,19 @@ def _check_global(ctx: RoundContext, round_: int, outcomes: list[DeviceOutcome])
                 f"{ok} device updates",
                 "the federation diverged: lower algorithm.lr (or the server step); "
                 "devices.csv has each device's training loss up to the round before",
+            )
+
+
+def _check_scores(round_: int, scores: dict[str, float | None]) -> None:
+    """A finite model can still score NaN or inf (its outputs overflow): as useless as a NaN one,
+    and not a number to record."""
+    for name, value in scores.items():
+        if value is not None and not math.isfinite(value):
+            raise RunStoppedError(
+                "diverged",
+                f"round {round_}",
+                f"the global model's test {name} is {value} (its outputs overflow)",
+                "the federation diverged: lower algorithm.lr (or the server step)",
             )
 
 
@@ -367,14 +396,8 @@ def run_rounds(grid: Grid, binding: RunBinding, observer: RoundObserver) -> dict
             observer.round(record)
         _check_delivered(usage, records, first_error)
     except BaseException as exc:  # keep what was done: the rounds so far, and why it stopped
-        stopped = exc if isinstance(exc, RunStoppedError) else None
         writer.summary(
-            {
-                "scenario": scenario.name,
-                "status": stopped.status if stopped else "failed",
-                "error": stopped.line() if stopped else f"{type(exc).__name__}: {exc}",
-                "rounds_completed": len(records),
-            }
+            {"scenario": scenario.name, **stop_record(exc), "rounds_completed": len(records)}
         )
         raise
     finally:

@@ -28,6 +28,7 @@ from server.dispatch import RoundContext
 
 __all__ = [
     "Usage",
+    "check_resumable",
     "restore",
     "run_summary",
     "save_round",
@@ -115,14 +116,7 @@ def restore(ctx: RoundContext, checkpoint: Checkpoint) -> Usage:
     """Put the loop back where ``checkpoint`` left it; the running totals. A ``FedsimError`` when
     it does not fit the scenario: another scenario, other arrays than its model's, running values
     of the wrong form."""
-    if checkpoint.scenario_sha256 != ctx.scenario.digest():
-        raise FedsimError(
-            ctx.scenario.name,
-            "the scenario changed since this run started (its SHA-256 differs from the checkpoint)",
-            "resume with the scenario as it was, or start a new run",
-        )
-    _check_arrays(checkpoint, ctx.global_arrays)
-    running = _running(checkpoint)
+    running = check_resumable(ctx.scenario, checkpoint, ctx.global_arrays)
     ctx.global_arrays = checkpoint.arrays
     ctx.clock = checkpoint.clock
     if running.base_classes is not None:
@@ -136,6 +130,21 @@ def restore(ctx: RoundContext, checkpoint: Checkpoint) -> Usage:
     usage.selected, usage.delivered = running.usage.selected, running.usage.delivered
     usage.totals = dict(running.usage.totals)
     return usage
+
+
+def check_resumable(
+    scenario: Scenario, checkpoint: Checkpoint, model: list[NDArray[Any]]
+) -> _Running:
+    """Refuse (``FedsimError``) a checkpoint that does not fit ``scenario`` and its ``model``'s
+    arrays: another scenario, other arrays, running values of the wrong form. Changes nothing."""
+    if checkpoint.scenario_sha256 != scenario.digest():
+        raise FedsimError(
+            scenario.name,
+            "the scenario changed since this run started (its SHA-256 differs from the checkpoint)",
+            "resume with the scenario as it was, or start a new run",
+        )
+    _check_arrays(checkpoint, model)
+    return _running(checkpoint)
 
 
 def _check_arrays(checkpoint: Checkpoint, model: list[NDArray[Any]]) -> None:

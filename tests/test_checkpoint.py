@@ -338,3 +338,21 @@ def test_a_save_cut_short_at_any_rename_leaves_a_whole_checkpoint(
     assert loaded is not None
     assert loaded.round == (2 if crash_at == 5 else 1)
     np.testing.assert_array_equal(loaded.arrays[0], np.full(2, loaded.round, np.float32))
+
+
+@pytest.mark.parametrize("case", ["wrong shape", "NaN array", "running values"])
+def test_under_ray_a_damaged_checkpoint_is_refused_before_the_engine_starts(
+    copy: Path, case: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import flwr.simulation
+
+    def no_engine(**_: object) -> None:  # Ray would only log the ServerApp's exception
+        raise AssertionError("the engine started")
+
+    monkeypatch.setattr(flwr.simulation, "run_simulation", no_engine)
+    tamper, name, problem = CASES[case]
+    tamper(copy)
+    with pytest.raises(FedsimError, match=problem) as caught:
+        run(None, copy, resume=True, engine="ray")
+    assert caught.value.exit_code == 2
+    assert caught.value.where.startswith(str(copy / CHECKPOINT_DIR / name))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from fedsim.core.aggregators import AGGREGATORS
 from fedsim.core.errors import ExitCode, FedsimError, RunStoppedError
 from fedsim.core.results import read_rounds
 from fedsim.parts import PARTS, check_parts, missing_parts, spec_kinds
-from fedsim.runner import run
+from fedsim.runner import resume_target, run, stopped_error
 from tests.conftest import tiny_scenario
 from tests.test_cli import fedsim
 
@@ -140,3 +141,80 @@ def test_an_algorithm_missing_a_part_is_refused_before_it_runs(
     with pytest.raises(FedsimError, match=located):
         run(path, tmp_path / "out")
     assert not (tmp_path / "out").exists()  # refused before any output
+
+
+def test_an_update_finite_in_float32_but_not_in_its_float16_payload_fails_its_device(
+    write_scenario: Write,
+) -> None:
+    import clients.work
+    from devices.fleet import load_fleet
+    from fedsim.core.models import get_arrays
+
+    scenario = _equal_devices(EXECUTIONS["per-device"], {**DIVERGING, "lr": 0.1})
+    scenario["fleet"]["payload_dtype"] = "float16"
+    loaded, _ = load_fleet(write_scenario(scenario))
+    model = clients.work._model(loaded)
+    start = get_arrays(model)
+    trained = [a + 1e5 for a in start]  # finite, over float16's 65504
+    sent = clients.work._sent(loaded, model, head_only=False)
+
+    with pytest.raises(clients.work.NonFiniteUpdateError, match="as sent in float16"):
+        clients.work._update(loaded, model, trained, start, sent, 12, 0.5)
+    update = clients.work._update(loaded, model, [a + 1.0 for a in start], start, sent, 12, 0.5)
+    assert all(np.isfinite(a).all() for a in update.arrays)
+
+
+def test_a_model_that_scores_inf_stops_the_run(
+    write_scenario: Write, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(server.loop, "evaluate", lambda *_: (0.1, float("inf")))
+    path = write_scenario(_equal_devices(EXECUTIONS["per-device"], {**DIVERGING, "lr": 0.1}))
+
+    with pytest.raises(RunStoppedError, match=r"round 1: the global model's test loss is inf"):
+        run(path, tmp_path / "out")
+
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["status"] == "diverged"
+
+
+@pytest.mark.parametrize("status", ["diverged", "no-updates", "refused", "failed"])
+def test_a_stopped_summary_gives_back_the_line_it_stopped_with(status: str, tmp_path: Path) -> None:
+    original = RunStoppedError(status, "round 2", "what went wrong", "how to fix it")
+    summary = {"scenario": "x", **server.loop.stop_record(original), "rounds_completed": 1}
+
+    again = stopped_error(json.loads(json.dumps(summary)), tmp_path)
+
+    assert again.line() == original.line()
+    assert again.exit_code == original.exit_code
+    crash = server.loop.stop_record(KeyError("boom"))
+    assert stopped_error(crash, tmp_path).exit_code == ExitCode.RUN_FAILED
+    assert stopped_error(crash, tmp_path).where == str(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ("{not json", "is damaged: no readable 'scenario_path' \\(JSONDecodeError\\)"),
+        ('{"seed": 1}', "is damaged: no readable 'scenario_path' \\(KeyError\\)"),
+        ('{"scenario_path": 3}', "is damaged: 'scenario_path' is no string"),
+    ],
+)
+def test_resuming_a_folder_with_a_damaged_manifest_is_a_located_error(
+    content: str, problem: str, tmp_path: Path
+) -> None:
+    (tmp_path / "manifest.json").write_text(content, encoding="utf-8")
+
+    with pytest.raises(
+        FedsimError, match=re.escape(str(tmp_path / "manifest.json")) + ": " + problem
+    ):
+        resume_target(tmp_path)
+
+
+def test_an_output_dir_that_cannot_be_made_fails_before_the_run(
+    write_scenario: Write, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("", encoding="utf-8")
+    path = write_scenario(tiny_scenario(output={"dir": str(blocker / "results")}))
+
+    with pytest.raises(FedsimError, match=r"output\.dir .*: cannot make the run folder"):
+        run(path)

@@ -117,12 +117,19 @@ def known_names(kind: str, name: str, known: Iterable[str]) -> str:
 class RunStoppedError(FedsimError):
     """A run that stopped without a result: ``status`` is its ``summary.json`` status. A result
     that cannot be trusted (``diverged``: the global model is not finite; ``no-updates``: no
-    device update succeeded in the whole run) exits 3; any other (``failed``) exits 1."""
+    device update succeeded in the whole run) exits 3; input refused once the run had started
+    (``refused``, e.g. a damaged checkpoint under the Ray engine) exits 2; a crash (``failed``)
+    exits 1."""
 
     def __init__(self, status: str, where: str, what: str, fix: str = "") -> None:
         self.status = status
-        untrusted = status in UNTRUSTED
-        self.exit_code = ExitCode.UNTRUSTED_RESULT if untrusted else ExitCode.RUN_FAILED
+        self.exit_code = (
+            ExitCode.UNTRUSTED_RESULT
+            if status in UNTRUSTED
+            else ExitCode.BAD_INPUT
+            if status == "refused"
+            else ExitCode.RUN_FAILED
+        )
         super().__init__(where, what, fix)
 
     def __reduce__(self) -> tuple[type[RunStoppedError], tuple[str, str, str, str]]:

@@ -24,6 +24,7 @@ __all__ = [
     "VALUE",
     "PayloadDtype",
     "Upload",
+    "non_finite",
     "payload_bytes",
     "round_trip",
     "sent_mask",
@@ -57,6 +58,17 @@ def payload_bytes(
     return sum(
         int(np.prod(shape)) * size for i, shape in enumerate(shapes) if sent is None or sent[i]
     )
+
+
+def non_finite(names: Sequence[str], arrays: Arrays, loss: float) -> str:
+    """What is not finite in an update (its loss, else its first such tensor), or ``""``: a
+    diverged update must fail its device, never be averaged in nor counted as a loss of 0."""
+    if not np.isfinite(loss):
+        return f"non-finite training loss {loss}"
+    for name, array in zip(names, arrays, strict=True):
+        if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+            return f"non-finite values in tensor '{name}'"
+    return ""
 
 
 def sent_mask(
@@ -116,7 +128,8 @@ class Upload:
         """What the device sends: named arrays (tensor positions, or ``index`` and ``value``)."""
         total = sum(a.size for a, s in zip(arrays, sent, strict=True) if s)
         if not self._sparse_pays(total):
-            return {str(i): np.asarray(a, self.dtype) for i, a in enumerate(arrays) if sent[i]}
+            with np.errstate(over="ignore"):  # out of float16's range: inf, which the sender checks
+                return {str(i): np.asarray(a, self.dtype) for i, a in enumerate(arrays) if sent[i]}
         keep = [i for i, s in enumerate(sent) if s]
         if not keep:
             delta = np.zeros(0, np.float32)

@@ -17,10 +17,13 @@ import clients.work
 from clients.learners import LocalSgd
 from clients.vectorized import train_vectorized
 from fedsim.core.aggregators import AGGREGATORS
+from fedsim.core.data import load_task_data
 from fedsim.core.models import build_model, get_arrays
 from fedsim.core.results import read_model, read_rounds
 from fedsim.core.scenario import Scenario, choose_engine
+from fedsim.core.seeds import derive_seed
 from fedsim.core.state import DeviceStateStore
+from fedsim.core.task_model import task_model
 from fedsim.runner import run
 from server.dispatch import worker_orders as _orders
 from tests.conftest import tiny_scenario
@@ -58,7 +61,14 @@ ALGORITHMS = {
 _SSF = {k: v for k, v in ALGORITHMS["fedins"].items() if k not in ("entries", "top_n")}
 FROZEN_PARTS = {
     "federated-ssf": {**_SSF, "entries": 1, "top_n": 1, "key_weight": 0.0},
-    "head-only-fedavg": {**_SSF, "entries": 2, "top_n": 1, "key_weight": 0.0, "train": "head"},
+    "head-only-fedavg": {
+        **_SSF,
+        "entries": 2,
+        "top_n": 1,
+        "key_weight": 0.0,
+        "train": "head",
+        "weighting": "uniform",
+    },
 }
 
 
@@ -162,12 +172,18 @@ def test_frozen_parts_stay_frozen_in_every_mode(
 
     assert vectorised
     assert min(vectorised) >= clients.work.MIN_GROUP
-    spec = Scenario.model_validate(_blobs({}, algorithm)).algorithm
+    loaded = Scenario.model_validate(_blobs({}, algorithm))
+    spec = loaded.algorithm
     models = {mode: _model(out) for mode, out in runs.items()}
     reference = models["per-device"]
     frozen = [k for k in reference if spec.frozen(k)]
     assert frozen
     assert len(frozen) < len(reference)
+    data = load_task_data(loaded.task.dataset, loaded.seed)
+    init = task_model(loaded, data.num_features, data.num_outputs, derive_seed(loaded.seed, "init"))
+    for k, array in init.state_dict().items():
+        if k in frozen:  # as the run started: no mode trained them
+            assert np.array_equal(reference[k], array.numpy()), k
     for mode, model in models.items():
         for k in reference:
             if k in frozen:  # as received: bit for bit

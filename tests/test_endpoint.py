@@ -359,7 +359,7 @@ def test_a_query_past_the_timeout_is_cancelled_and_frees_its_worker(kind: str) -
     assert status == 503
     assert "ran past the endpoint's 0.5 s limit and was cancelled" in body
     assert waited < 3
-    assert (after, answered < 0.5) == (200, True)
+    assert (after, answered < 2.5) == (200, True)  # not held by the slow one (room for load)
     with pytest.raises(ProcessLookupError):  # killed, not left running in the background
         os.kill(slow_worker, 0)
 
@@ -404,7 +404,7 @@ def test_a_slow_or_silent_client_is_cut_off_at_the_client_timeout(
     with _store("oxigraph", 1) as store, serve(store, client_timeout_s=0.5) as server:
         closed_s, received = _closed_after(server, sent, pause_s)
 
-    assert closed_s < 2
+    assert closed_s < 4  # 0.5 s, with room for a loaded machine; no timeout at all: 5 s
     assert received.startswith(answer)
 
 

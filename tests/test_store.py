@@ -389,4 +389,4 @@ def test_finding_the_group_of_an_unclosed_string_takes_linear_time() -> None:
     started = time.perf_counter()
     with pytest.raises(QueryError):
         group_start(query)
-    assert time.perf_counter() - started < 1.0
+    assert time.perf_counter() - started < 5.0  # quadratic: ~35 s

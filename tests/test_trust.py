@@ -218,3 +218,20 @@ def test_an_output_dir_that_cannot_be_made_fails_before_the_run(
 
     with pytest.raises(FedsimError, match=r"output\.dir .*: cannot make the run folder"):
         run(path)
+
+
+def test_the_server_refuses_a_non_finite_update_whatever_the_device_claims(
+    write_scenario: Write, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import clients.work
+
+    monkeypatch.setattr(clients.work, "_check_finite", lambda *_: None)  # a device that lies
+    path = write_scenario(_equal_devices(EXECUTIONS["per-device"], DIVERGING))
+
+    with pytest.raises(RunStoppedError, match="no device update succeeded"):
+        run(path, tmp_path / "out")
+
+    devices = _devices(tmp_path / "out")
+    assert {d["status"] for d in devices} == {"failed"}
+    assert all(d["error"].endswith(": refused") for d in devices)
+    assert all("non-finite" in d["error"] for d in devices)

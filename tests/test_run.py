@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from clients.learners import LocalSgd
-from fedsim.core.errors import FedsimError
+from fedsim.core.errors import FedsimError, RunStoppedError
 from fedsim.core.results import read_rounds
 from fedsim.runner import run
 from tests.conftest import ROOT, tiny_scenario
@@ -126,14 +126,17 @@ def test_a_client_that_raises_is_a_failure_not_a_crash(
     assert rounds[-1]["accuracy"] is not None
 
 
-def test_all_devices_failing_keeps_the_model(write_scenario: Write, tmp_path: Path) -> None:
+def test_all_devices_failing_is_a_failed_run_that_keeps_its_rounds(
+    write_scenario: Write, tmp_path: Path
+) -> None:
     fleet = {"groups": [{"profile": "pico", "count": 3, "faults": {"crash_prob": 1.0}}]}
 
-    result = run(write_scenario(tiny_scenario(fleet=fleet)), tmp_path / "out")
+    with pytest.raises(RunStoppedError, match=r"no device update succeeded.*injected crash"):
+        run(write_scenario(tiny_scenario(fleet=fleet)), tmp_path / "out")
 
-    accuracies = {r["accuracy"] for r in read_rounds(result.out)}
-    assert len(accuracies) == 1  # untrained model, evaluated each round
-    assert result.summary["failures"] == 9
+    rounds = read_rounds(tmp_path / "out")
+    assert len({r["accuracy"] for r in rounds}) == 1  # untrained model, evaluated each round
+    assert sum(r["failures"] for r in rounds) == 9
 
 
 def test_existing_results_are_not_overwritten(write_scenario: Write, tmp_path: Path) -> None:

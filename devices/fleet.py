@@ -277,7 +277,7 @@ def _members(
                 path = query_path(group.query, base)
             except FedsimError as exc:
                 raise FedsimError(where, exc.what, exc.fix) from None
-            rows = fleet_registry.query(path, group.bind)
+            rows = fleet_registry.query(path, group.bind, f"fleet.groups[{i}].bind")
             by_name = {str(r["name"]): r for r in rows if "name" in r}
             found = [by_name[name] for name in sorted(by_name)]
             if len(found) < group.count:

@@ -173,7 +173,7 @@ def _members(
         path = query_path(how.query, base)
     except FedsimError as exc:
         raise FedsimError(f"{where}.query", exc.what, exc.fix) from None
-    rows = fleet_registry.query(path, how.bind)
+    rows = fleet_registry.query(path, how.bind, f"{where}.bind")
     found = sorted(by_name[str(r["name"])] for r in rows if str(r.get("name")) in by_name)
     if not found:
         raise FedsimError(

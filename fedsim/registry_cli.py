@@ -111,20 +111,10 @@ def query(
 
 
 def _check_bindings(path: Path, bindings: dict[str, Any]) -> None:
-    """Refuse a --bind of a variable the query does not mention: it would bind nothing."""
-    from fedsim.core.errors import did_you_mean
-    from ontology.endpoint_guard import variables
-    from ontology.fleet_registry import read_query
+    """Refuse a --bind of a variable the query does not mention, before opening a store."""
+    from ontology.fleet_registry import check_bindings, read_query
 
-    names = variables(read_query(path))
-    for name in bindings:
-        if name not in names:
-            known = ", ".join(sorted(names)) or "none"
-            raise FedsimError(
-                f"--bind {name}",
-                f"{path.name} has no variable ?{name}{did_you_mean(name, names)}",
-                f"bind one of its variables: {known}",
-            )
+    check_bindings(read_query(path), path.name, bindings, "--bind")
 
 
 @registry_app.command("match")

@@ -18,8 +18,9 @@ from pydantic import BaseModel, ConfigDict
 from rdflib import Literal as RdfLiteral
 from rdflib import URIRef
 
-from fedsim.core.errors import FedsimError, known_names
+from fedsim.core.errors import FedsimError, did_you_mean, known_names
 from fedsim.core.textfile import read_text
+from ontology.endpoint_guard import variables
 from ontology.registry import CATALOG_DIR, QUERY_DIR
 from ontology.store import RegistryStore, open_store
 from ontology.vocab import PREFIXES
@@ -31,6 +32,7 @@ __all__ = [
     "ModelFit",
     "ProfileMatch",
     "RunDevice",
+    "check_bindings",
     "parse_binding",
     "query_path",
     "read_query",
@@ -109,6 +111,21 @@ def query_path(name_or_path: str | Path, base: Path | None = None) -> Path:
 QUERY_BYTES = 1024 * 1024  # read no further: no query the registry runs is longer
 
 
+def check_bindings(text: str, name: str, bindings: Mapping[str, Any], where: str) -> None:
+    """Refuse a binding of a variable the query ``name`` does not mention: it would bind nothing,
+    and the rows would silently be those of the unbound query."""
+    mentioned = variables(text)
+    for variable in bindings:
+        if variable not in mentioned:
+            known = ", ".join(sorted(mentioned)) or "none"
+            located = f"{where} {variable}" if where.startswith("--") else f"{where}.{variable}"
+            raise FedsimError(
+                located,
+                f"{name} has no variable ?{variable}{did_you_mean(variable, mentioned)}",
+                f"bind one of its variables: {known}",
+            )
+
+
 def read_query(path: Path) -> str:
     """The SPARQL text of a ``.rq`` file: UTF-8, or a located error."""
     return read_text(path, "SPARQL query", QUERY_BYTES, "a query for the registry")
@@ -177,10 +194,16 @@ class FleetRegistry:
         self.store.close()
 
     def query(
-        self, name_or_path: str | Path, bindings: Mapping[str, Binding] | None = None
+        self,
+        name_or_path: str | Path,
+        bindings: Mapping[str, Binding] | None = None,
+        where: str = "bind",
     ) -> list[dict[str, Any]]:
-        """Rows of a named query or ``.rq`` file, values as plain Python."""
-        text = read_query(query_path(name_or_path))
+        """Rows of a named query or ``.rq`` file, values as plain Python. A binding of a variable
+        the query does not mention (it would bind nothing) is an error located at ``where``."""
+        path = query_path(name_or_path)
+        text = read_query(path)
+        check_bindings(text, path.name, bindings or {}, where)
         return self.store.select(text, dict(bindings or {}))
 
     def _known(self, query: str, what: str, name: str) -> None:

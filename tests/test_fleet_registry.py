@@ -176,6 +176,19 @@ def test_a_group_asking_for_more_devices_than_match_is_a_located_error(
         load_fleet(path)
 
 
+def test_a_group_binding_a_variable_its_query_lacks_is_a_located_error(
+    write_scenario: Write,
+) -> None:
+    path = write_scenario(_registry_scenario(count=2, bind={"modelNme": "mlp.kws"}))
+
+    with pytest.raises(
+        FedsimError,
+        match=rf"{path.name}:\d+: fleet.groups\[0\].bind.modelNme: trainable-devices.rq has no "
+        r"variable \?modelNme \(did you mean 'modelName'\?\)",
+    ):
+        load_fleet(path)
+
+
 def test_a_group_with_both_profile_and_query_is_refused(write_scenario: Write) -> None:
     path = write_scenario(_registry_scenario(count=2, profile="rpi4"))
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from torch import nn
 
 from clients.bridged import BridgedHeadLearner
 from clients.learners import LEARNERS, Learner
+from clients.update import DeviceUpdate, NonFiniteUpdateError, device_update, sent_tensors
 from clients.vectorized import can_vectorize, train_vectorized
 from devices.fleet import Fleet
 from devices.footprint import head_parameters
@@ -29,7 +30,6 @@ from fedsim.core.cohort import CohortOrder, CohortReply, DeviceOutcome
 from fedsim.core.data import load_task_data
 from fedsim.core.hierarchy import gateway_rounds
 from fedsim.core.models import encoder_of, get_arrays, set_arrays
-from fedsim.core.payload import non_finite, sent_mask
 from fedsim.core.prototypes import ClassSums, class_sums, decode_report, encode_report
 from fedsim.core.reduce import Arrays, ModelUpdate, reduce_blocks
 from fedsim.core.scenario import PrototypesSpec, Scenario, TinyOLSpec
@@ -54,37 +54,6 @@ __all__ = [
 
 class InjectedCrashError(RuntimeError):
     """A crash injected by the scenario's ``faults``; to the server it looks like a real one."""
-
-
-@dataclass(frozen=True)
-class DeviceUpdate:
-    arrays: Arrays  # as the server receives them (rounded to the payload's number format)
-    num_examples: int
-    train_loss: float
-    trained: tuple[bool, ...] | None = None  # which tensors trained (None: all)
-    wire: dict[str, NDArray[np.generic]] | None = None  # what it sends (``Scenario.upload``)
-    report: ClassSums | None = None  # prototype averaging: its mission's per-class sums
-    measured_s: float | None = None  # an attached device's own measurements of its training
-    measured_mj: float | None = None
-
-    def outcome(self, device_id: int) -> DeviceOutcome:
-        return DeviceOutcome(
-            device_id,
-            "ok",
-            self.num_examples,
-            self.train_loss,
-            "",
-            self.measured_s,
-            self.measured_mj,
-        )
-
-    def update(self, mission: str = "") -> ModelUpdate | ClassSums:
-        """What the aggregator accumulates; ``mission`` names a report ("device:round")."""
-        if self.report is not None:
-            return replace(self.report, mission=mission)
-        if self.trained is None:
-            return (self.arrays, self.num_examples)
-        return (self.arrays, self.num_examples, self.trained)
 
 
 def _crashes(seed: int, round_: int, device_id: int, prob: float) -> bool:
@@ -178,61 +147,10 @@ def train_device(
     finally:
         for p in frozen:
             p.requires_grad_(True)
-    sent = _sent(scenario, model, head_only)
-    return _update(scenario, model, get_arrays(model), global_arrays, sent, len(y), loss, learner)
-
-
-def _sent(scenario: Scenario, model: nn.Module, head_only: bool) -> tuple[bool, ...]:
-    """Which of the model's tensors a device uploads (``fedsim.core.payload.sent_mask``)."""
-    head = head_parameters(model)
-    names = list(model.state_dict())
-    frozen = [scenario.algorithm.frozen(name) for name in names]
-    heads = [name in head for name in names]
-    return sent_mask(heads, head_only, scenario.algorithm.local_head, frozen)
-
-
-class NonFiniteUpdateError(ValueError):
-    """A device's training diverged (NaN or inf in its loss or its model): the device fails."""
-
-
-def _check_finite(
-    scenario: Scenario, model: nn.Module, trained: Arrays, sent_arrays: Arrays, loss: float
-) -> None:
-    """Raise ``NonFiniteUpdateError`` when the update diverged, or when it is finite but not in
-    the payload's number format (float16 holds at most 65504): the server would average inf."""
-    names = list(model.state_dict())
-    problem = non_finite(names, trained, loss)
-    if problem:
-        fix = "the local training diverged: lower algorithm.lr (or check the data for NaN)"
-        raise NonFiniteUpdateError(f"{problem}; {fix}")
-    problem = non_finite(names, sent_arrays, loss)
-    if problem:
-        dtype = scenario.fleet.payload_dtype
-        raise NonFiniteUpdateError(
-            f"{problem} as sent in {dtype}: the update exceeds {dtype}'s range; "
-            "use fleet.payload_dtype: float32, or lower algorithm.lr"
-        )
-
-
-def _update(
-    scenario: Scenario,
-    model: nn.Module,
-    trained: Arrays,
-    global_arrays: Arrays,
-    sent: tuple[bool, ...],
-    num_examples: int,
-    loss: float,
-    learner: Learner | None = None,
-) -> DeviceUpdate:
-    """What a device that trained ``trained`` from ``global_arrays`` sends, as the server will
-    decode it: one definition for the sequential and the vectorised path."""
-    wire = scenario.upload.encode(trained, global_arrays, sent)
-    arrays = scenario.upload.decode(wire, global_arrays, sent)
-    _check_finite(scenario, model, trained, arrays, loss)
-    weight = scenario.algorithm.update_weight(num_examples)
-    mask = None if all(sent) else sent
-    measured = _measured(learner) if learner is not None else (None, None)
-    return DeviceUpdate(arrays, weight, loss, mask, wire, None, *measured)
+    sent = sent_tensors(scenario, model, head_only)
+    return device_update(
+        scenario, model, get_arrays(model), global_arrays, sent, len(y), loss, _measured(learner)
+    )
 
 
 @torch.no_grad()
@@ -361,11 +279,13 @@ def _vectorized(
         except Exception:  # find the failing device(s) one at a time
             done |= _sequential(scenario, fleet, order, group, global_arrays, states)
             continue
-        sent = _sent(scenario, model, head_only=False)  # head-only devices ran one by one
+        sent = sent_tensors(scenario, model, head_only=False)  # head-only devices ran one by one
         for device_id, (arrays, loss) in zip(group, trained, strict=True):
             n = len(data[device_id][1])
             try:
-                done[device_id] = _update(scenario, model, arrays, global_arrays, sent, n, loss)
+                done[device_id] = device_update(
+                    scenario, model, arrays, global_arrays, sent, n, loss
+                )
             except Exception as exc:  # this device fails; its cohort goes on
                 done[device_id] = _failure(device_id, exc)
     return done

@@ -146,6 +146,7 @@ def test_an_algorithm_missing_a_part_is_refused_before_it_runs(
 def test_an_update_finite_in_float32_but_not_in_its_float16_payload_fails_its_device(
     write_scenario: Write,
 ) -> None:
+    import clients.update
     import clients.work
     from devices.fleet import load_fleet
     from fedsim.core.models import get_arrays
@@ -156,11 +157,12 @@ def test_an_update_finite_in_float32_but_not_in_its_float16_payload_fails_its_de
     model = clients.work._model(loaded)
     start = get_arrays(model)
     trained = [a + 1e5 for a in start]  # finite, over float16's 65504
-    sent = clients.work._sent(loaded, model, head_only=False)
+    sent = clients.update.sent_tensors(loaded, model, head_only=False)
 
-    with pytest.raises(clients.work.NonFiniteUpdateError, match="as sent in float16"):
-        clients.work._update(loaded, model, trained, start, sent, 12, 0.5)
-    update = clients.work._update(loaded, model, [a + 1.0 for a in start], start, sent, 12, 0.5)
+    with pytest.raises(clients.update.NonFiniteUpdateError, match="as sent in float16"):
+        clients.update.device_update(loaded, model, trained, start, sent, 12, 0.5)
+    changed = [a + 1.0 for a in start]
+    update = clients.update.device_update(loaded, model, changed, start, sent, 12, 0.5)
     assert all(np.isfinite(a).all() for a in update.arrays)
 
 
@@ -223,9 +225,9 @@ def test_an_output_dir_that_cannot_be_made_fails_before_the_run(
 def test_the_server_refuses_a_non_finite_update_whatever_the_device_claims(
     write_scenario: Write, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import clients.work
+    import clients.update
 
-    monkeypatch.setattr(clients.work, "_check_finite", lambda *_: None)  # a device that lies
+    monkeypatch.setattr(clients.update, "check_finite", lambda *_: None)  # a device that lies
     path = write_scenario(_equal_devices(EXECUTIONS["per-device"], DIVERGING))
 
     with pytest.raises(RunStoppedError, match="no device update succeeded"):

@@ -28,6 +28,7 @@ from fedsim.core.cohort import DeviceOutcome
 from fedsim.core.data import load_task_data
 from fedsim.core.errors import FedsimError, RunStoppedError
 from fedsim.core.models import get_arrays, set_arrays
+from fedsim.core.payload import non_finite
 from fedsim.core.plots import plot_accuracy, plot_fleet, plot_tiers
 from fedsim.core.pretrain import PretrainConfig, pretrain_encoder
 from fedsim.core.records import (
@@ -243,17 +244,16 @@ def _parts(exc: FedsimError) -> dict[str, str]:
 def _check_global(ctx: RoundContext, round_: int, outcomes: list[DeviceOutcome]) -> None:
     """Stop the run when the global model is no longer finite: every later round, metric and
     the saved model would be NaN, reported as numbers."""
-    for name, array in zip(ctx.model.state_dict(), ctx.global_arrays, strict=True):
-        if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
-            ok = sum(o.status == "ok" for o in outcomes)
-            raise RunStoppedError(
-                "diverged",
-                f"round {round_}",
-                f"the global model is not finite (NaN or inf in '{name}') after aggregating "
-                f"{ok} device updates",
-                "the federation diverged: lower algorithm.lr (or the server step); "
-                "devices.csv has each device's training loss up to the round before",
-            )
+    problem = non_finite(list(ctx.model.state_dict()), ctx.global_arrays)
+    if problem:
+        ok = sum(o.status == "ok" for o in outcomes)
+        raise RunStoppedError(
+            "diverged",
+            f"round {round_}",
+            f"the global model is not finite ({problem}) after aggregating {ok} device updates",
+            "the federation diverged: lower algorithm.lr (or the server step); "
+            "devices.csv has each device's training loss up to the round before",
+        )
 
 
 def _check_scores(round_: int, scores: dict[str, float | None]) -> None:

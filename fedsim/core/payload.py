@@ -60,9 +60,9 @@ def payload_bytes(
     )
 
 
-def non_finite(names: Sequence[str], arrays: Arrays, loss: float) -> str:
-    """What is not finite in an update (its loss, else its first such tensor), or ``""``: a
-    diverged update must fail its device, never be averaged in nor counted as a loss of 0."""
+def non_finite(names: Sequence[str], arrays: Arrays, loss: float = 0.0) -> str:
+    """What is not finite in an update or a model (its loss, else its first such tensor), or
+    ``""``: a diverged update must fail its device, never be averaged in nor counted as 0."""
     if not np.isfinite(loss):
         return f"non-finite training loss {loss}"
     for name, array in zip(names, arrays, strict=True):

@@ -7,8 +7,6 @@ persistent one). Query answers print as a table, CSV or JSON (``--format``).
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,9 +14,18 @@ from typing import Any
 
 import typer
 
+from fedsim.cli.format import (
+    FormatOpt,
+    Records,
+    check_format,
+    out,
+    print_records,
+    print_text,
+    write_text,
+)
 from fedsim.core.errors import FedsimError
 
-__all__ = ["registry_app"]
+__all__ = ["register", "registry_app"]
 
 registry_app = typer.Typer(
     help="The semantic registry: devices, models and runs in RDF.", no_args_is_help=True
@@ -27,13 +34,10 @@ registry_app = typer.Typer(
 DataOpt = typer.Option([], "--data", help="Turtle file of fleet devices (repeatable)")
 StoreOpt = typer.Option("memory", "--store", help="memory (rdflib) or oxigraph")
 DbOpt = typer.Option(None, "--db", help="oxigraph: a persistent store folder")
-FormatOpt = typer.Option("table", "--format", help="table, csv or json")
 
 
-def _console() -> Any:
-    from rich.console import Console
-
-    return Console(highlight=False, soft_wrap=True, emoji=False)
+def register(app: typer.Typer) -> None:
+    app.add_typer(registry_app, name="registry")
 
 
 def _open(data: Sequence[Path], store: str, db: Path | None) -> Any:
@@ -45,45 +49,6 @@ def _open(data: Sequence[Path], store: str, db: Path | None) -> Any:
         if not path.is_file():
             raise FedsimError("--data", f"no file {path}", "give a Turtle file of devices")
     return FleetRegistry.open(list(data), store, db)  # type: ignore[arg-type]
-
-
-def _print(rows: Sequence[dict[str, Any]], columns: Sequence[str], fmt: str, title: str) -> None:
-    out = _console()
-    if fmt == "json":
-        out.print(json.dumps([{c: r.get(c) for c in columns} for r in rows], indent=2), end="\n")
-    elif fmt == "csv":
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-        out.print(buffer.getvalue(), end="", markup=False)
-    elif fmt == "table":
-        from rich.table import Table
-
-        table = Table(*columns, title=title, box=None, title_justify="left")
-        for row in rows:
-            table.add_row(*(_cell(row.get(c)) for c in columns))
-        out.print(table)
-    else:
-        raise FedsimError("--format", f"unknown format '{fmt}'", "use table, csv or json")
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def _emit(text: str, output: Path | None) -> None:
-    """``text`` to stdout, or to the file ``output``."""
-    if output is None:
-        _console().print(text, end="", markup=False)
-    else:
-        from fedsim.core.out_path import check_out
-
-        check_out(output, "--output", "file")
-        output.write_text(text, encoding="utf-8")
-        _console().print(f"wrote {output}")
 
 
 def _dump(items: Sequence[Any]) -> list[dict[str, Any]]:
@@ -102,12 +67,13 @@ def query(
     """Run a SELECT query; its variables are bound with --bind (typed, never pasted in)."""
     from ontology.fleet_registry import parse_binding, query_path
 
+    check_format(fmt)
     bindings = dict(parse_binding(b) for b in bind)
     _check_bindings(query_path(file), bindings)
     with _open(data, store, db) as registry:
         rows = registry.query(file, bindings)
     columns = list(dict.fromkeys(k for row in rows for k in row))
-    _print(rows, columns, fmt, f"{file}: {len(rows)} rows")
+    print_records(Records(rows, columns, title=f"{file}: {len(rows)} rows"), fmt)
 
 
 def _check_bindings(path: Path, bindings: dict[str, Any]) -> None:
@@ -127,22 +93,28 @@ def match(
 ) -> None:
     """Which device classes, and which registered devices, can run MODEL, and train it
     (full: all layers; head: the last layer, the rest in flash; no)."""
+    check_format(fmt)
     with _open(data, store, db) as registry:
         profiles = registry.profiles_for(model)
         devices = registry.devices_for(model)
-    _print(
-        _dump(profiles),
-        ["profile", "ram", "flash", "train", "sensors"],
-        fmt,
-        f"profiles that can run {model} (sensors: built in, or to attach)",
-    )
-    if devices or data or db:
-        _print(
-            _dump(devices),
-            ["name", "profile", "fleet", "ram", "flash", "train"],
-            fmt,
-            f"registered devices that can run {model}: {len(devices)}",
+    tables = [
+        Records(
+            _dump(profiles),
+            ["profile", "ram", "flash", "train", "sensors"],
+            "profiles",
+            f"profiles that can run {model} (sensors: built in, or to attach)",
         )
+    ]
+    if devices or data or db or fmt == "json":  # JSON has the same keys with or without devices
+        tables.append(
+            Records(
+                _dump(devices),
+                ["name", "profile", "fleet", "ram", "flash", "train"],
+                "devices",
+                f"registered devices that can run {model}: {len(devices)}",
+            )
+        )
+    print_records(tables, fmt)
 
 
 @registry_app.command("fits")
@@ -154,10 +126,13 @@ def fits(
     fmt: str = FormatOpt,
 ) -> None:
     """Which models a device (or a device class) can run, and train."""
+    check_format(fmt)
     with _open(data, store, db) as registry:
         models = registry.models_for(device)
     columns = ["model", "inference_ram", "flash_need", "train_ram", "train", "sensors"]
-    _print(_dump(models), columns, fmt, f"models that fit {device}: {len(models)}")
+    print_records(
+        Records(_dump(models), columns, title=f"models that fit {device}: {len(models)}"), fmt
+    )
 
 
 @registry_app.command("inventory")
@@ -168,10 +143,13 @@ def inventory(
     fmt: str = FormatOpt,
 ) -> None:
     """The registered devices by profile and fleet."""
+    check_format(fmt)
     with _open(data, store, db) as registry:
         rows = registry.inventory()
     total = sum(r.devices for r in rows)
-    _print(_dump(rows), ["profile", "fleet", "devices"], fmt, f"{total} devices")
+    print_records(
+        Records(_dump(rows), ["profile", "fleet", "devices"], title=f"{total} devices"), fmt
+    )
 
 
 @registry_app.command("history")
@@ -184,10 +162,11 @@ def history(
 ) -> None:
     """Devices seen in a run, with rounds, updates delivered, energy, bytes, mean loss (from a
     persistent registry, or --data RUN_DIR/participation.ttl)."""
+    check_format(fmt)
     with _open(data, store, db) as registry:
         rows = registry.run_devices(run)
     columns = ["device", "profile", "rounds", "delivered", "energy_mj", "bytes", "mean_loss"]
-    _print(_dump(rows), columns, fmt, f"run {run}: {len(rows)} devices")
+    print_records(Records(_dump(rows), columns, title=f"run {run}: {len(rows)} devices"), fmt)
 
 
 @registry_app.command("catalog-models")
@@ -197,7 +176,7 @@ def catalog_models() -> None:
     from devices.model_catalog import write_model_catalog
 
     path = write_model_catalog()
-    _console().print(f"wrote {path}")
+    out.print(f"wrote {path}")
 
 
 @registry_app.command("validate")
@@ -212,10 +191,9 @@ def validate(
         if not path.is_file():
             raise FedsimError(str(path), "no such file", "give Turtle files to validate")
     violations = validate_files(files or [], with_catalog=True)
-    out = _console()
     if violations:
         for v in violations:
-            out.print(f"{v.line()}", markup=False)
+            print_text(f"{v.line()}\n")
         raise FedsimError(
             "registry validate",
             f"{len(violations)} violations",
@@ -259,7 +237,7 @@ def export_td(
     else:
         iri = str(DEVICE[thing])  # reported as unknown, with the closest names, by export
     text = json.dumps(export(graph, iri), indent=2, ensure_ascii=False) + "\n"
-    _emit(text, output)
+    write_text(text, output)
 
 
 @registry_app.command("import-td")
@@ -284,7 +262,7 @@ def import_td(
     except RecursionError:
         raise FedsimError(str(file), "JSON nested too deep for a TD", "give a TD file") from None
     text = read_td(document, str(file)).serialize(format="turtle")
-    _emit(text, output)
+    write_text(text, output)
 
 
 @registry_app.command("serve")
@@ -349,6 +327,6 @@ def serve(
                 "choose another --port (0: any free one) or stop what holds it",
             ) from None
         with server:
-            _console().print(f"SPARQL endpoint: {server.url} (read-only; Ctrl-C stops it)")
+            out.print(f"SPARQL endpoint: {server.url} (read-only; Ctrl-C stops it)")
             while True:
                 time.sleep(3600)

@@ -1,5 +1,6 @@
-"""``fedsim deploy superlink | supernode`` and ``fedsim run --federation``: Flower's Deployment
-Engine with TLS and SuperNode authentication (``fedsim/deploy.py`` makes the files and commands)."""
+"""``fedsim deploy superlink | supernode | register`` and ``fedsim run --federation``: Flower's
+Deployment Engine with TLS and SuperNode authentication (``fedsim/deploy.py`` makes the files and
+commands)."""
 
 from __future__ import annotations
 
@@ -9,14 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 
+from fedsim.cli.format import err, out, print_error, print_warning
 from fedsim.core.errors import ExitCode, FedsimError
 
-__all__ = ["deploy_app", "run_deployed"]
-
-err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
-out = Console(highlight=False, soft_wrap=True, emoji=False)
+__all__ = ["deploy_app", "register", "run_deployed"]
 
 deploy_app = typer.Typer(
     help="Flower's Deployment Engine: a SuperLink and SuperNodes with TLS and node auth.",
@@ -26,6 +24,10 @@ DeployDir = typer.Argument(..., help="deployment folder (certificates, keys, Flo
 ControlPort = typer.Option(
     8001, help="the Control API's port (flwr: register keys, submit runs), on --control-host"
 )
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(deploy_app, name="deploy")
 
 
 def _foreground(command: list[str], env: dict[str, str]) -> None:
@@ -69,10 +71,9 @@ def deploy_superlink(
     deployment = Deployment(folder.resolve(), host, port, insecure, control_port, control_host)
     deployment.prepare()
     if not is_loopback(control_host):
-        err.print(
-            f"warning: the Control API on {deployment.control_address} lets anyone who reaches "
-            "it with ca.crt register node keys and submit runs: firewall it to operators only",
-            markup=False,
+        print_warning(
+            f"the Control API on {deployment.control_address} lets anyone who reaches "
+            "it with ca.crt register node keys and submit runs: firewall it to operators only"
         )
     err.print(f"flwr CLI: FLWR_HOME={deployment.root / 'flwr-home'} (connection 'fedsim')")
     _foreground(deployment.superlink_command(), deployment.env("homes/superlink"))
@@ -125,8 +126,7 @@ def deploy_supernode(
     elif key is not None:
         err.print(
             f"node key {key}.pub: unless it is registered, copy it to the SuperLink's host and "
-            f"run there: fedsim deploy register DEPLOY_DIR {name}.pub",
-            markup=False,
+            f"run there: fedsim deploy register DEPLOY_DIR {name}.pub"
         )
     command = deployment.supernode_command(key, config, node_port or default_port)
     _foreground(command, deployment.env(f"homes/{name}"))
@@ -172,7 +172,7 @@ def run_deployed(scenario: Path | None, folder: Path, out_dir: Path | None) -> N
     if summary and summary.get("status") != "completed":  # it says why (exit 3: diverged, ...)
         raise stopped_error(summary, out_dir)
     if not status.ok:
-        err.print(f"error: run {run_id} ended {status.status}: {status.details}", markup=False)
+        print_error(f"run {run_id} ended {status.status}: {status.details}")
         raise typer.Exit(int(ExitCode.RUN_FAILED))
     out.print(
         f"{name}: run {run_id} completed on {deployment.control_address} in "

@@ -1,0 +1,55 @@
+"""The ``fedsim`` command. Bad input prints one located line and exits 2; never a traceback.
+
+One module per command group registers its commands here, in the order ``fedsim --help`` lists
+them; ``fedsim.cli.format`` prints for all of them.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from fedsim.cli import data, deploy, devices, pretrain, registry, report, run, sweep
+from fedsim.cli.format import err, print_error
+from fedsim.cli.run import summarize
+from fedsim.core.errors import EXIT_CODE_HELP, ExitCode, FedsimError
+
+__all__ = ["app", "main", "summarize"]
+
+EXIT_CODES_EPILOG = "Exit codes: " + "; ".join(f"{int(c)} {h}" for c, h in EXIT_CODE_HELP.items())
+app = typer.Typer(
+    help="fedsim: simulate federated learning on fleets of edge devices, built on Flower.",
+    epilog=EXIT_CODES_EPILOG,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+for group in (run, pretrain, sweep, report, data, devices, registry, deploy):
+    group.register(app)
+
+
+def main() -> None:
+    """Console entry point: maps user errors to one line and exit code 2."""
+    try:
+        code = app(standalone_mode=False)  # a typer.Exit inside comes back as its code
+        if isinstance(code, int) and code:
+            sys.exit(code)
+    except FedsimError as exc:
+        for line in exc.lines():
+            print_error(line)
+        sys.exit(int(exc.exit_code))
+    except KeyboardInterrupt:
+        err.print("interrupted; results written so far are kept (fedsim run --resume RUN_DIR)")
+        sys.exit(int(ExitCode.INTERRUPTED))
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # click's usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(int(ExitCode.BAD_INPUT))
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(int(ExitCode.INTERRUPTED))
+        raise

@@ -1,0 +1,142 @@
+"""``fedsim validate`` and ``fedsim run``: check a scenario and say what it will run; run it
+(here, resumed, or on a deployment) and say how it ended."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from fedsim.cli.format import err, out
+from fedsim.core.errors import FedsimError
+from fedsim.core.out_path import check_out
+from fedsim.core.scenario import choose_engine
+
+__all__ = ["ScenarioArg", "check_engine", "register", "run", "summarize", "validate"]
+
+ScenarioArg = typer.Argument(..., help="scenario YAML, e.g. scenarios/quickstart.yaml")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(validate)
+    app.command()(run)
+
+
+def check_engine(engine: str | None) -> None:
+    """Refuse an unknown ``--engine`` (run, sweep) before any work is done."""
+    if engine not in (None, "auto", "ray", "inline"):
+        raise FedsimError("--engine", f"unknown engine '{engine}'", "use auto, ray or inline")
+
+
+def summarize(scenario_path: str | Path) -> str:
+    """One line saying what a scenario will run (``fedsim validate``)."""
+    from devices.fleet import load_fleet
+    from fedsim.parts import check_parts
+
+    scenario, fleet = load_fleet(scenario_path)
+    check_parts(scenario.algorithm.kind, f"{scenario_path}: algorithm.kind")
+    groups = ", ".join(f"{n} {p}" for p, n in fleet.by_profile().items())
+    params = scenario.fleet.partition.model_dump(exclude={"kind"})
+    args = ", ".join(f"{k}={v}" for k, v in params.items())
+    split = scenario.fleet.partition.kind + (f"({args})" if args else "")
+    from devices.clock import FleetCosts
+    from fedsim.core.task_model import task_model
+
+    data = fleet.data
+    model = task_model(scenario, data.num_features, data.num_outputs, 0)
+    lines = FleetCosts(scenario, fleet, model).describe()
+    if fleet.topology is not None:
+        lines += fleet.topology.describe()
+    groups_cost = "".join(f"\n  {line}" for line in lines)
+    return (
+        f"{scenario_path}: ok: {scenario.name}: {scenario.algorithm.kind} on "
+        f"{scenario.task.dataset}/{scenario.task.model}, {len(fleet)} devices ({groups}), "
+        f"{scenario.cohort_size} per round x {scenario.rounds} rounds, {split} split, "
+        f"{scenario.execution.mode} mode on {choose_engine(scenario)}, seed {scenario.seed}"
+        f"{groups_cost}"
+    )
+
+
+def validate(scenario: Path = ScenarioArg) -> None:
+    """Check a scenario (schema, names, fleet, data split) and say what it will run."""
+    out.print(summarize(scenario))
+
+
+def run(
+    scenario: Path | None = typer.Argument(
+        None, help="scenario YAML, e.g. scenarios/quickstart.yaml (not with --resume)"
+    ),
+    out_dir: Path | None = typer.Option(
+        None, "--out", help="results folder (default: <output.dir>/<name>, never overwritten)"
+    ),
+    overwrite: bool = typer.Option(False, help="reuse --out even if it holds a run"),
+    engine: str | None = typer.Option(
+        None,
+        help="auto (inline for small runs, else ray), ray (Flower's simulation engine) "
+        "or inline (one thread, no Ray)",
+    ),
+    resume: Path | None = typer.Option(
+        None, help="continue the stopped run in this folder from its last checkpoint"
+    ),
+    federation: Path | None = typer.Option(
+        None, help="run on a deployment (its folder, from fedsim deploy superlink) instead"
+    ),
+) -> None:
+    """Run a scenario: a Flower simulation that writes metrics, plots and a report."""
+    from fedsim.progress import ProgressObserver
+    from fedsim.runner import resume_target
+    from fedsim.runner import run as run_scenario
+
+    check_engine(engine)
+    if out_dir is not None:
+        check_out(out_dir, "--out", "folder")
+    if federation is not None:
+        from fedsim.cli.deploy import run_deployed
+
+        run_deployed(scenario, federation, out_dir)
+        return
+    if (scenario is None) == (resume is None):
+        raise FedsimError(
+            "fedsim run", "give a scenario, or --resume RUN_DIR (not both)", "see fedsim run --help"
+        )
+    name = (scenario or resume_target(resume or Path())).stem
+    result = run_scenario(
+        scenario,
+        resume or out_dir,
+        overwrite=overwrite,
+        engine=engine,  # type: ignore[arg-type]
+        observer=ProgressObserver(name, console=err),
+        command=shlex.join(["fedsim", *sys.argv[1:]]),
+        resume=resume is not None,
+    )
+    _print_outcome(name, result.summary, result.out)
+
+
+def _print_outcome(name: str, s: dict[str, Any], folder: Path) -> None:
+    """The run's score, costs and failures in a line (two with a topology)."""
+    if "adapted" in s:
+        a = s["adapted"]
+        score = f"after adaptation {a['metric']} {a['mean']:.4g} ± {a['ci95']:.2g} (95% CI)"
+    elif s["final_accuracy"] is not None:
+        score = f"final accuracy {s['final_accuracy']:.4f}"
+    else:
+        score = f"final loss {s['final_loss']:.4g}"
+    out.print(
+        f"{name}: {score} after {s['rounds']} rounds "
+        f"({s['sim_time_s']:.0f} simulated s, {s['energy_j']:.3g} J), {s['failures']} device "
+        f"failures, {s['stragglers'] + s['dropouts']} cut, {s['memory_skips']} skipped for "
+        f"memory, {s['wall_s']:.1f} s → {folder}"
+    )
+    if "topology" in s:
+        t = s["topology"]
+        versus = f" ({t['backhaul_vs_star']:.0%} of a star's" if t["backhaul_vs_star"] else ""
+        versus += " for the same device rounds)" if versus else ""
+        out.print(
+            f"  {len(t['gateways'])} gateways: {t['backhaul_bytes'] / 1e6:.3g} MB over the "
+            f"backhaul{versus}, {s['gateway_energy_j']:.3g} J; {t['gateways_down']} down, "
+            f"{t['gateways_late']} late, {t['gateways_lost']} partials lost, "
+            f"devices cut off with their gateway {t['gateway_cut']} times"
+        )

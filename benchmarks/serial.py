@@ -36,11 +36,11 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import publish
-from devices.agent import Device, serve
-from devices.bridge import SerialBridge
-from devices.emulator import FIRMWARE, build_firmware, host_firmware, qemu_command, qemu_mcu
-from devices.messages import HeadConfig
-from devices.protocol import MessageType
+from edge.agent import Device, serve
+from edge.bridge import SerialBridge
+from edge.emulator import FIRMWARE, build_firmware, host_firmware, qemu_command, qemu_mcu
+from edge.messages import HeadConfig
+from edge.protocol import MessageType
 
 ROOT = Path(__file__).resolve().parents[1]
 BAUD = 115200

@@ -3,7 +3,7 @@
 The host plays the device's sensor and extractor: it computes each sample's features with the
 frozen body of the global model (as ``OnlineHeadLearner`` does), streams them with their labels in
 the round's order (TRAIN), and reads the trained head back. The device runs the same per-sample SGD
-as ``clients.tinyol.OnlineHead`` (in C on an MCU, with numpy on a Pi), so an attached device and a
+as ``edge.online_head.OnlineHead`` (in C on an MCU, with numpy on a Pi), so an attached device and a
 simulated one given the same samples end within float32 rounding of each other. What the device
 measured itself (time, energy) is kept in ``measured`` for ``devices.csv``.
 """
@@ -17,9 +17,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from clients.learners import OnlineHeadLearner
-from clients.tinyol import OnlineHead
-from devices.bridge import BridgeError, SerialBridge
-from devices.messages import HeadConfig, TrainReport
+from edge.bridge import BridgeError, SerialBridge
+from edge.messages import HeadConfig, TrainReport
+from edge.online_head import OnlineHead
 from fedsim.core.fleet_spec import AttachedSpec
 
 __all__ = ["BridgedHeadLearner", "DeviceUnfitError"]

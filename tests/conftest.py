@@ -70,7 +70,7 @@ def agent_port(pty_pair: tuple[str, str]) -> Iterator[str]:
     """The host end of a pty whose device end is served by the Python agent (a thread)."""
     import serial
 
-    from devices.agent import Device, serve
+    from edge.agent import Device, serve
 
     host, device_end = pty_pair
     link = serial.serial_for_url(device_end, timeout=0.02)

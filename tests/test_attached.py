@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from clients.tinyol import OnlineHead
-from devices.bridge import DeviceResetError, DeviceTimeoutError, SerialBridge
-from devices.emulator import EmulatorError, Running, host_firmware, qemu_mcu
-from devices.messages import HeadConfig
+from edge.bridge import DeviceResetError, DeviceTimeoutError, SerialBridge
+from edge.emulator import EmulatorError, Running, host_firmware, qemu_mcu
+from edge.messages import HeadConfig
+from edge.online_head import OnlineHead
 from fedsim.core.errors import FedsimError
 from fedsim.core.results import read_model, read_rounds
 from fedsim.core.scenario_load import load_scenario
@@ -169,7 +169,7 @@ def _agent_as(pty_pair: tuple[str, str], **hello: Any) -> Iterator[str]:
     """The host end of a pty served by the agent, its HELLO changed by ``hello``."""
     import serial
 
-    from devices.agent import Device, pi_hello, serve
+    from edge.agent import Device, pi_hello, serve
 
     host, device_end = pty_pair
     link = serial.serial_for_url(device_end, timeout=0.02)

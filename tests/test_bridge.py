@@ -1,5 +1,5 @@
 """The serial bridge end to end: payload codecs, the host's retries against the Python device
-(``devices.agent.Device``) through a link that injects faults, the agent on a real pty pair
+(``edge.agent.Device``) through a link that injects faults, the agent on a real pty pair
 (socat), and a fuzz run of both decoders."""
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clients.tinyol import OnlineHead
-from devices.agent import Device
-from devices.bridge import (
+from edge.agent import Device
+from edge.bridge import (
     BridgeError,
     DeviceError,
     DeviceResetError,
@@ -28,7 +27,7 @@ from devices.bridge import (
     SerialBridge,
     VersionMismatchError,
 )
-from devices.messages import (
+from edge.messages import (
     EvalReport,
     HeadConfig,
     Hello,
@@ -46,7 +45,8 @@ from devices.messages import (
     encode_train,
     load_chunks,
 )
-from devices.protocol import (
+from edge.online_head import OnlineHead
+from edge.protocol import (
     HEADER,
     MAX_PAYLOAD,
     Frame,
@@ -296,7 +296,7 @@ def test_a_host_of_another_version_is_told_so_by_the_device() -> None:
 
 def test_a_device_of_another_version_is_a_version_mismatch() -> None:
     def as_version_2(wire: bytes) -> bytes:
-        from devices.protocol import cobs_decode
+        from edge.protocol import cobs_decode
 
         body = bytearray(cobs_decode(wire[:-1])[:-2])
         body[0] = 2
@@ -447,7 +447,7 @@ def test_the_agent_command_runs_without_torch(pty_pair: tuple[str, str]) -> None
     host, device_end = pty_pair
     code = (
         "import sys; sys.modules['torch'] = None; sys.modules['flwr'] = None\n"
-        "from devices.agent import main; raise SystemExit(main(sys.argv[1:]))"
+        "from edge.agent import main; raise SystemExit(main(sys.argv[1:]))"
     )
     proc = subprocess.Popen(
         [sys.executable, "-c", code, "--port", device_end, "--board", "pi-test"],

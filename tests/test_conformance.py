@@ -11,11 +11,11 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from devices.agent import Device
-from devices.emulator import EmulatorError, host_firmware
-from devices.messages import HeadConfig, encode_samples, load_chunks
-from devices.protocol import HEADER, Frame, MessageType, cobs_encode, crc16, decode_frame
-from devices.protocol import encode_frame as _encode
+from edge.agent import Device
+from edge.emulator import EmulatorError, host_firmware
+from edge.messages import HeadConfig, encode_samples, load_chunks
+from edge.protocol import HEADER, Frame, MessageType, cobs_encode, crc16, decode_frame
+from edge.protocol import encode_frame as _encode
 
 pytestmark = pytest.mark.firmware
 

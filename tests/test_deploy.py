@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from devices.emulator import EmulatorError, qemu_mcu
+from edge.emulator import EmulatorError, qemu_mcu
 from fedsim.core.errors import FedsimError
 from fedsim.deploy import Deployment, node_config_for
 from fedsim.deploy_superlink import FleetOnly, fleet_paths

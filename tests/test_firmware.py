@@ -1,7 +1,7 @@
-"""The C firmware (devices/firmware): its codec against the golden vectors and the Python codec,
+"""The C firmware (edge/firmware): its codec against the golden vectors and the Python codec,
 its fuzz harness under ASan/UBSan, the host port behind a pty and the QEMU mps2-an386 board over
-TCP, both driven with devices/protocol.py and their weights held against a numpy float32 replica
-(clients.tinyol.OnlineHead). Builds once per session with `make -C devices/firmware`."""
+TCP, both driven with edge/protocol.py and their weights held against a numpy float32 replica
+(edge.online_head.OnlineHead). Builds once per session with `make -C edge/firmware`."""
 
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from clients.tinyol import OnlineHead
-from devices.protocol import (
+from edge.online_head import OnlineHead
+from edge.protocol import (
     CrcError,
     Frame,
     FrameError,
@@ -43,9 +43,9 @@ from devices.protocol import (
 pytestmark = pytest.mark.firmware
 
 ROOT = Path(__file__).resolve().parents[1]
-FIRMWARE = ROOT / "devices" / "firmware"
+FIRMWARE = ROOT / "edge" / "firmware"
 BUILD = FIRMWARE / "build"
-VECTORS = ROOT / "devices" / "protocol_vectors.json"
+VECTORS = ROOT / "edge" / "protocol_vectors.json"
 QEMU_ELF = BUILD / "qemu" / "fedsim-mps2-an386.elf"
 MAX_PAYLOAD = 2048
 QEMU = ["qemu-system-arm", "-M", "mps2-an386", "-nographic", "-monitor", "none"]
@@ -58,7 +58,7 @@ LOSS_RTOL = 1e-4  # loss_sum is accumulated in float32 on the device, in float64
 def _need(*programs: str) -> None:
     for program in programs:
         if shutil.which(program) is None:
-            pytest.skip(f"{program} is not installed (see devices/firmware/README.md)")
+            pytest.skip(f"{program} is not installed (see edge/firmware/README.md)")
 
 
 def _make(*targets: str) -> str:
@@ -696,7 +696,7 @@ def _answers(wire: bytes) -> list[tuple[int, int, int]]:
 
 
 def test_the_agent_and_the_firmware_answer_the_same_frames_alike(host_build: Path) -> None:
-    from devices.agent import Device
+    from edge.agent import Device
 
     frames = _agreement_stream()
     firmware = subprocess.run(

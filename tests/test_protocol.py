@@ -1,4 +1,4 @@
-"""The serial-bridge framing (devices/PROTOCOL.md): COBS, CRC, header checks, resync, vectors."""
+"""The serial-bridge framing (edge/PROTOCOL.md): COBS, CRC, header checks, resync, vectors."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from devices.protocol import (
+from edge.protocol import (
     MAX_PAYLOAD,
     CrcError,
     Frame,
@@ -25,7 +25,7 @@ from devices.protocol import (
     split_frames,
 )
 
-VECTORS = Path(__file__).resolve().parents[1] / "devices" / "protocol_vectors.json"
+VECTORS = Path(__file__).resolve().parents[1] / "edge" / "protocol_vectors.json"
 
 
 def test_crc16_is_ccitt_false() -> None:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from clients.learners import OnlineHeadLearner, stream_order
-from clients.tinyol import OnlineHead, RunningNorm
+from edge.online_head import OnlineHead, RunningNorm
 from fedsim.core.models import build_model
 from fedsim.core.results import read_model, read_rounds
 from fedsim.core.seeds import derive_seed

@@ -8,7 +8,7 @@
 
 #define FS_LOAD_HEADER 16u /* outputs, features, loss, reserved x3, lr, offset */
 #define FS_GET_MAX_FLOATS ((FS_MAX_PAYLOAD - 4u) / 4u)
-/* The reason of a TRAIN answered NOT_FINITE (devices/agent.py says the same). */
+/* The reason of a TRAIN answered NOT_FINITE (edge/agent.py says the same). */
 #define FS_DIVERGED "training diverged (a loss or weight is not finite): head forgotten, load it again"
 
 static float s_weights[FS_MAX_FLOATS];

@@ -1,5 +1,5 @@
 /* fedsim firmware: framing. CRC-16/CCITT-FALSE, canonical COBS (byte-identical with
- * devices/protocol.py), and the checked 8-byte header.
+ * edge/protocol.py), and the checked 8-byte header.
  *
  * Encoders write into caller buffers and return {len, status}; nothing is written past `cap`.
  * The decoder is incremental (one byte at a time, as bytes arrive on a UART), so a frame never
@@ -60,7 +60,7 @@ fs_result fs_cobs_end(const fs_cobs_decoder *d);
 fs_result fs_cobs_decode(const uint8_t *in, size_t n, uint8_t *out, size_t cap);
 fs_result fs_cobs_encode(const uint8_t *in, size_t n, uint8_t *out, size_t cap);
 
-/* Checks a decoded frame (header, payload, CRC) in the order devices/protocol.py does: size,
+/* Checks a decoded frame (header, payload, CRC) in the order edge/protocol.py does: size,
  * CRC, version, length. On FS_FRAME_OK and FS_FRAME_VERSION *h is filled in. */
 fs_frame_status fs_frame_check(const uint8_t *raw, size_t n, fs_header *h);
 

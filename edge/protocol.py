@@ -1,4 +1,4 @@
-"""The serial-bridge wire format (``devices/PROTOCOL.md``): COBS frames with a checked header.
+"""The serial-bridge wire format (``edge/PROTOCOL.md``): COBS frames with a checked header.
 
 A frame on the wire is ``COBS(header ‖ payload ‖ crc16) ‖ 0x00``. The header is 8 bytes,
 little-endian: version (u8), type (u8), sequence (u16), payload length (u16), status (u8), flags
@@ -6,8 +6,8 @@ little-endian: version (u8), type (u8), sequence (u16), payload length (u16), st
 a receiver that loses or corrupts bytes resynchronises at the next 0x00. Payloads are at most
 ``MAX_PAYLOAD`` bytes; larger tensors travel in chunks with offsets (``PROTOCOL.md``).
 
-This module is the Python half; the C firmware (``devices/firmware``) implements the same bytes,
-and both are tested against the golden vectors in ``devices/protocol_vectors.json``.
+This module is the Python half; the C firmware (``edge/firmware``) implements the same bytes,
+and both are tested against the golden vectors in ``edge/protocol_vectors.json``.
 """
 
 from __future__ import annotations
@@ -18,9 +18,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 __all__ = [
+    "FLAG_MORE",
     "HEADER",
     "MAX_PAYLOAD",
     "MAX_RAW",
+    "MAX_REASON",
     "VERSION",
     "CrcError",
     "Frame",
@@ -41,6 +43,11 @@ VERSION = 1
 MAX_PAYLOAD = 2048
 HEADER = struct.Struct("<BBHHBB")  # version, type, sequence, length, status, flags
 MAX_RAW = HEADER.size + MAX_PAYLOAD + 2  # the largest decoded frame: header, payload, CRC
+FLAG_MORE = 0x80  # header flags bit 7: more LOAD_WEIGHTS / GET_WEIGHTS chunks follow
+MAX_REASON = 96  # an ERROR payload's reason, bytes at most
+
+# These numbers, MessageType and Status are also the C firmware's (firmware/core/fs_wire.h,
+# fs_config.h); tests/test_protocol_numbers.py parses those headers and holds both sides equal.
 
 
 class MessageType(enum.IntEnum):

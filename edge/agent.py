@@ -1,10 +1,11 @@
 """The Raspberry Pi agent: a device that speaks the serial-bridge protocol, learning with numpy.
 
-It is the Python twin of the C firmware (``devices/firmware``): same frames, same messages, same
-learner (``clients.tinyol.OnlineHead``, one SGD step per sample), same idempotent replay. It needs
-only numpy and pyserial, so a Pi installs it without torch:
+It is the Python twin of the C firmware (``edge/firmware``): same frames, same messages, same
+learner (``edge.online_head.OnlineHead``, one SGD step per sample), same idempotent replay. The
+``edge`` package imports only numpy and pyserial and is its own distribution, so a Pi installs it
+without torch or Flower:
 
-    pip install --no-deps fedsim numpy pyserial     # from a wheel or a checkout: --no-deps .
+    pip install ./edge                              # from a checkout: fedsim-edge, numpy, pyserial
     fedsim-agent --port /dev/serial0                # or /dev/ttyGS0 (USB gadget), socket://…
 
 ``Device`` is the transport-free state machine (bytes in, bytes out); ``serve`` runs it on a port.
@@ -26,8 +27,7 @@ from typing import Literal
 
 import numpy as np
 
-from clients.tinyol import OnlineHead
-from devices.messages import (
+from edge.messages import (
     CAP_TIME,
     EvalReport,
     HeadConfig,
@@ -40,10 +40,13 @@ from devices.messages import (
     encode_hello,
     encode_train,
 )
-from devices.protocol import (
+from edge.online_head import OnlineHead
+from edge.protocol import (
+    FLAG_MORE,
     HEADER,
     MAX_PAYLOAD,
     MAX_RAW,
+    MAX_REASON,
     VERSION,
     Frame,
     FrameError,
@@ -59,7 +62,6 @@ __all__ = ["AGENT_VERSION", "Device", "main", "pi_hello", "serve"]
 
 AGENT_VERSION = "fedsim-agent 0.1.0"
 MAX_FRAME = MAX_PAYLOAD + HEADER.size + 2 + (MAX_PAYLOAD + 10) // 254 + 2  # COBS-encoded bound
-MORE = 0x80
 
 
 class _RefusalError(Exception):
@@ -189,7 +191,7 @@ class Device:
         if kind == MessageType.GET_WEIGHTS:
             return self._get(payload)
         if kind == MessageType.LOAD_WEIGHTS:
-            return self._load(payload, bool(request.flags & MORE)), 0
+            return self._load(payload, bool(request.flags & FLAG_MORE)), 0
         handler: Callable[[bytes], bytes] | None = {
             MessageType.HELLO: lambda _: encode_hello(self.hello),
             MessageType.TRAIN: self._train,
@@ -311,7 +313,7 @@ class Device:
         flat = np.concatenate([head.weight.ravel(), head.bias]).astype(np.float32)
         per = (min(self.hello.max_payload, MAX_PAYLOAD) - 4) // 4
         values = flat[offset : offset + per]
-        more = MORE if offset + len(values) < config.floats else 0
+        more = FLAG_MORE if offset + len(values) < config.floats else 0
         return encode_chunk(offset, values), more
 
 
@@ -319,7 +321,7 @@ _DIVERGED = "training diverged (a loss or weight is not finite): head forgotten,
 
 
 def _error(sequence: int, status: Status, reason: str) -> Frame:
-    return Frame(MessageType.ERROR, sequence, reason.encode()[:96], status)
+    return Frame(MessageType.ERROR, sequence, reason.encode()[:MAX_REASON], status)
 
 
 def serve(link, device: Device, stop: threading.Event | None = None) -> None:  # type: ignore[no-untyped-def]

@@ -1,5 +1,5 @@
 /* fs_vectors: the C codec on hex frames, one per line, so Python can hold it against
- * devices/protocol.py and devices/protocol_vectors.json.
+ * edge/protocol.py and edge/protocol_vectors.json.
  *
  *   fs_vectors decode   in:  wire bytes in hex (a trailing 00 delimiter is removed)
  *                       out: "ok TYPE SEQ STATUS FLAGS PAYLOADHEX" (payload "-" when empty)

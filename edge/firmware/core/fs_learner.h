@@ -1,6 +1,6 @@
 /* fedsim firmware: the on-device learner, a linear head trained by plain SGD, batch size 1.
  *
- * Mirrors clients/tinyol.OnlineHead (without RunningNorm) in float32:
+ * Mirrors edge/online_head.OnlineHead (without RunningNorm) in float32:
  *   z = W x + b
  *   softmax: p = softmax(z), g = p - onehot(label), loss = -ln max(p[label], 1e-12)
  *   mse:     g = z - y,                            loss = 1/2 |g|^2

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from devices.bridge import BridgeError, SerialBridge
+from edge.bridge import BridgeError, SerialBridge
 
 __all__ = [
     "FIRMWARE",
@@ -64,7 +64,7 @@ class Running:
 
 
 def build_firmware(target: str = "qemu") -> Path:
-    """``make -C devices/firmware TARGET`` (quick when up to date); the build folder."""
+    """``make -C edge/firmware TARGET`` (quick when up to date); the build folder."""
     missing = [tool for tool in TOOLS.get(target, ("make",)) if shutil.which(tool) is None]
     if missing:
         raise EmulatorError(f"{', '.join(missing)} not found: {APT}")

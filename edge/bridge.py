@@ -2,7 +2,7 @@
 
 ``SerialBridge`` opens a port through pyserial (a device path such as ``/dev/ttyACM0``, or a URL:
 ``socket://host:port`` for an emulated MCU, ``loop://`` for a loopback) and speaks
-``devices/PROTOCOL.md``: each request gets a fresh sequence number, a reply with another one (a
+``edge/PROTOCOL.md``: each request gets a fresh sequence number, a reply with another one (a
 late duplicate) or a frame that does not decode (noise, a dropped byte) is dropped, and after the
 request's timeout the *same* frame is sent again; the device answers a repeated sequence number
 by replaying its last reply, so a retry never trains twice. Every failure raises a
@@ -23,7 +23,7 @@ from typing import Protocol, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
-from devices.messages import (
+from edge.messages import (
     EvalReport,
     HeadConfig,
     Hello,
@@ -36,7 +36,8 @@ from devices.messages import (
     load_chunks,
     samples_per_frame,
 )
-from devices.protocol import (
+from edge.protocol import (
+    FLAG_MORE,
     HEADER,
     MAX_PAYLOAD,
     Frame,
@@ -66,7 +67,6 @@ __all__ = [
 
 F32 = NDArray[np.float32]
 T = TypeVar("T")
-MORE = 0x80
 MAX_FRAME = MAX_PAYLOAD + HEADER.size + 2 + (MAX_PAYLOAD + 10) // 254 + 2  # COBS + delimiter
 
 
@@ -345,7 +345,7 @@ class SerialBridge:
             raise ValueError(f"head has {len(flat)} floats, the config needs {config.floats}")
         chunks = load_chunks(config, flat.astype(np.float32), self._max_payload())
         for i, chunk in enumerate(chunks):
-            more = MORE if i + 1 < len(chunks) else 0
+            more = FLAG_MORE if i + 1 < len(chunks) else 0
             self.request(MessageType.LOAD_WEIGHTS, chunk, flags=more)
 
     def _batches(self, config: HeadConfig, x: F32, y: NDArray[np.generic]) -> list[bytes]:

@@ -102,7 +102,7 @@ fs_result fs_cobs_decode(const uint8_t *in, size_t n, uint8_t *out, size_t cap) 
 
 /* Incremental canonical COBS encoding. A block that reaches 254 data bytes is closed only when
  * another byte follows, so a full block at the very end gets no extra code byte (as in
- * devices/protocol.py). */
+ * edge/protocol.py). */
 typedef struct {
     uint8_t *out;
     size_t cap;

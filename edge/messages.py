@@ -1,7 +1,7 @@
-"""The serial-bridge message payloads (``devices/PROTOCOL.md``, "Messages"), both directions.
+"""The serial-bridge message payloads (``edge/PROTOCOL.md``, "Messages"), both directions.
 
-Framing lives in ``devices.protocol``; this module turns each message's payload into typed values
-and back. The host (``devices.bridge``), the Raspberry Pi agent (``devices.agent``) and the tests
+Framing lives in ``edge.protocol``; this module turns each message's payload into typed values
+and back. The host (``edge.bridge``), the Raspberry Pi agent (``edge.agent``) and the tests
 use it; the C firmware implements the same bytes. Only numpy and the standard library are needed,
 so the agent runs on a Pi without torch.
 """
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from devices.protocol import MAX_PAYLOAD, VERSION, FrameError
+from edge.protocol import MAX_PAYLOAD, VERSION, FrameError
 
 __all__ = [
     "CAP_ENERGY",

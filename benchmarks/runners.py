@@ -17,8 +17,8 @@ import torch
 import yaml
 from numpy.typing import NDArray
 
-from clients.learners import LocalSgd
 from devices.fleet import load_fleet
+from fedsim.core.algorithms.local import LocalSgd
 from fedsim.core.models import build_model, get_arrays, set_arrays
 from fedsim.core.seeds import derive_seed
 from fedsim.runner import run

@@ -21,7 +21,6 @@ from flwr.clientapp import ClientApp
 
 from clients.work import InjectedCrashError, run_cohort, train_one
 from devices.fleet import load_fleet
-from fedsim.core.aggregators import aggregator_for
 from fedsim.core.cohort import CohortOrder
 from fedsim.core.fleet_spec import AttachedSpec
 from fedsim.core.records import (
@@ -79,7 +78,7 @@ def make_client_app(binding: RunBinding | None = None) -> ClientApp:
         received = msg.content[ARRAYS].to_numpy_ndarrays()  # type: ignore[union-attr]
         global_arrays = [a.astype(np.float32) for a in received]  # float16 on the wire, maybe
         if order is not None:
-            aggregator = aggregator_for(scenario.algorithm.kind, scenario.algorithm.uniform_weights)
+            aggregator = scenario.algorithm.aggregator()
             result = run_cohort(scenario, fleet, bound.out, order, global_arrays, aggregator)
             return Message(result.content(aggregator), reply_to=msg)
 

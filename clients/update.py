@@ -7,17 +7,12 @@ same codec, the same weight, and never a NaN or inf that the server would averag
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-
-import numpy as np
-from numpy.typing import NDArray
 from torch import nn
 
-from devices.footprint import head_parameters
-from fedsim.core.cohort import DeviceOutcome
+from fedsim.core.algorithms import DeviceUpdate, NonFiniteUpdateError
+from fedsim.core.models import head_parameters
 from fedsim.core.payload import non_finite, sent_mask
-from fedsim.core.prototypes import ClassSums
-from fedsim.core.reduce import Arrays, ModelUpdate
+from fedsim.core.reduce import Arrays
 from fedsim.core.scenario import Scenario
 
 __all__ = [
@@ -29,37 +24,6 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class DeviceUpdate:
-    arrays: Arrays  # as the server receives them (rounded to the payload's number format)
-    num_examples: int
-    train_loss: float
-    trained: tuple[bool, ...] | None = None  # which tensors trained (None: all)
-    wire: dict[str, NDArray[np.generic]] | None = None  # what it sends (``Scenario.upload``)
-    report: ClassSums | None = None  # prototype averaging: its mission's per-class sums
-    measured_s: float | None = None  # an attached device's own measurements of its training
-    measured_mj: float | None = None
-
-    def outcome(self, device_id: int) -> DeviceOutcome:
-        return DeviceOutcome(
-            device_id,
-            "ok",
-            self.num_examples,
-            self.train_loss,
-            "",
-            self.measured_s,
-            self.measured_mj,
-        )
-
-    def update(self, mission: str = "") -> ModelUpdate | ClassSums:
-        """What the aggregator accumulates; ``mission`` names a report ("device:round")."""
-        if self.report is not None:
-            return replace(self.report, mission=mission)
-        if self.trained is None:
-            return (self.arrays, self.num_examples)
-        return (self.arrays, self.num_examples, self.trained)
-
-
 def sent_tensors(scenario: Scenario, model: nn.Module, head_only: bool) -> tuple[bool, ...]:
     """Which of the model's tensors a device uploads (``fedsim.core.payload.sent_mask``)."""
     head = head_parameters(model)
@@ -67,10 +31,6 @@ def sent_tensors(scenario: Scenario, model: nn.Module, head_only: bool) -> tuple
     frozen = [scenario.algorithm.frozen(name) for name in names]
     heads = [name in head for name in names]
     return sent_mask(heads, head_only, scenario.algorithm.local_head, frozen)
-
-
-class NonFiniteUpdateError(ValueError):
-    """A device's training diverged (NaN or inf in its loss or its model): the device fails."""
 
 
 def check_finite(

@@ -24,7 +24,8 @@ from numpy.typing import NDArray
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from clients.learners import Learner, LocalSgd
+from fedsim.core.algorithms import Learner
+from fedsim.core.algorithms.local import LocalSgd
 from fedsim.core.models import task_loss
 from fedsim.core.reduce import Arrays
 

@@ -14,25 +14,21 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from numpy.typing import NDArray
 from torch import nn
 
-from clients.bridged import BridgedHeadLearner
-from clients.learners import LEARNERS, Learner
-from clients.update import DeviceUpdate, NonFiniteUpdateError, device_update, sent_tensors
+from clients.bridged import BridgedHeadLearner, on_device
+from clients.update import device_update, sent_tensors
 from clients.vectorized import can_vectorize, train_vectorized
 from devices.fleet import Fleet
-from devices.footprint import head_parameters
-from fedsim.core.aggregators import ModelAggregator
+from fedsim.core.algorithms import DeviceUpdate, Learner, ModelAggregator, NonFiniteUpdateError
 from fedsim.core.cohort import CohortOrder, CohortReply, DeviceOutcome
 from fedsim.core.data import load_task_data
 from fedsim.core.hierarchy import gateway_rounds
-from fedsim.core.models import encoder_of, get_arrays, set_arrays
-from fedsim.core.prototypes import ClassSums, class_sums, decode_report, encode_report
+from fedsim.core.models import get_arrays, head_parameters, set_arrays
+from fedsim.core.prototypes import ClassSums
 from fedsim.core.reduce import Arrays, ModelUpdate, reduce_blocks
-from fedsim.core.scenario import PrototypesSpec, Scenario, TinyOLSpec
+from fedsim.core.scenario import Scenario
 from fedsim.core.seeds import derive_seed
 from fedsim.core.state import STATE_FILE, DeviceState, DeviceStateStore
 from fedsim.core.task_model import task_model
@@ -74,21 +70,16 @@ def _model(scenario: Scenario) -> nn.Module:
 
 
 def _learner(scenario: Scenario) -> Learner:
-    return LEARNERS.get(scenario.algorithm.kind, "algorithm.kind")(scenario.algorithm)
+    return scenario.algorithm.learner()
 
 
 def _device_learner(scenario: Scenario, fleet: Fleet, device_id: int) -> Learner:
-    """The scenario's learner, or for an attached device the same head trained on the device."""
+    """The scenario's learner, or for an attached device the same steps run on the device (a
+    gateway's node config may attach one to any scenario: ``on_device`` refuses what it cannot)."""
     attached = fleet[device_id].attached
     if attached is None:
         return _learner(scenario)
-    spec = scenario.algorithm
-    if not isinstance(spec, TinyOLSpec):  # a gateway's node config attached it to this scenario
-        raise ValueError(
-            f"{attached.port}: an attached device runs the TinyOL head on the device, not "
-            f"{spec.kind}: run a tinyol scenario, or this node without serial-port"
-        )
-    return BridgedHeadLearner(spec.lr, spec.passes, attached=attached)
+    return on_device(_learner(scenario), attached, scenario.algorithm.kind)
 
 
 def _measured(learner: Learner) -> tuple[float | None, float | None]:
@@ -134,8 +125,11 @@ def train_device(
     model = model or _model(scenario)
     set_arrays(model, global_arrays)
     x, y = fleet.round_data(device_id, round_)
-    if isinstance(scenario.algorithm, PrototypesSpec):
-        return _reconnoitre(scenario, model, x, y, global_arrays)
+    reported = scenario.algorithm.device_round(
+        model, x, y, global_arrays, scenario.fleet.payload_dtype
+    )
+    if reported is not None:  # the algorithm's device sends something else than its model
+        return reported
     seed = _train_seed(scenario, round_, device_id, step)
     head = head_parameters(model)
     frozen = [p for name, p in model.named_parameters() if head_only and name not in head]
@@ -151,31 +145,6 @@ def train_device(
     return device_update(
         scenario, model, get_arrays(model), global_arrays, sent, len(y), loss, _measured(learner)
     )
-
-
-@torch.no_grad()
-def _reconnoitre(
-    scenario: Scenario,
-    model: nn.Module,
-    x: NDArray[np.float32],
-    y: NDArray[np.int64],
-    global_arrays: Arrays,
-) -> DeviceUpdate:
-    """A prototype-averaging mission: embed the new samples with the frozen encoder and report
-    per class their sum and count (as the server will decode it: checked, in the wire format)."""
-    encoder = encoder_of(model)
-    encoder.eval()
-    inputs = torch.from_numpy(x)
-    num_classes, dim = global_arrays[-2].shape
-    parts = [encoder(inputs[i : i + 256]).numpy() for i in range(0, len(x), 256)]
-    embeddings = np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)  # nothing new
-    if not np.isfinite(embeddings).all():
-        raise NonFiniteUpdateError(
-            "non-finite embeddings: the encoder holds NaN or inf; re-run fedsim pretrain"
-        )
-    wire = encode_report(class_sums("", embeddings, y), scenario.fleet.payload_dtype)
-    report = decode_report(wire, "", num_classes, dim)
-    return DeviceUpdate(global_arrays, len(y), 0.0, (False,) * len(global_arrays), wire, report)
 
 
 def train_one(

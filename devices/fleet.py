@@ -31,7 +31,6 @@ from fedsim.core.scenario import (
     MarkovAvailability,
     NaturalPartition,
     PartitionSpec,
-    PrototypesSpec,
     Scenario,
     TraceAvailability,
 )
@@ -235,16 +234,9 @@ def resolve_fleet(
         scenario.seed,
         scenario.fleet.partition,
         () if always else tuple(availability),
-        _missions(scenario),
+        scenario.algorithm.missions(),
         topology,
     )
-
-
-def _missions(scenario: Scenario) -> tuple[int, int | None] | None:
-    algorithm = scenario.algorithm
-    if isinstance(algorithm, PrototypesSpec):
-        return (algorithm.classes_per_mission, algorithm.samples_per_class)
-    return None
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from fedsim.core.models import head_parameters
+
 __all__ = ["Footprint", "footprint", "head_parameters"]
 
 BYTES = 4  # float32
@@ -49,13 +51,6 @@ class _Layer:
     in_bytes: int  # per sample
     out_bytes: int  # per sample
     macs: int  # per sample
-
-
-def head_parameters(model: nn.Module) -> set[str]:
-    """Names of the last ``Linear``/``Conv2d``'s parameters (the TinyOL-style trainable head)."""
-    last = [m for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d)][-1]
-    mine = {id(p) for p in last.parameters()}
-    return {name for name, p in model.named_parameters() if id(p) in mine}
 
 
 def _macs(module: nn.Module, output: torch.Tensor) -> int:

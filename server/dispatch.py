@@ -22,7 +22,7 @@ from torch import nn
 
 from devices.clock import FleetCosts
 from devices.fleet import Fleet
-from fedsim.core.aggregators import ModelAggregator
+from fedsim.core.algorithms import ModelAggregator, ServerState
 from fedsim.core.cohort import CohortOrder, CohortReply, DeviceOutcome
 from fedsim.core.data import TaskData
 from fedsim.core.payload import Upload, non_finite, round_trip, to_wire
@@ -140,6 +140,7 @@ class RoundContext:
     held_out: list[HeldOutDevice] = field(default_factory=list)  # evaluation.adapt
     adaptation: AdaptResult | None = None  # the latest one
     base_classes: NDArray[np.bool_] | None = None  # prototype averaging: the first seen classes
+    server_state: ServerState = field(default_factory=dict)  # the algorithm's own, e.g. momentum
     gateway_nodes: dict[int, int] = field(default_factory=dict)  # cohort: gateway → its own node
 
     @property

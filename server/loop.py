@@ -22,7 +22,7 @@ from numpy.typing import NDArray
 from devices.clock import DevicePlan, FleetCosts, RoundCost
 from devices.fleet import load_fleet
 from devices.tiers import finish_tiered, plan_tiered, topology_summary
-from fedsim.core.aggregators import aggregator_for, server_step
+from fedsim.core.algorithms import ServerRound
 from fedsim.core.checkpoint import Checkpoint, load_checkpoint, restore_store
 from fedsim.core.cohort import DeviceOutcome
 from fedsim.core.data import load_task_data
@@ -30,7 +30,6 @@ from fedsim.core.errors import FedsimError, RunStoppedError
 from fedsim.core.models import get_arrays, set_arrays
 from fedsim.core.payload import non_finite
 from fedsim.core.plots import plot_accuracy, plot_fleet, plot_tiers
-from fedsim.core.pretrain import PretrainConfig, pretrain_encoder
 from fedsim.core.records import (
     DeviceRecord,
     DeviceStatus,
@@ -39,7 +38,7 @@ from fedsim.core.records import (
 )
 from fedsim.core.report import run_report
 from fedsim.core.results import RunWriter, read_rounds
-from fedsim.core.scenario import PrototypesSpec, Scenario
+from fedsim.core.scenario import Scenario
 from fedsim.core.seeds import derive_seed
 from fedsim.core.state import STATE_FILE
 from fedsim.core.task_model import task_model
@@ -161,10 +160,14 @@ def _round(ctx: RoundContext, round_: int) -> tuple[RoundRecord, list[DeviceReco
     else:
         partial, outcomes, uplinks = tiered_round(ctx, work, topology)
     averaged = ctx.aggregator.finalize(ctx.global_arrays, partial)
-    epsilon = scenario.algorithm.server_lr(round_, scenario.rounds)
-    ctx.global_arrays = server_step(ctx.global_arrays, averaged, epsilon)
-    _check_global(ctx, round_, outcomes)
     delivered = {o.device_id for o in outcomes if o.status == "ok"}
+    info = ServerRound(
+        round_, scenario.rounds, len(delivered), len(ctx.fleet), tuple(ctx.model.state_dict())
+    )
+    ctx.global_arrays = scenario.algorithm.server_step(
+        ctx.global_arrays, averaged, info, ctx.server_state
+    )
+    _check_global(ctx, round_, outcomes)
     tiers: dict[str, Any] = {}
     if topology is None or tiered is None:
         cost = ctx.costs.finish(plans, delivered)
@@ -300,31 +303,6 @@ def _reconnaissance(ctx: RoundContext) -> tuple[float | None, float | None, floa
     return accuracy, loss, base
 
 
-def _load_encoder(model: torch.nn.Module, spec: PrototypesSpec, seed: int) -> None:
-    """Put the pre-trained encoder (``fedsim pretrain``; trained now if not cached) into the model;
-    the prototype head stays empty."""
-    e = spec.encoder
-    config = PretrainConfig(
-        e.dataset,
-        e.architecture,
-        e.episodes,
-        e.n_way,
-        e.k_shot,
-        e.q_queries,
-        e.lr,
-        e.rotations,
-        seed,
-    )
-
-    def show(step: int, loss: float) -> None:
-        if step % 100 == 0 or step == config.episodes:
-            log.info("pre-training the encoder: %d/%d episodes, loss %.3f", step, e.episodes, loss)
-
-    trained = list(pretrain_encoder(config, show).values())
-    arrays = get_arrays(model)
-    set_arrays(model, [*trained[:-2], *arrays[-2:]])  # the linear head ↔ the prototype buffers
-
-
 def _writer(binding: RunBinding, scenario: Scenario, checkpoint: Checkpoint | None) -> RunWriter:
     """The run's writer. Resuming: the rows past the checkpoint are dropped, the resume is noted
     in the manifest and the device-state store is put back as it was at the checkpoint."""
@@ -353,8 +331,7 @@ def run_rounds(grid: Grid, binding: RunBinding, observer: RoundObserver) -> dict
     model = task_model(
         scenario, data.num_features, data.num_outputs, derive_seed(scenario.seed, "init")
     )
-    if isinstance(scenario.algorithm, PrototypesSpec):  # the frozen, pre-trained encoder
-        _load_encoder(model, scenario.algorithm, scenario.seed)
+    scenario.algorithm.pretrained(model, scenario.seed)  # e.g. a frozen, pre-trained encoder
     cohort = scenario.execution.mode == "cohort"
     workers = find_workers(grid, DISCOVERY_TIMEOUT_S) if cohort else []
     gateway_nodes = find_gateway_nodes(grid, workers, fleet, DISCOVERY_TIMEOUT_S) if cohort else {}
@@ -365,7 +342,7 @@ def run_rounds(grid: Grid, binding: RunBinding, observer: RoundObserver) -> dict
         fleet=fleet,
         model=model,
         data=data,
-        aggregator=aggregator_for(scenario.algorithm.kind, scenario.algorithm.uniform_weights),
+        aggregator=scenario.algorithm.aggregator(),
         costs=FleetCosts(scenario, fleet, model),
         device_to_node=per_device,
         workers=workers,

@@ -6,6 +6,7 @@ who took part (and through which gateways) to the registry.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -107,6 +108,11 @@ def save_round(out: str, ctx: RoundContext, round_: int, usage: Usage) -> None:
         "usage": usage.to_json(),
         "base_classes": None if ctx.base_classes is None else ctx.base_classes.tolist(),
         "adaptation": None if ctx.adaptation is None else asdict(ctx.adaptation),
+        # the algorithm's server state (e.g. FedAvgM's momentum): exact, float32 → JSON → float32
+        "algorithm_state": {
+            name: {"shape": list(a.shape), "values": a.ravel().tolist()}
+            for name, a in ctx.server_state.items()
+        },
     }
     saved = Checkpoint(round_, ctx.clock, ctx.scenario.digest(), ctx.global_arrays, server)
     save_checkpoint(out, saved, Path(out) / STATE_FILE)
@@ -121,6 +127,12 @@ def restore(ctx: RoundContext, checkpoint: Checkpoint) -> Usage:
     ctx.clock = checkpoint.clock
     if running.base_classes is not None:
         ctx.base_classes = np.array(running.base_classes, dtype=bool)
+    for name, saved in running.algorithm_state.items():
+        values = np.array(saved.values, dtype=np.float32)
+        if values.size != math.prod(saved.shape):
+            what = f"values.algorithm_state.{name}: {values.size} values for shape {saved.shape}"
+            raise FedsimError(checkpoint.path("server"), what, REPAIR)
+        ctx.server_state[name] = values.reshape(saved.shape)
     if running.adaptation is not None:
         a = running.adaptation
         ctx.adaptation = AdaptResult(
@@ -185,12 +197,18 @@ class _SavedAdaptation(_Saved):
     per_device: list[float]
 
 
+class _SavedArray(_Saved):
+    shape: list[int]
+    values: list[float]
+
+
 class _Running(_Saved):
     """What ``save_round`` keeps besides the arrays and the clock."""
 
     usage: _SavedUsage
     base_classes: list[bool] | None
     adaptation: _SavedAdaptation | None
+    algorithm_state: dict[str, _SavedArray] = {}
 
 
 def _running(checkpoint: Checkpoint) -> _Running:

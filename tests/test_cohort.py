@@ -14,9 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import clients.work
-from clients.learners import LocalSgd
 from clients.vectorized import train_vectorized
-from fedsim.core.aggregators import AGGREGATORS
+from fedsim.core.algorithms import ALGORITHMS as TABLE
+from fedsim.core.algorithms.local import LocalSgd
 from fedsim.core.data import load_task_data
 from fedsim.core.models import build_model, get_arrays
 from fedsim.core.results import read_model, read_rounds
@@ -74,7 +74,7 @@ FROZEN_PARTS = {
 
 def test_every_aggregator_has_a_mode_equality_case() -> None:
     # prototype averaging needs its own data and encoder: tests/test_reconnaissance.py
-    assert set(ALGORITHMS) | {"prototypes"} == set(AGGREGATORS.names())
+    assert set(ALGORITHMS) | {"prototypes"} == set(TABLE.builtins())
 
 
 def _blobs(

@@ -238,7 +238,7 @@ def test_a_run_that_fails_on_the_superlink_exits_non_zero(
 ) -> None:
     import typer
 
-    from fedsim.deploy_cli import run_deployed
+    from fedsim.cli.deploy import run_deployed
 
     dep, scenario = deployment
     blocked = tmp_path / "not-a-folder"

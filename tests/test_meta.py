@@ -20,14 +20,16 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from torch import nn
 
-from clients.learners import OnlineSteps, ReconstructThenUpdate, stream_order
-from fedsim.core.aggregators import server_step
+from fedsim.core.algorithms import step_toward as server_step
+from fedsim.core.algorithms.local import OnlineSteps, stream_order
+from fedsim.core.algorithms.tinymetafed import ReconstructThenUpdate
+from fedsim.core.algorithms.tinyreptile import TinyReptile
 from fedsim.core.data import load_task_data
 from fedsim.core.errors import FedsimError
 from fedsim.core.models import build_model, get_arrays, set_arrays
 from fedsim.core.payload import Upload, round_trip, sent_mask
 from fedsim.core.results import read_model, read_rounds
-from fedsim.core.scenario import AdaptSpec, TinyReptileSpec
+from fedsim.core.scenario import AdaptSpec
 from fedsim.core.scenario_load import load_scenario
 from fedsim.core.seeds import derive_seed
 from fedsim.runner import run
@@ -54,13 +56,13 @@ def test_server_step_moves_theta_a_fraction_epsilon_toward_the_mean() -> None:
 
 
 def test_epsilon_schedules_follow_reptile_annealing() -> None:
-    linear = TinyReptileSpec(kind="tinyreptile", epsilon=1.0, epsilon_end=0.0)
+    linear = TinyReptile(kind="tinyreptile", epsilon=1.0, epsilon_end=0.0)
     # Reptile's reference code: ε = (1 − i/n)·ε0 + (i/n)·ε_end for iteration i = round − 1
     assert [linear.server_lr(r, 4) for r in (1, 2, 3, 4)] == [1.0, 0.75, 0.5, 0.25]
-    cosine = TinyReptileSpec(kind="tinyreptile", epsilon=0.5, epsilon_end=0.1, schedule="cosine")
+    cosine = TinyReptile(kind="tinyreptile", epsilon=0.5, epsilon_end=0.1, schedule="cosine")
     expected = [0.1 + 0.4 * 0.5 * (1 + math.cos(math.pi * i / 4)) for i in range(4)]
     np.testing.assert_allclose([cosine.server_lr(r, 4) for r in (1, 2, 3, 4)], expected)
-    constant = TinyReptileSpec(kind="tinyreptile", epsilon=0.2, schedule="constant")
+    constant = TinyReptile(kind="tinyreptile", epsilon=0.2, schedule="constant")
     assert {constant.server_lr(r, 9) for r in range(1, 10)} == {0.2}
 
 

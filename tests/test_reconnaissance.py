@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-import clients.work
+import fedsim.core.algorithms.prototypes as prototypes
 from devices.fleet import load_fleet
 from fedsim.core.errors import FedsimError
 from fedsim.core.models import build_model, encoder_of, set_arrays
@@ -91,7 +91,7 @@ def test_per_device_and_cohort_modes_give_the_same_prototypes(
 def test_a_report_with_nan_is_refused_and_nothing_of_it_merged(
     mode: str, write_scenario: Write, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    original = clients.work.class_sums
+    original = prototypes.class_sums
 
     def poisoned(mission: str, embeddings: np.ndarray, labels: np.ndarray) -> Any:
         report = original(mission, embeddings, labels)
@@ -99,7 +99,7 @@ def test_a_report_with_nan_is_refused_and_nothing_of_it_merged(
             report.sums[0, 0] = np.nan
         return report
 
-    monkeypatch.setattr(clients.work, "class_sums", poisoned)
+    monkeypatch.setattr(prototypes, "class_sums", poisoned)
     scenario = _scenario(execution={"engine": "inline", "mode": mode}, rounds=6)
     path = write_scenario(scenario)
     out = run(path, tmp_path / mode).out

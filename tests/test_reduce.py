@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedsim.core.aggregators import AGGREGATORS
+from fedsim.core.algorithms import ALGORITHMS, algorithm_class
 from fedsim.core.reduce import WeightedMean, reduce_all
 
 
@@ -78,12 +80,18 @@ def test_mismatched_updates_are_rejected() -> None:
         agg.accumulate(partial, (_updates(1, 1)[0][0], -1))
 
 
-MEANS = [k for k in AGGREGATORS.names() if k != "prototypes"]  # prototypes: sums, below
+MEANS = [k for k in ALGORITHMS.builtins() if k != "prototypes"]  # prototypes: sums, below
+
+
+def _aggregator(kind: str) -> Any:
+    """The kind's reduce with its default keys (FedIns: by samples, as the oracle weighs)."""
+    keys = {"weighting": "samples"} if kind == "fedins" else {}
+    return algorithm_class(kind).model_validate({"kind": kind, **keys}).aggregator()
 
 
 @pytest.mark.parametrize("kind", MEANS)
 def test_every_algorithm_aggregates_like_the_oracle(kind: str) -> None:
-    agg = AGGREGATORS.get(kind)()
+    agg = _aggregator(kind)
     updates = _updates(3, 5)
 
     result = agg.finalize([], reduce_all(agg, updates))
@@ -97,7 +105,7 @@ def test_every_algorithm_aggregates_like_the_oracle(kind: str) -> None:
 def test_prototype_averaging_adds_class_sums_like_the_oracle() -> None:
     from fedsim.core.prototypes import class_sums
 
-    agg = AGGREGATORS.get("prototypes")()
+    agg = _aggregator("prototypes")
     rng = np.random.default_rng(3)
     reports = []
     expected_sums, expected_counts = np.zeros((6, 4)), np.zeros(6)

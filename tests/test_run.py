@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from clients.learners import LocalSgd
+from fedsim.core.algorithms.local import LocalSgd
 from fedsim.core.errors import FedsimError, RunStoppedError
 from fedsim.core.results import read_rounds
 from fedsim.runner import run

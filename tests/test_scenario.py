@@ -11,8 +11,9 @@ import pytest
 import yaml
 
 from devices.fleet import load_fleet as plan
+from fedsim.core.algorithms.fedprox import FedProx
 from fedsim.core.errors import FedsimError
-from fedsim.core.scenario import DirichletPartition, FedProxSpec
+from fedsim.core.scenario import DirichletPartition
 from fedsim.core.scenario_load import ScenarioError, load_scenario
 from tests.conftest import SCENARIOS, tiny_scenario
 
@@ -31,7 +32,7 @@ def test_extends_merges_child_over_base() -> None:
     scenario = load_scenario(SCENARIOS / "quickstart-fedprox.yaml")
     base = load_scenario(SCENARIOS / "quickstart.yaml")
 
-    assert isinstance(scenario.algorithm, FedProxSpec)
+    assert isinstance(scenario.algorithm, FedProx)
     assert scenario.algorithm.mu == 0.05
     assert scenario.algorithm.lr == base.algorithm.lr  # inherited
     assert scenario.fleet == base.fleet
@@ -80,8 +81,9 @@ def _error_lines(path: Path) -> list[str]:
         ),
         (
             {"algorithm": {"kind": "fedavgg"}},
-            r"algorithm: unknown kind 'fedavgg' \(did you mean 'fedavg'\?\); "
-            r"known kinds: fedavg, fedprox, tinyreptile, tinymetafed, tinyol, prototypes, fedins$",
+            r"algorithm\.kind: unknown algorithm 'fedavgg' \(did you mean 'fedavg'\?\); use one "
+            r"of fedavg, fedins, fedprox, prototypes, tinymetafed, tinyol, tinyreptile, or "
+            r"package\.module:Name for your own$",
         ),
         (
             {"task": {"dataset": "digit"}},

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from fedsim.core.aggregators import aggregator_for
+from fedsim.core.algorithms.fedins import FedIns
 from fedsim.core.backbone import pretrain_backbone
 from fedsim.core.models import get_arrays
 from fedsim.core.payload import Upload
-from fedsim.core.reduce import reduce_all
+from fedsim.core.reduce import WeightedMean, reduce_all
 from fedsim.core.ssf import FedInsNet, SsfViT, identity_ssf
 
 
@@ -74,12 +74,12 @@ def test_pool_averaging_matches_numpy() -> None:
     clients = [FedInsNet(_vit(), classes=3, entries=4, top_n=2, seed=s) for s in range(3)]
     arrays = [get_arrays(c) for c in clients]
     weights = [10, 30, 60]
-    agg = aggregator_for("fedavg")
+    agg = WeightedMean()
     merged = agg.finalize(arrays[0], reduce_all(agg, list(zip(arrays, weights, strict=True))))
     for i, tensor in enumerate(merged):
         expected = np.average(np.stack([a[i] for a in arrays]), axis=0, weights=weights)
         np.testing.assert_allclose(tensor, expected, rtol=1e-5, atol=1e-7)
-    uniform = aggregator_for("fedins", uniform=True)  # the reference code's plain mean
+    uniform = FedIns(kind="fedins", weighting="uniform").aggregator()  # the reference code's mean
     merged = uniform.finalize(
         arrays[0], reduce_all(uniform, list(zip(arrays, weights, strict=True)))
     )

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from clients.learners import OnlineHeadLearner, stream_order
 from edge.online_head import OnlineHead, RunningNorm
+from fedsim.core.algorithms.local import stream_order
+from fedsim.core.algorithms.tinyol import OnlineHeadLearner
 from fedsim.core.models import build_model
 from fedsim.core.results import read_model, read_rounds
 from fedsim.core.seeds import derive_seed

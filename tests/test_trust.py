@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 
 import server.loop
-from clients.learners import LEARNERS
 from fedsim.cli import summarize
-from fedsim.core.aggregators import AGGREGATORS
+from fedsim.core.algorithms import ALGORITHMS, Algorithm
+from fedsim.core.algorithms.fedavg import FedAvg, SgdEpochs
 from fedsim.core.errors import ExitCode, FedsimError, RunStoppedError
 from fedsim.core.results import read_rounds
-from fedsim.parts import PARTS, check_parts, missing_parts, spec_kinds
+from fedsim.parts import check_parts, missing_parts
 from fedsim.runner import resume_target, run, stopped_error
 from tests.conftest import tiny_scenario
 from tests.test_cli import fedsim
@@ -94,17 +94,17 @@ def test_the_cli_exits_3_with_one_line_for_a_run_without_updates(
 def test_a_non_finite_global_model_stops_the_run(
     write_scenario: Write, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_step = server.loop.server_step
+    real_step = FedAvg.server_step
     calls = []
 
-    def poisoned(arrays: Any, averaged: Any, epsilon: float) -> Any:
-        out = real_step(arrays, averaged, epsilon)
+    def poisoned(self: FedAvg, arrays: Any, averaged: Any, *rest: Any) -> Any:
+        out = real_step(self, arrays, averaged, *rest)
         calls.append(1)
         if len(calls) == 2:  # round 2's aggregate overflows
             out[0] = np.full_like(out[0], np.inf)
         return out
 
-    monkeypatch.setattr(server.loop, "server_step", poisoned)
+    monkeypatch.setattr(FedAvg, "server_step", poisoned)
     algorithm = {**DIVERGING, "lr": 0.1}
     path = write_scenario(_equal_devices(EXECUTIONS["per-device"], algorithm) | {"rounds": 4})
 
@@ -119,23 +119,23 @@ def test_a_non_finite_global_model_stops_the_run(
     assert not (tmp_path / "out" / "model.npz").exists()
 
 
-@pytest.mark.parametrize("kind", spec_kinds())
-def test_every_algorithm_the_schema_accepts_has_all_its_parts(kind: str) -> None:
+@pytest.mark.parametrize("kind", ALGORITHMS.builtins())
+def test_every_built_in_algorithm_is_complete(kind: str) -> None:
     assert missing_parts(kind) == []
-    assert {"learner", "algorithm"} == {registry.kind for registry in PARTS.values()}
 
 
-@pytest.mark.parametrize("registry", [LEARNERS, AGGREGATORS], ids=["learner", "aggregator"])
+@pytest.mark.parametrize("method", ["learner", "samples_processed"])
 def test_an_algorithm_missing_a_part_is_refused_before_it_runs(
-    registry: Any, write_scenario: Write, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    method: str, write_scenario: Write, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delitem(registry._factories, "fedavg")
+    monkeypatch.delattr(SgdEpochs, method)  # FedAvg falls back to the protocol's bare method
+    assert getattr(FedAvg, method) is getattr(Algorithm, method)
     path = write_scenario(tiny_scenario())
 
     with pytest.raises(FedsimError, match="is incomplete") as caught:
         check_parts("fedavg")
-    assert "fedprox" in str(caught.value)  # it names the complete ones
-    located = r"algorithm\.kind: algorithm 'fedavg' is incomplete"
+    assert f"does not define {method}" in str(caught.value)
+    located = rf"algorithm\.kind: algorithm 'fedavg' \(FedAvg\) is incomplete: .*{method}"
     with pytest.raises(FedsimError, match=located):  # fedsim validate
         summarize(path)
     with pytest.raises(FedsimError, match=located):

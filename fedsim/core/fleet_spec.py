@@ -261,9 +261,7 @@ class FleetSpec(_Spec):
         return sum(group.count for group in self.groups)
 
 
-def topology_problems(
-    topology: TopologySpec, fleet: FleetSpec, prototypes: bool
-) -> list[tuple[str, str, str]]:
+def topology_problems(topology: TopologySpec, fleet: FleetSpec) -> list[tuple[str, str, str]]:
     """Cross-field problems of a topology as (dotted path, what, fix)."""
     problems = []
     names = [g.name for g in topology.gateways]
@@ -331,13 +329,4 @@ def topology_problems(
                     "make the gateways a tree under the server",
                 )
             )
-    if topology.local_rounds > 1 and prototypes:
-        problems.append(
-            (
-                "topology.local_rounds",
-                "prototype averaging adds every mission's sums once; a gateway has nothing "
-                "to re-aggregate between local rounds",
-                "set local_rounds: 1",
-            )
-        )
     return problems

@@ -216,6 +216,15 @@ def sgd_step(params: list[torch.nn.Parameter], loss: torch.Tensor, lr: float) ->
                 p.add_(g, alpha=-lr)
 
 
+def head_parameters(model: nn.Module) -> set[str]:
+    """Names of the last ``Linear``/``Conv2d``'s parameters (the TinyOL-style trainable head)."""
+    from torch import nn
+
+    last = [m for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d)][-1]
+    mine = {id(p) for p in last.parameters()}
+    return {name for name, p in model.named_parameters() if id(p) in mine}
+
+
 def build_model(name: str, num_features: int, num_classes: int, seed: int) -> nn.Module:
     return MODELS.get(name, "task.model")(num_features, num_classes, seed)
 

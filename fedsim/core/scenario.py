@@ -13,21 +13,17 @@ import json
 import os
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
-
-from fedsim.core.algorithms import (
-    AlgorithmSpec,
-    BackboneSpec,
-    EncoderSpec,
-    FedAvgSpec,
-    FedInsSpec,
-    FedProxSpec,
-    PrototypesSpec,
-    TinyMetaFedSpec,
-    TinyOLSpec,
-    TinyReptileSpec,
+from pydantic import (
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
 )
+
+from fedsim.core.algorithms import Algorithm, algorithm_class
 from fedsim.core.data import DATASETS
+from fedsim.core.errors import FedsimError
 from fedsim.core.fleet_spec import (
     AlwaysOn,
     AttachedSpec,
@@ -66,20 +62,15 @@ from fedsim.core.specs import Spec as _Spec
 
 __all__ = [
     "AdaptSpec",
-    "AlgorithmSpec",
+    "Algorithm",
     "AlwaysOn",
     "AttachedSpec",
     "AvailabilitySpec",
-    "BackboneSpec",
     "DeviceGroup",
     "DirichletPartition",
-    "EncoderSpec",
     "EvaluationSpec",
     "ExecutionSpec",
     "FaultSpec",
-    "FedAvgSpec",
-    "FedInsSpec",
-    "FedProxSpec",
     "FleetSpec",
     "GatewayDevices",
     "GatewaySpec",
@@ -90,14 +81,10 @@ __all__ = [
     "Outages",
     "OutputSpec",
     "PartitionSpec",
-    "PrototypesSpec",
     "RegistrySpec",
     "Scenario",
     "ShardPartition",
     "TaskSpec",
-    "TinyMetaFedSpec",
-    "TinyOLSpec",
-    "TinyReptileSpec",
     "TopologySpec",
     "TraceAvailability",
     "choose_engine",
@@ -203,13 +190,28 @@ class OutputSpec(_Spec):
     )
 
 
+_KINDS_FIX = "e.g. kind: fedavg (fedsim algorithms lists the kinds), or package.module:ClassName"
+
+
+def _kind_error(kind: object, what: str, fix: str) -> ValidationError:
+    """A validation error at ``algorithm.kind`` in the scenario loader's what/fix form."""
+    error = ValueError(f"{what}; {fix}" if fix else what)
+    return ValidationError.from_exception_data(
+        "algorithm",
+        [{"type": "value_error", "loc": ("kind",), "input": kind, "ctx": {"error": error}}],
+    )
+
+
 class Scenario(_Spec):
     name: FileName
     description: str = ""
     seed: Seed = 0
     task: TaskSpec = TaskSpec()
     fleet: FleetSpec
-    algorithm: AlgorithmSpec
+    algorithm: SerializeAsAny[Algorithm] = Field(
+        description="kind: a built-in (fedsim algorithms), an installed plugin, or "
+        "package.module:ClassName; the other keys are that algorithm's"
+    )
     rounds: Rounds = Field(ge=1)
     clients_per_round: DeviceCount | None = Field(
         None, ge=1, description="default: the whole fleet"
@@ -224,6 +226,25 @@ class Scenario(_Spec):
         None, description="devices behind gateways, gateways behind edge servers (default: a star)"
     )
     output: OutputSpec = OutputSpec()
+
+    @field_validator("algorithm", mode="wrap")
+    @classmethod
+    def _algorithm_of_its_kind(
+        cls, value: object, handler: ValidatorFunctionWrapHandler
+    ) -> Algorithm:
+        """Validate ``algorithm:`` with the class its ``kind`` names (open: users add kinds)."""
+        if isinstance(value, Algorithm):
+            return value
+        if not isinstance(value, dict):
+            return handler(value)  # type: ignore[no-any-return]  # pydantic's own "a mapping"
+        kind = value.get("kind")
+        if not isinstance(kind, str):
+            raise _kind_error(kind, "'kind' missing: an algorithm names its kind", _KINDS_FIX)
+        try:
+            found = algorithm_class(kind)
+        except FedsimError as exc:
+            raise _kind_error(kind, exc.what, exc.fix) from None
+        return found.model_validate(value)
 
     @property
     def cohort_size(self) -> int:
@@ -265,17 +286,8 @@ class Scenario(_Spec):
                     f"set it to at most {self.fleet.size} or add devices to fleet.groups",
                 )
             )
-        if self.algorithm.local_head and self.fleet.memory_policy == "head-only":
-            problems.append(
-                (
-                    "fleet.memory_policy",
-                    f"{self.algorithm.kind} keeps the head on the device, so a device that can "
-                    "train only its head would upload nothing",
-                    "use memory_policy: skip, or algorithm.local: none",
-                )
-            )
         attached = [i for i, g in enumerate(self.fleet.groups) if g.attached is not None]
-        if attached and self.algorithm.kind != "tinyol":
+        if attached and not self.algorithm.on_device:
             problems.append(
                 (
                     f"fleet.groups[{attached[0]}].attached",
@@ -289,38 +301,9 @@ class Scenario(_Spec):
             problems.append(
                 ("fleet.groups", "two attached groups name the same port", "one port per device")
             )
-        if isinstance(self.algorithm, FedInsSpec) and self.task.model != "ssf-vit":
-            problems.append(
-                (
-                    "task.model",
-                    "FedIns inserts SSF into the pre-trained ViT backbone",
-                    "set task.model: ssf-vit",
-                )
-            )
-        if isinstance(self.algorithm, PrototypesSpec):
-            unseen = f"{self.algorithm.encoder.dataset}-unseen"
-            if self.task.dataset != unseen:
-                problems.append(
-                    (
-                        "task.dataset",
-                        f"prototype averaging learns the classes its encoder never saw: with "
-                        f"encoder.dataset {self.algorithm.encoder.dataset} that is {unseen}",
-                        f"set task.dataset: {unseen}",
-                    )
-                )
-            model = self.algorithm.encoder.model
-            if self.task.model != model:
-                problems.append(
-                    (
-                        "task.model",
-                        f"prototype averaging needs the encoder's architecture with a prototype "
-                        f"head: for encoder.dataset {self.algorithm.encoder.dataset}, {model}",
-                        f"set task.model: {model}",
-                    )
-                )
+        problems += self.algorithm.problems(self)
         if self.topology is not None:
-            prototypes = isinstance(self.algorithm, PrototypesSpec)
-            problems += topology_problems(self.topology, self.fleet, prototypes)
+            problems += topology_problems(self.topology, self.fleet)
         data = DATASETS.get(self.task.dataset)
         if self.evaluation.adapt is not None and data.natural_groups is None:
             problems.append(

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from fedsim.core.algorithms import Algorithm, algorithm_class
 from fedsim.core.errors import FedsimError, clip, did_you_mean, shown
 from fedsim.core.safe_yaml import dotted, load_yaml
 from fedsim.core.scenario import Scenario
@@ -233,6 +234,11 @@ def _field_model(annotation: Any, data: Any) -> type[BaseModel] | None:
             ):
                 return model
         return None
+    if isinstance(annotation, type) and issubclass(annotation, Algorithm):
+        try:  # an open kind: the class it names (its keys are the algorithm's)
+            return algorithm_class(str(data.get("kind")))
+        except FedsimError:
+            return annotation
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     return None

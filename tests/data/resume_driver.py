@@ -7,7 +7,7 @@ from typing import ClassVar
 import numpy as np
 
 import clients.work
-from clients.learners import LocalSgd
+from fedsim.core.algorithms.local import LocalSgd
 
 
 @dataclass(frozen=True)

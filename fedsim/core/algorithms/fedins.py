@@ -1,0 +1,110 @@
+"""FedIns (Feng et al.; DESIGN.md §6.6): instance-adaptive SSF pools on a frozen pre-trained ViT.
+
+Each device trains a pool of ``entries`` SSF sets with keys and heads, each instance using the mean
+of its ``top_n`` entries by key similarity; loss (1 − λ)·CE + λ·(1 − Σ cos(q, k)), λ =
+``key_weight``. The server averages every pool tensor element-wise (``weighting``). Baselines in
+the same family: ``entries: 1, top_n: 1, key_weight: 0`` is federated SSF (one SSF and head per
+client, FedAvg'd); with ``train: head`` only the head trains (head-only FedAvg); with ``train:
+all`` the backbone trains too (full-model FedAvg, the communication reference).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from fedsim.core.algorithms.base import Learner, ModelAggregator, ModelTask, Problem
+from fedsim.core.algorithms.fedavg import SgdEpochs
+from fedsim.core.reduce import WeightedMean
+from fedsim.core.specs import Spec, Steps, at_most
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from fedsim.core.scenario import Scenario
+
+__all__ = ["BackboneSpec", "FedIns"]
+
+
+class BackboneSpec(Spec):
+    """FedIns's frozen backbone: the SSF ViT pre-trained supervised on ``dataset``
+    (``fedsim.core.backbone``; cached by this config and the seed)."""
+
+    dataset: Literal["fashion-mnist", "mnist-5k"] = "fashion-mnist"
+    steps: Steps = Field(3000, ge=1)
+    # the ViT's parameters grow as depth × dim²: 1024 × 1024 × 64 blocks is ~1 GB of weights
+    dim: Annotated[int, at_most(1_024, "the ViT's weights grow as dim²")] = Field(64, ge=8)
+    depth: Annotated[int, at_most(64, "every block's weights are held in memory")] = Field(4, ge=1)
+
+
+class FedIns(SgdEpochs):
+    kind: Literal["fedins"]
+    lr: float = Field(0.05, gt=0.0)
+    backbone: BackboneSpec = BackboneSpec()
+    entries: Annotated[int, at_most(1_000, "every entry trains and travels each round")] = Field(
+        25, ge=1, description="M: SSF sets (with key and head) in the pool"
+    )
+    top_n: int = Field(3, ge=1, description="N: entries averaged per instance")
+    key_weight: float = Field(0.1, ge=0.0, le=1.0, description="λ of the key-matching loss")
+    weighting: Literal["uniform", "samples"] = Field(
+        "uniform", description="server mean over clients: uniform (reference code) or by samples"
+    )
+    train: Literal["pool", "head", "all"] = Field(
+        "pool",
+        description="what trains and travels: the pool (FedIns), only the heads (head-only "
+        "FedAvg), or everything, backbone included (full-model FedAvg, the reference)",
+    )
+
+    @model_validator(mode="after")
+    def _top_within_pool(self) -> FedIns:
+        if self.top_n > self.entries:
+            raise ValueError(f"top_n ({self.top_n}) cannot exceed entries ({self.entries})")
+        return self
+
+    def learner(self) -> Learner:
+        from fedsim.core.algorithms.local import LocalSgd
+
+        return LocalSgd(self.lr, self.local_epochs, self.batch_size, key_weight=self.key_weight)
+
+    def build_model(self, task: ModelTask) -> nn.Module:
+        """The pre-trained SSF ViT (cached by its config and the scenario seed) with a pool;
+        what does not train is frozen (``requires_grad`` off)."""
+        from fedsim.core.backbone import BackboneConfig, load_backbone
+        from fedsim.core.ssf import FedInsNet
+
+        b = self.backbone
+        config = BackboneConfig(
+            b.dataset, b.steps, dim=b.dim, depth=b.depth, seed=task.scenario_seed
+        )
+        backbone = load_backbone(config, math.isqrt(task.num_features))
+        model = FedInsNet(backbone, task.num_outputs, self.entries, self.top_n, task.seed)
+        for name, p in model.named_parameters():
+            p.requires_grad_(not self.frozen(name))
+        return model
+
+    def frozen(self, name: str) -> bool:
+        if name.startswith("backbone.head."):
+            return True  # the pre-training head: FedIns classifies with the pool's heads
+        if self.train == "all":
+            return False
+        if self.train == "head":
+            return not name.startswith("head_")
+        return name.startswith("backbone.")
+
+    def aggregator(self) -> ModelAggregator:
+        """Element-wise mean of the pool tensors (the frozen backbone never votes); ``uniform``:
+        every client weighs 1, as in the reference code."""
+        return WeightedMean(uniform=self.weighting == "uniform")
+
+    def problems(self, scenario: Scenario) -> list[Problem]:
+        if scenario.task.model != "ssf-vit":
+            return [
+                (
+                    "task.model",
+                    "FedIns inserts SSF into the pre-trained ViT backbone",
+                    "set task.model: ssf-vit",
+                )
+            ]
+        return []

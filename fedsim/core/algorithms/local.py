@@ -1,0 +1,130 @@
+"""Device-side steps several algorithms share: mini-batch SGD epochs (FedAvg, FedProx, FedIns) and
+online SGD steps over a device's stream (TinyReptile, TinyMetaFed).
+
+An algorithm's module builds them in its ``learner()``; this module imports torch, the algorithm
+modules do not (a scenario validates without it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import nn
+
+from fedsim.core.models import sgd_step, task_loss
+from fedsim.core.state import DeviceState
+
+__all__ = ["LocalSgd", "OnlineSteps", "sgd_steps", "stream_order"]
+
+
+@dataclass(frozen=True)
+class LocalSgd:
+    """Mini-batch SGD for ``epochs`` passes; ``mu > 0`` adds FedProx's proximal term;
+    ``key_weight`` λ > 0 trains on (1 − λ)·loss + λ·``model.last_key_loss`` (FedIns's pools).
+
+    FedProx (Li et al., 2020) minimises  CE(w) + mu/2 · ||w − w_t||²  where w_t is the global model
+    received this round, which keeps heterogeneous devices from drifting far from it.
+    """
+
+    lr: float
+    epochs: int
+    batch_size: int
+    mu: float = 0.0
+    key_weight: float = 0.0
+    stateful: ClassVar[bool] = False
+
+    def train(
+        self,
+        model: nn.Module,
+        x: NDArray[np.float32],
+        y: NDArray[Any],
+        seed: int,
+        state: DeviceState | None = None,
+    ) -> float:
+        generator = torch.Generator().manual_seed(seed)
+        inputs, targets = torch.from_numpy(x), torch.from_numpy(y)
+        anchor = [p.detach().clone() for p in model.parameters()] if self.mu > 0 else []
+        optimizer = torch.optim.SGD(model.parameters(), lr=self.lr)
+        model.train()
+        total, seen = 0.0, 0
+        for _ in range(self.epochs):
+            order = torch.randperm(len(targets), generator=generator)
+            for start in range(0, len(order), self.batch_size):
+                batch = order[start : start + self.batch_size]
+                optimizer.zero_grad()
+                loss = task_loss(model(inputs[batch]), targets[batch])
+                objective = loss
+                if anchor:
+                    drift = sum(
+                        ((p - a) ** 2).sum()
+                        for p, a in zip(model.parameters(), anchor, strict=True)
+                    )
+                    objective = loss + 0.5 * self.mu * drift
+                if self.key_weight > 0:
+                    key_loss: torch.Tensor = model.last_key_loss  # type: ignore[assignment]
+                    objective = (1 - self.key_weight) * objective + self.key_weight * key_loss
+                torch.autograd.backward(objective)
+                optimizer.step()
+                total += loss.item() * len(batch)
+                seen += len(batch)
+        return total / max(seen, 1)
+
+
+def stream_order(n: int, length: int, seed: int) -> torch.Tensor:
+    """The order a device's stream presents its ``n`` samples: ``length`` indices, a seeded
+    permutation repeated (a fresh one each pass) when the round needs more than ``n``."""
+    generator = torch.Generator().manual_seed(seed)
+    passes = [torch.randperm(n, generator=generator) for _ in range(-(-length // n))]
+    return torch.cat(passes)[:length]
+
+
+def sgd_steps(
+    model: nn.Module,
+    params: list[nn.Parameter],
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    order: torch.Tensor,
+    lr: float,
+    batch_size: int,
+) -> tuple[float, int]:
+    """Plain SGD on ``params`` over ``order`` in batches; (sum of batch losses × size, samples)."""
+    total = 0.0
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        loss = task_loss(model(inputs[batch]), targets[batch])
+        if params:
+            sgd_step(params, loss, lr)
+        total += loss.item() * len(batch)
+    return total, len(order)
+
+
+@dataclass(frozen=True)
+class OnlineSteps:
+    """TinyReptile's device side: from θ, ``steps`` SGD steps of ``batch_size`` samples each,
+    taken from the device's stream in order (batch 1: each sample is used once, as it arrives,
+    and dropped: nothing is kept but the model)."""
+
+    lr: float
+    steps: int
+    batch_size: int
+    stateful: ClassVar[bool] = False
+
+    def train(
+        self,
+        model: nn.Module,
+        x: NDArray[np.float32],
+        y: NDArray[Any],
+        seed: int,
+        state: DeviceState | None = None,
+    ) -> float:
+        order = stream_order(len(y), self.steps * self.batch_size, seed)
+        params = [p for p in model.parameters() if p.requires_grad]
+        model.train()
+        total, seen = sgd_steps(
+            model, params, torch.from_numpy(x), torch.from_numpy(y), order, self.lr, self.batch_size
+        )
+        return total / max(seen, 1)

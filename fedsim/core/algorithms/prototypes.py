@@ -1,0 +1,202 @@
+"""Federated reconnaissance by prototype averaging (Hendryx et al.; DESIGN.md §6.5).
+
+Each round is a mission: every selected device embeds ``classes_per_mission`` new classes' samples
+with the frozen, pre-trained encoder and sends per-class sums and counts; the server adds them up
+(``fedsim.core.prototypes``); a sample is classified as the nearest prototype among all classes
+reconnoitred so far. No gradient step anywhere.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+from pydantic import Field
+
+from fedsim.core.algorithms.base import (
+    Algorithm,
+    DeviceUpdate,
+    Learner,
+    ModelAggregator,
+    NonFiniteUpdateError,
+    Problem,
+)
+from fedsim.core.prototypes import PrototypeArrays, class_sums, decode_report, encode_report
+from fedsim.core.reduce import Arrays
+from fedsim.core.specs import Spec, Steps, at_most
+from fedsim.core.state import DeviceState
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from fedsim.core.scenario import Scenario
+
+__all__ = ["EncoderSpec", "Prototypes"]
+
+log = logging.getLogger("fedsim.server")
+
+# classes, support and query samples of one pre-training episode, all in one batch
+_PerEpisode = Annotated[int, at_most(1_000, "one episode's samples are held in one batch")]
+
+
+class EncoderSpec(Spec):
+    """The frozen encoder, pre-trained episodically on the background classes of ``dataset``
+    (``fedsim.core.pretrain``; cached by this config and the seed): Conv-4 on the character sets'
+    background alphabets, an MLP on a seeded half of kws's or har's classes."""
+
+    @property
+    def architecture(self) -> str:
+        return "conv4" if self.dataset in ("kanjivg", "omniglot") else "mlp-100"
+
+    @property
+    def model(self) -> str:
+        """The scenario's ``task.model``: the encoder with a prototype head."""
+        return "conv4-proto" if self.architecture == "conv4" else "mlp-proto"
+
+    dataset: Literal["kanjivg", "omniglot", "kws", "har"] = "kanjivg"
+    episodes: Steps = Field(2000, ge=1)
+    n_way: _PerEpisode = Field(5, ge=2)
+    k_shot: _PerEpisode = Field(5, ge=1)
+    q_queries: _PerEpisode = Field(5, ge=1)
+    lr: float = Field(1e-3, gt=0.0)
+    rotations: bool = True
+
+
+class Prototypes(Algorithm):
+    kind: Literal["prototypes"]
+    encoder: EncoderSpec = EncoderSpec()
+    classes_per_mission: Annotated[
+        int, at_most(10_000, "a mission's classes are embedded and held together")
+    ] = Field(5, ge=1, description="new classes per device per mission")
+    samples_per_class: (
+        Annotated[int, at_most(1_000_000, "a class's samples are embedded one by one")] | None
+    ) = Field(None, ge=1, description="labelled samples per new class (default: all it has)")
+
+    def learner(self) -> Learner:
+        return EmbedOnly()
+
+    def device_round(
+        self,
+        model: nn.Module,
+        x: NDArray[np.float32],
+        y: NDArray[Any],
+        global_arrays: Arrays,
+        payload_dtype: str,
+    ) -> DeviceUpdate:
+        """A mission: embed the new samples with the frozen encoder and report per class their
+        sum and count (as the server will decode it: checked, in the wire format)."""
+        import torch
+
+        from fedsim.core.models import encoder_of
+
+        encoder = encoder_of(model)
+        encoder.eval()
+        num_classes, dim = global_arrays[-2].shape
+        with torch.no_grad():
+            inputs = torch.from_numpy(x)
+            parts = [encoder(inputs[i : i + 256]).numpy() for i in range(0, len(x), 256)]
+        embeddings = np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
+        if not np.isfinite(embeddings).all():
+            raise NonFiniteUpdateError(
+                "non-finite embeddings: the encoder holds NaN or inf; re-run fedsim pretrain"
+            )
+        wire = encode_report(class_sums("", embeddings, y), payload_dtype)
+        report = decode_report(wire, "", num_classes, dim)
+        return DeviceUpdate(global_arrays, len(y), 0.0, (False,) * len(global_arrays), wire, report)
+
+    def pretrained(self, model: nn.Module, seed: int) -> None:
+        """The pre-trained encoder (``fedsim pretrain``; trained now if not cached) goes into the
+        model; the prototype head stays empty."""
+        from fedsim.core.models import get_arrays, set_arrays
+        from fedsim.core.pretrain import PretrainConfig, pretrain_encoder
+
+        e = self.encoder
+        config = PretrainConfig(
+            e.dataset,
+            e.architecture,
+            e.episodes,
+            e.n_way,
+            e.k_shot,
+            e.q_queries,
+            e.lr,
+            e.rotations,
+            seed,
+        )
+
+        def show(step: int, loss: float) -> None:
+            if step % 100 == 0 or step == config.episodes:
+                log.info(
+                    "pre-training the encoder: %d/%d episodes, loss %.3f", step, e.episodes, loss
+                )
+
+        trained = list(pretrain_encoder(config, show).values())
+        arrays = get_arrays(model)
+        set_arrays(model, [*trained[:-2], *arrays[-2:]])  # the linear head ↔ the prototype buffers
+
+    def aggregator(self) -> ModelAggregator:
+        return PrototypeArrays()  # per-class sums and counts added up
+
+    @property
+    def batch_size(self) -> int:
+        return 1  # embeds one sample at a time: inference memory only
+
+    @property
+    def trains(self) -> bool:
+        return False
+
+    def samples_processed(self, num_examples: int) -> int:
+        return num_examples  # forward passes only
+
+    def missions(self) -> tuple[int, int | None]:
+        return (self.classes_per_mission, self.samples_per_class)
+
+    def problems(self, scenario: Scenario) -> list[Problem]:
+        problems: list[Problem] = []
+        unseen = f"{self.encoder.dataset}-unseen"
+        if scenario.task.dataset != unseen:
+            problems.append(
+                (
+                    "task.dataset",
+                    f"prototype averaging learns the classes its encoder never saw: with "
+                    f"encoder.dataset {self.encoder.dataset} that is {unseen}",
+                    f"set task.dataset: {unseen}",
+                )
+            )
+        if scenario.task.model != self.encoder.model:
+            problems.append(
+                (
+                    "task.model",
+                    f"prototype averaging needs the encoder's architecture with a prototype head: "
+                    f"for encoder.dataset {self.encoder.dataset}, {self.encoder.model}",
+                    f"set task.model: {self.encoder.model}",
+                )
+            )
+        if scenario.topology is not None and scenario.topology.local_rounds > 1:
+            problems.append(
+                (
+                    "topology.local_rounds",
+                    "prototype averaging adds every mission's sums once; a gateway has nothing "
+                    "to re-aggregate between local rounds",
+                    "set local_rounds: 1",
+                )
+            )
+        return problems
+
+
+class EmbedOnly:
+    """Prototype averaging's device takes no training step (``Prototypes.device_round`` embeds
+    and reports); this only says so if something asks it to train."""
+
+    stateful: ClassVar[bool] = False
+
+    def train(
+        self,
+        model: nn.Module,
+        x: NDArray[np.float32],
+        y: NDArray[Any],
+        seed: int,
+        state: DeviceState | None = None,
+    ) -> float:
+        raise TypeError("prototype averaging takes no gradient step; devices report class sums")

@@ -16,7 +16,7 @@ SYSTEM_PACKAGES := espeak-ng flite sox dataset-fashion-mnist
 # bridge), a headless browser (report.html). Installed without recommends.
 TEST_PACKAGES := socat gcc qemu-system-arm gcc-arm-none-eabi libnewlib-arm-none-eabi chromium
 
-.PHONY: demo test check lint typecheck pytest clean system-packages test-packages apt-install
+.PHONY: demo test check lint typecheck pytest examples clean system-packages test-packages apt-install
 
 # Installs only what is missing (as root, or through sudo); quick when all are there.
 system-packages:
@@ -49,7 +49,7 @@ $(STAMP): pyproject.toml Makefile
 demo: system-packages $(STAMP)
 	$(BIN)/fedsim run scenarios/quickstart.yaml --out results/quickstart --overwrite
 
-test: system-packages test-packages $(STAMP) lint typecheck pytest
+test: system-packages test-packages $(STAMP) lint typecheck pytest examples
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -60,6 +60,14 @@ typecheck: $(STAMP)
 
 pytest: system-packages test-packages $(STAMP)
 	$(BIN)/pytest
+
+# The out-of-tree plugin example, installed as a user would (a wheel, not the source folder) and
+# tested with fedsim's pytest plugin, in both execution modes.
+examples: $(STAMP)
+	$(PIP) install --no-deps --no-build-isolation --force-reinstall ./examples/custom-algorithm \
+	  2>$(VENV)/pip.log || (grep -v "is ignored" $(VENV)/pip.log; exit 1)
+	rm -rf examples/custom-algorithm/build examples/custom-algorithm/*.egg-info
+	$(BIN)/pytest -p no:cacheprovider examples/custom-algorithm/tests
 
 clean:
 	rm -rf $(VENV) results .mypy_cache .ruff_cache .pytest_cache

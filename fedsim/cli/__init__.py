@@ -10,7 +10,17 @@ import sys
 
 import typer
 
-from fedsim.cli import data, deploy, devices, pretrain, registry, report, run, sweep
+from fedsim.cli import (
+    algorithms,
+    data,
+    deploy,
+    devices,
+    pretrain,
+    registry,
+    report,
+    run,
+    sweep,
+)
 from fedsim.cli.format import err, print_error
 from fedsim.cli.run import summarize
 from fedsim.core.errors import EXIT_CODE_HELP, ExitCode, FedsimError
@@ -25,7 +35,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-for group in (run, pretrain, sweep, report, data, devices, registry, deploy):
+for group in (run, pretrain, sweep, report, algorithms, data, devices, registry, deploy):
     group.register(app)
 
 

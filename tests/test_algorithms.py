@@ -1,0 +1,139 @@
+"""Users' algorithms, by the two routes a scenario can name them (an installed entry point, a
+dotted path), validated and run as the built-ins are; and ``fedsim algorithms``."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from fedsim.cli import app, summarize
+from fedsim.core.algorithms import ALGORITHMS
+from fedsim.core.errors import FedsimError
+from fedsim.core.scenario_load import load_scenario
+from fedsim.runner import run
+from tests.conftest import ROOT, tiny_scenario
+
+Write = Callable[..., Path]
+PLUGINS = "tests.data.algorithm_plugins"
+
+
+@pytest.fixture
+def installed(monkeypatch: pytest.MonkeyPatch) -> Callable[[str, str], None]:
+    """Pretend a package installed entry point ``name = value`` in group fedsim.algorithms."""
+    extra: list[importlib.metadata.EntryPoint] = []
+    real = importlib.metadata.entry_points
+
+    def entry_points(**params: Any) -> Any:
+        found = real(**params)
+        if params.get("group") == "fedsim.algorithms":
+            return [*found, *extra]
+        return found
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", entry_points)
+
+    def add(name: str, value: str) -> None:
+        extra.append(importlib.metadata.EntryPoint(name, value, "fedsim.algorithms"))
+        ALGORITHMS._loaded.pop(name, None)
+
+    return add
+
+
+def _model(out: Path) -> list[np.ndarray]:
+    with np.load(out / "model.npz") as saved:
+        return [saved[k] for k in saved.files]
+
+
+def test_a_dotted_path_and_an_entry_point_run_the_same_algorithm(
+    write_scenario: Write, tmp_path: Path, installed: Callable[[str, str], None]
+) -> None:
+    installed("halfstep", f"{PLUGINS}:HalfStep")
+    algorithm = {"lr": 0.1, "local_epochs": 1, "batch_size": 16, "share": 0.5}
+    by_path = write_scenario(
+        tiny_scenario(algorithm={"kind": f"{PLUGINS}:HalfStep", **algorithm}), "a.yaml"
+    )
+    by_name = write_scenario(tiny_scenario(algorithm={"kind": "halfstep", **algorithm}), "b.yaml")
+
+    run(by_path, tmp_path / "a", engine="inline")
+    run(by_name, tmp_path / "b", engine="inline")
+    run(write_scenario(tiny_scenario(), "c.yaml"), tmp_path / "c", engine="inline")
+
+    a, b, fedavg = _model(tmp_path / "a"), _model(tmp_path / "b"), _model(tmp_path / "c")
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, fedavg, strict=True))  # its own step
+
+
+def test_a_users_keys_are_validated_like_built_in_ones(write_scenario: Write) -> None:
+    path = write_scenario(tiny_scenario(algorithm={"kind": f"{PLUGINS}:HalfStep", "share": 2}))
+    with pytest.raises(FedsimError, match=r"algorithm\.share: must be at most 1"):
+        load_scenario(path)
+    path = write_scenario(tiny_scenario(algorithm={"kind": f"{PLUGINS}:HalfStep", "shar": 1}))
+    with pytest.raises(FedsimError, match=r"algorithm\.shar: unknown key 'shar' \(did you mean"):
+        load_scenario(path)
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        (f"{PLUGINS}:NoLearner", r"is incomplete: it does not define learner"),
+        (f"{PLUGINS}:NotAnAlgorithm", r"is not an algorithm: not a subclass of"),
+        (f"{PLUGINS}:Missing", r"module 'tests\.data\.algorithm_plugins' has no 'Missing'"),
+        ("no_such_package.algo:X", r"cannot import module 'no_such_package\.algo'"),
+    ],
+)
+def test_a_broken_plugin_is_one_located_line(
+    kind: str, expected: str, write_scenario: Write, tmp_path: Path
+) -> None:
+    path = write_scenario(tiny_scenario(algorithm={"kind": kind}), "s.yaml")
+    with pytest.raises(FedsimError, match=r"algorithm\.kind: .*" + expected) as caught:
+        summarize(path)
+    assert caught.value.where.startswith(str(path))  # file:line of the kind
+    with pytest.raises(FedsimError, match=expected):
+        run(path, tmp_path / "out", engine="inline")
+    assert not (tmp_path / "out").exists()
+
+
+def test_fedsim_algorithms_lists_them_and_fails_on_an_incomplete_plugin(
+    installed: Callable[[str, str], None],
+) -> None:
+    runner = CliRunner()
+    listed = runner.invoke(app, ["algorithms", "--format", "json"])
+    assert listed.exit_code == 0, listed.output
+    rows = {row["kind"]: row for row in json.loads(listed.output)}
+    assert set(ALGORITHMS.builtins()) <= set(rows)
+    assert all(rows[k]["complete"] == "yes" for k in ALGORITHMS.builtins())
+
+    installed("halfdone", f"{PLUGINS}:NoLearner")
+    broken = runner.invoke(app, ["algorithms", "--format", "json"])
+    assert broken.exit_code == 2
+    rows = {row["kind"]: row for row in json.loads(broken.output)}
+    assert rows["halfdone"]["complete"] == "no: lacks learner"
+
+
+def test_the_docs_minimal_example_runs_as_written(
+    write_scenario: Write, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    docs = (ROOT / "docs" / "algorithms.md").read_text()
+    code = re.search(r"```python\n(# my_algorithms\.py\n.*?)```", docs, re.S)
+    keys = re.search(r"```yaml\n(algorithm:\n.*?)```", docs, re.S)
+    assert code is not None
+    assert keys is not None
+    (tmp_path / "my_algorithms.py").write_text(code.group(1))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    algorithm = yaml.safe_load(keys.group(1))["algorithm"]
+    assert algorithm["kind"] == "my_algorithms:DampedFedAvg"
+    path = write_scenario(tiny_scenario(algorithm=algorithm), "s.yaml")
+
+    assert "ok: " in summarize(path)
+    run(path, tmp_path / "out", engine="inline")
+    scenario = load_scenario(path)
+    assert scenario.algorithm.server_lr(1, 3) == 0.3
+    assert (tmp_path / "out" / "model.npz").exists()

@@ -11,7 +11,9 @@ Small pluggable objects with one method each (``DESIGN.md`` §5), bundled in a `
   the round.
 
 ``datasheet`` uses the catalog's figures; ``fake`` uses round numbers that make tests easy to
-check by hand.
+check by hand. A user's cost model is a ``CostModel`` instance: listed by an installed package
+under the entry-point group ``fedsim.cost_models``, or named in a scenario as
+``fleet.cost_model: "package.module:COSTS"``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from devices.footprint import Footprint
+from fedsim.core.errors import FedsimError, clip
 from fedsim.core.plugins import Plugins
 from fedsim.core.profiles import DeviceProfile, LinkPower, LinkType
 
@@ -152,7 +155,7 @@ class CostModel:
     energy: EnergyModel
 
 
-COST_MODELS: Plugins[CostModel] = Plugins("cost model")
+COST_MODELS: Plugins[CostModel] = Plugins("cost model", group="fedsim.cost_models")
 
 
 @COST_MODELS.register("datasheet")
@@ -165,5 +168,36 @@ def _fake() -> CostModel:
     return CostModel(SramFit(), FakeCompute(), FakeLink(), FakeEnergy())
 
 
+# what each part of a CostModel must answer (the protocols above)
+_PARTS = {
+    "memory": "scope",
+    "compute": "seconds",
+    "link": "seconds",
+    "energy": "millijoules",
+}
+
+
 def cost_model(name: str, where: str = "fleet.cost_model") -> CostModel:
-    return COST_MODELS.get(name, where)
+    """The ``CostModel`` ``name`` stands for (a built-in, an installed entry point, or
+    ``package.module:attr``); a located error if it does not resolve or is incomplete."""
+    found: object = COST_MODELS.get(name, where)
+    if not isinstance(found, CostModel):
+        raise FedsimError(
+            where,
+            f"'{clip(name)}' is a {type(found).__name__}, not a cost model: a cost model is a "
+            "devices.cost.CostModel",
+            "point it at a CostModel(memory, compute, link, energy) instance",
+        )
+    lacking = [
+        f"{part}.{method}"
+        for part, method in _PARTS.items()
+        if not callable(getattr(getattr(found, part), method, None))
+    ]
+    if lacking:
+        raise FedsimError(
+            where,
+            f"cost model '{clip(name)}' is incomplete: it has no {', '.join(lacking)}",
+            "give each part the method of its protocol in devices/cost.py "
+            "(MemoryModel.scope, ComputeModel.seconds, LinkModel.seconds, EnergyModel.millijoules)",
+        )
+    return found

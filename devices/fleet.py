@@ -18,7 +18,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from devices.availability import AlwaysOn, Availability, MarkovOnOff, TraceError, read_trace
-from devices.cost import COST_MODELS
+from devices.cost import cost_model
+from devices.scenario_registry import check_registry_data, open_registry, scenario_profiles
 from devices.topology import Topology, resolve_topology
 from fedsim.core.data import TaskData, load_task_data
 from fedsim.core.errors import FedsimError, known_names
@@ -36,9 +37,8 @@ from fedsim.core.scenario import (
 )
 from fedsim.core.scenario_load import load_scenario, locate
 from fedsim.core.seeds import derive_seed
-from ontology.fleet_registry import FleetRegistry, query_path
-from ontology.registry import DeviceRegistry, default_registry
-from ontology.store import open_store
+from ontology.fleet_registry import query_path
+from ontology.registry import DeviceRegistry
 
 __all__ = ["Device", "Fleet", "check_registry_data", "load_fleet", "open_registry", "resolve_fleet"]
 
@@ -163,7 +163,7 @@ def resolve_fleet(
     """Expand the scenario's device groups; raise ``FedsimError`` (dotted path) on bad names.
 
     ``base`` is the scenario file's folder, against which trace files are read."""
-    registry = registry or default_registry()
+    registry = registry or scenario_profiles(scenario, base)
     members = _members(scenario, registry, base)  # per group: (registry name, profile) each
     links = {
         (i, profile.name): _link(registry, group, profile, f"fleet.groups[{i}].link")
@@ -171,10 +171,7 @@ def resolve_fleet(
         for m in members[i]
         for profile in (m.profile,)
     }
-    if scenario.fleet.cost_model not in COST_MODELS:
-        raise FedsimError(
-            "fleet.cost_model", known_names("cost model", scenario.fleet.cost_model, COST_MODELS)
-        )
+    cost_model(scenario.fleet.cost_model)  # resolved and checked here, so validate catches it
     data = load_task_data(scenario.task.dataset, scenario.seed)
     size, per_device = scenario.fleet.size, scenario.fleet.samples_per_device
     parts: tuple[NDArray[np.int64] | None, ...]
@@ -299,36 +296,6 @@ def _members(
     if fleet_registry is None and scenario.registry is not None and scenario.registry.data:
         check_registry_data(scenario, base)  # no group reads it: a broken file must still fail
     return members
-
-
-def _data_files(scenario: Scenario, base: Path | None) -> list[Path]:
-    """``registry.data``'s files, each checked to be there."""
-    assert scenario.registry is not None
-    root = base or Path.cwd()
-    for i, name in enumerate(scenario.registry.data):
-        if not (root / name).is_file():
-            raise FedsimError(
-                f"registry.data[{i}]", f"no file {root / name}", "give a Turtle file's path"
-            )
-    return [root / name for name in scenario.registry.data]
-
-
-def check_registry_data(scenario: Scenario, base: Path | None) -> None:
-    """Parse ``registry.data`` alone (no catalog, no database): a located error if it is broken."""
-    store = open_store("memory")
-    try:
-        store.load(_data_files(scenario, base))  # UTF-8 and Turtle syntax, errors at file:line
-    finally:
-        store.close()
-
-
-def open_registry(scenario: Scenario, base: Path | None) -> FleetRegistry:
-    """The scenario's registry (catalog + ``registry.data``), or the catalog alone."""
-    spec = scenario.registry
-    if spec is None:
-        return FleetRegistry.open()
-    db = (base or Path.cwd()) / spec.db if spec.db is not None else None
-    return FleetRegistry.open(_data_files(scenario, base), spec.store, db)
 
 
 def _link(

@@ -20,6 +20,7 @@ from typing import Protocol
 import numpy as np
 
 from devices.availability import MarkovOnOff
+from devices.scenario_registry import open_registry
 from fedsim.core.errors import FedsimError, known_names
 from fedsim.core.hierarchy import tier_name
 from fedsim.core.profiles import DeviceProfile, LinkPower, LinkType
@@ -198,8 +199,6 @@ def resolve_topology(
         return None
     # the scenario's registry, read once: for devices selected by query, and for the profile and
     # uplink of a gateway that gives none (the registry's Gateway of the same name)
-    from devices.fleet import open_registry  # the fleet module imports this one
-
     queried = any(g.devices is not None and g.devices.query for g in spec.gateways)
     unstated = scenario.registry is not None and any(
         not (g.profile and g.link) for g in spec.gateways

@@ -43,10 +43,14 @@ def summarize(scenario_path: str | Path) -> str:
     args = ", ".join(f"{k}={v}" for k, v in params.items())
     split = scenario.fleet.partition.kind + (f"({args})" if args else "")
     from devices.clock import FleetCosts
+    from fedsim.core.scenario_load import locate
     from fedsim.core.task_model import task_model
 
     data = fleet.data
-    model = task_model(scenario, data.num_features, data.num_outputs, 0)
+    try:  # builds the model: a user's builder that returns no nn.Module fails here, located
+        model = task_model(scenario, data.num_features, data.num_outputs, 0)
+    except FedsimError as exc:
+        raise locate(scenario_path, exc) from None
     lines = FleetCosts(scenario, fleet, model).describe()
     if fleet.topology is not None:
         lines += fleet.topology.describe()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedsim.core.data import DATASETS, TaskData, load_task_data
+from fedsim.core.data import TaskData, dataset_source, load_task_data
 
 __all__ = ["DatasetFacts", "describe", "preview_samples"]
 
@@ -59,7 +59,7 @@ def _groups(data: TaskData, kind: str | None) -> str:
 
 def describe(name: str, seed: int = 0) -> DatasetFacts:
     """Load ``name`` (by ``seed``) and summarise it; raises the loader's located errors."""
-    source = DATASETS.get(name, "dataset")
+    source = dataset_source(name, "dataset")
     data = load_task_data(name, seed)
     train = "generated per device" if data.generated else f"{len(data.y_train):,}"
     return DatasetFacts(

@@ -1,4 +1,9 @@
-"""Named torch models, and the conversions between a model and a list of numpy arrays."""
+"""Named torch models, and the conversions between a model and a list of numpy arrays.
+
+A model is a builder ``(num_features, num_outputs, seed) -> nn.Module``. A user's builder needs no
+change here: an installed package lists it under the entry-point group ``fedsim.models``, or a
+scenario names it as ``task.model: "package.module:build"``.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.typing import NDArray
 
+from fedsim.core.errors import FedsimError, clip
 from fedsim.core.plugins import Plugins
 
 if TYPE_CHECKING:
@@ -21,6 +27,7 @@ __all__ = [
     "build_model",
     "encoder_of",
     "get_arrays",
+    "model_builder",
     "set_arrays",
     "sgd_step",
     "task_loss",
@@ -29,7 +36,7 @@ __all__ = [
 # (values per sample, number of classes, seed) → a freshly initialised model; models flatten
 # their input, so image-shaped samples ([1, 28, 28]) and vectors both work
 Builder = Callable[[int, int, int], "nn.Module"]
-MODELS: Plugins[Builder] = Plugins("model")
+MODELS: Plugins[Builder] = Plugins("model", group="fedsim.models")
 
 
 @MODELS.register("mlp")
@@ -225,8 +232,32 @@ def head_parameters(model: nn.Module) -> set[str]:
     return {name for name, p in model.named_parameters() if id(p) in mine}
 
 
+def model_builder(name: str, where: str = "task.model") -> Builder:
+    """The builder ``name`` stands for (a built-in, an installed entry point, or
+    ``package.module:build``); a located error if it does not resolve or cannot be called."""
+    builder = MODELS.get(name, where)
+    if not callable(builder):
+        raise FedsimError(
+            where,
+            f"'{clip(name)}' is a {type(builder).__name__}, not a model builder",
+            "point it at a function (num_features, num_outputs, seed) -> torch.nn.Module",
+        )
+    return builder
+
+
 def build_model(name: str, num_features: int, num_classes: int, seed: int) -> nn.Module:
-    return MODELS.get(name, "task.model")(num_features, num_classes, seed)
+    """A fresh model ``name`` for this task; a located error if the builder returns another
+    thing than an ``nn.Module``."""
+    from torch import nn
+
+    model = model_builder(name)(num_features, num_classes, seed)
+    if not isinstance(model, nn.Module):
+        raise FedsimError(
+            "task.model",
+            f"model '{clip(name)}' built a {type(model).__name__}, not a torch.nn.Module",
+            "return the model from the builder (num_features, num_outputs, seed) -> nn.Module",
+        )
+    return model
 
 
 def get_arrays(model: nn.Module) -> list[NDArray[np.float32]]:

@@ -22,7 +22,7 @@ from pydantic import (
 )
 
 from fedsim.core.algorithms import Algorithm, algorithm_class
-from fedsim.core.data import DATASETS
+from fedsim.core.data import DATASETS, dataset_source
 from fedsim.core.errors import FedsimError
 from fedsim.core.fleet_spec import (
     AlwaysOn,
@@ -45,7 +45,7 @@ from fedsim.core.fleet_spec import (
     TraceAvailability,
     topology_problems,
 )
-from fedsim.core.models import MODELS
+from fedsim.core.models import MODELS, model_builder
 from fedsim.core.payload import Upload
 from fedsim.core.specs import (
     MAX_DEVICES,
@@ -304,7 +304,11 @@ class Scenario(_Spec):
         problems += self.algorithm.problems(self)
         if self.topology is not None:
             problems += topology_problems(self.topology, self.fleet)
-        data = DATASETS.get(self.task.dataset)
+        try:  # a user's dataset or model (package.module:attr) must import and be the right kind
+            model_builder(self.task.model)
+            data = dataset_source(self.task.dataset)
+        except FedsimError as exc:
+            return [*problems, (exc.where, exc.what, exc.fix)]
         if self.evaluation.adapt is not None and data.natural_groups is None:
             problems.append(
                 (

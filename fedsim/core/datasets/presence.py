@@ -38,7 +38,7 @@ from datetime import date, timedelta
 import numpy as np
 from numpy.typing import NDArray
 
-from fedsim.core.data import TaskData
+from fedsim.core.datasets.base import DatasetSource, TaskData
 from fedsim.core.seeds import derive_seed
 
 __all__ = [
@@ -48,6 +48,8 @@ __all__ = [
     "FEATURE_CENTRE",
     "FEATURE_SCALE",
     "LICENCE",
+    "SENSORS",
+    "SOURCE",
     "Drift",
     "RoomParams",
     "RoomTrace",
@@ -479,3 +481,15 @@ def presence_task(
 def load_task(seed: int) -> TaskData:
     """``DEFAULT_ROOMS`` rooms × ``DEFAULT_DAYS`` days in February, the five sensors per minute."""
     return presence_task(seed)
+
+
+# the sensors of a room's node: the input of every presence dataset
+SENSORS = ("TemperatureSensor", "HumiditySensor", "LightSensor", "CO2Sensor")
+SOURCE = DatasetSource(
+    load_task,
+    "room presence from temperature, humidity, light, CO2 per minute (UCI Occupancy columns)",
+    LICENCE,
+    "simulated per room from the seed (CO2, heat and moisture balances, daylight, schedules)",
+    natural_groups="room",
+    sensors=SENSORS,
+)

@@ -19,23 +19,21 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-import numpy as np
-
 from fedsim.core.cohort import DeviceOutcome
 from fedsim.core.payload import PayloadDtype, round_trip
-from fedsim.core.prototypes import PrototypePartial, encode_report
-from fedsim.core.reduce import (
-    Aggregator,
-    Arrays,
-    WeightedSum,
-    block_size,
-    merge_blocks,
-)
+from fedsim.core.reduce import WEIGHT_BYTES, Aggregator, Arrays, block_size, merge_blocks
 
-__all__ = ["TIER_NAMES", "LocalTrain", "combine_outcomes", "gateway_rounds", "tier_name", "uplink"]
+__all__ = [
+    "TIER_NAMES",
+    "WEIGHT_BYTES",
+    "LocalTrain",
+    "combine_outcomes",
+    "gateway_rounds",
+    "tier_name",
+    "uplink",
+]
 
 TIER_NAMES = {1: "device", 2: "gateway", 3: "edge"}
-WEIGHT_BYTES = 8  # a float64 weight per tensor, and the total
 
 
 def tier_name(tier: int) -> str:
@@ -92,28 +90,14 @@ def combine_outcomes(device_id: int, steps: Sequence[DeviceOutcome]) -> DeviceOu
 
 
 def uplink(partial: Any, dtype: PayloadDtype) -> tuple[Any, int]:
-    """The partial as the parent receives it, and the bytes it takes on the uplink.
-
-    A weighted sum travels as each tensor's weighted mean in the payload's number format (only the
-    tensors some device trained) with its weight in float64; the parent rebuilds the sums from
-    them. Prototype reports are forwarded as the devices sent them (already in the wire format).
-    """
-    if isinstance(partial, WeightedSum):
-        if not partial.sums:
-            return partial, 0
-        sums, nbytes = [], WEIGHT_BYTES
-        for s, w in zip(partial.sums, partial.weights, strict=True):
-            if w > 0:
-                mean = np.asarray(s / w).astype(dtype)
-                nbytes += mean.nbytes + WEIGHT_BYTES
-                sums.append(mean.astype(np.float64) * w)
-            else:
-                sums.append(np.zeros_like(s))
-        return WeightedSum(tuple(sums), partial.weight, partial.weights), nbytes
-    if isinstance(partial, PrototypePartial):
-        nbytes = sum(
-            sum(a.nbytes for a in encode_report(r, dtype).values())
-            for r in partial.reports.values()
+    """The partial as the parent receives it, and the bytes it takes on the uplink: the
+    aggregator's partial encodes itself (``uplink(dtype)``: a weighted sum as per-tensor means,
+    prototype reports as the devices sent them)."""
+    encode = getattr(partial, "uplink", None)
+    if encode is None:
+        raise TypeError(
+            f"a {type(partial).__name__} partial has no uplink(dtype) encoding, so it cannot "
+            "cross a gateway: give the aggregator's partial one, or run without topology"
         )
-        return partial, nbytes
-    raise TypeError(f"no uplink encoding for a {type(partial).__name__} partial")
+    sent: tuple[Any, int] = encode(dtype)
+    return sent

@@ -126,6 +126,13 @@ class PrototypePartial:
 
     reports: Mapping[str, ClassSums] = field(default_factory=dict)
 
+    def uplink(self, dtype: str) -> tuple[PrototypePartial, int]:
+        """Forwarded as the devices sent the reports (already in the wire format); its bytes."""
+        nbytes = sum(
+            sum(a.nbytes for a in encode_report(r, dtype).values()) for r in self.reports.values()
+        )
+        return self, nbytes
+
 
 def _join(left: Mapping[str, ClassSums], right: Mapping[str, ClassSums]) -> dict[str, ClassSums]:
     out = dict(left)

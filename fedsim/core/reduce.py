@@ -22,6 +22,7 @@ from numpy.typing import NDArray
 
 __all__ = [
     "MAX_BLOCKS",
+    "WEIGHT_BYTES",
     "Aggregator",
     "Arrays",
     "ModelUpdate",
@@ -35,6 +36,7 @@ __all__ = [
 ]
 
 Arrays = list[NDArray[np.float32]]
+WEIGHT_BYTES = 8  # a float64 weight per tensor, and the total, on a gateway's uplink
 Packed = dict[str, NDArray[Any]]  # a partial as named arrays, for a Flower ArrayRecord
 U = TypeVar("U", contravariant=True)
 P = TypeVar("P")
@@ -58,6 +60,21 @@ class WeightedSum:
     sums: tuple[NDArray[np.float64], ...]
     weight: float
     weights: tuple[float, ...] = ()
+
+    def uplink(self, dtype: str) -> tuple[WeightedSum, int]:
+        """As a gateway's parent receives it, and its bytes: each tensor some device trained as
+        its weighted mean in ``dtype`` with its weight in float64; the parent rebuilds the sums."""
+        if not self.sums:
+            return self, 0
+        sums, nbytes = [], WEIGHT_BYTES
+        for s, w in zip(self.sums, self.weights, strict=True):
+            if w > 0:
+                mean = np.asarray(s / w).astype(dtype)
+                nbytes += mean.nbytes + WEIGHT_BYTES
+                sums.append(mean.astype(np.float64) * w)
+            else:
+                sums.append(np.zeros_like(s))
+        return WeightedSum(tuple(sums), self.weight, self.weights), nbytes
 
 
 # An update: (arrays, n_examples), or with a third item saying which tensors it trained (a device

@@ -1,6 +1,8 @@
 """A round's plan and cost along an edge topology (``devices.topology``, DESIGN.md §5.1).
 
-``plan_tiered`` extends the flat round plan (``devices.clock``) along the tree. The model goes down
+``plan_tiered`` extends the flat round plan (``devices.clock``) along the tree; a star is the
+one-tier case (``one_tier``: no gateways, every device on the server), planned and costed as
+``FleetCosts.plan`` and ``FleetCosts.finish`` would. The model goes down
 each gateway's uplink; each device behind it then runs ``local_rounds`` device rounds (its own link
 and compute, ``local_rounds`` times); the gateway's partial is ready when its last delivering
 device is done, and goes up the uplink. A gateway's availability is its uplink's: offline when the
@@ -30,11 +32,17 @@ __all__ = [
     "TieredCost",
     "TieredPlan",
     "finish_tiered",
+    "one_tier",
     "plan_tiered",
     "topology_summary",
 ]
 
 GatewayStatus = Literal["up", "late", "lost", "down", "empty"]
+
+
+def one_tier() -> Topology:
+    """A star as a topology: no gateways, every device on the server directly."""
+    return Topology(gateways=(), local_rounds=1, gateway_of={}, availability=())
 
 
 @dataclass(frozen=True)
@@ -99,7 +107,7 @@ def plan_tiered(
         ok = parent is None or reachable[parent]
         reachable[g] = ok and on and change - t >= start[g]
     plans = {p.device_id: p for p in costs.plan(direct, t, round_)}
-    device_until = costs.until(selected, t)
+    device_until = costs.until(selected, t) if len(direct) < len(selected) else {}
     for d in selected:
         g = topology.gateway_of.get(d)
         if g is None:

@@ -26,7 +26,7 @@ import numpy as np
 import yaml
 
 from fedsim.core.errors import FedsimError
-from fedsim.core.report import FINAL, html_page, img_tag
+from fedsim.report import FINAL, html_page, img_tag
 from fedsim.core.results import SUMMARY, read_rounds
 from fedsim.core.scenario_load import load_scenario, merged_data, with_changes
 from fedsim.core.stats import mean_ci95

@@ -1,6 +1,7 @@
 """Sending a round's work and collecting it: one message per device (per-device mode) or one
 ``CohortOrder`` per worker (cohort mode), and the replies reduced into the round's partial.
 
+The round's tree (gateways, partials up) is ``server.tiers``; this module is its two transports.
 Per-device mode sends one message per device to that device's node. Cohort mode cuts the round's
 sorted cohort into reduction blocks (``fedsim.core.reduce``), gives each worker node a contiguous
 run of whole blocks, and merges the block partials the workers return. Either way the global model
@@ -22,6 +23,7 @@ from torch import nn
 
 from devices.clock import FleetCosts
 from devices.fleet import Fleet
+from devices.topology import Topology
 from fedsim.core.algorithms import ModelAggregator, ServerState
 from fedsim.core.cohort import CohortOrder, CohortReply, DeviceOutcome
 from fedsim.core.data import TaskData
@@ -54,7 +56,6 @@ __all__ = [
     "NO_REPLY",
     "RoundContext",
     "Work",
-    "cohort_round",
     "collect",
     "per_device_round",
     "send_orders",
@@ -135,6 +136,7 @@ class RoundContext:
     costs: FleetCosts
     device_to_node: dict[int, int]  # per-device mode
     workers: list[int]  # cohort mode
+    topology: Topology  # a star is the one-tier topology (``devices.tiers.one_tier``)
     global_arrays: Arrays
     clock: float = 0.0  # simulated seconds since the run started
     held_out: list[HeldOutDevice] = field(default_factory=list)  # evaluation.adapt
@@ -205,19 +207,13 @@ def worker_orders(
     return orders
 
 
-def cohort_round(ctx: RoundContext, work: Work) -> tuple[Any, list[DeviceOutcome]]:
-    if not work.devices:
-        return ctx.aggregator.zero(), []
-    orders = worker_orders(work.round, work.devices, len(ctx.workers), work.head_only)
-    partials, _, outcomes = send_orders(ctx, list(zip(ctx.workers, orders, strict=False)))
-    return merge_blocks(ctx.aggregator, partials), outcomes
-
-
 def send_orders(
     ctx: RoundContext, orders: list[tuple[int, CohortOrder]]
 ) -> tuple[dict[int, Any], dict[int, Any], list[DeviceOutcome]]:
     """One order per worker node; the block partials, the gateway partials and the outcomes they
     reply with. A worker that fails or does not reply fails its devices."""
+    if not orders:  # nobody was sent work: nothing to wait for
+        return {}, {}, []
     payload = work_payload(ctx)
     messages = [
         Message(

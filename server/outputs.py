@@ -1,12 +1,13 @@
 """What a run keeps besides its rounds: running totals per device round, the summary, the
 per-round checkpoint (``fedsim run --resume``), the adaptation results, and the write-back of
-who took part (and through which gateways) to the registry.
+who took part (and through which gateways) to the registry. ``server.callbacks`` calls them.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -16,10 +17,11 @@ from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from devices.fleet import Fleet, open_registry
+from devices.tiers import topology_summary
+from devices.topology import Topology
 from fedsim.core.checkpoint import Checkpoint, save_checkpoint
 from fedsim.core.checkpoint_verify import REPAIR, first_problem
 from fedsim.core.errors import FedsimError
-from fedsim.core.plots import plot_adaptation
 from fedsim.core.records import DeviceRecord, RoundRecord, RunBinding
 from fedsim.core.scenario import Scenario
 from fedsim.core.state import STATE_FILE
@@ -34,18 +36,22 @@ __all__ = [
     "run_summary",
     "save_round",
     "sig",
+    "topology_part",
     "write_adaptation",
     "write_back",
 ]
 
 
-def run_summary(scenario: Scenario, fleet: Fleet, records: list[RoundRecord]) -> dict[str, Any]:
+def run_summary(
+    name: str, algorithm: str, rounds: int, fleet: Fleet, records: list[RoundRecord]
+) -> dict[str, Any]:
+    """A completed run's totals over ``records`` (every round's)."""
     final = records[-1]
     return {
-        "scenario": scenario.name,
+        "scenario": name,
         "status": "completed",
-        "algorithm": scenario.algorithm.kind,
-        "rounds": scenario.rounds,
+        "algorithm": algorithm,
+        "rounds": rounds,
         "devices": len(fleet),
         "devices_by_profile": fleet.by_profile(),
         "final_accuracy": final.accuracy,
@@ -62,6 +68,17 @@ def run_summary(scenario: Scenario, fleet: Fleet, records: list[RoundRecord]) ->
     }
 
 
+def topology_part(topology: Topology, records: list[RoundRecord]) -> dict[str, Any]:
+    """The summary's part of a run with gateways: their energy and, per tier, bytes and time."""
+    part = topology_summary(topology, [r.tiers or [] for r in records])
+    for key in ("gateways_down", "gateways_late", "gateways_lost", "gateway_cut"):
+        part[key] = sum(getattr(r, key) for r in records)
+    return {
+        "gateway_energy_j": sig(sum(r.gateway_energy_mj for r in records) / 1000),
+        "topology": part,
+    }
+
+
 USAGE_TOTALS = ("samples", "bytes_down", "bytes_up", "energy_mj", "busy_s")
 
 
@@ -72,14 +89,15 @@ class Usage:
         self.selected = self.delivered = 0
         self.totals = dict.fromkeys(USAGE_TOTALS, 0.0)
 
-    def add(self, scenario: Scenario, devices: list[DeviceRecord], fleet: Fleet) -> None:
-        """A device behind a gateway does ``local_rounds`` device rounds in a global round."""
-        topology = fleet.topology
+    def add(
+        self, devices: list[DeviceRecord], topology: Topology, samples: Callable[[int], float]
+    ) -> None:
+        """A device behind a gateway does ``local_rounds`` device rounds in a global round.
+        ``samples``: how many samples a device round over so many examples processes."""
         for d in devices:
             rounds = 1
-            behind = topology is not None and d.device_id in topology.gateway_of
+            behind = d.device_id in topology.gateway_of
             if behind and d.status not in ("gateway-down", "memory-skip"):
-                assert topology is not None
                 rounds = topology.local_rounds  # it was asked for all of them
             self.selected += rounds
             self.totals["bytes_down"] += d.bytes_down
@@ -88,7 +106,7 @@ class Usage:
             if d.status == "ok":
                 self.delivered += rounds
                 self.totals["bytes_up"] += d.bytes_up
-                self.totals["samples"] += scenario.algorithm.samples_processed(d.num_examples)
+                self.totals["samples"] += samples(d.num_examples)
 
     def to_json(self) -> dict[str, Any]:
         return {"selected": self.selected, "delivered": self.delivered, "totals": self.totals}
@@ -223,8 +241,8 @@ def _running(checkpoint: Checkpoint) -> _Running:
     return running
 
 
-def write_adaptation(out: str, result: AdaptResult, title: str) -> dict[str, Any]:
-    """``adaptation.json`` and ``plots/adaptation.png``; the summary's part."""
+def write_adaptation(out: str, result: AdaptResult) -> dict[str, Any]:
+    """``adaptation.json``; the summary's part."""
     payload = {
         "metric": result.metric,
         "mean": sig(result.mean),
@@ -234,7 +252,6 @@ def write_adaptation(out: str, result: AdaptResult, title: str) -> dict[str, Any
         "per_device": [sig(v) for v in result.per_device],
     }
     (Path(out) / "adaptation.json").write_text(json.dumps(payload, indent=2) + "\n")
-    plot_adaptation(out, title)
     return {k: payload[k] for k in ("metric", "mean", "ci95", "before")}
 
 

@@ -1,6 +1,8 @@
-"""A round through an edge topology (DESIGN.md §5.1): devices behind gateways, partials up.
+"""A round through the run's topology (DESIGN.md §5.1): devices behind gateways, partials up.
 
-Devices on the server directly are reduced as in a star. Each gateway with devices sent work runs
+A star is the one-tier topology (``devices.tiers.one_tier``): every device on the server, reduced
+in blocks (``server.dispatch``), nothing more. Devices on the server directly are reduced so in
+any topology. Each gateway with devices sent work runs
 ``fedsim.core.hierarchy.gateway_rounds``: in cohort mode on a worker node (the gateway is a Flower
 node whose ClientApp fans out to its devices), in per-device mode here, one message per device
 and local round (the server plays the gateway). Either way the leaf partials are the same; here
@@ -16,7 +18,6 @@ from typing import Any
 
 from flwr.app import ArrayRecord
 
-from devices.topology import Topology
 from fedsim.core.cohort import CohortOrder, DeviceOutcome
 from fedsim.core.hierarchy import gateway_rounds, uplink
 from fedsim.core.payload import round_trip, to_wire
@@ -34,10 +35,9 @@ from server.dispatch import (
 __all__ = ["tiered_round"]
 
 
-def tiered_round(
-    ctx: RoundContext, work: Work, topology: Topology
-) -> tuple[Any, list[DeviceOutcome], dict[int, int]]:
+def tiered_round(ctx: RoundContext, work: Work) -> tuple[Any, list[DeviceOutcome], dict[int, int]]:
     """The server's partial, every device's outcome, and each gateway's uplink bytes."""
+    topology = ctx.topology
     aggregator, dtype = ctx.aggregator, ctx.scenario.fleet.payload_dtype
     direct = [d for d in work.devices if d not in topology.gateway_of]
     units: dict[int, list[int]] = {}  # leaf gateway → its devices sent work, ascending
@@ -75,6 +75,8 @@ def _per_device(
     scenario = ctx.scenario
     dtype, upload = scenario.fleet.payload_dtype, scenario.upload
     root, outcomes = per_device_round(ctx, replace(work, devices=direct))
+    if not units:  # a star: nobody behind a gateway
+        return root, {}, outcomes
     k = scenario.local_rounds
     received = round_trip(ctx.global_arrays, dtype)
     node_to_device = ctx.node_to_device

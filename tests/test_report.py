@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fedsim.core.report import compare_report, html_page
+from fedsim.report import compare_report, html_page
 from fedsim.runner import run
 from tests.conftest import tiny_scenario
 from tests.test_cli import fedsim

@@ -66,7 +66,7 @@ def data_preview(
     """A grid of test samples, one row per class, as a PNG."""
     from fedsim.core.data import load_task_data
     from fedsim.core.data_info import preview_samples
-    from fedsim.core.plots import plot_samples
+    from fedsim.plots import plot_samples
 
     check_out(output, "--output", "file")
     data = load_task_data(name, seed)

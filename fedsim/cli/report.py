@@ -23,7 +23,7 @@ def report(
     ),
 ) -> None:
     """One run: (re)write its report.html. Several: compare them side by side in one page."""
-    from fedsim.core.report import compare_report, run_report
+    from fedsim.report import compare_report, run_report
 
     if len(runs) > 1:  # one run's report goes into the run's folder
         check_out(output, "--out", "file")

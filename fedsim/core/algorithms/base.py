@@ -21,13 +21,14 @@ Methods marked *required* have no default: ``missing_methods`` names those a cla
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
+from fedsim.core.payload import Upload, non_finite
 from fedsim.core.prototypes import ClassSums
 from fedsim.core.reduce import Aggregator, Arrays, ModelUpdate, WeightedMean
 from fedsim.core.specs import Spec
@@ -48,6 +49,7 @@ __all__ = [
     "ModelTask",
     "NonFiniteUpdateError",
     "Problem",
+    "Received",
     "ServerRound",
     "ServerState",
     "missing_methods",
@@ -131,6 +133,16 @@ class ModelTask:
     seed: int
     scenario_seed: int
     build: Callable[[], nn.Module] = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class Received:
+    """What the server knows of a device's reply besides its payload."""
+
+    mission: str  # "device:round": names the update
+    num_examples: int  # its weight, as the device reported it
+    loss: float
+    sent: tuple[bool, ...]  # the tensors the round asked it to send
 
 
 @dataclass(frozen=True)
@@ -241,6 +253,25 @@ class Algorithm(Spec):
         return None
 
     # -- the server side ------------------------------------------------------------------------
+
+    def decode_update(
+        self,
+        wire: Mapping[str, NDArray[Any]],
+        received: Received,
+        global_arrays: Arrays,
+        upload: Upload,
+    ) -> ModelUpdate | ClassSums:
+        """What the server makes of one device's payload (per-device mode): the update its
+        aggregator accumulates. ``ValueError`` when it is malformed or not finite: the device is
+        counted as failed and nothing of it is merged (default: the model's arrays through the
+        scenario's upload codec, each checked finite)."""
+        arrays = upload.decode(wire, global_arrays, received.sent)
+        problem = non_finite([f"#{i}" for i in range(len(arrays))], arrays, received.loss)
+        if problem:  # a device (or a SuperNode) that sends NaN or inf fails; never averaged
+            raise ValueError(f"{problem}: refused")
+        if all(received.sent):
+            return (arrays, received.num_examples)
+        return (arrays, received.num_examples, received.sent)
 
     def aggregator(self) -> ModelAggregator:
         """The associative reduce of the round's updates (default: FedAvg's weighted mean)."""

@@ -9,6 +9,7 @@ reconnoitred so far. No gradient step anywhere.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import numpy as np
@@ -22,8 +23,16 @@ from fedsim.core.algorithms.base import (
     ModelAggregator,
     NonFiniteUpdateError,
     Problem,
+    Received,
 )
-from fedsim.core.prototypes import PrototypeArrays, class_sums, decode_report, encode_report
+from fedsim.core.payload import Upload
+from fedsim.core.prototypes import (
+    ClassSums,
+    PrototypeArrays,
+    class_sums,
+    decode_report,
+    encode_report,
+)
 from fedsim.core.reduce import Arrays
 from fedsim.core.specs import Spec, Steps, at_most
 from fedsim.core.state import DeviceState
@@ -134,6 +143,16 @@ class Prototypes(Algorithm):
         trained = list(pretrain_encoder(config, show).values())
         arrays = get_arrays(model)
         set_arrays(model, [*trained[:-2], *arrays[-2:]])  # the linear head ↔ the prototype buffers
+
+    def decode_update(
+        self,
+        wire: Mapping[str, NDArray[Any]],
+        received: Received,
+        global_arrays: Arrays,
+        upload: Upload,
+    ) -> ClassSums:
+        """A mission's report, checked (``PrototypeError``, a ``ValueError``, refuses it whole)."""
+        return decode_report(wire, received.mission, *global_arrays[-2].shape)
 
     def aggregator(self) -> ModelAggregator:
         return PrototypeArrays()  # per-class sums and counts added up

@@ -217,3 +217,46 @@ def test_a_profile_in_registry_data_needs_the_file(write_scenario: Write) -> Non
     line = _one_line(path)
 
     assert "registry.data[0]: no file " in line
+
+
+# --- the tables name their entries, the entries never import the tables ----------------------
+
+
+def _imports(path: Path) -> set[str]:
+    import ast
+
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+    return found
+
+
+@pytest.mark.parametrize(
+    ("importer", "imported"),
+    [
+        ("fedsim/core/datasets/*.py", "fedsim.core.data"),
+        ("fedsim/core/data.py", "fedsim.core.datasets"),  # but .base: the types both share
+        ("devices/topology.py", "devices.fleet"),
+    ],
+)
+def test_no_import_cycle(importer: str, imported: str) -> None:
+    root = Path(__file__).parents[1]
+    for path in root.glob(importer):
+        found = {m for m in _imports(path) if m == imported or m.startswith(f"{imported}.")}
+        assert found <= {"fedsim.core.datasets.base"}, (path, found)
+
+
+def test_naming_a_dataset_imports_only_its_module() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from fedsim.core.data import dataset_source; dataset_source('sine'); "
+        "print(sorted(m for m in sys.modules if m.startswith('fedsim.core.datasets.')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+
+    assert done.stdout.split() == ["['fedsim.core.datasets.base',", "'fedsim.core.datasets.sine']"]

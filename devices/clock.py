@@ -28,7 +28,6 @@ from devices.cost import Activity, CostModel, Scope, cost_model
 from devices.fleet import Fleet
 from devices.footprint import Footprint, footprint, head_parameters
 from fedsim.core.payload import payload_bytes, sent_mask
-from fedsim.core.prototypes import report_bytes
 from fedsim.core.scenario import Scenario
 
 __all__ = ["EMPTY_ROUND_S", "DevicePlan", "Fate", "FleetCosts", "RoundCost", "stop_plan"]
@@ -97,14 +96,7 @@ class FleetCosts:
         local = algorithm.local_head
         frozen = tuple(algorithm.frozen(n) for n in names)
         self.frozen_mask = frozen
-        # sent down: the model; for a head-only algorithm (TinyOL) only the head, as the frozen
-        # extractor ships in flash with the firmware and never changes
-        down: tuple[bool, ...] | None = self.head_mask if algorithm.head_only else None
-        if any(frozen):  # a frozen pre-trained backbone ships in flash: the rest travels
-            down = tuple(not f for f in frozen)
-        if fleet.missions is not None:  # prototypes: the encoder is in flash; the prototypes travel
-            down = tuple(i >= len(shapes) - 2 for i in range(len(shapes)))
-            self.dim = int(shapes[-2][1])
+        down = algorithm.sent_down(self.head_mask, frozen)  # what the device does not hold
         self.bytes_down = payload_bytes(shapes, scenario.fleet.payload_dtype, down)
         self.sent_full = sent_mask(self.head_mask, False, local, frozen)
         self.sent_head = sent_mask(self.head_mask, True, local, frozen)
@@ -180,9 +172,8 @@ class FleetCosts:
         if self.fleet.missions is not None:  # prototype averaging: embed the mission, report it
             classes, samples = self._mission(device_id, round_)
             macs = self.full.forward_macs
-            up = report_bytes(
-                classes, self.dim, np.dtype(self.scenario.fleet.payload_dtype).itemsize
-            )
+            itemsize = np.dtype(self.scenario.fleet.payload_dtype).itemsize
+            up = self.scenario.algorithm.mission_bytes(classes, self.shapes, itemsize)
         return DevicePlan(
             device_id,
             "train",

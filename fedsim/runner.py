@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from clients.app import make_client_app
 from devices.fleet import load_fleet
+from fedsim.apps import output_callbacks
 from fedsim.core.checkpoint import load_checkpoint
 from fedsim.core.data import load_task_data
 from fedsim.core.errors import FedsimError, RunStoppedError
@@ -35,14 +36,11 @@ from fedsim.core.task_model import task_model
 from fedsim.core.textfile import read_text
 from fedsim.inline import run_inline
 from fedsim.parts import check_parts
-from fedsim.plots import plot_accuracy, plot_adaptation, plot_fleet, plot_tiers
-from fedsim.report import run_report
 from server.app import make_server_app
-from server.callbacks import RoundCallback, RunState
 from server.loop import LogObserver, RoundObserver
 from server.outputs import check_resumable
 
-__all__ = ["PlotFiles", "ReportFile", "RunResult", "output_callbacks", "resume_target", "run"]
+__all__ = ["RunResult", "resume_target", "run"]
 
 Engine = Literal["auto", "ray", "inline"]
 FLOWER_LOG = "flower.log"
@@ -52,30 +50,6 @@ FLOWER_LOG = "flower.log"
 class RunResult:
     out: Path
     summary: dict[str, Any]
-
-
-class PlotFiles(RoundCallback):
-    """``plots/``: accuracy, fleet, tiers (runs through gateways) and adaptation (runs with
-    ``evaluation.adapt``), from the run's files, once every round is done."""
-
-    def on_end(self, run: RunState, summary: dict[str, Any]) -> None:
-        plot_accuracy(run.out, run.title)
-        plot_fleet(run.out, run.title)
-        plot_tiers(run.out, run.title)
-        if run.ctx.adaptation is not None:
-            plot_adaptation(run.out, run.title)
-
-
-class ReportFile(RoundCallback):
-    """``report.html``, from the run's files once ``summary.json`` is written."""
-
-    def on_summary(self, run: RunState, summary: dict[str, Any]) -> None:
-        run_report(run.out)
-
-
-def output_callbacks() -> list[RoundCallback]:
-    """What the top floor adds to every run: its plots and its report."""
-    return [PlotFiles(), ReportFile()]
 
 
 def _out_dir(scenario: Scenario, out: str | Path | None, overwrite: bool) -> Path:

@@ -24,11 +24,10 @@ from torch import nn
 from devices.clock import FleetCosts
 from devices.fleet import Fleet
 from devices.topology import Topology
-from fedsim.core.algorithms import ModelAggregator, ServerState
+from fedsim.core.algorithms import Algorithm, ModelAggregator, Received, ServerState
 from fedsim.core.cohort import CohortOrder, CohortReply, DeviceOutcome
 from fedsim.core.data import TaskData
-from fedsim.core.payload import Upload, non_finite, round_trip, to_wire
-from fedsim.core.prototypes import CLASSES, ClassSums, PrototypeError, decode_report
+from fedsim.core.payload import Upload, round_trip, to_wire
 from fedsim.core.records import (
     ARRAYS,
     CONFIG,
@@ -44,7 +43,6 @@ from fedsim.core.records import (
 )
 from fedsim.core.reduce import (
     Arrays,
-    ModelUpdate,
     block_size,
     merge_blocks,
     reduce_blocks,
@@ -70,12 +68,14 @@ def collect(
     work: Work,
     base: Arrays,
     upload: Upload,
-) -> tuple[list[tuple[int, ModelUpdate | ClassSums]], list[DeviceOutcome]]:
+    algorithm: Algorithm,
+) -> tuple[list[tuple[int, Any]], list[DeviceOutcome]]:
     """``(position, update)`` pairs in cohort order, and one outcome per device sent work.
 
-    ``base``: the global arrays as devices received them (what sparse changes are added to)."""
+    ``base``: the global arrays as devices received them (what sparse changes are added to);
+    ``algorithm.decode_update`` makes each payload its update, or refuses it whole."""
     got: dict[int, Message] = {node_to_device[r.metadata.src_node_id]: r for r in replies}
-    updates: list[tuple[int, ModelUpdate | ClassSums]] = []
+    updates: list[tuple[int, Any]] = []
     outcomes = []
     for position, device_id in enumerate(work.devices):
         reply = got.get(device_id)
@@ -94,27 +94,13 @@ def collect(
             metrics = reply.content[METRICS]
             n = int(metrics[NUM_EXAMPLES])  # type: ignore[arg-type]
             loss = float(metrics[TRAIN_LOSS])  # type: ignore[arg-type]
-            if CLASSES in wire:  # a prototype-averaging report: checked, or refused whole
-                mission = f"{device_id}:{work.round}"
-                try:
-                    report = decode_report(wire, mission, *base[-2].shape)
-                except PrototypeError as exc:
-                    outcomes.append(DeviceOutcome(device_id, "failed", error=str(exc)[:200]))
-                    continue
-                updates.append((position, report))
-                outcomes.append(DeviceOutcome(device_id, "ok", n, loss))
-                continue
-            sent = work.sent[device_id]
+            received = Received(f"{device_id}:{work.round}", n, loss, work.sent[device_id])
             try:
-                arrays = upload.decode(wire, base, sent)
-            except ValueError as exc:  # malformed: refused whole, the device counted as failed
+                update = algorithm.decode_update(wire, received, base, upload)
+            except ValueError as exc:  # malformed or not finite: refused whole, the device failed
                 outcomes.append(DeviceOutcome(device_id, "failed", error=str(exc)[:200]))
                 continue
-            problem = non_finite([f"#{i}" for i in range(len(arrays))], arrays, loss)
-            if problem:  # a device (or a SuperNode) that sends NaN or inf fails; never averaged
-                outcomes.append(DeviceOutcome(device_id, "failed", error=f"{problem}: refused"))
-                continue
-            updates.append((position, (arrays, n) if all(sent) else (arrays, n, sent)))
+            updates.append((position, update))
             measured = [_optional(metrics.get(k)) for k in (MEASURED_S, MEASURED_MJ)]
             outcomes.append(DeviceOutcome(device_id, "ok", n, loss, "", *measured))
     return updates, outcomes
@@ -170,7 +156,9 @@ def per_device_round(ctx: RoundContext, work: Work) -> tuple[Any, list[DeviceOut
     replies = send_per_device(ctx, work)
     upload = ctx.scenario.upload
     base = round_trip(ctx.global_arrays, upload.dtype)
-    updates, outcomes = collect(replies, ctx.node_to_device, work, base, upload)
+    updates, outcomes = collect(
+        replies, ctx.node_to_device, work, base, upload, ctx.scenario.algorithm
+    )
     partials = reduce_blocks(ctx.aggregator, updates, block_size(len(work.devices)))
     return merge_blocks(ctx.aggregator, partials), outcomes
 

@@ -95,7 +95,9 @@ def _per_device(
             payload = ArrayRecord(to_wire(arrays, dtype))
             local = replace(work, devices=active, bytes_up=each, payload=payload)
             replies = send_per_device(ctx, local, step)
-            updates, done = collect(replies, node_to_device, local, arrays, upload)
+            updates, done = collect(
+                replies, node_to_device, local, arrays, upload, ctx.scenario.algorithm
+            )
             placed = [(position[active[p]], u) for p, u in updates]
             return reduce_blocks(ctx.aggregator, placed, block), done
 

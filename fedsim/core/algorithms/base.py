@@ -200,6 +200,22 @@ class Algorithm(Spec):
     def pretrained(self, model: nn.Module, seed: int) -> None:
         """Put pre-trained parts into the initial global model on the server (default: none)."""
 
+    def sent_down(
+        self, head: tuple[bool, ...], frozen: tuple[bool, ...]
+    ) -> tuple[bool, ...] | None:
+        """Which tensors travel down each round (None: all), given which are the head and which
+        ``frozen``: a frozen part ships in flash once; a head-only device (TinyOL) holds its
+        frozen extractor in flash and receives only the head."""
+        if self.head_only:
+            return head
+        if any(frozen):
+            return tuple(not f for f in frozen)
+        return None
+
+    def mission_bytes(self, classes: int, shapes: list[tuple[int, ...]], itemsize: int) -> int:
+        """With ``missions()``: the bytes a device's report of ``classes`` classes takes up."""
+        raise NotImplementedError(f"{self.kind} has missions() but no mission_bytes()")
+
     def frozen(self, name: str) -> bool:
         """True: model tensor ``name`` never trains nor travels (a frozen pre-trained backbone)."""
         return False

@@ -32,6 +32,7 @@ from fedsim.core.prototypes import (
     class_sums,
     decode_report,
     encode_report,
+    report_bytes,
 )
 from fedsim.core.reduce import Arrays
 from fedsim.core.specs import Spec, Steps, at_most
@@ -167,6 +168,15 @@ class Prototypes(Algorithm):
 
     def samples_processed(self, num_examples: int) -> int:
         return num_examples  # forward passes only
+
+    def sent_down(
+        self, head: tuple[bool, ...], frozen: tuple[bool, ...]
+    ) -> tuple[bool, ...] | None:
+        """The encoder is in flash; the prototypes (the last two tensors) travel."""
+        return tuple(i >= len(head) - 2 for i in range(len(head)))
+
+    def mission_bytes(self, classes: int, shapes: list[tuple[int, ...]], itemsize: int) -> int:
+        return report_bytes(classes, int(shapes[-2][1]), itemsize)
 
     def missions(self) -> tuple[int, int | None]:
         return (self.classes_per_mission, self.samples_per_class)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from devices.cost import head_sram_bytes
 from devices.footprint import footprint, head_parameters
-from fedsim.core.data import DATASETS, load_task_data
+from fedsim.core.data import DATASETS, dataset_source, load_task_data
 from fedsim.core.models import MODELS, build_model
 from fedsim.core.profiles import ModelFigures
 from ontology.models import MODELS_FILE, write_models
@@ -33,7 +33,7 @@ def model_figures(architecture: str, dataset: str, batch: int = TRAIN_BATCH) -> 
         dataset=dataset,
         input_shape=tuple(data.sample_shape),
         num_classes=data.num_classes,
-        sensors=DATASETS.get(dataset).sensors,
+        sensors=dataset_source(dataset).sensors,
         parameters=sum(p.numel() for p in model.parameters()),
         forward_macs=full.forward_macs,
         train_macs=full.train_macs,
@@ -50,7 +50,7 @@ def all_model_figures() -> list[ModelFigures]:
     (an architecture refuses an input it cannot take with a ``ValueError``: conv4 on 8×8 digits)."""
     figures = []
     for dataset in DATASETS.names():
-        if DATASETS.get(dataset).task != "classification":
+        if dataset_source(dataset).task != "classification":
             continue
         for architecture in MODELS.names():
             try:

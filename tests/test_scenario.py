@@ -81,9 +81,10 @@ def _error_lines(path: Path) -> list[str]:
         ),
         (
             {"algorithm": {"kind": "fedavgg"}},
+            # (installed plugins join the list: the example package adds fedavgm and scaffold)
             r"algorithm\.kind: unknown algorithm 'fedavgg' \(did you mean 'fedavg'\?\); use one "
-            r"of fedavg, fedins, fedprox, prototypes, tinymetafed, tinyol, tinyreptile, or "
-            r"package\.module:Name for your own$",
+            r"of fedavg, (\S+, )*fedins, fedprox, prototypes, (\S+, )*tinymetafed, tinyol, "
+            r"tinyreptile, or package\.module:Name for your own$",
         ),
         (
             {"task": {"dataset": "digit"}},

@@ -25,7 +25,7 @@ def register(app: typer.Typer) -> None:
 @data_app.command("list")
 def data_list(fmt: str = FormatOpt) -> None:
     """The registered datasets (nothing is loaded)."""
-    from fedsim.core.data import DATASETS
+    from fedsim.core.data import DATASETS, dataset_source
 
     check_format(fmt)
     rows = [
@@ -35,7 +35,7 @@ def data_list(fmt: str = FormatOpt) -> None:
             "natural clients": source.natural_groups or "-",
             "description": source.description,
         }
-        for name, source in ((n, DATASETS.get(n)) for n in DATASETS.names())
+        for name, source in ((n, dataset_source(n, f"dataset {n}")) for n in DATASETS.names())
     ]
     print_records(Records(rows, ["name", "task", "natural clients", "description"]), fmt)
     if fmt == "table":

@@ -19,8 +19,8 @@ __all__ = ["FedAvgM"]
 
 
 class FedAvgM(SgdEpochs):
-    """Scenario keys: FedAvg's (``lr``, ``local_epochs``, ``batch_size``) plus ``eta`` and
-    ``momentum``."""
+    """FedAvgM (Hsu et al., 2019). Scenario keys: FedAvg's (``lr``, ``local_epochs``,
+    ``batch_size``) plus ``eta`` and ``momentum``."""
 
     eta: float = Field(1.0, gt=0.0, description="server learning rate η")
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="server momentum β")

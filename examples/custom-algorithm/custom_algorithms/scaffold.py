@@ -66,7 +66,7 @@ def ScaffoldNet(net: nn.Module) -> nn.Module:  # noqa: N802 - a module factory, 
 
 
 class Scaffold(SgdEpochs):
-    """Scenario keys: FedAvg's plus ``server_lr`` η_g."""
+    """SCAFFOLD (Karimireddy et al., 2020). Scenario keys: FedAvg's plus ``eta`` (η_g)."""
 
     eta: float = Field(1.0, gt=0.0, description="server learning rate η_g")
 

@@ -26,10 +26,10 @@ import numpy as np
 import yaml
 
 from fedsim.core.errors import FedsimError
-from fedsim.report import FINAL, html_page, img_tag
 from fedsim.core.results import SUMMARY, read_rounds
 from fedsim.core.scenario_load import load_scenario, merged_data, with_changes
 from fedsim.core.stats import mean_ci95
+from fedsim.report import FINAL, html_page, img_tag
 from fedsim.runner import Engine, run
 
 __all__ = ["SweepRun", "Variant", "parse_sets", "plan_sweep", "run_sweep"]

@@ -164,11 +164,12 @@ def train_one(
         )
     with state_store(out) as store:
         state = store.get(device_id) or {}
-        update = train_device(
-            scenario, fleet, device_id, round_, global_arrays, state, None, head_only, step
-        )
-        store.put(device_id, state)
-    return update
+        try:
+            return train_device(
+                scenario, fleet, device_id, round_, global_arrays, state, None, head_only, step
+            )
+        finally:  # what it changed before failing is kept, as in cohort mode
+            store.put(device_id, state)
 
 
 def _failure(device_id: int, exc: BaseException) -> DeviceOutcome:

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -86,6 +89,9 @@ def test_a_users_keys_are_validated_like_built_in_ones(write_scenario: Write) ->
         (f"{PLUGINS}:NoLearner", r"is incomplete: it does not define learner"),
         (f"{PLUGINS}:NotAnAlgorithm", r"is not an algorithm: not a subclass of"),
         (f"{PLUGINS}:Missing", r"module 'tests\.data\.algorithm_plugins' has no 'Missing'"),
+        (f"{PLUGINS}:BadChecks", r"BadChecks's problems\(\) raised RuntimeError: boom"),
+        (f"{PLUGINS}:OddChecks", r"OddChecks's problems\(\) gave 'not a triple'"),
+        (f"{PLUGINS}:MissionsOnly", r"does not define mission_bytes \(it has missions\(\)\)"),
         ("no_such_package.algo:X", r"cannot import module 'no_such_package\.algo'"),
     ],
 )
@@ -137,3 +143,28 @@ def test_the_docs_minimal_example_runs_as_written(
     scenario = load_scenario(path)
     assert scenario.algorithm.server_lr(1, 3) == 0.3
     assert (tmp_path / "out" / "model.npz").exists()
+
+
+def test_the_fedsim_command_finds_a_module_in_the_folder_it_runs_from(tmp_path: Path) -> None:
+    """The console script (not ``python -m``, which puts the folder on the path by itself)."""
+    docs = (ROOT / "docs" / "algorithms.md").read_text()
+    code = re.search(r"```python\n(# my_algorithms\.py\n.*?)```", docs, re.S)
+    assert code is not None
+    (tmp_path / "my_algorithms.py").write_text(code.group(1))
+    scenario = tiny_scenario(algorithm={"kind": "my_algorithms:DampedFedAvg", "share": 0.3})
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(scenario))
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "PYTHONPATH": str(ROOT)}
+    command = Path(sys.executable).parent / "fedsim"
+
+    proc = subprocess.run(
+        [str(command), "validate", "s.yaml"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+    assert proc.returncode == 0, proc.stderr
+    assert "s.yaml: ok: " in proc.stdout

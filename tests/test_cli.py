@@ -76,7 +76,7 @@ def test_validate_says_which_groups_train_the_head_or_get_cut() -> None:
         ("name: x\nfleet: [\n", ":3: invalid YAML: "),
         (
             tiny_scenario(algorithm={"kind": "fedavgx"}),
-            "algorithm: unknown kind 'fedavgx' (did you mean 'fedavg'?)",
+            "algorithm.kind: unknown algorithm 'fedavgx' (did you mean 'fedavg'?)",
         ),
         (
             tiny_scenario(fleet={"groups": [{"profile": "rpi5", "count": 1}]}),

@@ -6,6 +6,7 @@ them; ``fedsim.cli.format`` prints for all of them.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -39,8 +40,21 @@ for group in (run, pretrain, sweep, report, algorithms, data, devices, registry,
     group.register(app)
 
 
+def _importable_here() -> None:
+    """A scenario's ``package.module:Name`` (its own algorithm, model...) is found in the folder
+    fedsim runs from, as ``python -m`` would find it, here and in the Ray workers (which inherit
+    ``PYTHONPATH``)."""
+    here = os.getcwd()
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if here not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([here, *paths])
+
+
 def main() -> None:
     """Console entry point: maps user errors to one line and exit code 2."""
+    _importable_here()
     try:
         code = app(standalone_mode=False)  # a typer.Exit inside comes back as its code
         if isinstance(code, int) and code:

@@ -23,7 +23,7 @@ from pydantic import (
 
 from fedsim.core.algorithms import Algorithm, algorithm_class
 from fedsim.core.data import DATASETS, dataset_source
-from fedsim.core.errors import FedsimError
+from fedsim.core.errors import FedsimError, clip, shown
 from fedsim.core.fleet_spec import (
     AlwaysOn,
     AttachedSpec,
@@ -238,8 +238,11 @@ class Scenario(_Spec):
         if not isinstance(value, dict):
             return handler(value)  # type: ignore[no-any-return]  # pydantic's own "a mapping"
         kind = value.get("kind")
-        if not isinstance(kind, str):
+        if kind is None:
             raise _kind_error(kind, "'kind' missing: an algorithm names its kind", _KINDS_FIX)
+        if not isinstance(kind, str):
+            what = f"kind must be a name, got {shown(kind)}"
+            raise _kind_error(kind, what, _KINDS_FIX)
         try:
             found = algorithm_class(kind)
         except FedsimError as exc:
@@ -264,6 +267,25 @@ class Scenario(_Spec):
         """SHA-256 of the validated scenario (defaults included), stable across key order."""
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def _algorithm_problems(self) -> list[tuple[str, str, str]]:
+        """The algorithm's own checks; a plugin whose ``problems()`` fails or answers in another
+        form is itself the problem (located at its kind, never a traceback)."""
+        kind = self.algorithm.kind
+        try:
+            found = list(self.algorithm.problems(self))
+        except Exception as exc:
+            what = f"{clip(kind)}'s problems() raised {type(exc).__name__}: {clip(str(exc))}"
+            return [("algorithm.kind", what, "fix the algorithm's problems(scenario)")]
+        for problem in found:
+            if not (
+                isinstance(problem, tuple)
+                and len(problem) == 3
+                and all(isinstance(part, str) for part in problem)
+            ):
+                what = f"{clip(kind)}'s problems() gave {shown(problem)}, not (where, what, fix)"
+                return [("algorithm.kind", what, "return a list of (where, what, fix) strings")]
+        return found
 
     def consistency_problems(self) -> list[tuple[str, str, str]]:
         """Cross-field problems as (dotted path, what, fix)."""
@@ -301,7 +323,7 @@ class Scenario(_Spec):
             problems.append(
                 ("fleet.groups", "two attached groups name the same port", "one port per device")
             )
-        problems += self.algorithm.problems(self)
+        problems += self._algorithm_problems()
         if self.topology is not None:
             problems += topology_problems(self.topology, self.fleet)
         try:  # a user's dataset or model (package.module:attr) must import and be the right kind

@@ -31,3 +31,24 @@ class NotAnAlgorithm:
 
     def learner(self) -> Learner:
         raise NotImplementedError
+
+
+class BadChecks(SgdEpochs):
+    """Its own scenario checks fail."""
+
+    def problems(self, scenario: object) -> list[tuple[str, str, str]]:
+        raise RuntimeError("boom")
+
+
+class OddChecks(SgdEpochs):
+    """Its own scenario checks answer in another form."""
+
+    def problems(self, scenario: object) -> list[tuple[str, str, str]]:
+        return ["not a triple"]  # type: ignore[list-item]
+
+
+class MissionsOnly(SgdEpochs):
+    """Class-incremental data without saying what a mission's report takes."""
+
+    def missions(self) -> tuple[int, int | None]:
+        return (2, None)

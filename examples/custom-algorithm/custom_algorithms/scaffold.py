@@ -25,6 +25,7 @@ from fedsim.core.algorithms import (
     Learner,
     ModelAggregator,
     ModelTask,
+    Problem,
     ServerRound,
     ServerState,
 )
@@ -34,6 +35,8 @@ from fedsim.core.state import DeviceState
 
 if TYPE_CHECKING:
     from torch import nn
+
+    from fedsim.core.scenario import Scenario
 
 __all__ = ["Scaffold", "ScaffoldNet"]
 
@@ -78,7 +81,19 @@ class Scaffold(SgdEpochs):
 
     @property
     def state_copies(self) -> int:
-        return 1  # x as received, for cᵢ⁺ (c and cᵢ are buffers of the model)
+        return 2  # x as received (for cᵢ⁺) and cᵢ; c is a buffer of the model
+
+    def problems(self, scenario: Scenario) -> list[Problem]:
+        if scenario.fleet.memory_policy == "head-only":
+            return [
+                (
+                    "fleet.memory_policy",
+                    "a device training only its head would send no control variate, so the "
+                    "server's c would no longer be the mean of the devices' cᵢ",
+                    "use memory_policy: skip (devices that cannot hold the model sit out)",
+                )
+            ]
+        return []
 
     def aggregator(self) -> ModelAggregator:
         return WeightedMean(uniform=True)  # SCAFFOLD's means are over the sampled devices

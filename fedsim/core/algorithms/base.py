@@ -344,4 +344,6 @@ def missing_methods(cls: type) -> list[str]:
     ]
     if "kind" not in cls.model_fields:
         missing.append("kind")
+    if cls.missions is not Algorithm.missions and cls.mission_bytes is Algorithm.mission_bytes:
+        missing.append("mission_bytes (it has missions())")
     return missing

@@ -4,8 +4,6 @@ each device takes one full-batch gradient step per round: FedSGD, the jointly tr
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import Field
 
 from fedsim.core.algorithms.base import Algorithm, Learner
@@ -31,4 +29,4 @@ class SgdEpochs(Algorithm):
 
 
 class FedAvg(SgdEpochs):
-    kind: Literal["fedavg"]
+    """FedAvg: ``SgdEpochs`` on the device, the weighted mean on the server (the defaults)."""

@@ -40,7 +40,6 @@ class BackboneSpec(Spec):
 
 
 class FedIns(SgdEpochs):
-    kind: Literal["fedins"]
     lr: float = Field(0.05, gt=0.0)
     backbone: BackboneSpec = BackboneSpec()
     entries: Annotated[int, at_most(1_000, "every entry trains and travels each round")] = Field(

@@ -4,8 +4,6 @@ averages as FedAvg does."""
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import Field
 
 from fedsim.core.algorithms.base import Learner
@@ -15,7 +13,6 @@ __all__ = ["FedProx"]
 
 
 class FedProx(SgdEpochs):
-    kind: Literal["fedprox"]
     mu: float = Field(0.01, ge=0.0, description="weight of the proximal term mu/2·||w - w_t||²")
 
     def learner(self) -> Learner:

@@ -75,7 +75,6 @@ class EncoderSpec(Spec):
 
 
 class Prototypes(Algorithm):
-    kind: Literal["prototypes"]
     encoder: EncoderSpec = EncoderSpec()
     classes_per_mission: Annotated[
         int, at_most(10_000, "a mission's classes are embedded and held together")

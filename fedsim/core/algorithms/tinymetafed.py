@@ -30,7 +30,6 @@ __all__ = ["ReconstructThenUpdate", "TinyMetaFed"]
 
 
 class TinyMetaFed(OnlineReptile):
-    kind: Literal["tinymetafed"]
     local: Literal["head", "none"] = Field("head", description="parameters kept on the device")
     support_steps: Steps = Field(2, ge=0, description="online steps reconstructing the local part")
     top_p: float = Field(

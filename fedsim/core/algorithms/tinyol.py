@@ -7,7 +7,7 @@ sample (batch 1), ``passes`` times over its stream, keeping nothing but the laye
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -25,7 +25,6 @@ __all__ = ["OnlineHeadLearner", "TinyOL"]
 
 
 class TinyOL(Algorithm):
-    kind: Literal["tinyol"]
     lr: float = Field(0.01, gt=0.0, description="per-sample SGD learning rate")
     passes: Epochs = Field(1, ge=1, description="passes over the device's stream per round")
 

@@ -47,4 +47,4 @@ class OnlineReptile(Algorithm):
 
 
 class TinyReptile(OnlineReptile):
-    kind: Literal["tinyreptile"]  # φ replaces θ in place; the device sends φ
+    """TinyReptile: φ replaces θ in place on the device, which sends φ."""

@@ -3,6 +3,7 @@ dotted path), validated and run as the built-ins are; and ``fedsim algorithms``.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
 import os
@@ -22,6 +23,7 @@ from fedsim.cli import app, summarize
 from fedsim.core.algorithms import ALGORITHMS
 from fedsim.core.errors import FedsimError
 from fedsim.core.scenario_load import load_scenario
+from fedsim.core.state import STATE_FILE, DeviceStateStore
 from fedsim.runner import run
 from tests.conftest import ROOT, tiny_scenario
 
@@ -168,3 +170,21 @@ def test_the_fedsim_command_finds_a_module_in_the_folder_it_runs_from(tmp_path: 
 
     assert proc.returncode == 0, proc.stderr
     assert "s.yaml: ok: " in proc.stdout
+
+
+def test_a_failing_stateful_device_keeps_its_state_in_both_modes(
+    write_scenario: Write, tmp_path: Path
+) -> None:
+    stores = []
+    for mode in ("per-device", "cohort"):
+        scenario = tiny_scenario(
+            algorithm={"kind": f"{PLUGINS}:CountThenFail"},
+            execution={"mode": mode, "vectorize": False, "actors": 2},
+        )
+        out = tmp_path / mode
+        with contextlib.suppress(FedsimError):  # if every device failed: a no-updates run
+            run(write_scenario(scenario, f"{mode}.yaml"), out, engine="inline")
+        with DeviceStateStore(out / STATE_FILE) as store:
+            stores.append({d: int(s["rounds"]) for d, s in store.get_many(range(100)).items()})
+    assert stores[0]
+    assert stores[0] == stores[1]

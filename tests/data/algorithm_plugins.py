@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+from numpy.typing import NDArray
 from pydantic import Field
 
 from fedsim.core.algorithms import Algorithm, Learner
 from fedsim.core.algorithms.fedavg import SgdEpochs
+from fedsim.core.state import DeviceState
 
 
 class HalfStep(SgdEpochs):
@@ -52,3 +58,25 @@ class MissionsOnly(SgdEpochs):
 
     def missions(self) -> tuple[int, int | None]:
         return (2, None)
+
+
+@dataclass(frozen=True)
+class _CountThenFail:
+    """Counts its rounds in the device's state, then fails on even device ids."""
+
+    stateful: ClassVar[bool] = True
+
+    def train(
+        self, model: Any, x: NDArray[np.float32], y: NDArray[Any], seed: int, state: DeviceState
+    ) -> float:
+        state["rounds"] = np.asarray(int(state.get("rounds", np.asarray(0))) + 1)
+        if int(np.asarray(seed)) >= 0 and len(y) % 2 == 0:
+            raise RuntimeError("fails after changing its state")
+        return 0.0
+
+
+class CountThenFail(SgdEpochs):
+    """A stateful device step that fails after changing the device's state."""
+
+    def learner(self) -> Learner:
+        return _CountThenFail()

@@ -35,14 +35,17 @@ CHUNK = 32  # devices per vectorised step; measured best of 16-128 for mlp-100 (
 Batch = tuple[NDArray[np.float32], NDArray[np.int64]]
 
 
+def vectorizable(learner: Learner) -> LocalSgd | None:
+    """The plain mini-batch SGD ``learner`` runs, if it says it is one (``vectorized()``)."""
+    say = getattr(learner, "vectorized", None)
+    plain: LocalSgd | None = say() if callable(say) else None
+    return plain
+
+
 def can_vectorize(model: nn.Module, learner: Learner) -> bool:
-    """Only plain ``LocalSgd`` (a subclass may train differently; no key loss, which needs the
-    model's own forward) on a model without buffers."""
-    return (
-        type(learner) is LocalSgd
-        and learner.key_weight == 0
-        and not any(True for _ in model.buffers())
-    )
+    """Only a learner that is plain ``LocalSgd`` (``vectorizable``), on a model without
+    buffers."""
+    return vectorizable(learner) is not None and not any(True for _ in model.buffers())
 
 
 def _orders(n: int, seeds: Sequence[int], epochs: int) -> torch.Tensor:
@@ -108,8 +111,10 @@ def train_vectorized(
 ) -> list[tuple[Arrays, float]]:
     """``(arrays, mean loss)`` per device, in the order of ``data``: every parameter of ``model``
     (frozen ones as received)."""
-    if not isinstance(learner, LocalSgd):
+    plain = vectorizable(learner)
+    if plain is None:
         raise TypeError(f"cannot vectorise {type(learner).__name__}; use the sequential loop")
+    learner = plain
     sizes = {len(y) for _, y in data}
     if len(sizes) > 1:
         raise ValueError(f"devices of one vectorised group need equal sample counts, got {sizes}")

@@ -17,7 +17,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from clients.bridged import BridgedHeadLearner, on_device
 from clients.update import device_update, sent_tensors
 from clients.vectorized import can_vectorize, train_vectorized
 from devices.fleet import Fleet
@@ -79,13 +78,14 @@ def _device_learner(scenario: Scenario, fleet: Fleet, device_id: int) -> Learner
     attached = fleet[device_id].attached
     if attached is None:
         return _learner(scenario)
-    return on_device(_learner(scenario), attached, scenario.algorithm.kind)
+    return scenario.algorithm.attached_learner(attached)
 
 
 def _measured(learner: Learner) -> tuple[float | None, float | None]:
-    if not isinstance(learner, BridgedHeadLearner) or not learner.measured:
+    measured = getattr(learner, "measured", None)  # what an attached device reported
+    if not measured:
         return None, None
-    report = learner.measured[-1]
+    report = measured[-1]
     seconds = None if report.train_us is None else report.train_us / 1e6
     return seconds, None if report.energy_uj is None else report.energy_uj / 1e3
 

@@ -172,8 +172,9 @@ def _evaluate(ctx: RoundContext, round_: int) -> Scores:
         return Scores()
     set_arrays(ctx.model, ctx.global_arrays)
     base = adapted = None
-    if ctx.fleet.missions is not None:  # class-incremental: score the classes seen so far
-        accuracy, loss, base = _reconnaissance(ctx)
+    seen = ctx.scenario.algorithm.seen_classes(ctx.global_arrays)
+    if seen is not None:  # class-incremental: score the classes seen so far
+        accuracy, loss, base = _reconnaissance(ctx, seen)
     else:
         accuracy, loss = evaluate(ctx.model, ctx.data.x_test, ctx.data.y_test)
     if spec.adapt is not None:
@@ -184,10 +185,11 @@ def _evaluate(ctx: RoundContext, round_: int) -> Scores:
     return Scores(accuracy, loss, base, adapted)
 
 
-def _reconnaissance(ctx: RoundContext) -> tuple[float | None, float | None, float | None]:
-    """Prototype averaging: accuracy and loss on the test samples of every class reconnoitred so
+def _reconnaissance(
+    ctx: RoundContext, seen: NDArray[np.bool_]
+) -> tuple[float | None, float | None, float | None]:
+    """Class-incremental: accuracy and loss on the test samples of every class reconnoitred so
     far, and accuracy on the classes of the first evaluated round (what the server retains)."""
-    seen = ctx.global_arrays[-1] > 0
     if not seen.any():
         return None, None, None
     if ctx.base_classes is None:

@@ -196,10 +196,42 @@ def _algorithm_names() -> tuple[frozenset[str], frozenset[str]]:
     return kinds, frozenset(classes - {"Algorithm"})
 
 
+@cache
+def _package_classes() -> frozenset[str]:
+    """Every class the algorithm package defines (learners, partials...): asking whether an
+    object is one of them is asking which algorithm runs."""
+    names = set()
+    for module, tree in _sources().items():
+        if module == ALGORITHM_PACKAGE or module.startswith(ALGORITHM_PACKAGE + "."):
+            names |= {n.name for n in ast.walk(tree) if isinstance(n, ast.ClassDef)}
+    return frozenset(names - {"Algorithm", "Learner"})
+
+
+def _type_tests(node: ast.AST) -> Iterator[tuple[int, str]]:
+    """``isinstance(x, C)``, ``issubclass(x, C)`` and ``type(x) is C`` in ``node``: (line, C)."""
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id in ("isinstance", "issubclass")
+        and len(node.args) == 2
+    ):
+        for name in ast.walk(node.args[1]):
+            if isinstance(name, ast.Name):
+                yield node.lineno, name.id
+    if isinstance(node, ast.Compare) and any(isinstance(o, ast.Is | ast.IsNot) for o in node.ops):
+        for part in node.comparators:
+            if isinstance(part, ast.Name):
+                yield node.lineno, part.id
+
+
 def _branches(tree: ast.AST) -> Iterator[str]:
     """What in ``tree`` tells algorithms apart: their classes, or their kinds compared."""
     kinds, classes = _algorithm_names()
+    package = _package_classes()
     for node in ast.walk(tree):
+        for line, name in _type_tests(node):
+            if name in package:
+                yield f"line {line}: tests whether an object is a {name}"
         if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(ALGORITHM_PACKAGE):
             for alias in node.names:
                 if alias.name in classes:
@@ -238,6 +270,8 @@ def test_no_module_outside_the_algorithms_branches_on_an_algorithm() -> None:
         "if scenario.algorithm.kind == 'tinyol': pass",
         "if kind in ('fedavg', 'fedprox'): pass",
         "match kind:\n    case 'fedins':\n        pass",
+        "if isinstance(learner, LocalSgd): pass",
+        "if type(learner) is OnlineHeadLearner: pass",
     ],
 )
 def test_the_branch_finder_finds_each_form(code: str) -> None:

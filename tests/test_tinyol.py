@@ -11,8 +11,7 @@ import pytest
 import torch
 
 from edge.online_head import OnlineHead, RunningNorm
-from fedsim.core.algorithms.local import stream_order
-from fedsim.core.algorithms.tinyol import OnlineHeadLearner
+from fedsim.core.algorithms.local import OnlineHeadLearner, stream_order
 from fedsim.core.models import build_model
 from fedsim.core.results import read_model, read_rounds
 from fedsim.core.seeds import derive_seed

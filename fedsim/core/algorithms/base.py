@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from fedsim.core.cohort import DeviceOutcome
+    from fedsim.core.fleet_spec import AttachedSpec
     from fedsim.core.scenario import Scenario
 
 __all__ = [
@@ -190,6 +191,18 @@ class Algorithm(Spec):
     def on_device(self) -> bool:
         """True: an attached microcontroller can run this device step itself (TinyOL's head)."""
         return False
+
+    def attached_learner(self, attached: AttachedSpec) -> Learner:
+        """The device step run on the attached device at ``attached.port`` (``on_device``)."""
+        raise ValueError(
+            f"{attached.port}: an attached device runs the TinyOL head on the device, not "
+            f"{self.kind}: run a tinyol scenario, or this node without serial-port"
+        )
+
+    def seen_classes(self, global_arrays: Arrays) -> NDArray[np.bool_] | None:
+        """Class-incremental scoring (with ``missions()``): the classes the global model knows so
+        far, which the test set is restricted to. None: score on the whole test set."""
+        return None
 
     # -- what the model is and what travels -----------------------------------------------------
 

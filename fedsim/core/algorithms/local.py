@@ -1,5 +1,5 @@
-"""Device-side steps several algorithms share: mini-batch SGD epochs (FedAvg, FedProx, FedIns) and
-online SGD steps over a device's stream (TinyReptile, TinyMetaFed).
+"""Device-side steps the algorithms build: mini-batch SGD epochs (FedAvg, FedProx, FedIns), online
+SGD steps over a device's stream (TinyReptile, TinyMetaFed) and TinyOL's online head.
 
 An algorithm's module builds them in its ``learner()``; this module imports torch, the algorithm
 modules do not (a scenario validates without it).
@@ -15,10 +15,11 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
+from edge.online_head import OnlineHead
 from fedsim.core.models import sgd_step, task_loss
 from fedsim.core.state import DeviceState
 
-__all__ = ["LocalSgd", "OnlineSteps", "sgd_steps", "stream_order"]
+__all__ = ["LocalSgd", "OnlineHeadLearner", "OnlineSteps", "sgd_steps", "stream_order"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,12 @@ class LocalSgd:
     mu: float = 0.0
     key_weight: float = 0.0
     stateful: ClassVar[bool] = False
+
+    def vectorized(self) -> LocalSgd | None:
+        """Itself if ``clients.vectorized`` may train many devices of it at once (plain mini-batch
+        SGD, FedProx's term allowed); None for a subclass, which may train differently, or a key
+        loss, which needs the model's own forward."""
+        return self if type(self) is LocalSgd and self.key_weight == 0 else None
 
     def train(
         self,
@@ -128,3 +135,59 @@ class OnlineSteps:
             model, params, torch.from_numpy(x), torch.from_numpy(y), order, self.lr, self.batch_size
         )
         return total / max(seen, 1)
+
+
+@dataclass(frozen=True)
+class OnlineHeadLearner:
+    """TinyOL on a simulated device: features from the frozen model body (computed as the device's
+    extractor would, one forward pass), then ``OnlineHead`` takes one SGD step per sample on the
+    last layer, ``passes`` times over the stream in order; the layer is written back into the
+    model. Softmax cross-entropy for class labels, ½·squared error for regression targets."""
+
+    lr: float
+    passes: int
+    stateful: ClassVar[bool] = False
+
+    def train(
+        self,
+        model: nn.Module,
+        x: NDArray[np.float32],
+        y: NDArray[Any],
+        seed: int,
+        state: DeviceState | None = None,
+    ) -> float:
+        head = [m for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d)][-1]
+        if not isinstance(head, nn.Linear):
+            raise TypeError("tinyol trains a linear output layer; this model ends in a Conv2d")
+        captured: list[torch.Tensor] = []
+        hook = head.register_forward_pre_hook(lambda _, args: captured.append(args[0]))
+        try:
+            with torch.no_grad():
+                model.eval()
+                model(torch.from_numpy(x))
+        finally:
+            hook.remove()
+        features = captured[0].numpy().astype(np.float32)
+        order = stream_order(len(y), len(y) * self.passes, seed).numpy()
+        weight, bias, total = self.steps(
+            OnlineHead(
+                head.weight.detach().numpy().copy(),
+                head.bias.detach().numpy().copy(),
+                self.lr,
+                "mse" if y.dtype.kind == "f" else "softmax",
+            ),
+            features[order],
+            y[order],
+        )
+        with torch.no_grad():
+            head.weight.copy_(torch.from_numpy(weight))
+            head.bias.copy_(torch.from_numpy(bias))
+        return total / max(len(order), 1)
+
+    def steps(
+        self, online: OnlineHead, features: NDArray[np.float32], y: NDArray[Any]
+    ) -> tuple[NDArray[np.float32], NDArray[np.float32], float]:
+        """One SGD step per sample, in the order given; the trained layer and the summed loss.
+        (``attached.BridgedHeadLearner`` runs these steps on a real device instead.)"""
+        total = sum(online.step(features[i], y[i]) for i in range(len(y)))
+        return online.weight, online.bias, total

@@ -177,6 +177,11 @@ class Prototypes(Algorithm):
     def mission_bytes(self, classes: int, shapes: list[tuple[int, ...]], itemsize: int) -> int:
         return report_bytes(classes, int(shapes[-2][1]), itemsize)
 
+    def seen_classes(self, global_arrays: Arrays) -> NDArray[np.bool_]:
+        """Classes some device has reported: the prototype head's counts (the last tensor)."""
+        seen: NDArray[np.bool_] = global_arrays[-1] > 0
+        return seen
+
     def missions(self) -> tuple[int, int | None]:
         return (self.classes_per_mission, self.samples_per_class)
 

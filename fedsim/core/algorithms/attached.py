@@ -19,11 +19,10 @@ from numpy.typing import NDArray
 from edge.bridge import BridgeError, SerialBridge
 from edge.messages import HeadConfig, TrainReport
 from edge.online_head import OnlineHead
-from fedsim.core.algorithms import Learner
-from fedsim.core.algorithms.tinyol import OnlineHeadLearner
+from fedsim.core.algorithms.local import OnlineHeadLearner
 from fedsim.core.fleet_spec import AttachedSpec
 
-__all__ = ["BridgedHeadLearner", "DeviceUnfitError", "on_device"]
+__all__ = ["BridgedHeadLearner", "DeviceUnfitError"]
 
 
 class DeviceUnfitError(BridgeError):
@@ -59,14 +58,3 @@ class BridgedHeadLearner(OnlineHeadLearner):
             raise BridgeError(spec.port, f"the device took {report.steps} of {len(y)} steps")
         self.measured.append(report)
         return weight, bias, report.loss_sum
-
-
-def on_device(learner: Learner, attached: AttachedSpec, kind: str) -> BridgedHeadLearner:
-    """``learner``'s steps run on the attached device: the online head's (the one device step
-    the firmware implements), or a clear refusal."""
-    if not isinstance(learner, OnlineHeadLearner):
-        raise ValueError(
-            f"{attached.port}: an attached device runs the TinyOL head on the device, not "
-            f"{kind}: run a tinyol scenario, or this node without serial-port"
-        )
-    return BridgedHeadLearner(learner.lr, learner.passes, attached=attached)

@@ -120,8 +120,22 @@ class Usage:
         return out
 
 
+def _check_state(kind: str, state: dict[str, Any]) -> None:
+    """An algorithm's server state is float32 arrays: what a checkpoint keeps exactly."""
+    for name, value in state.items():
+        if not isinstance(value, np.ndarray) or value.dtype != np.float32:
+            got = type(value).__name__ if not isinstance(value, np.ndarray) else str(value.dtype)
+            raise FedsimError(
+                "algorithm.kind",
+                f"{kind}'s server_step keeps state '{name}' as {got}: a checkpoint keeps float32 "
+                "arrays only, so a resumed run would differ",
+                "store np.float32 arrays in server_step's state",
+            )
+
+
 def save_round(out: str, ctx: RoundContext, round_: int, usage: Usage) -> None:
     """What the loop carries from round to round, for ``fedsim run --resume``."""
+    _check_state(ctx.scenario.algorithm.kind, ctx.server_state)
     server = {
         "usage": usage.to_json(),
         "base_classes": None if ctx.base_classes is None else ctx.base_classes.tolist(),

@@ -188,3 +188,49 @@ def test_a_failing_stateful_device_keeps_its_state_in_both_modes(
             stores.append({d: int(s["rounds"]) for d, s in store.get_many(range(100)).items()})
     assert stores[0]
     assert stores[0] == stores[1]
+
+
+class _StopAfter:
+    """An observer that interrupts the run once round ``k`` is recorded (and checkpointed)."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+
+    def start(self, total_rounds: int) -> None:
+        pass
+
+    def round(self, record: Any) -> None:
+        if record.round == self.k:
+            raise KeyboardInterrupt
+
+    def end(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("mode", ["per-device", "cohort"])
+def test_an_algorithms_server_state_survives_a_resume(
+    mode: str, write_scenario: Write, tmp_path: Path
+) -> None:
+    scenario = tiny_scenario(
+        algorithm={"kind": f"{PLUGINS}:ServerMomentum", "momentum": 0.9},
+        execution={"mode": mode, "vectorize": False, "actors": 2},
+        rounds=4,
+    )
+    path = write_scenario(scenario, "s.yaml")
+    run(path, tmp_path / "whole", engine="inline")
+    with pytest.raises(KeyboardInterrupt):
+        run(path, tmp_path / "cut", engine="inline", observer=_StopAfter(2))
+    run(None, tmp_path / "cut", engine="inline", resume=True)
+
+    whole, resumed = _model(tmp_path / "whole"), _model(tmp_path / "cut")
+    assert all(np.array_equal(a, b) for a, b in zip(whole, resumed, strict=True))
+
+
+def test_server_state_a_checkpoint_cannot_keep_exactly_is_refused(
+    write_scenario: Write, tmp_path: Path
+) -> None:
+    path = write_scenario(tiny_scenario(algorithm={"kind": f"{PLUGINS}:Float64State"}))
+    with pytest.raises(FedsimError, match=r"keeps state 'steps' as float64: a checkpoint keeps"):
+        run(path, tmp_path / "out", engine="inline")
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["status"] == "refused"

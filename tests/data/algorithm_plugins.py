@@ -9,8 +9,9 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import Field
 
-from fedsim.core.algorithms import Algorithm, Learner
+from fedsim.core.algorithms import Algorithm, Learner, ServerRound, ServerState
 from fedsim.core.algorithms.fedavg import SgdEpochs
+from fedsim.core.reduce import Arrays
 from fedsim.core.state import DeviceState
 
 
@@ -80,3 +81,29 @@ class CountThenFail(SgdEpochs):
 
     def learner(self) -> Learner:
         return _CountThenFail()
+
+
+class ServerMomentum(SgdEpochs):
+    """FedAvg with server momentum: server state that must survive a resume."""
+
+    momentum: float = 0.9
+
+    def server_step(
+        self, global_arrays: Arrays, averaged: Arrays, info: ServerRound, state: ServerState
+    ) -> Arrays:
+        stepped = []
+        for name, theta, mean in zip(info.names, global_arrays, averaged, strict=True):
+            velocity = np.float32(self.momentum) * state.get(name, np.zeros_like(theta))
+            state[name] = (velocity + (theta - mean)).astype(np.float32)
+            stepped.append((theta - state[name]).astype(np.float32))
+        return stepped
+
+
+class Float64State(ServerMomentum):
+    """Keeps its server state in float64, which a checkpoint would round."""
+
+    def server_step(
+        self, global_arrays: Arrays, averaged: Arrays, info: ServerRound, state: ServerState
+    ) -> Arrays:
+        state["steps"] = np.zeros(1, np.float64)  # type: ignore[assignment]
+        return averaged

@@ -234,8 +234,9 @@ def _open(grid: Grid, binding: RunBinding) -> tuple[RunState, Checkpoint | None]
         ctx.held_out = held_out_devices(data, scenario.evaluation.adapt, scenario.seed)
     usage = restore(ctx, checkpoint) if checkpoint is not None else Usage()
     run = RunState(binding, scenario, fleet, ctx, usage)
-    if checkpoint is not None:
-        run.records = [RoundRecord(**r) for r in read_rounds(binding.out)]
+    if checkpoint is not None:  # rows past the checkpoint are dropped (_writer): not done
+        done = read_rounds(binding.out)
+        run.records = [RoundRecord(**r) for r in done if r["round"] <= checkpoint.round]
     return run, checkpoint
 
 

@@ -9,7 +9,7 @@ classes seen so far, and on the first round's classes (what it retains). Methods
 frozen embeddings and the same missions:
 
 * **prototypes (federated)**: clients send per-class sums and counts; the server merges them
-  (``fedsim.core.prototypes``); nearest prototype over all seen classes;
+  (``fedsim.core.algorithms.prototype_sums``); nearest prototype over all seen classes;
 * **central prototypes**: the same prototypes computed on the pooled samples (the upper bound for
   this encoder; must equal the federated ones: the max difference is printed);
 * **local-only prototypes**: client 0's own prototypes (no merge), scored on every seen class;
@@ -41,20 +41,20 @@ from numpy.typing import NDArray
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
-from fedsim.core.datasets.episodes import split_alphabets
-from fedsim.core.pretrain import (
+from fedsim.core.algorithms.pretrain import (
     EMBEDDING_DIM,
     PretrainConfig,
     characters,
     load_encoder,
     pretrain_encoder,
 )
-from fedsim.core.prototypes import (
+from fedsim.core.algorithms.prototype_sums import (
     PrototypeMerge,
     PrototypeState,
     class_sums,
     report_bytes,
 )
+from fedsim.core.datasets.episodes import split_alphabets
 from fedsim.core.seeds import derive_seed
 
 ROOT = Path(__file__).resolve().parents[1]

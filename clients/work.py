@@ -21,11 +21,11 @@ from clients.update import device_update, sent_tensors
 from clients.vectorized import can_vectorize, train_vectorized
 from devices.fleet import Fleet
 from fedsim.core.algorithms import DeviceUpdate, Learner, ModelAggregator, NonFiniteUpdateError
+from fedsim.core.algorithms.prototype_sums import ClassSums
 from fedsim.core.cohort import CohortOrder, CohortReply, DeviceOutcome
 from fedsim.core.data import load_task_data
 from fedsim.core.hierarchy import gateway_rounds
 from fedsim.core.models import get_arrays, head_parameters, set_arrays
-from fedsim.core.prototypes import ClassSums
 from fedsim.core.reduce import Arrays, ModelUpdate, reduce_blocks
 from fedsim.core.scenario import Scenario
 from fedsim.core.seeds import derive_seed

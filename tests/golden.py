@@ -47,7 +47,7 @@ MODES: tuple[Mode, ...] = ("per-device", "cohort")
 FILES = ("rounds.jsonl", "devices.csv", "model.sha256.json")
 # devices.csv columns an attached device fills in from its own clock: wall time, never golden
 MEASURED = ("measured_s", "measured_mj")
-# pre-trained weights cached by config hash (fedsim.core.pretrain, fedsim.core.backbone)
+# pre-trained weights cached by config hash (fedsim.core.algorithms: pretrain, backbone)
 PRETRAINED = ("pretrain-*", "backbone-*")
 
 

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from fedsim.core.models import build_model, encoder_of
-from fedsim.core.pretrain import (
+from fedsim.core.algorithms.pretrain import (
     PretrainConfig,
     few_shot_accuracy,
     load_encoder,
     pretrain_encoder,
     prototype_logits,
 )
+from fedsim.core.models import build_model, encoder_of
 
 TINY = PretrainConfig("omniglot", episodes=4, n_way=3, k_shot=2, q_queries=2)
 
@@ -86,8 +86,8 @@ def test_pretrain_refuses_a_dataset_it_cannot_pretrain_on() -> None:
 def test_pooled_encoders_never_see_the_unseen_half(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from fedsim.core.algorithms.pretrain import _Pooled
     from fedsim.core.datasets.fewshot import split_classes
-    from fedsim.core.pretrain import _Pooled
 
     monkeypatch.setenv("FEDSIM_CACHE", str(tmp_path))
     config = PretrainConfig("har", "mlp-100", episodes=2, n_way=2, k_shot=2, q_queries=2)

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedsim.core.prototypes import (
+from fedsim.core.algorithms.prototype_sums import (
     ClassSums,
     PrototypeError,
     PrototypeMerge,

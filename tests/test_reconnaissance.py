@@ -14,9 +14,9 @@ import torch
 
 import fedsim.core.algorithms.prototypes as prototypes
 from devices.fleet import load_fleet
+from fedsim.core.algorithms.prototype_sums import report_bytes
 from fedsim.core.errors import FedsimError
 from fedsim.core.models import build_model, encoder_of, set_arrays
-from fedsim.core.prototypes import report_bytes
 from fedsim.core.results import read_model, read_rounds
 from fedsim.core.scenario_load import load_scenario
 from fedsim.runner import run

@@ -103,7 +103,7 @@ def test_every_algorithm_aggregates_like_the_oracle(kind: str) -> None:
 
 
 def test_prototype_averaging_adds_class_sums_like_the_oracle() -> None:
-    from fedsim.core.prototypes import class_sums
+    from fedsim.core.algorithms.prototype_sums import class_sums
 
     agg = _aggregator("prototypes")
     rng = np.random.default_rng(3)

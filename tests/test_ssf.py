@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+from fedsim.core.algorithms.backbone import pretrain_backbone
 from fedsim.core.algorithms.fedins import FedIns
-from fedsim.core.backbone import pretrain_backbone
+from fedsim.core.algorithms.ssf import FedInsNet, SsfViT, identity_ssf
 from fedsim.core.models import get_arrays
 from fedsim.core.payload import Upload
 from fedsim.core.reduce import WeightedMean, reduce_all
-from fedsim.core.ssf import FedInsNet, SsfViT, identity_ssf
 
 
 def _vit() -> SsfViT:
@@ -101,7 +101,7 @@ def test_a_pool_tensor_of_the_wrong_shape_is_refused() -> None:
 def test_the_backbone_is_pretrained_in_the_project_and_cached(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from fedsim.core.backbone import BackboneConfig, backbone_accuracy, load_backbone
+    from fedsim.core.algorithms.backbone import BackboneConfig, backbone_accuracy, load_backbone
 
     monkeypatch.setenv("FEDSIM_CACHE", str(tmp_path))
     config = BackboneConfig("mnist-5k", steps=60, batch_size=64, depth=2)
@@ -120,7 +120,7 @@ def test_the_backbone_is_pretrained_in_the_project_and_cached(
 def test_a_fedins_run_trains_and_sends_only_the_pool(
     tmp_path: Path, write_scenario: Callable[..., Path]
 ) -> None:
-    from fedsim.core.backbone import BackboneConfig
+    from fedsim.core.algorithms.backbone import BackboneConfig
     from fedsim.core.results import read_model, read_rounds
     from fedsim.runner import run
     from tests.conftest import tiny_scenario

@@ -15,11 +15,11 @@ import clients.work
 from clients.app import make_client_app
 from clients.work import train_device
 from devices.fleet import load_fleet
+from fedsim.core.algorithms.prototype_sums import report_bytes
 from fedsim.core.cohort import CohortOrder
 from fedsim.core.errors import FedsimError
 from fedsim.core.hierarchy import WEIGHT_BYTES, uplink
 from fedsim.core.models import get_arrays
-from fedsim.core.prototypes import report_bytes
 from fedsim.core.records import CONFIG, NODE_GATEWAY, RunBinding
 from fedsim.core.reduce import WeightedMean
 from fedsim.core.scenario_load import merged_data

@@ -32,14 +32,14 @@ def pretrain(
     """Pre-train a prototypical encoder on a dataset's background classes (Conv-4 on character
     sets, an MLP on kws/har; cached by config), then score it on 1-/5-shot episodes of the
     classes it never saw (the evaluation alphabets, or the other half of the classes)."""
-    from fedsim.core.data import cache_dir
-    from fedsim.core.pretrain import (
+    from fedsim.core.algorithms.pretrain import (
         CHARACTER_SETS,
         POOLED,
         PretrainConfig,
         few_shot_accuracy,
         pretrain_encoder,
     )
+    from fedsim.core.data import cache_dir
     from fedsim.progress import training_bar
 
     if dataset in BACKBONE_DATASETS:  # FedIns: a supervised ViT backbone (episodes = steps)
@@ -62,7 +62,7 @@ def pretrain(
 
 def _pretrain_backbone(dataset: str, steps: int, seed: int) -> None:
     """The FedIns ViT backbone: supervised on ``dataset``, cached; prints its test accuracy."""
-    from fedsim.core.backbone import BackboneConfig, backbone_accuracy, pretrain_backbone
+    from fedsim.core.algorithms.backbone import BackboneConfig, backbone_accuracy, pretrain_backbone
     from fedsim.core.data import cache_dir
     from fedsim.progress import training_bar
 

@@ -146,7 +146,7 @@ def _conv4_proto() -> Builder:
     def build(num_features: int, num_outputs: int, seed: int) -> nn.Module:
         from torch import nn
 
-        from fedsim.core.prototype_head import PrototypeHead
+        from fedsim.core.algorithms.prototype_head import PrototypeHead
 
         conv4 = MODELS.get("conv4")(num_features, num_outputs, seed)
         body = list(conv4.children())[:-1]
@@ -163,7 +163,7 @@ def _mlp_proto() -> Builder:
     def build(num_features: int, num_outputs: int, seed: int) -> nn.Module:
         from torch import nn
 
-        from fedsim.core.prototype_head import PrototypeHead
+        from fedsim.core.algorithms.prototype_head import PrototypeHead
 
         mlp = MODELS.get("mlp-100")(num_features, num_outputs, seed)
         body = list(mlp.children())[:-1]
@@ -174,13 +174,13 @@ def _mlp_proto() -> Builder:
 
 @MODELS.register("ssf-vit")
 def _ssf_vit() -> Builder:
-    """The small ViT with SSF slots (``fedsim.core.ssf``; 7×7 patches, 64-d, 4 blocks): FedIns's
-    backbone, and trained whole by plain FedAvg as the communication reference."""
+    """The small ViT with SSF slots (``fedsim.core.algorithms.ssf``; 7×7 patches, 64-d, 4
+    blocks): FedIns's backbone, and trained whole by plain FedAvg as the communication reference."""
 
     def build(num_features: int, num_outputs: int, seed: int) -> nn.Module:
         import torch
 
-        from fedsim.core.ssf import SsfViT
+        from fedsim.core.algorithms.ssf import SsfViT
 
         side = math.isqrt(num_features)
         if side * side != num_features or side % 7:

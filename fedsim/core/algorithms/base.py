@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from fedsim.core.algorithms.prototype_sums import ClassSums
 from fedsim.core.payload import Upload, non_finite
-from fedsim.core.prototypes import ClassSums
 from fedsim.core.reduce import Aggregator, Arrays, ModelUpdate, WeightedMean
 from fedsim.core.specs import Spec
 from fedsim.core.state import DeviceState

@@ -30,7 +30,7 @@ __all__ = ["BackboneSpec", "FedIns"]
 
 class BackboneSpec(Spec):
     """FedIns's frozen backbone: the SSF ViT pre-trained supervised on ``dataset``
-    (``fedsim.core.backbone``; cached by this config and the seed)."""
+    (``fedsim.core.algorithms.backbone``; cached by this config and the seed)."""
 
     dataset: Literal["fashion-mnist", "mnist-5k"] = "fashion-mnist"
     steps: Steps = Field(3000, ge=1)
@@ -70,8 +70,8 @@ class FedIns(SgdEpochs):
     def build_model(self, task: ModelTask) -> nn.Module:
         """The pre-trained SSF ViT (cached by its config and the scenario seed) with a pool;
         what does not train is frozen (``requires_grad`` off)."""
-        from fedsim.core.backbone import BackboneConfig, load_backbone
-        from fedsim.core.ssf import FedInsNet
+        from fedsim.core.algorithms.backbone import BackboneConfig, load_backbone
+        from fedsim.core.algorithms.ssf import FedInsNet
 
         b = self.backbone
         config = BackboneConfig(

@@ -2,8 +2,8 @@
 
 Each round is a mission: every selected device embeds ``classes_per_mission`` new classes' samples
 with the frozen, pre-trained encoder and sends per-class sums and counts; the server adds them up
-(``fedsim.core.prototypes``); a sample is classified as the nearest prototype among all classes
-reconnoitred so far. No gradient step anywhere.
+(``prototype_sums``); a sample is classified as the nearest prototype among all classes reconnoitred
+so far. No gradient step anywhere.
 """
 
 from __future__ import annotations
@@ -25,8 +25,7 @@ from fedsim.core.algorithms.base import (
     Problem,
     Received,
 )
-from fedsim.core.payload import Upload
-from fedsim.core.prototypes import (
+from fedsim.core.algorithms.prototype_sums import (
     ClassSums,
     PrototypeArrays,
     class_sums,
@@ -34,6 +33,7 @@ from fedsim.core.prototypes import (
     encode_report,
     report_bytes,
 )
+from fedsim.core.payload import Upload
 from fedsim.core.reduce import Arrays
 from fedsim.core.specs import Spec, Steps, at_most
 from fedsim.core.state import DeviceState
@@ -53,8 +53,8 @@ _PerEpisode = Annotated[int, at_most(1_000, "one episode's samples are held in o
 
 class EncoderSpec(Spec):
     """The frozen encoder, pre-trained episodically on the background classes of ``dataset``
-    (``fedsim.core.pretrain``; cached by this config and the seed): Conv-4 on the character sets'
-    background alphabets, an MLP on a seeded half of kws's or har's classes."""
+    (``pretrain``; cached by this config and the seed): Conv-4 on the character sets' background
+    alphabets, an MLP on a seeded half of kws's or har's classes."""
 
     @property
     def architecture(self) -> str:
@@ -118,8 +118,8 @@ class Prototypes(Algorithm):
     def pretrained(self, model: nn.Module, seed: int) -> None:
         """The pre-trained encoder (``fedsim pretrain``; trained now if not cached) goes into the
         model; the prototype head stays empty."""
+        from fedsim.core.algorithms.pretrain import PretrainConfig, pretrain_encoder
         from fedsim.core.models import get_arrays, set_arrays
-        from fedsim.core.pretrain import PretrainConfig, pretrain_encoder
 
         e = self.encoder
         config = PretrainConfig(

@@ -96,7 +96,7 @@ UNSEEN_TEST_WRITERS = 5
 
 def unseen_classes_task(name: str, chars: CharacterSet, seed: int, licence: str) -> TaskData:
     """Every character of the *evaluation* alphabets a class (none seen by an encoder pre-trained
-    on the background alphabets with the same seed: ``fedsim.core.pretrain``);
+    on the background alphabets with the same seed: ``fedsim.core.algorithms.pretrain``);
     ``UNSEEN_TEST_WRITERS`` writers, chosen by seed, hold the test drawings, the others the
     training drawings. The classes federated reconnaissance learns incrementally."""
     _, evaluation = split_alphabets(chars, seed)

@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from fedsim.core.algorithms.ssf import SsfViT
 from fedsim.core.data import cached_arrays, load_task_data
 from fedsim.core.models import get_arrays, set_arrays
 from fedsim.core.seeds import derive_seed
-from fedsim.core.ssf import SsfViT
 
 __all__ = ["BackboneConfig", "backbone_accuracy", "load_backbone", "pretrain_backbone"]
 

@@ -169,6 +169,9 @@ def test_a_scenario_runs_to_completion_over_tls_with_authenticated_nodes(
     assert [r["participants"] for r in run.rounds] == [3, 3]
     assert all(float(r["measured_s"]) > 0 for r in run.device_rows(2))  # the MCU timed itself
     assert all(r["measured_s"] == "" for r in run.device_rows(0))
+    # the deployed ServerApp (fedsim.apps) writes the plots and report a simulated run writes
+    assert (out / "report.html").exists()
+    assert (out / "plots" / "accuracy.png").exists()
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ for a generated dataset, drawn from the seed and its id when it trains: resolvin
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -19,6 +19,7 @@ from numpy.typing import NDArray
 
 from devices.availability import AlwaysOn, Availability, MarkovOnOff, TraceError, read_trace
 from devices.cost import cost_model
+from devices.missions import RecurringMissions
 from devices.scenario_registry import check_registry_data, open_registry, scenario_profiles
 from devices.topology import Topology, resolve_topology
 from fedsim.core.data import TaskData, load_task_data
@@ -74,6 +75,9 @@ class Fleet:
     # device learns new classes instead of revisiting its local data
     missions: tuple[int, int | None] | None = None
     topology: Topology | None = None  # gateways between devices and the server; None: a star
+    # classes recur across devices and rounds (the reference environment's missions); None: every
+    # class is dealt to one device once
+    recurring: RecurringMissions | None = field(default=None, compare=False)
 
     def __len__(self) -> int:
         return len(self.devices)
@@ -115,8 +119,11 @@ class Fleet:
         """The classes of the device's mission in ``round_``: the classes are dealt out once
         (seeded), device i owning every N-th of them, and its mission in round r is its r-th slice
         of k classes (the slices of rounds it sits out are never learned). Empty when its classes
-        are used up."""
+        are used up. With ``recurring`` missions: the classes its drawn samples belong to."""
         assert self.missions is not None
+        if self.recurring is not None:
+            rows = self.recurring.rows(device_id, round_)
+            return np.unique(self.data.y_train[rows]).astype(np.int64)
         per = self.missions[0]
         order = np.random.default_rng(derive_seed(self.seed, "mission-classes")).permutation(
             self.data.num_classes
@@ -130,6 +137,8 @@ class Fleet:
         partition a device learns from its own samples (its speaker saying the new word), else
         from the pool."""
         assert self.missions is not None
+        if self.recurring is not None:
+            return self.recurring.rows(device_id, round_)
         limit = self.missions[1]
         own = self.devices[device_id].sample_indices
         natural = isinstance(self.partition, NaturalPartition) and own is not None
@@ -233,7 +242,18 @@ def resolve_fleet(
         () if always else tuple(availability),
         scenario.algorithm.missions(),
         topology,
+        _recurring(scenario, data, len(devices)),
     )
+
+
+def _recurring(scenario: Scenario, data: TaskData, devices: int) -> RecurringMissions | None:
+    """The reference environment's missions, if the algorithm asks for them."""
+    missions = scenario.algorithm.missions()
+    if missions is None or not scenario.algorithm.recurring_missions():
+        return None
+    per, limit = missions
+    assert limit is not None  # the algorithm refuses recurring missions without a sample count
+    return RecurringMissions(data.y_train, devices, per, limit, scenario.seed)
 
 
 @dataclass(frozen=True)

@@ -170,3 +170,23 @@ def test_nearest_prototype_classifies_among_seen_classes_only() -> None:
 
 def test_a_report_costs_d_plus_two_numbers_per_class() -> None:
     assert report_bytes(classes=5, dim=64) == 5 * (4 + 64 * 4 + 4)
+
+
+def test_the_reference_round_merge_is_exact_for_new_classes_and_blends_known_ones() -> None:
+    """``reference_finalize``: a class new to the server merges exactly even from several clients
+    in one round; a class it knew gets the one-class ``reference_blend``, not the pooled mean."""
+    from fedsim.core.algorithms.prototype_sums import reference_finalize
+
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((4, D)), rng.standard_normal((6, D))
+    first = PrototypePartial({"0:1": class_sums("0:1", a, np.zeros(4, np.int64))})
+    state = reference_finalize(PrototypeState.empty(C, D), first)
+    second = PrototypePartial({"1:1": class_sums("1:1", b, np.zeros(6, np.int64))})
+    new_twice = PrototypePartial({**first.reports, **second.reports})
+    merged = reference_finalize(PrototypeState.empty(C, D), new_twice)
+    np.testing.assert_allclose(merged.prototypes()[0], np.concatenate([a, b]).mean(0))
+    later = PrototypePartial({"0:2": class_sums("0:2", b, np.zeros(6, np.int64))})
+    blended = reference_finalize(state, later)
+    np.testing.assert_allclose(blended.prototypes()[0], reference_blend(a.mean(0), 4, b.sum(0), 6))
+    assert not np.allclose(blended.prototypes()[0], np.concatenate([a, b]).mean(0))
+    assert blended.counts[0] == 10

@@ -172,3 +172,61 @@ def test_pooled_unseen_classes_are_the_other_half_relabelled() -> None:
     assert unseen.num_classes == 3
     assert set(np.unique(unseen.y_train)) == {0, 1, 2}
     assert len(unseen.y_train) == np.isin(har.y_train, evaluation).sum()
+
+
+def _central_sums(path: Path, model: dict[str, np.ndarray], rounds: int) -> np.ndarray:
+    """Every device's mission samples of every round embedded centrally, summed per class."""
+    _, fleet = load_fleet(path)
+    net = build_model("conv4-proto", 784, fleet.data.num_classes, 0)
+    set_arrays(net, list(model.values()))
+    encoder = encoder_of(net).eval()
+    sums = list(model.values())[-2]
+    central = np.zeros_like(sums, dtype=np.float64)
+    for d in range(len(fleet)):
+        for r in range(1, rounds + 1):
+            x, y = fleet.round_data(d, r)
+            with torch.no_grad():
+                e = encoder(torch.from_numpy(x)).numpy().astype(np.float64)
+            np.add.at(central, y, e)
+    return central
+
+
+def test_recurring_missions_merge_exactly_and_the_reference_blend_does_not(
+    write_scenario: Write, tmp_path: Path
+) -> None:
+    """The reference environment's missions (classes recur across devices and rounds, samples
+    never twice): the sum/count merge gives the central prototypes; the reference blend does not,
+    on the classes the server already knew."""
+    algorithm = {
+        "kind": "prototypes",
+        "encoder": ENCODER,
+        "classes_per_mission": 20,
+        "samples_per_class": 3,
+        "classes_recur": True,
+    }
+    exact_path = write_scenario(_scenario(algorithm=algorithm), "exact.yaml")
+    exact = read_model(run(exact_path, tmp_path / "exact").out)
+    _, fleet = load_fleet(exact_path)
+    drawn = [fleet.mission_classes(d, r) for r in (1, 2, 3) for d in range(3)]
+    seen_in = np.bincount(np.concatenate(drawn), minlength=fleet.data.num_classes)
+    assert seen_in.max() >= 3  # classes do recur
+    rows = [fleet.mission_rows(d, r) for r in (1, 2, 3) for d in range(3)]
+    assert len(np.concatenate(rows)) == len(np.unique(np.concatenate(rows)))  # no sample twice
+    sums, counts = list(exact.values())[-2:]
+    central = _central_sums(exact_path, exact, 3)
+    np.testing.assert_allclose(sums, central, rtol=1e-5, atol=1e-4)
+    assert counts.sum() == sum(len(r) for r in rows)
+
+    blended_path = write_scenario(
+        _scenario(algorithm={**algorithm, "merge": "reference"}), "reference.yaml"
+    )
+    blended = read_model(run(blended_path, tmp_path / "reference").out)
+    b_sums, b_counts = list(blended.values())[-2:]
+    np.testing.assert_array_equal(b_counts, counts)  # the same samples reached the server
+    seen = counts > 0
+    means = central[seen] / counts[seen, None]
+    error = np.abs(b_sums[seen] / b_counts[seen, None] - means).max(1)
+    recurred = seen_in[seen] > 1
+    assert error[recurred].max() > 1e-2  # the blend misses the central prototypes ...
+    # ... but not for a class seen on a single mission (nothing to blend it with)
+    assert error[~recurred].max() < 1e-4

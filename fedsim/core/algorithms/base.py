@@ -281,6 +281,11 @@ class Algorithm(Spec):
         classes with this many samples each (None: all it has). None: the data do not change."""
         return None
 
+    def recurring_missions(self) -> bool:
+        """With ``missions()``: True when classes recur across devices and rounds (the reference
+        environment's missions, ``devices.missions``) instead of going to one device once."""
+        return False
+
     # -- the server side ------------------------------------------------------------------------
 
     def decode_update(

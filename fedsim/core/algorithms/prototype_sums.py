@@ -9,7 +9,9 @@ the new embeddings and their **count** (``ClassSums``); no gradient step. The se
 counts per class, so merging is addition: associative, commutative, and the merged prototypes equal
 the prototypes computed centrally on the pooled samples (up to float rounding). The reference code
 instead blends a client's running mean with the server's using the new samples' count only, which
-under-weights new data for classes the server already knew (``reference_blend``, kept to test it).
+under-weights new data for classes the server already knew (``reference_blend`` for one class,
+``reference_finalize`` for a round; ``merge: reference`` runs it in the engine, to show the
+difference on missions where classes recur).
 
 Merging is idempotent per mission: a report carries its mission id (device and mission number), a
 partial keeps the reports by id, and the server's state remembers the ids it merged, so a
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -37,6 +39,7 @@ __all__ = [
     "decode_report",
     "encode_report",
     "reference_blend",
+    "reference_finalize",
     "report_bytes",
 ]
 
@@ -234,10 +237,12 @@ class PrototypeArrays:
     """``PrototypeMerge`` over the engine's global arrays: the model's last two arrays are the
     prototype head's ``sums [C, D]`` and ``counts [C]`` (``conv4-proto``); the rest (the frozen
     encoder) never changes. Keeps the ids of the missions it merged, so a report merged in one
-    round is never added again."""
+    round is never added again. ``merge="reference"`` merges a round as the reference code does
+    (``reference_finalize``; the sums then hold prototype × count)."""
 
-    def __init__(self) -> None:
+    def __init__(self, merge: Literal["exact", "reference"] = "exact") -> None:
         self.merged: frozenset[str] = frozenset()
+        self.rule = merge
 
     def zero(self) -> PrototypePartial:
         return PrototypePartial()
@@ -252,9 +257,11 @@ class PrototypeArrays:
         self, global_state: list[NDArray[np.float32]], partial: PrototypePartial
     ) -> list[NDArray[np.float32]]:
         sums, counts = global_state[-2], global_state[-1]
-        merge = PrototypeMerge(*sums.shape)
         state = PrototypeState(sums.astype(np.float64), counts.astype(np.int64), self.merged)
-        new = merge.finalize(state, partial)
+        if self.rule == "reference":
+            new = reference_finalize(state, partial)
+        else:
+            new = PrototypeMerge(*sums.shape).finalize(state, partial)
         self.merged = new.merged
         return [*global_state[:-2], new.sums.astype(np.float32), new.counts.astype(np.float32)]
 
@@ -277,6 +284,38 @@ def reference_blend(server_mean: F64, server_count: int, new_sum: F64, new_count
         server_count + new_count
     )
     return blended
+
+
+def reference_finalize(state: PrototypeState, partial: PrototypePartial) -> PrototypeState:
+    """One round merged as the reference code's server does it, kept to show what it costs.
+
+    Every client of the round started from the server's prototypes ``p`` and counts ``n`` of the
+    round's start and folded its ``k`` new samples (sum ``S``) into a running mean,
+    ``q = (n·p + S) / (n + k)``; the server then takes the reports one by one (mission-id order)
+    and moves its current prototype towards ``q`` with the weight of the new samples only,
+    ``p ← p + k / n' · (q − p)`` with ``n' = n_now + k`` (a class it has no prototype for yet
+    takes ``q`` and ``k`` as they are). Exact when a class is new to the server, even from several
+    clients in one round; for a class the server already knew, the old samples are counted inside
+    ``q`` again and the new ones end up under-weighted (``reference_blend``). The returned sums are
+    prototype × count, so ``PrototypeState.prototypes`` reads the blended prototypes."""
+    sums, counts = state.sums.copy(), state.counts.copy()
+    start_sums, start_counts = state.sums, state.counts
+    new = sorted(set(partial.reports) - state.merged)
+    for mission in new:
+        report = partial.reports[mission]
+        for i, c in enumerate(report.classes.tolist()):
+            k = int(report.counts[i])
+            n0 = int(start_counts[c])
+            client = (start_sums[c] + report.sums[i]) / (n0 + k)  # the client's running mean
+            n = int(counts[c])
+            if n == 0:
+                sums[c], counts[c] = client * k, k
+                continue
+            proto = sums[c] / n
+            proto = proto + k / (n + k) * (client - proto)
+            counts[c] = n + k
+            sums[c] = proto * (n + k)
+    return PrototypeState(sums, counts, state.merged | frozenset(new))
 
 
 CLASSES, SUMS, COUNTS = "classes", "sums", "counts"  # a report on the wire

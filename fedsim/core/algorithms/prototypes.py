@@ -4,6 +4,11 @@ Each round is a mission: every selected device embeds ``classes_per_mission`` ne
 with the frozen, pre-trained encoder and sends per-class sums and counts; the server adds them up
 (``prototype_sums``); a sample is classified as the nearest prototype among all classes reconnoitred
 so far. No gradient step anywhere.
+
+By default every class goes to one device once, so every merge rule gives the central prototypes;
+``classes_recur: true`` deals the reference environment's missions instead (a class recurs on
+several devices and rounds, with disjoint samples; ``devices.missions``), and ``merge: reference``
+replaces the exact sum/count merge by the reference code's blend, to measure what it costs.
 """
 
 from __future__ import annotations
@@ -82,6 +87,16 @@ class Prototypes(Algorithm):
     samples_per_class: (
         Annotated[int, at_most(1_000_000, "a class's samples are embedded one by one")] | None
     ) = Field(None, ge=1, description="labelled samples per new class (default: all it has)")
+    classes_recur: bool = Field(
+        False,
+        description="the reference environment's missions: each device draws its classes at "
+        "random among those with samples left, so classes recur across devices and rounds",
+    )
+    merge: Literal["exact", "reference"] = Field(
+        "exact",
+        description="exact: sums and counts added (the central prototypes); reference: the "
+        "reference code's blend, which under-weights new samples of classes the server knew",
+    )
 
     def learner(self) -> Learner:
         return EmbedOnly()
@@ -155,7 +170,7 @@ class Prototypes(Algorithm):
         return decode_report(wire, received.mission, *global_arrays[-2].shape)
 
     def aggregator(self) -> ModelAggregator:
-        return PrototypeArrays()  # per-class sums and counts added up
+        return PrototypeArrays(self.merge)  # per-class sums and counts added up (or blended)
 
     @property
     def batch_size(self) -> int:
@@ -185,6 +200,9 @@ class Prototypes(Algorithm):
     def missions(self) -> tuple[int, int | None]:
         return (self.classes_per_mission, self.samples_per_class)
 
+    def recurring_missions(self) -> bool:
+        return self.classes_recur
+
     def problems(self, scenario: Scenario) -> list[Problem]:
         problems: list[Problem] = []
         unseen = f"{self.encoder.dataset}-unseen"
@@ -204,6 +222,24 @@ class Prototypes(Algorithm):
                     f"prototype averaging needs the encoder's architecture with a prototype head: "
                     f"for encoder.dataset {self.encoder.dataset}, {self.encoder.model}",
                     f"set task.model: {self.encoder.model}",
+                )
+            )
+        if self.classes_recur and self.samples_per_class is None:
+            problems.append(
+                (
+                    "algorithm.samples_per_class",
+                    "with classes_recur a mission takes some of a class's samples and leaves the "
+                    "rest for later missions; without a number it would take them all at once",
+                    "set samples_per_class (e.g. 5)",
+                )
+            )
+        if self.classes_recur and scenario.fleet.partition.kind == "natural":
+            problems.append(
+                (
+                    "algorithm.classes_recur",
+                    "recurring missions draw from the pooled samples; a natural partition keeps "
+                    "each device on its own samples",
+                    "drop classes_recur, or use a pooled partition (e.g. iid)",
                 )
             )
         if scenario.topology is not None and scenario.topology.local_rounds > 1:

@@ -6,6 +6,10 @@ of the test split (a sine task, a speaker, a writer, a subject, a room) starts f
 samples are drawn once per run (seeded), so every evaluation adapts on the same ones and rounds
 compare. Results are the mean over held-out devices with a 95% confidence interval (Student t),
 and the mean score after each adaptation step (the adaptation curve).
+
+``online`` adapts as the TinyReptile and TinyMetaFed papers evaluate: the support samples arrive
+one at a time, in the order drawn (a seeded stream in which the classes take turns), and each gets
+one SGD step of batch 1, once; the full-batch steps stay the default for the other scenarios.
 """
 
 from __future__ import annotations
@@ -81,7 +85,8 @@ def held_out_devices(data: TaskData, spec: AdaptSpec, seed: int) -> list[HeldOut
             )
         rng = np.random.default_rng(derive_seed(seed, "adapt-support", g))
         order = _stratified(rows, data.y_test[rows], rng)
-        support = np.sort(order[: spec.support])
+        # online: the support stays in stream order (it is the order the device sees them in)
+        support = order[: spec.support] if spec.online else np.sort(order[: spec.support])
         query = rows if spec.query == "all" else np.sort(order[spec.support :])
         devices.append(
             HeldOutDevice(
@@ -131,11 +136,7 @@ def _adapt(
         [m for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d)][-1].parameters()
     )
     everything = list(model.parameters())
-    batch = spec.batch_size or len(ys)
-    total = spec.head_steps + spec.steps
-    generator = torch.Generator().manual_seed(derive_seed(seed, "adapt-order", device.group))
-    passes = -(-total * batch // len(ys)) or 1
-    order = torch.cat([torch.randperm(len(ys), generator=generator) for _ in range(passes)])
+    batch, total, order = _plan(spec, len(ys), derive_seed(seed, "adapt-order", device.group))
     curve = [_score(model, xq, yq)]
     for step in range(total):
         rows = order[step * batch : (step + 1) * batch]
@@ -144,6 +145,19 @@ def _adapt(
         sgd_step(params, task_loss(model(xs[rows]), ys[rows]), spec.lr)
         curve.append(_score(model, xq, yq))
     return curve
+
+
+def _plan(spec: AdaptSpec, support: int, seed: int) -> tuple[int, int, torch.Tensor]:
+    """(batch size, steps, the support rows in the order they are used): online, each sample
+    once in stream order; else seeded permutations of the support, as many as the steps need."""
+    if spec.online:
+        return 1, support, torch.arange(support)
+    batch = spec.batch_size or support
+    total = spec.head_steps + spec.steps
+    generator = torch.Generator().manual_seed(seed)
+    passes = -(-total * batch // support) or 1
+    order = torch.cat([torch.randperm(support, generator=generator) for _ in range(passes)])
+    return batch, total, order
 
 
 def adapt_and_score(

@@ -19,6 +19,7 @@ from pydantic import (
     ValidationError,
     ValidatorFunctionWrapHandler,
     field_validator,
+    model_validator,
 )
 
 from fedsim.core.algorithms import Algorithm, algorithm_class
@@ -111,7 +112,12 @@ class AdaptSpec(_Spec):
     split (a sine task, a speaker, a writer, a subject, a room) is a device never seen in training;
     it starts from θ, takes ``steps`` SGD steps on ``support`` of its samples, and is scored on the
     rest (``query: rest``) or on all of them (``all``, the Reptile sine reference: the 50-point
-    grid). The same support samples every evaluation, so rounds compare."""
+    grid). The same support samples every evaluation, so rounds compare.
+
+    ``online: true`` is how TinyReptile and TinyMetaFed evaluate: the device's K support samples
+    arrive one at a time (classes taking turns) and each gets one SGD step of batch 1, once, then
+    is dropped (the first ``head_steps`` of them train the head alone); ``steps`` and
+    ``batch_size`` do not apply."""
 
     support: Annotated[int, at_most(100_000, "a device adapts on them all at once")] = Field(
         10, ge=1, description="K: labelled samples a held-out device adapts on"
@@ -124,10 +130,22 @@ class AdaptSpec(_Spec):
     batch_size: BatchSize | None = Field(
         None, ge=1, description="samples per step (default: all K)"
     )
+    online: bool = Field(
+        False, description="one batch-1 step per support sample, each once, in stream order"
+    )
     query: Literal["rest", "all"] = "rest"
     max_devices: DeviceCount | None = Field(
         None, ge=2, description="evaluate this many held-out devices"
     )
+
+    @model_validator(mode="after")
+    def _online_head_fits(self) -> AdaptSpec:
+        if self.online and self.head_steps > self.support:
+            raise ValueError(
+                f"online adaptation steps once per support sample: head_steps ({self.head_steps}) "
+                f"cannot exceed support ({self.support}); lower head_steps"
+            )
+        return self
 
 
 class EvaluationSpec(_Spec):

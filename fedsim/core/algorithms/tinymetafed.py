@@ -5,6 +5,13 @@ top-P% upload.
 support samples (``support_steps``, the rest frozen), then updates the global part on its query
 samples (``steps``, the head frozen), and uploads only the ``top_p`` largest changes of the global
 part as (index, value) pairs. The server's Reptile step sees the sparse changes.
+
+The head never travels up, so the server's copy of it never trains: reconstruction starts from
+that copy each round (stateless devices, as in federated reconstruction). ``head_init: zero`` (the
+default) makes it a zero head, which predicts nothing until the support samples speak, instead of
+θ₀'s random one, whose noise the few support steps must first undo; a held-out device reconstructs
+from the same zero head. ``support_passes`` repeats the reconstruction over the support samples
+(the device keeps those few samples for the passes).
 """
 
 from __future__ import annotations
@@ -32,6 +39,12 @@ __all__ = ["ReconstructThenUpdate", "TinyMetaFed"]
 class TinyMetaFed(OnlineReptile):
     local: Literal["head", "none"] = Field("head", description="parameters kept on the device")
     support_steps: Steps = Field(2, ge=0, description="online steps reconstructing the local part")
+    support_passes: Steps = Field(
+        1, ge=1, description="passes over the support samples when reconstructing the head"
+    )
+    head_init: Literal["zero", "theta"] = Field(
+        "zero", description="reconstruct from a zero head, or from θ₀'s (never trained) head"
+    )
     top_p: float = Field(
         0.25, gt=0.0, le=1.0, description="fraction of global changes uploaded (largest |Δ|)"
     )
@@ -47,8 +60,28 @@ class TinyMetaFed(OnlineReptile):
 
     def learner(self) -> Learner:
         return ReconstructThenUpdate(
-            self.lr, self.steps, self.support_steps, self.batch_size, self.local_head
+            self.lr,
+            self.steps,
+            self.support_steps,
+            self.batch_size,
+            self.local_head,
+            self.support_passes,
         )
+
+    def pretrained(self, model: nn.Module, seed: int) -> None:
+        """The server's head, which every device reconstructs from, starts at zero
+        (``head_init: zero``); nothing uploads it, so it stays there."""
+        if not (self.local_head and self.head_init == "zero"):
+            return
+        import torch
+
+        from fedsim.core.models import head_parameters
+
+        head = head_parameters(model)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name in head:
+                    p.zero_()
 
     @property
     def upload_fraction(self) -> float:
@@ -59,7 +92,7 @@ class TinyMetaFed(OnlineReptile):
         return self.local == "head"
 
     def samples_processed(self, num_examples: int) -> int:
-        support = self.support_steps if self.local_head else 0
+        support = self.support_steps * self.support_passes if self.local_head else 0
         return (support + self.steps) * self.batch_size
 
     @property
@@ -82,15 +115,16 @@ class TinyMetaFed(OnlineReptile):
 @dataclass(frozen=True)
 class ReconstructThenUpdate:
     """TinyMetaFed's device side: reconstruct the local part (the head) on the first
-    ``support_steps`` batches of the stream with the rest frozen, then update the global part on
-    the next ``steps`` batches (the query samples) with the head frozen. Returns the mean query
-    loss. Without a local part it is ``OnlineSteps``."""
+    ``support_steps`` batches of the stream (``support_passes`` times over them) with the rest
+    frozen, then update the global part on the next ``steps`` batches (the query samples) with the
+    head frozen. Returns the mean query loss. Without a local part it is ``OnlineSteps``."""
 
     lr: float
     steps: int
     support_steps: int
     batch_size: int
     local_head: bool = True
+    support_passes: int = 1
     stateful: ClassVar[bool] = False
 
     def train(
@@ -114,7 +148,8 @@ class ReconstructThenUpdate:
         model.train()
         if support:
             local = [p for n, p in named if n in head]
-            sgd_steps(model, local, inputs, targets, order[:support], self.lr, self.batch_size)
+            passes = order[:support].repeat(self.support_passes)
+            sgd_steps(model, local, inputs, targets, passes, self.lr, self.batch_size)
         shared = [p for n, p in named if n not in head]
         total, seen = sgd_steps(
             model, shared, inputs, targets, order[support:], self.lr, self.batch_size

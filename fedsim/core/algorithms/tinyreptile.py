@@ -6,6 +6,11 @@ way to the mean of what devices return: θ ← θ + ε_t·mean(φᵢ − θ). ε
 ``epsilon_end`` over the run (``schedule``). ``clients_per_round: 1`` is the paper's serial
 processing; ``schedule: constant`` with ``epsilon: 1`` and one device per round is sequential
 fine-tuning (θ becomes each device's φ in turn).
+
+The default ε0 is Reptile's: its reference code takes ε0 = 1 only with a meta-batch of 5 tasks; with
+one task per meta-step (serial processing) ε0 = 1 makes the early rounds sequential fine-tuning.
+Unset, ε0 = min(1, ``SERIAL_EPSILON`` × the devices averaged that round): 0.25 serial (the best of
+0.1-1.0 on omniglot-5way, docs/reproductions/meta.md), 1 from 4 devices a round on.
 """
 
 from __future__ import annotations
@@ -14,10 +19,21 @@ from typing import Literal
 
 from pydantic import Field
 
-from fedsim.core.algorithms.base import Algorithm, Learner, schedule
+from fedsim.core.algorithms.base import (
+    Algorithm,
+    Learner,
+    ServerRound,
+    ServerState,
+    schedule,
+    step_toward,
+)
+from fedsim.core.reduce import Arrays
 from fedsim.core.specs import BatchSize, Steps
 
-__all__ = ["OnlineReptile", "TinyReptile"]
+__all__ = ["SERIAL_EPSILON", "OnlineReptile", "TinyReptile"]
+
+# ε0 for one device per round when the scenario sets none (measured: docs/reproductions/meta.md)
+SERIAL_EPSILON = 0.25
 
 
 class OnlineReptile(Algorithm):
@@ -26,7 +42,12 @@ class OnlineReptile(Algorithm):
     lr: float = Field(0.02, gt=0.0, description="device (inner) SGD learning rate")
     batch_size: BatchSize = Field(1, ge=1, description="samples per online step (1: one at a time)")
     steps: Steps = Field(5, ge=1, description="online SGD steps per device round")
-    epsilon: float = Field(1.0, gt=0.0, le=1.0, description="server step size ε at round 1")
+    epsilon: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="server step size ε at round 1 (default: 0.25 per device averaged, at most 1)",
+    )
     epsilon_end: float = Field(0.0, ge=0.0, le=1.0, description="ε approached at the end")
     schedule: Literal["linear", "cosine", "constant"] = "linear"
 
@@ -42,8 +63,21 @@ class OnlineReptile(Algorithm):
         """Samples processed, the same for every device: Reptile's mean over devices is uniform."""
         return self.samples_processed(num_examples)
 
-    def server_lr(self, round_: int, rounds: int) -> float:
-        return schedule(self.epsilon, self.epsilon_end, self.schedule, round_, rounds)
+    def start_epsilon(self, tasks: int) -> float:
+        """ε0 for a round that averages ``tasks`` devices: ``epsilon``, else Reptile's choice (a
+        mean over more tasks is a less noisy meta-gradient, so it may take a longer step)."""
+        if self.epsilon is not None:
+            return self.epsilon
+        return min(1.0, SERIAL_EPSILON * max(tasks, 1))
+
+    def server_lr(self, round_: int, rounds: int, tasks: int = 1) -> float:
+        return schedule(self.start_epsilon(tasks), self.epsilon_end, self.schedule, round_, rounds)
+
+    def server_step(
+        self, global_arrays: Arrays, averaged: Arrays, info: ServerRound, state: ServerState
+    ) -> Arrays:
+        epsilon = self.server_lr(info.round, info.rounds, info.delivered)
+        return step_toward(global_arrays, averaged, epsilon)
 
 
 class TinyReptile(OnlineReptile):

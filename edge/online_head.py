@@ -38,6 +38,16 @@ class RunningNorm:
         self.mean = np.zeros(self.features, np.float32)
         self.m2 = np.zeros(self.features, np.float32)
 
+    @classmethod
+    def resume(cls, mean: F32, var: F32, count: int) -> RunningNorm:
+        """Statistics carried over from ``count`` earlier samples (e.g. a federation's averaged
+        ones): Welford goes on as if it had seen them."""
+        norm = cls(len(mean), count)
+        norm.mean = np.asarray(mean, np.float32).copy()
+        if count >= 2:  # below two samples ``var`` is a placeholder (ones); m2 is 0
+            norm.m2 = (np.asarray(var, np.float32) * np.float32(count)).astype(np.float32)
+        return norm
+
     def update(self, x: F32) -> None:
         self.count += 1
         delta = x - self.mean

@@ -211,7 +211,8 @@ def _open(grid: Grid, binding: RunBinding) -> tuple[RunState, Checkpoint | None]
     model = task_model(
         scenario, data.num_features, data.num_outputs, derive_seed(scenario.seed, "init")
     )
-    scenario.algorithm.pretrained(model, scenario.seed)  # e.g. a frozen, pre-trained encoder
+    # e.g. a frozen, pre-trained encoder
+    scenario.algorithm.pretrained_for(model, scenario.seed, scenario.task.dataset)
     cohort = scenario.execution.mode == "cohort"
     workers = find_workers(grid, DISCOVERY_TIMEOUT_S) if cohort else []
     ctx = RoundContext(

@@ -148,7 +148,8 @@ def test_a_tinyol_run_trains_and_sends_only_heads(
     out = run(write_scenario(scenario), tmp_path / "ol").out
     rounds = read_rounds(out)
     assert all(r["head_only"] == r["participants"] == 5 for r in rounds)
-    head_bytes = 4 * (32 * 10 + 10)  # mlp on digits: the 32 → 10 layer, float32
+    # mlp on digits: the 32 → 10 layer and its running mean, variance and count, float32
+    head_bytes = 4 * (32 * 10 + 10 + 2 * 32 + 1)
     assert all(r["bytes_up"] == 5 * head_bytes for r in rounds)
     assert rounds[-1]["accuracy"] > rounds[0]["accuracy"]
     final = read_model(out)

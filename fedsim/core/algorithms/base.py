@@ -213,6 +213,12 @@ class Algorithm(Spec):
     def pretrained(self, model: nn.Module, seed: int) -> None:
         """Put pre-trained parts into the initial global model on the server (default: none)."""
 
+    def pretrained_for(self, model: nn.Module, seed: int, dataset: str) -> None:
+        """``pretrained`` for a task on ``dataset``, which the engine calls: an algorithm whose
+        pre-training depends on the task's data (TinyOL's extractor: the classes the devices do
+        not learn) overrides this one."""
+        self.pretrained(model, seed)
+
     def sent_down(
         self, head: tuple[bool, ...], frozen: tuple[bool, ...]
     ) -> tuple[bool, ...] | None:

@@ -15,7 +15,8 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
-from edge.online_head import OnlineHead
+from edge.online_head import OnlineHead, RunningNorm
+from fedsim.core.algorithms.feature_norm import NormalizedLinear
 from fedsim.core.models import sgd_step, task_loss
 from fedsim.core.state import DeviceState
 
@@ -142,7 +143,13 @@ class OnlineHeadLearner:
     """TinyOL on a simulated device: features from the frozen model body (computed as the device's
     extractor would, one forward pass), then ``OnlineHead`` takes one SGD step per sample on the
     last layer, ``passes`` times over the stream in order; the layer is written back into the
-    model. Softmax cross-entropy for class labels, ½·squared error for regression targets."""
+    model. Softmax cross-entropy for class labels, ½·squared error for regression targets.
+
+    A ``NormalizedLinear`` output layer (``TinyOL.normalize``) standardises each feature with its
+    running statistics first (``RunningNorm``, resumed from the layer's, updated sample by sample
+    and written back). The statistics depend on the features alone, not on the weights, so the
+    stream is standardised before the steps: an attached device (``BridgedHeadLearner.steps``)
+    then runs the same plain steps on the same inputs. Nothing but the last layer changes."""
 
     lr: float
     passes: int
@@ -167,8 +174,12 @@ class OnlineHeadLearner:
                 model(torch.from_numpy(x))
         finally:
             hook.remove()
-        features = captured[0].numpy().astype(np.float32)
         order = stream_order(len(y), len(y) * self.passes, seed).numpy()
+        features = captured[0].numpy().astype(np.float32)[order]
+        norm = None
+        if isinstance(head, NormalizedLinear):
+            norm = _resumed_norm(head)
+            features = np.stack([_standardised(norm, f) for f in features])
         weight, bias, total = self.steps(
             OnlineHead(
                 head.weight.detach().numpy().copy(),
@@ -176,12 +187,16 @@ class OnlineHeadLearner:
                 self.lr,
                 "mse" if y.dtype.kind == "f" else "softmax",
             ),
-            features[order],
+            features,
             y[order],
         )
         with torch.no_grad():
             head.weight.copy_(torch.from_numpy(weight))
             head.bias.copy_(torch.from_numpy(bias))
+            if isinstance(head, NormalizedLinear) and norm is not None:  # for mypy: both
+                head.norm_mean.copy_(torch.from_numpy(norm.mean))
+                head.norm_var.copy_(torch.from_numpy(norm.var))
+                head.norm_count.fill_(float(norm.count))
         return total / max(len(order), 1)
 
     def steps(
@@ -191,3 +206,18 @@ class OnlineHeadLearner:
         (``attached.BridgedHeadLearner`` runs these steps on a real device instead.)"""
         total = sum(online.step(features[i], y[i]) for i in range(len(y)))
         return online.weight, online.bias, total
+
+
+def _resumed_norm(head: NormalizedLinear) -> RunningNorm:
+    """The running statistics a ``NormalizedLinear`` holds (the federation's, averaged)."""
+    return RunningNorm.resume(
+        head.norm_mean.detach().numpy(),
+        head.norm_var.detach().numpy(),
+        round(float(head.norm_count)),
+    )
+
+
+def _standardised(norm: RunningNorm, feature: NDArray[np.float32]) -> NDArray[np.float32]:
+    """What ``OnlineHead`` with a norm feeds its layer: update the statistics, then apply them."""
+    norm.update(feature)
+    return norm.apply(feature)

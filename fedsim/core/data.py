@@ -58,6 +58,7 @@ DATASETS.lazy("omniglot-unseen", "fedsim.core.datasets.derived:OMNIGLOT_UNSEEN_S
 DATASETS.lazy("kws-unseen", "fedsim.core.datasets.derived:KWS_UNSEEN_SOURCE")
 DATASETS.lazy("har-unseen", "fedsim.core.datasets.derived:HAR_UNSEEN_SOURCE")
 DATASETS.lazy("mnist-mixed", "fedsim.core.datasets.derived:MNIST_MIXED_SOURCE")
+DATASETS.lazy("fashion-mixed", "fedsim.core.datasets.derived:FASHION_MIXED_SOURCE")
 
 
 def dataset_source(name: str, where: str = "task.dataset") -> DatasetSource:

@@ -30,9 +30,13 @@ __all__ = ["BackboneSpec", "FedIns"]
 
 class BackboneSpec(Spec):
     """FedIns's frozen backbone: the SSF ViT pre-trained supervised on ``dataset``
-    (``fedsim.core.algorithms.backbone``; cached by this config and the seed)."""
+    (``fedsim.core.algorithms.backbone``; cached by this config and the seed). ``seed`` pins the
+    pre-training seed across runs: the paper fine-tunes one public checkpoint in every run, so
+    seeds of a comparison should vary the federated part, not the backbone (default: the
+    scenario's seed)."""
 
     dataset: Literal["fashion-mnist", "mnist-5k"] = "fashion-mnist"
+    seed: int | None = Field(None, ge=0, description="pre-training seed (default: the scenario's)")
     steps: Steps = Field(3000, ge=1)
     # the ViT's parameters grow as depth × dim²: 1024 × 1024 × 64 blocks is ~1 GB of weights
     dim: Annotated[int, at_most(1_024, "the ViT's weights grow as dim²")] = Field(64, ge=8)
@@ -47,6 +51,11 @@ class FedIns(SgdEpochs):
     )
     top_n: int = Field(3, ge=1, description="N: entries averaged per instance")
     key_weight: float = Field(0.1, ge=0.0, le=1.0, description="λ of the key-matching loss")
+    route: Literal["keys", "inversion"] = Field(
+        "keys",
+        description="keys (FedIns) or inversion: the domain oracle of the half-inverted "
+        "datasets, 2 entries routed by each image's true domain (the routing upper bound)",
+    )
     weighting: Literal["uniform", "samples"] = Field(
         "uniform", description="server mean over clients: uniform (reference code) or by samples"
     )
@@ -60,6 +69,11 @@ class FedIns(SgdEpochs):
     def _top_within_pool(self) -> FedIns:
         if self.top_n > self.entries:
             raise ValueError(f"top_n ({self.top_n}) cannot exceed entries ({self.entries})")
+        if self.route == "inversion" and (self.entries, self.top_n) != (2, 1):
+            raise ValueError(
+                f"route: inversion sends each image to 1 of 2 entries (one per domain); set "
+                f"entries: 2, top_n: 1 (got entries {self.entries}, top_n {self.top_n})"
+            )
         return self
 
     def learner(self) -> Learner:
@@ -74,11 +88,12 @@ class FedIns(SgdEpochs):
         from fedsim.core.algorithms.ssf import FedInsNet
 
         b = self.backbone
-        config = BackboneConfig(
-            b.dataset, b.steps, dim=b.dim, depth=b.depth, seed=task.scenario_seed
-        )
+        seed = task.scenario_seed if b.seed is None else b.seed
+        config = BackboneConfig(b.dataset, b.steps, dim=b.dim, depth=b.depth, seed=seed)
         backbone = load_backbone(config, math.isqrt(task.num_features))
-        model = FedInsNet(backbone, task.num_outputs, self.entries, self.top_n, task.seed)
+        model = FedInsNet(
+            backbone, task.num_outputs, self.entries, self.top_n, task.seed, self.route
+        )
         for name, p in model.named_parameters():
             p.requires_grad_(not self.frozen(name))
         return model

@@ -13,14 +13,24 @@ An instance's query is the frozen backbone's feature *without* SSF; its cosine s
 keys picks the top-N entries, whose γ, β and heads are averaged for it alone: a gather with
 ``[B, N]`` indices and a mean over N only, batched (the reference code loops one instance at a
 time because its batched version also averaged across the batch).
+
+Keys start as the reference code's (timm ``trunc_normal_``, std 0.02, cut at ±2): the gradient of
+a cosine similarity scales as 1/‖k‖, so keys drawn N(0, 1) (‖k‖ ≈ √dim = 8) move ~50× more slowly
+than keys of norm ≈ 0.16 and never specialise (measured: most of 25 entries then serve both
+domains of mnist-mixed).
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
 
-__all__ = ["FedInsNet", "SsfViT", "identity_ssf"]
+__all__ = ["KEY_STD", "FedInsNet", "Route", "SsfViT", "identity_ssf", "inverted"]
+
+KEY_STD = 0.02  # the reference code's key init: trunc_normal_(std=0.02), bounds ±2 (timm's)
+Route = Literal["keys", "inversion"]
 
 
 class _Block(nn.Module):
@@ -113,33 +123,58 @@ def identity_ssf(width: int, rows: int = 1) -> tuple[torch.Tensor, torch.Tensor]
     return torch.ones(rows, width), torch.zeros(rows, width)
 
 
+def inverted(x: torch.Tensor) -> torch.Tensor:
+    """Whether each image ``[B, ...]`` of a half-inverted dataset (``mnist-mixed``,
+    ``fashion-mixed``) is an inverted one: its top-left pixel is paper-white. Every plain MNIST
+    and Fashion-MNIST image has that pixel ≤ 0.063, so this is the true domain, exactly
+    (``tests/test_fedins_domain.py`` checks every image)."""
+    return x.reshape(len(x), -1)[:, 0] > 0.5
+
+
 class FedInsNet(nn.Module):
     """A frozen ``SsfViT`` and a pool of ``entries`` × (SSF γ, β; key; head). Each instance gets
     the mean of its top-``top_n`` entries by cosine similarity of the bare backbone's feature to
     the keys. ``last_key_loss`` holds λ's term of the last forward, mean over the batch of
     1 − Σ cos(q, k_i) over the selected keys (DESIGN.md §6.6). ``entries=1, top_n=1`` is the
-    "federated SSF" baseline (one SSF and head per client)."""
+    "federated SSF" baseline (one SSF and head per client). ``route="inversion"`` (2 entries,
+    top 1) is the domain oracle: each instance takes entry 0 or 1 by its true domain
+    (``inverted``), the upper bound of what key routing can learn on two domains."""
 
     def __init__(
-        self, backbone: SsfViT, classes: int, entries: int = 25, top_n: int = 3, seed: int = 0
+        self,
+        backbone: SsfViT,
+        classes: int,
+        entries: int = 25,
+        top_n: int = 3,
+        seed: int = 0,
+        route: Route = "keys",
     ) -> None:
         super().__init__()
         if not 1 <= top_n <= entries:
             raise ValueError(f"top_n must be within 1..entries ({entries}), got {top_n}")
-        self.backbone, self.top_n = backbone, top_n
+        if route == "inversion" and (entries, top_n) != (2, 1):
+            raise ValueError(
+                f"the domain oracle routes to 1 of 2 entries, got {top_n} of {entries}"
+            )
+        self.backbone, self.top_n, self.route = backbone, top_n, route
         for p in backbone.parameters():
             p.requires_grad_(False)
         g = torch.Generator().manual_seed(seed)
         width, dim = backbone.ssf_width, backbone.dim
         self.gammas = nn.Parameter(1.0 + 0.02 * torch.randn(entries, width, generator=g))
         self.betas = nn.Parameter(0.02 * torch.randn(entries, width, generator=g))
-        self.keys = nn.Parameter(torch.randn(entries, dim, generator=g))
+        keys = torch.empty(entries, dim)
+        nn.init.trunc_normal_(keys, std=KEY_STD, a=-2.0, b=2.0, generator=g)
+        self.keys = nn.Parameter(keys)
         self.head_w = nn.Parameter(0.02 * torch.randn(entries, classes, dim, generator=g))
         self.head_b = nn.Parameter(torch.zeros(entries, classes))
         self.last_key_loss = torch.zeros(())
 
     def select(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Top-N entry indices ``[B, N]`` and their cosine similarities ``[B, N]``."""
+        """Top-N entry indices ``[B, N]`` and their cosine similarities ``[B, N]`` (the oracle:
+        the domain's entry, similarity 1, so no key loss)."""
+        if self.route == "inversion":
+            return inverted(x).long()[:, None], torch.ones(len(x), 1)
         with torch.no_grad():
             query = self.backbone.features(x)
         cos = nn.functional.normalize(query, dim=-1) @ nn.functional.normalize(self.keys, dim=-1).T

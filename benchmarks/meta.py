@@ -1,5 +1,8 @@
 """Online federated meta-learning at equal device budgets (issue 7; DESIGN.md §6.2-6.4).
 
+(The reproduction of the papers' claim, with tuned learning rates, seeds and resource to a target,
+is ``benchmarks.reptile``; this one compares every family at the scenarios' own settings.)
+
 For each family (a base scenario in ``scenarios/meta/``), every method gets the same device-side
 budget: the same number of device rounds in total, and the same samples processed per device
 round; the table then shows what each costs per device round (bytes up, simulated energy, peak
@@ -8,8 +11,9 @@ training RAM at its batch size) and how well θ adapts on held-out devices (mean
 * **tinyreptile**: serial (one device per round), the base scenario's online steps;
 * **tinyreptile b=1**: the same samples one at a time (online, batch 1: least RAM), the learning
   rate divided by the batch size so a round moves φ as far;
-* **tinymetafed P=…**: serial, local head reconstructed on the first batch, top-P upload; held-out
-  devices reconstruct the head first too (half the adaptation steps on the head, then all);
+* **tinymetafed P=…**: serial, local head reconstructed (from zero) on the first batch, top-P
+  upload; held-out devices reconstruct the head first too (half the adaptation steps, or online
+  half the support samples, on the head, then all);
 * **fedavg**: ``cohort`` devices per round, the same local steps, θ ← mean φᵢ (FedAvg with K local
   steps is batched Reptile with ε = 1, itself a first-order meta-learner: a strong baseline);
 * **fedsgd**: the same devices and rounds, one step on all the samples: the jointly trained model;
@@ -133,8 +137,11 @@ def _methods(base: dict[str, Any], family: Family, budget: int, reference: bool)
         }
         # a new device reconstructs the head first, as TinyMetaFed's devices do (same total steps)
         adapt = dict(serial["evaluation"]["adapt"])
-        adapt["head_steps"] = adapt.get("steps", 32) // 2
-        adapt["steps"] = adapt.get("steps", 32) - adapt["head_steps"]
+        if adapt.get("online"):  # online: the first half of the support samples train the head
+            adapt["head_steps"] = adapt["support"] // 2
+        else:
+            adapt["head_steps"] = adapt.get("steps", 32) // 2
+            adapt["steps"] = adapt.get("steps", 32) - adapt["head_steps"]
         evaluation = {**serial["evaluation"], "adapt": adapt}
         out.append(
             (f"tinymetafed P={top:g}", {**serial, "algorithm": meta, "evaluation": evaluation})

@@ -25,7 +25,10 @@ from fedsim.core.scenario_load import load_scenario
 from fedsim.runner import run
 from tests.conftest import tiny_scenario
 
-EXTRACTOR = {"dataset": "kws", "episodes": 20}  # a few episodes: the test needs the cache, not skill
+EXTRACTOR = {
+    "dataset": "kws",
+    "episodes": 20,
+}  # a few episodes: the test needs the cache, not skill
 
 
 def _kws(mode: str, **algorithm: Any) -> dict[str, Any]:
@@ -46,7 +49,7 @@ def test_a_federated_tinyol_run_learns_on_the_cached_pretrained_extractor_and_ke
     out = run(write_scenario(_kws(mode)), tmp_path / mode).out
 
     final = read_model(out)
-    pretrained = pretrain_encoder(pretrain_config(EncoderSpec(**EXTRACTOR), seed=7))
+    pretrained = pretrain_encoder(pretrain_config(EncoderSpec(dataset="kws", episodes=20), seed=7))
     for name in ("1.weight", "1.bias"):  # the mlp-100 body: unchanged from the cached encoder
         np.testing.assert_array_equal(final[name], pretrained[name], err_msg=name)
     init = build_model("mlp-100", 1960, 6, 0).state_dict()
@@ -60,12 +63,12 @@ def test_an_extractor_that_does_not_match_the_task_is_refused_with_the_fix(
 ) -> None:
     scenario = tiny_scenario(algorithm={"kind": "tinyol", "extractor": EXTRACTOR})
 
-    with pytest.raises(FedsimError, match="set task.dataset: kws-unseen"):
+    with pytest.raises(FedsimError, match=r"set task\.dataset: kws-unseen"):
         load_scenario(write_scenario(scenario))
 
 
 def test_auto_pretrains_for_an_unseen_dataset_and_keeps_random_features_otherwise() -> None:
-    assert TinyOL(kind="tinyol").encoder("har-unseen") == EncoderSpec(dataset="har")
+    assert TinyOL(kind="tinyol").encoder("har-unseen") == EncoderSpec(dataset="har", n_way=3)
     assert TinyOL(kind="tinyol").encoder("digits") is None
     assert TinyOL(kind="tinyol", extractor="random").encoder("kws-unseen") is None
 
@@ -73,17 +76,20 @@ def test_auto_pretrains_for_an_unseen_dataset_and_keeps_random_features_otherwis
 # -- running feature normalisation -------------------------------------------------------------
 
 
-def _normalised_mlp() -> torch.nn.Module:
-    return with_feature_norm(build_model("mlp", 6, 3, 0))
+def _normalised_mlp() -> torch.nn.Sequential:
+    model = with_feature_norm(build_model("mlp", 6, 3, 0))
+    assert isinstance(model, torch.nn.Sequential)
+    return model
 
 
 def test_a_normalising_device_equals_the_reference_head_with_running_norm() -> None:
     rng = np.random.default_rng(4)
     x, y = (rng.standard_normal((9, 6)) * 3 + 5).astype(np.float32), rng.integers(0, 3, 9)
     model = _normalised_mlp()
-    head = model[3]
+    head, body = model[3], model[1]
     assert isinstance(head, NormalizedLinear)
-    features = torch.relu(torch.from_numpy(x) @ model[1].weight.T + model[1].bias).detach().numpy()
+    assert isinstance(body, torch.nn.Linear)
+    features = torch.relu(torch.from_numpy(x) @ body.weight.T + body.bias).detach().numpy()
     reference = OnlineHead(
         head.weight.detach().numpy().copy(),
         head.bias.detach().numpy().copy(),
@@ -110,15 +116,20 @@ def test_normalisation_changes_what_a_device_learns_and_resumes_the_statistics()
     rng = np.random.default_rng(5)
     x, y = (rng.standard_normal((12, 6)) * 3 + 5).astype(np.float32), rng.integers(0, 3, 12)
     plain, normed = build_model("mlp", 6, 3, 0), _normalised_mlp()
+    assert isinstance(plain, torch.nn.Sequential)
+
+    plain_head, head = plain[3], normed[3]
+    assert isinstance(plain_head, torch.nn.Linear)
+    assert isinstance(head, NormalizedLinear)
 
     OnlineHeadLearner(lr=0.1, passes=1).train(plain, x, y, seed=1)
     OnlineHeadLearner(lr=0.1, passes=1).train(normed, x, y, seed=1)
-    after_one = normed[3].norm_mean.detach().clone()
+    after_one = head.norm_mean.detach().clone()
     OnlineHeadLearner(lr=0.1, passes=1).train(normed, x, y, seed=2)
 
-    assert not np.allclose(plain[3].weight.detach().numpy(), normed[3].weight.detach().numpy())
-    assert float(normed[3].norm_count) == 24  # the second round went on from 12 samples
-    torch.testing.assert_close(normed[3].norm_mean, after_one)  # the same samples: same mean
+    assert not np.allclose(plain_head.weight.detach().numpy(), head.weight.detach().numpy())
+    assert float(head.norm_count) == 24  # the second round went on from 12 samples
+    torch.testing.assert_close(head.norm_mean, after_one)  # the same samples: same mean
 
 
 def test_normalize_is_on_by_default_and_its_statistics_travel_with_the_head(
@@ -129,7 +140,8 @@ def test_normalize_is_on_by_default_and_its_statistics_travel_with_the_head(
 
     final_on, final_off = read_model(on), read_model(off)
     assert TinyOL(kind="tinyol").normalize
-    assert "3.norm_mean" in final_on and "3.norm_mean" not in final_off
+    assert "3.norm_mean" in final_on
+    assert "3.norm_mean" not in final_off
     assert float(final_on["3.norm_count"][0]) > 0  # averaged statistics reached the server
     assert not np.allclose(final_on["3.weight"], final_off["3.weight"])
     up_on, up_off = read_rounds(on)[0]["bytes_up"], read_rounds(off)[0]["bytes_up"]

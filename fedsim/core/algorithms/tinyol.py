@@ -40,6 +40,8 @@ __all__ = ["TinyOL"]
 log = logging.getLogger("fedsim.server")
 
 PRETRAINABLE = ("kanjivg", "omniglot", "kws", "har")  # EncoderSpec.dataset's choices
+# episodes of at most as many classes as the background half holds (har: 6 activities, 3 of them)
+AUTO_WAYS = {"har": 3}
 
 
 class TinyOL(Algorithm):
@@ -60,7 +62,7 @@ class TinyOL(Algorithm):
             return self.extractor
         base = dataset.removesuffix("-unseen")
         if self.extractor == "auto" and dataset.endswith("-unseen") and base in PRETRAINABLE:
-            return EncoderSpec(dataset=base)  # type: ignore[arg-type]
+            return EncoderSpec(dataset=base, n_way=AUTO_WAYS.get(base, 5))  # type: ignore[arg-type]
         return None
 
     def learner(self) -> Learner:

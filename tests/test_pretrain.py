@@ -81,6 +81,7 @@ def test_pretrain_refuses_a_dataset_it_cannot_pretrain_on() -> None:
     assert "--dataset: cannot pre-train on 'digits'; use one of kanjivg, omniglot, kws, har" in (
         proc.stderr
     )
+    assert "or character sets joined by '+' (kanjivg+omniglot)" in proc.stderr
 
 
 def test_pooled_encoders_never_see_the_unseen_half(

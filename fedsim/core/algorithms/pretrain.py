@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
@@ -24,10 +24,21 @@ from torch import nn
 
 from fedsim.core.data import cached_arrays
 from fedsim.core.datasets.episodes import CharacterSet, episode, split_alphabets
+from fedsim.core.datasets.omniglot import OneShotRun
 from fedsim.core.models import build_model, encoder_of, get_arrays, set_arrays
 from fedsim.core.seeds import derive_seed
+from fedsim.core.stats import mean_ci95
 
-__all__ = ["EMBEDDING_DIM", "PretrainConfig", "characters", "load_encoder", "pretrain_encoder"]
+__all__ = [
+    "EMBEDDING_DIM",
+    "PretrainConfig",
+    "character_sets",
+    "characters",
+    "load_encoder",
+    "official_runs_error",
+    "pretrain_encoder",
+    "runs_errors",
+]
 
 EMBEDDING_DIM = 64
 VERSION = 1  # bump when the training procedure changes: old checkpoints are not reused
@@ -35,7 +46,9 @@ VERSION = 1  # bump when the training procedure changes: old checkpoints are not
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    dataset: str = "kanjivg"  # a character set (kanjivg, omniglot) or a pooled dataset (kws, har)
+    # a character set (kanjivg, omniglot), a mix of them ("kanjivg+omniglot": the first one's
+    # background alphabets and every character of the others), or a pooled dataset (kws, har)
+    dataset: str = "kanjivg"
     architecture: str = "conv4"
     episodes: int = 2000
     n_way: int = 5
@@ -44,6 +57,8 @@ class PretrainConfig:
     lr: float = 1e-3
     rotations: bool = True
     seed: int = 0
+    # the last episode's learning rate as a fraction of ``lr``, reached along a cosine (1: constant)
+    lr_decay: float = 1.0
 
     def key(self) -> str:
         text = json.dumps({**asdict(self), "version": VERSION}, sort_keys=True)
@@ -51,6 +66,17 @@ class PretrainConfig:
 
 
 CHARACTER_SETS = ("kanjivg", "omniglot")
+
+
+def character_sets(dataset: str) -> tuple[str, ...] | None:
+    """The character sets a Conv-4 encoder trains on (``"kanjivg+omniglot"`` → both; the first is
+    the one whose evaluation alphabets it never sees), or None if ``dataset`` is not such a mix."""
+    names = tuple(dataset.split("+"))
+    if len(set(names)) != len(names) or not set(names) <= set(CHARACTER_SETS):
+        return None
+    return names
+
+
 POOLED = ("kws", "har")  # background/evaluation: a seeded half of the classes each
 
 
@@ -78,26 +104,44 @@ class _Source(Protocol):
 
 
 class _Characters:
-    """Episodes of a character set: background alphabets (with rotation classes if asked) for
-    training, evaluation alphabets for scoring; support and query writers disjoint."""
+    """Episodes of a character set: background alphabets (with rotation classes if asked), and
+    every character of the other sets of a mix (whose evaluation alphabets are not the scored
+    ones: the official Omniglot runs use alphabets no shipped set has), for training; evaluation
+    alphabets for scoring; support and query writers disjoint. A training episode draws its
+    classes from one set, each set equally often (a set's hands are its own)."""
 
     def __init__(self, config: PretrainConfig) -> None:
-        self.chars = characters(config.dataset, config.seed)
+        first, *others = character_sets(config.dataset) or (config.dataset,)
+        self.chars = characters(first, config.seed)
         self.background, self.evaluation = split_alphabets(self.chars, config.seed)
         self.num_features = int(np.prod(self.chars.images.shape[2:]))
-        self.pool: CharacterSet = self.chars
-        self.train_classes = self.background
-        if config.rotations:
-            self.pool = _rotated(self.chars)
-            count = self.chars.images.shape[0]
-            self.train_classes = np.concatenate([self.background + k * count for k in range(4)])
+        self.pools: list[tuple[CharacterSet, NDArray[np.int64]]] = [
+            _training_pool(self.chars, self.background, config.rotations)
+        ]
+        for name in others:
+            chars = characters(name, config.seed)
+            everything = np.arange(chars.images.shape[0], dtype=np.int64)
+            self.pools.append(_training_pool(chars, everything, config.rotations))
 
     def episode(
         self, background: bool, n_way: int, k_shot: int, q: int, rng: np.random.Generator
     ) -> Episode:
         if background:
-            return episode(self.pool, self.train_classes, n_way, k_shot, q, rng)
+            one = len(self.pools) == 1  # one set: no draw, so its episodes stay as they were
+            pool, classes = self.pools[0 if one else int(rng.integers(len(self.pools)))]
+            return episode(pool, classes, n_way, k_shot, q, rng)
         return episode(self.chars, self.evaluation, n_way, k_shot, q, rng)
+
+
+def _training_pool(
+    chars: CharacterSet, classes: NDArray[np.int64], rotations: bool
+) -> tuple[CharacterSet, NDArray[np.int64]]:
+    """``chars`` and the training ``classes`` in it; with ``rotations`` each class rotated by
+    90°, 180° and 270° is a class of its own (4× the classes)."""
+    if not rotations:
+        return chars, classes
+    count = chars.images.shape[0]
+    return _rotated(chars), np.concatenate([classes + k * count for k in range(4)])
 
 
 class _Pooled:
@@ -137,12 +181,13 @@ class _Pooled:
 
 
 def _source(config: PretrainConfig) -> _Source:
-    if config.dataset in CHARACTER_SETS:
+    if character_sets(config.dataset):
         return _Characters(config)
     if config.dataset in POOLED:
         return _Pooled(config)
     raise ValueError(
-        f"pre-training reads a character set ({', '.join(CHARACTER_SETS)}) or a pooled dataset "
+        f"pre-training reads a character set ({', '.join(CHARACTER_SETS)}, or several joined by "
+        f"'+') or a pooled dataset "
         f"({', '.join(POOLED)}), not {config.dataset!r}"
     )
 
@@ -196,6 +241,11 @@ def _train(
     progress: Callable[[int, float], None] | None,
 ) -> None:
     optimizer = torch.optim.Adam(encoder.parameters(), lr=config.lr)
+    schedule = None  # a constant rate takes no scheduler: its runs stay as they were
+    if config.lr_decay != 1.0:
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, max(config.episodes - 1, 1), eta_min=config.lr * config.lr_decay
+        )
     for step in range(config.episodes):
         xs, ys, xq, yq = source.episode(True, config.n_way, config.k_shot, config.q_queries, rng)
         support = encoder(torch.from_numpy(xs).flatten(1))
@@ -205,6 +255,8 @@ def _train(
         optimizer.zero_grad()
         torch.autograd.backward(loss)
         optimizer.step()
+        if schedule is not None:
+            schedule.step()
         if progress is not None:
             progress(step + 1, float(loss.item()))
 
@@ -238,3 +290,36 @@ def few_shot_accuracy(
         scores.append(float((logits.argmax(1).numpy() == yq).mean()))
     values = np.array(scores)
     return float(values.mean()), float(1.96 * values.std(ddof=1) / np.sqrt(len(values)))
+
+
+def runs_errors(
+    embed: Callable[[NDArray[np.float32]], NDArray[np.float32]], runs: Sequence[OneShotRun]
+) -> list[float]:
+    """Each run's error rate: a test image is classified as its nearest training image (squared
+    Euclidean distance between ``embed``'s rows; a tie goes to the first), as Lake et al. score
+    the 20-way 1-shot runs."""
+    errors = []
+    for run in runs:
+        train = embed(run.training[:, None]).astype(np.float64)  # [20, D]
+        test = embed(run.test[:, None]).astype(np.float64)  # [20, D]
+        distances = ((test[:, None, :] - train[None, :, :]) ** 2).sum(-1)  # [test, train]
+        errors.append(float((distances.argmin(1) != run.answers).mean()))
+    return errors
+
+
+def official_runs_error(config: PretrainConfig) -> tuple[float, float, list[float]]:
+    """Mean error of the pre-trained encoder on the 20 official Omniglot 20-way 1-shot runs
+    (evaluation alphabets: never in any training pool here), the half-width of its 95% Student-t
+    interval over the runs, and the per-run errors."""
+    from fedsim.core.datasets.omniglot import load_runs
+
+    encoder = load_encoder(config)
+
+    def embed(images: NDArray[np.float32]) -> NDArray[np.float32]:
+        with torch.no_grad():
+            embedded: NDArray[np.float32] = encoder(torch.from_numpy(images)).numpy()
+        return embedded
+
+    errors = runs_errors(embed, load_runs())
+    mean, half = mean_ci95(errors)
+    return mean, half, errors

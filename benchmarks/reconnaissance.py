@@ -389,7 +389,7 @@ def recurring(s: Stream, rule: str, samples: int, seed: int) -> Measured:
     base = np.isin(y, first)
     extra = {
         "base": float((pred[base] == y[base]).mean()),
-        "max |p - central|": gap,
+        "max distance to central": gap,
         "missions per class": float(appearances.mean()),
     }
     budget = {"device rounds": float((rounds - 1) * s.clients), "bytes up": float(sent)}
@@ -607,8 +607,8 @@ def main(argv: list[str] | None = None) -> int:
             f"recurring across clients and rounds): exact merge {exact_r.mean:.3f}, reference "
             f"blend {blend_r.mean:.3f} ({(blend_r.mean - exact_r.mean) * 100:+.1f} points); "
             "max distance to the central prototypes "
-            f"{exact_r.extra['max |p - central|'][0]:.1e} vs "
-            f"{blend_r.extra['max |p - central|'][0]:.2f}",
+            f"{exact_r.extra['max distance to central'][0]:.1e} vs "
+            f"{blend_r.extra['max distance to central'][0]:.2f}",
             f"wall time {wall:.0f} s",
         ],
     )

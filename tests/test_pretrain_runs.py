@@ -167,3 +167,12 @@ def _fedsim(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
     captured = capsys.readouterr()
     assert not code, captured.err
     return captured.out
+
+
+def test_a_constant_rate_keeps_the_cache_key_it_had_before_lr_decay_existed() -> None:
+    old_default = PretrainConfig("kanjivg", "conv4", 2000, 5, 5, 5, 1e-3, True, 0)
+
+    assert old_default.key() == "1bce648601ad0383"  # its checkpoints stay valid: same training
+    assert PretrainConfig("kanjivg", "conv4", 2000, 5, 5, 5, 1e-3, True, 0, 0.5).key() != (
+        old_default.key()
+    )

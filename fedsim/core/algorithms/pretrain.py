@@ -61,7 +61,10 @@ class PretrainConfig:
     lr_decay: float = 1.0
 
     def key(self) -> str:
-        text = json.dumps({**asdict(self), "version": VERSION}, sort_keys=True)
+        fields = asdict(self)
+        if self.lr_decay == 1.0:  # the constant rate trains as before lr_decay existed: same key
+            del fields["lr_decay"]
+        text = json.dumps({**fields, "version": VERSION}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -118,7 +118,7 @@ def test_lr_decay_ends_at_its_fraction_along_a_cosine_and_1_keeps_the_old_run(
     )
     decayed, rates[:] = list(rates), []
     pretrain.pretrain_encoder(
-        PretrainConfig("omniglot", episodes=3, n_way=2, k_shot=1, q_queries=1, lr=1e-2)
+        PretrainConfig("omniglot", episodes=3, n_way=2, k_shot=1, q_queries=1, lr=1e-2, lr_decay=1)
     )
 
     assert decayed == pytest.approx(
@@ -170,9 +170,29 @@ def _fedsim(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 
 
 def test_a_constant_rate_keeps_the_cache_key_it_had_before_lr_decay_existed() -> None:
-    old_default = PretrainConfig("kanjivg", "conv4", 2000, 5, 5, 5, 1e-3, True, 0)
+    old_default = PretrainConfig("kanjivg", "conv4", 2000, 5, 5, 5, 1e-3, True, 0, lr_decay=1.0)
 
     assert old_default.key() == "1bce648601ad0383"  # its checkpoints stay valid: same training
     assert PretrainConfig("kanjivg", "conv4", 2000, 5, 5, 5, 1e-3, True, 0, 0.5).key() != (
         old_default.key()
     )
+
+
+def test_fedsim_pretrain_defaults_are_the_configs() -> None:
+    import inspect
+
+    from fedsim.cli.pretrain import pretrain as command
+
+    options = inspect.signature(command).parameters
+    assert options["dataset"].default.default == PretrainConfig().dataset
+    help_text = {name: str(options[name].default.help) for name in options}
+    best, pooled = PretrainConfig(), pretrain.POOLED_DEFAULT
+    for name, field in (("episodes", "episodes"), ("way", "n_way"), ("shot", "k_shot")):
+        on_characters, otherwise = getattr(best, field), getattr(pooled, field)
+        assert f"[default: {on_characters} on characters, else {otherwise}]" in help_text[name]
+    assert (
+        f"[default: {best.lr_decay} on characters, else {pooled.lr_decay:g}"
+        in (help_text["lr_decay"])
+    )
+    assert f"[default: {best.q_queries}]" in help_text["query"]
+    assert best.q_queries == pooled.q_queries

@@ -21,18 +21,28 @@ def register(app: typer.Typer) -> None:
 
 def pretrain(
     dataset: str = typer.Option(
-        "kanjivg",
+        "kanjivg+omniglot",
         help="kanjivg or omniglot (Conv-4), kws or har (MLP): its background classes; a mix "
         "such as kanjivg+omniglot adds every character of the sets after the first; "
         "fashion-mnist or mnist-5k: the FedIns ViT backbone (supervised, --episodes steps)",
     ),
-    episodes: int = typer.Option(2000, min=1, help="training episodes"),
-    way: int = typer.Option(5, min=2, help="classes per episode"),
-    shot: int = typer.Option(5, min=1, help="support drawings per class"),
-    query: int = typer.Option(5, min=1, help="query drawings per class"),
+    episodes: int | None = typer.Option(
+        None, min=1, help="training episodes [default: 1500 on characters, else 2000]"
+    ),
+    way: int | None = typer.Option(
+        None, min=2, help="classes per episode [default: 20 on characters, else 5]"
+    ),
+    shot: int | None = typer.Option(
+        None, min=1, help="support drawings per class [default: 1 on characters, else 5]"
+    ),
+    query: int | None = typer.Option(None, min=1, help="query drawings per class [default: 5]"),
     lr: float = typer.Option(1e-3, min=1e-12, help="Adam's learning rate"),
-    lr_decay: float = typer.Option(
-        1.0, min=0.0, max=1.0, help="the last episode's rate as a fraction of --lr (cosine)"
+    lr_decay: float | None = typer.Option(
+        None,
+        min=0.0,
+        max=1.0,
+        help="the last episode's rate as a fraction of --lr, along a cosine "
+        "[default: 0.02 on characters, else 1: constant]",
     ),
     seed: int = typer.Option(0, help="alphabet split, initialisation and episodes"),
     eval_episodes: int = typer.Option(200, min=2, help="scoring episodes on the unseen classes"),
@@ -45,6 +55,7 @@ def pretrain(
     from fedsim.core.algorithms.pretrain import (
         CHARACTER_SETS,
         POOLED,
+        POOLED_DEFAULT,
         PretrainConfig,
         character_sets,
         few_shot_accuracy,
@@ -56,7 +67,7 @@ def pretrain(
 
     check_format(fmt)
     if dataset in BACKBONE_DATASETS:  # FedIns: a supervised ViT backbone (episodes = steps)
-        _pretrain_backbone(dataset, episodes, seed)
+        _pretrain_backbone(dataset, 2000 if episodes is None else episodes, seed)
         return
     character_set = character_sets(dataset) is not None
     if not character_set and dataset not in POOLED:
@@ -67,18 +78,28 @@ def pretrain(
             f"use one of {known}, or character sets joined by '+' (kanjivg+omniglot)",
         )
     architecture = "conv4" if character_set else "mlp-100"
+    base = PretrainConfig() if character_set else POOLED_DEFAULT
     config = PretrainConfig(
-        dataset, architecture, episodes, way, shot, query, lr, seed=seed, lr_decay=lr_decay
+        dataset,
+        architecture,
+        base.episodes if episodes is None else episodes,
+        base.n_way if way is None else way,
+        base.k_shot if shot is None else shot,
+        base.q_queries if query is None else query,
+        lr,
+        seed=seed,
+        lr_decay=base.lr_decay if lr_decay is None else lr_decay,
     )
-    with training_bar("pretrain", "episodes", episodes, err) as progress:
+    with training_bar("pretrain", "episodes", config.episodes, err) as progress:
         pretrain_encoder(config, progress)
     result: dict[str, Any] = {"encoder": str(cache_dir() / f"pretrain-{config.key()}.npz")}
     rows = []
     for k in (1, 5):
-        mean, half = few_shot_accuracy(config, way, k, eval_episodes)
+        mean, half = few_shot_accuracy(config, config.n_way, k, eval_episodes)
         rows.append(
             {
-                "evaluation": f"{way}-way {k}-shot on unseen classes ({eval_episodes} episodes)",
+                "evaluation": f"{config.n_way}-way {k}-shot on unseen classes "
+                f"({eval_episodes} episodes)",
                 "metric": "accuracy",
                 "mean": mean,
                 "ci95": half,

@@ -31,6 +31,7 @@ from fedsim.core.stats import mean_ci95
 
 __all__ = [
     "EMBEDDING_DIM",
+    "POOLED_DEFAULT",
     "PretrainConfig",
     "character_sets",
     "characters",
@@ -46,19 +47,23 @@ VERSION = 1  # bump when the training procedure changes: old checkpoints are not
 
 @dataclass(frozen=True)
 class PretrainConfig:
+    """The defaults are measured on the 20 official Omniglot 20-way 1-shot runs
+    (docs/reproductions/encoder.md): wide 1-shot episodes of KanjiVG's background alphabets and
+    every real Omniglot background character, with a cosine decay, ~5 CPU-minutes."""
+
     # a character set (kanjivg, omniglot), a mix of them ("kanjivg+omniglot": the first one's
     # background alphabets and every character of the others), or a pooled dataset (kws, har)
-    dataset: str = "kanjivg"
+    dataset: str = "kanjivg+omniglot"
     architecture: str = "conv4"
-    episodes: int = 2000
-    n_way: int = 5
-    k_shot: int = 5
+    episodes: int = 1500
+    n_way: int = 20
+    k_shot: int = 1
     q_queries: int = 5
     lr: float = 1e-3
     rotations: bool = True
     seed: int = 0
     # the last episode's learning rate as a fraction of ``lr``, reached along a cosine (1: constant)
-    lr_decay: float = 1.0
+    lr_decay: float = 0.02
 
     def key(self) -> str:
         fields = asdict(self)
@@ -81,6 +86,8 @@ def character_sets(dataset: str) -> tuple[str, ...] | None:
 
 
 POOLED = ("kws", "har")  # background/evaluation: a seeded half of the classes each
+# a pooled dataset has a handful of background classes (kws 6, har 3): narrow episodes
+POOLED_DEFAULT = PretrainConfig("kws", "mlp-100", 2000, 5, 5, 5, lr_decay=1.0)
 
 
 def characters(dataset: str, seed: int) -> CharacterSet:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedsim.core.algorithms.fedins import FedIns
+from fedsim.core.algorithms.fedins import BackboneSpec, FedIns
 from fedsim.core.algorithms.ssf import KEY_STD, FedInsNet, SsfViT, inverted
 
 
@@ -60,10 +60,10 @@ def test_the_backbone_seed_can_be_pinned_across_scenario_seeds(
     from fedsim.core.algorithms.base import ModelTask
 
     monkeypatch.setenv("FEDSIM_CACHE", str(tmp_path))
-    backbone = {"dataset": "mnist-5k", "steps": 2, "dim": 16, "depth": 1}
 
     def built(pin: int | None, scenario_seed: int) -> torch.Tensor:
-        spec = FedIns(kind="fedins", backbone={**backbone, "seed": pin}, entries=1, top_n=1)
+        backbone = BackboneSpec(dataset="mnist-5k", steps=2, dim=16, depth=1, seed=pin)
+        spec = FedIns(kind="fedins", backbone=backbone, entries=1, top_n=1)
         task = ModelTask("ssf-vit", 784, 10, 0, scenario_seed, build=lambda: torch.nn.Identity())
         model = spec.build_model(task)
         assert isinstance(model, FedInsNet)

@@ -62,7 +62,8 @@ class TinyOL(Algorithm):
             return self.extractor
         base = dataset.removesuffix("-unseen")
         if self.extractor == "auto" and dataset.endswith("-unseen") and base in PRETRAINABLE:
-            return EncoderSpec(dataset=base, n_way=AUTO_WAYS.get(base, 5))  # type: ignore[arg-type]
+            ways = {"n_way": AUTO_WAYS[base]} if base in AUTO_WAYS else {}
+            return EncoderSpec(dataset=base, **ways)  # type: ignore[arg-type]
         return None
 
     def learner(self) -> Learner:
@@ -116,7 +117,7 @@ class TinyOL(Algorithm):
         if spec is None:
             return []
         problems: list[Problem] = []
-        unseen = f"{spec.dataset}-unseen"
+        unseen = spec.unseen
         if scenario.task.dataset != unseen:
             problems.append(
                 (
@@ -140,19 +141,7 @@ class TinyOL(Algorithm):
 
 def pretrain_config(spec: EncoderSpec, seed: int) -> PretrainConfig:
     """The cached pre-training ``spec`` stands for (prototype averaging's, for the same spec)."""
-    from fedsim.core.algorithms.pretrain import PretrainConfig
-
-    return PretrainConfig(
-        spec.dataset,
-        spec.architecture,
-        spec.episodes,
-        spec.n_way,
-        spec.k_shot,
-        spec.q_queries,
-        spec.lr,
-        spec.rotations,
-        seed,
-    )
+    return spec.config(seed)
 
 
 def load_extractor(model: nn.Module, spec: EncoderSpec, seed: int) -> None:

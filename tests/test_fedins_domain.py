@@ -100,3 +100,26 @@ def test_fashion_mixed_is_few_shot_two_domain_and_unseen_by_the_backbone() -> No
     assert train <= pool  # only images the backbone never trained on
     assert test <= pool
     assert not train & test
+
+
+@pytest.mark.parametrize(("dataset", "refused"), [("mnist-5k", True), ("fashion-mixed", False)])
+def test_the_domain_oracle_is_refused_where_there_is_no_inverted_half(
+    tmp_path: Path, dataset: str, refused: bool
+) -> None:
+    """On a dataset without inverted images every image reads as plain: the 'oracle' would be
+    federated SSF with a dead entry, reported under the oracle's name."""
+    from fedsim.core.errors import FedsimError
+    from fedsim.core.scenario_load import load_scenario
+
+    path = tmp_path / "oracle.yaml"
+    path.write_text(
+        f"name: oracle\nseed: 0\ntask: {{dataset: {dataset}, model: ssf-vit}}\n"
+        "fleet: {groups: [{profile: rpi4, count: 2}]}\n"
+        "algorithm: {kind: fedins, route: inversion, entries: 2, top_n: 1}\nrounds: 1\n",
+        encoding="utf-8",
+    )
+    if refused:
+        with pytest.raises(FedsimError, match=r"algorithm\.route.*no inverted half"):
+            load_scenario(path)
+    else:
+        assert load_scenario(path).algorithm.kind == "fedins"

@@ -20,6 +20,9 @@ from fedsim.core.algorithms.fedavg import SgdEpochs
 from fedsim.core.reduce import WeightedMean
 from fedsim.core.specs import Spec, Steps, at_most
 
+# the datasets whose instances are plain or inverted (the domain oracle's true domain)
+INVERTED_HALF = ("mnist-mixed", "fashion-mixed")
+
 if TYPE_CHECKING:
     from torch import nn
 
@@ -113,12 +116,23 @@ class FedIns(SgdEpochs):
         return WeightedMean(uniform=self.weighting == "uniform")
 
     def problems(self, scenario: Scenario) -> list[Problem]:
+        problems: list[Problem] = []
         if scenario.task.model != "ssf-vit":
-            return [
+            problems.append(
                 (
                     "task.model",
                     "FedIns inserts SSF into the pre-trained ViT backbone",
                     "set task.model: ssf-vit",
                 )
-            ]
-        return []
+            )
+        if self.route == "inversion" and scenario.task.dataset not in INVERTED_HALF:
+            # elsewhere every image reads as "plain": entry 1 would never train, silently
+            problems.append(
+                (
+                    "algorithm.route",
+                    f"route: inversion routes by the inverted half of "
+                    f"{' or '.join(INVERTED_HALF)}; {scenario.task.dataset} has no inverted half",
+                    "use route: keys, or task.dataset: " + " or ".join(INVERTED_HALF),
+                )
+            )
+        return problems

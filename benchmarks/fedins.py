@@ -46,6 +46,8 @@ from benchmarks.repro import (
     Reproduction,
     Row,
     Store,
+    digest,
+    edge_note,
     one_thread,
     row_of,
     tune,
@@ -172,24 +174,9 @@ def _per_domain(spec: Mapping[str, Any], out: Path) -> dict[str, float]:
     return extra
 
 
-class _MissingError(Exception):
-    pass
-
-
-def _stored(store: Store, key: Mapping[str, Any]) -> bool:
-    def missing() -> Measured:
-        raise _MissingError
-
-    try:
-        store.get(key, missing)
-    except _MissingError:
-        return False
-    return True
-
-
 def _run_all(store: Store, jobs: list[tuple[dict[str, Any], dict[str, Any]]], workers: int) -> None:
     """Run the jobs the store lacks, ``workers`` at a time, storing each as it finishes."""
-    todo = [(k, spec) for k, spec in jobs if not _stored(store, k)]
+    todo = [(k, spec) for k, spec in jobs if not store.has(k)]
     if not todo:
         return
     print(f"{len(todo)} runs to do, {workers} at a time", flush=True)
@@ -213,7 +200,9 @@ def reproduce(s: Setting, store: Store, workers: int, command: str) -> Reproduct
     def job(
         method: str, lr: float, seed: int, beta: float
     ) -> tuple[dict[str, Any], dict[str, Any]]:
-        return _job_key(s, method, lr, seed, beta), scenario(s, method, lr, seed, beta)
+        spec = scenario(s, method, lr, seed, beta)
+        # the generated scenario holds every setting, module constants included
+        return {**_job_key(s, method, lr, seed, beta), "scenario": digest(spec)}, spec
 
     def tuned(method: str, lr: float) -> float:
         return store.get(*_pair(job(method, lr, TUNE_SEED, s.tune_beta))).score
@@ -229,7 +218,7 @@ def reproduce(s: Setting, store: Store, workers: int, command: str) -> Reproduct
     for b in s.betas:
         for m in s.methods:
             runs = [store.get(*_pair(job(m, lrs[m], seed, b))) for seed in range(s.seeds)]
-            rows[(b, m)] = row_of(f"β={b:g} · {m}", lrs[m], runs)
+            rows[(b, m)] = row_of(f"β={b:g} · {m}", lrs[m], runs, edge_note(s.grid, lrs[m]))
     return _table(s, rows, command)
 
 

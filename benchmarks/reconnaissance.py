@@ -502,6 +502,11 @@ def main(argv: list[str] | None = None) -> int:
         "train": args.train,
         "test": args.test,
         "encoder": config.key(),
+        # every setting a method reads: a changed one never reuses a stored run
+        "epochs": args.epochs,
+        "central_epochs": args.central_epochs,
+        "exemplars": args.exemplars,
+        "recur_samples": args.recur_samples,
     }
     streams: dict[int, Stream] = {}
 

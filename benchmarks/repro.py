@@ -30,6 +30,8 @@ __all__ = [
     "Reproduction",
     "Row",
     "Store",
+    "digest",
+    "edge_note",
     "fmt_ci",
     "row_of",
     "tune",
@@ -68,6 +70,10 @@ class Store:
     def key(parts: Mapping[str, Any]) -> str:
         return json.dumps(dict(parts), sort_keys=True, default=str)
 
+    def has(self, parts: Mapping[str, Any]) -> bool:
+        """Whether the run for ``parts`` is stored (a parallel runner runs only the others)."""
+        return self.key(parts) in self._runs
+
     def get(self, parts: Mapping[str, Any], run: Callable[[], Measured]) -> Measured:
         """The stored run for ``parts``, or ``run()``'s, stored before it is returned."""
         key = self.key(parts)
@@ -104,6 +110,24 @@ def tune(
         if s > best_score:
             best, best_score = lr, s
     return best
+
+
+def digest(spec: Mapping[str, Any]) -> str:
+    """A short hash of everything that determines a run (e.g. its generated scenario), for store
+    keys: a run is never reused for a setting that differs in any key, named or not."""
+    import hashlib
+
+    text = json.dumps(dict(spec), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def edge_note(grid: Sequence[float], lr: float) -> str:
+    """A warning for a rate tuned to the grid's edge: the best may lie beyond it, so a ranking
+    that depends on that method is provisional (said in the row, not hidden)."""
+    if len(grid) > 1 and lr in (min(grid), max(grid)):
+        side = "top" if lr == max(grid) else "bottom"
+        return f"lr at the grid's {side} edge"
+    return ""
 
 
 @dataclass(frozen=True)

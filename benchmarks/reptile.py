@@ -50,12 +50,23 @@ import yaml
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
-from benchmarks.repro import TUNE_SEED, Measured, Reproduction, Row, Store, one_thread, row_of
+from benchmarks.repro import (
+    TUNE_SEED,
+    Measured,
+    Reproduction,
+    Row,
+    Store,
+    digest,
+    edge_note,
+    one_thread,
+    row_of,
+)
+from fedsim.core.algorithms.tinyreptile import SERIAL_EPSILON
 from fedsim.core.scenario_load import load_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / "scenarios" / "meta" / "omniglot-tinyreptile.yaml"
-LRS: tuple[float, ...] = (0.02, 0.05, 0.1)
+LRS: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.4)
 EPSILONS: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0)
 METAFED: tuple[tuple[int, float], ...] = (
     (1, 0.1),
@@ -169,7 +180,15 @@ class Bench:
         self.store, self.base, self.budget = store, base, budget
 
     def key(self, m: Method, lr: float, seed: int) -> dict[str, Any]:
-        return {"method": m.label, "lr": lr, "seed": seed, "budget": self.budget}
+        scenario = digest(_scenario(self.base, m, lr, seed, self.budget))
+        return {
+            "method": m.label,
+            "lr": lr,
+            "seed": seed,
+            "budget": self.budget,
+            "scenario": scenario,
+            "serial_epsilon": SERIAL_EPSILON,  # the engine's default ε, which no scenario names
+        }
 
     def one(self, m: Method, lr: float, seed: int) -> Measured:
         scenario = _scenario(self.base, m, lr, seed, self.budget)
@@ -177,7 +196,7 @@ class Bench:
 
     def prefetch(self, jobs: list[tuple[Method, float, int]]) -> None:
         """Run the jobs not stored yet, ``WORKERS`` at a time (each run is one process)."""
-        todo = [j for j in jobs if self.store.key(self.key(*j)) not in self.store._runs]
+        todo = [j for j in jobs if not self.store.has(self.key(*j))]
         if len(todo) < 2 or WORKERS < 2:
             return
         context = multiprocessing.get_context("spawn")  # torch and fork do not mix
@@ -281,7 +300,7 @@ def run_budget(store: Store, base: dict[str, Any], budget: int) -> Part:
     rows, reached, per_round = [], {}, {}
     for label, (lr, measured) in runs.items():
         reached[label] = _to_target(measured, target)
-        row = _row(label, lr, measured)
+        row = _row(label, lr, measured, edge_note(LRS, lr))
         per_round[label] = (row.budget["bytes up / dev-round"], row.budget["mJ / dev-round"])
         to = reached[label]
         row.budget.update(
@@ -358,11 +377,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fresh", action="store_true", help="forget the stored runs")
     parser.add_argument("--budgets", default="2000", help="device rounds, comma-separated")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "repro-reptile")
+    parser.add_argument(
+        "--grid",
+        type=float,
+        nargs="+",
+        default=None,
+        help="learning rates (default: 0.02 0.05 0.1 0.2 0.4)",
+    )
     args = parser.parse_args(argv)
     one_thread()
     global LRS, EPSILONS, METAFED, SEEDS
     budgets = [int(b) for b in args.budgets.split(",")]
     out = args.out
+    if args.grid:
+        LRS = tuple(sorted(args.grid))
     if args.quick:
         budgets, out = [100], out / "quick"
         LRS, EPSILONS, METAFED, SEEDS = (0.05,), (0.25, 1.0), METAFED[:1], 2
@@ -373,6 +401,9 @@ def main(argv: list[str] | None = None) -> int:
     for budget in budgets:
         part = run_budget(store, base, budget)
         word, notes = verdict(part)
+        edged = [r.method for r in part.rows if r.note.startswith("lr at")]
+        if edged:
+            word += f" (provisional: {', '.join(edged)} tuned to the grid's edge; widen --grid)"
         notes.append(f"no federation (held-out devices adapt θ₀ online): {local:.3f}")
         notes.append(f"wall time {time.perf_counter() - started:.0f} s (runs already stored: 0 s)")
         Reproduction(

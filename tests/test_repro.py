@@ -45,3 +45,24 @@ def test_rows_give_student_t_intervals_and_the_table_names_claim_and_verdict(
     assert "it works" in text
     assert "0.600 ± 1.271" in text
     assert "not reproduced" in text
+
+
+def test_a_run_is_keyed_by_everything_that_determines_it(tmp_path: Path) -> None:
+    from benchmarks.repro import digest
+
+    store = Store(tmp_path / "runs.jsonl")
+    a = {"method": "m", "scenario": digest({"rounds": 10, "algorithm": {"lr": 0.1}})}
+    b = {"method": "m", "scenario": digest({"rounds": 20, "algorithm": {"lr": 0.1}})}
+    store.get(a, lambda: Measured(0.5))
+    assert store.has(a)
+    assert not store.has(b)  # another setting under the same label is not reused
+    assert digest({"x": 1, "y": 2}) == digest({"y": 2, "x": 1})
+
+
+def test_a_rate_tuned_to_the_grids_edge_is_flagged() -> None:
+    from benchmarks.repro import edge_note
+
+    assert edge_note([0.01, 0.1, 1.0], 1.0) == "lr at the grid's top edge"
+    assert edge_note([0.01, 0.1, 1.0], 0.01) == "lr at the grid's bottom edge"
+    assert edge_note([0.01, 0.1, 1.0], 0.1) == ""
+    assert edge_note([0.1], 0.1) == ""  # a single rate is no grid

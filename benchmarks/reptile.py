@@ -17,7 +17,8 @@ each once, then are scored on their other drawings. Methods:
   serial TinyReptile has rounds (so it uses 10× the device rounds): a properly trained joint model
   (on ESP32-S3 boards over BLE: a batch of 50 does not fit a Nano 33's 256 KB);
 * **tinymetafed**: serial, local head reconstructed from zero on the first batch (1 or 5 passes),
-  then the body on the next 4, top-P upload (P swept: 0.1, 0.25); held-out devices train the head
+  then the body on the next 4, top-P upload (P swept: 0.1, 0.25; ε0 fixed at the serial default
+  0.25, not swept); held-out devices train the head
   alone on their first 10 support samples, then everything (on ESP32-S3 boards over BLE: the copy
   of θ_g it keeps to compute its sparse change does not fit a Nano 33's 256 KB);
 * **no federation**: held-out devices adapt the untrained θ₀.

@@ -91,7 +91,7 @@ class EncoderSpec(Spec):
     q_queries: _PerEpisode = Field(5, ge=1)
     lr: float = Field(1e-3, gt=0.0)
     lr_decay: float = Field(
-        0.02, gt=0.0, le=1.0, description="last episode's rate as a fraction of lr (1: constant)"
+        0.02, ge=0.0, le=1.0, description="last episode's rate as a fraction of lr (1: constant)"
     )
     rotations: bool = True
 

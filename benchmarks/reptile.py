@@ -67,7 +67,7 @@ from fedsim.core.scenario_load import load_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / "scenarios" / "meta" / "omniglot-tinyreptile.yaml"
-LRS: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.4)
+LRS: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6)  # 0.1 and 0.4 were edges
 EPSILONS: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0)
 METAFED: tuple[tuple[int, float], ...] = (
     (1, 0.1),
@@ -383,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         nargs="+",
         default=None,
-        help="learning rates (default: 0.02 0.05 0.1 0.2 0.4)",
+        help="learning rates (default: 0.02 0.05 0.1 0.2 0.4 0.8 1.6)",
     )
     args = parser.parse_args(argv)
     one_thread()

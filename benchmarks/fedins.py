@@ -74,7 +74,7 @@ class Setting:
     betas: tuple[float, ...] = (0.2, 0.1, 0.5)  # the reference setting's β first
     tune_beta: float = 0.2
     seeds: int = 3
-    grid: tuple[float, ...] = (0.01, 0.03, 0.1)
+    grid: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0)  # 0.1 was the first grid's edge
     clients: int = 5
     rounds: int = 10
     local_epochs: int = 2
@@ -306,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         "--grid",
         type=float,
         nargs="+",
-        help="the learning rates to tune on (default 0.01 0.03 0.1)",
+        help="the learning rates to tune on (default 0.01 0.03 0.1 0.3 1.0)",
     )
     parser.add_argument("--fresh", action="store_true", help="forget the stored runs")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (processes)")

@@ -61,6 +61,7 @@ from benchmarks.repro import (
     edge_note,
     one_thread,
     row_of,
+    tune,
 )
 from fedsim.core.algorithms.tinyreptile import SERIAL_EPSILON
 from fedsim.core.scenario_load import load_scenario
@@ -214,9 +215,7 @@ class Bench:
                 self.store.get(self.key(*futures[future]), _given(future.result()))
 
     def tuned(self, m: Method) -> float:
-        scores = {lr: self.one(m, lr, TUNE_SEED).score for lr in LRS}
-        good = {lr: s for lr, s in scores.items() if math.isfinite(s)}
-        return max(good, key=lambda lr: good[lr]) if good else min(LRS)
+        return tune(LRS, lambda lr: self.one(m, lr, TUNE_SEED).score)
 
     def seeds(self, m: Method, lr: float) -> list[Measured]:
         return [self.one(m, lr, seed) for seed in range(SEEDS)]

@@ -89,6 +89,8 @@ class _Figure:
 PROFILE_FIGURES = (
     _Figure("name", "name", "fedsim:profileName", _text),
     _Figure("label", "label", "rdfs:label", _text),
+    _Figure("board", "board", "fedsim:boardName", _text),
+    _Figure("soc", "soc", "fedsim:socName", _text),
     _Figure("core", "core", "fedsim:core", _text),
     _Figure("cores", "cores", "fedsim:coreCount", _integer),
     _Figure("clock_mhz", "clock", "fedsim:clockMHz", _number),

@@ -93,6 +93,7 @@ class FEDSIM(DefinedNamespace):
     scenarioName: URIRef
     scenarioSha256: URIRef
     serialPort: URIRef
+    socName: URIRef
     sramBytes: URIRef
     status: URIRef
     throughputBps: URIRef

@@ -30,6 +30,8 @@ def _profile(**changes: object) -> DeviceProfile:
     figures: dict[str, object] = {
         "name": "board",
         "label": "Board",
+        "board": "Board",
+        "soc": "SoC",
         "core": "Cortex-M4F",
         "cores": 1,
         "clock_mhz": 100.0,

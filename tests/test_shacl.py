@@ -48,6 +48,7 @@ HEADER = """\
 VALID = """
 dev:test-board a fedsim:DeviceProfile ;
     fedsim:profileName "test-board" ; rdfs:label "Test Board (nRF52840)" ;
+    fedsim:boardName "Test Board" ; fedsim:socName "nRF52840" ;
     fedsim:core "Cortex-M4F" ; fedsim:coreCount 1 ; fedsim:clockMHz 64.0 ;
     fedsim:sramBytes 262144 ; fedsim:flashBytes 1048576 ; fedsim:hasFPU true ;
     fedsim:activePowerMilliwatts 9.9 ; fedsim:idlePowerMilliwatts 0.009 ; fedsim:powerSource "ps" ;

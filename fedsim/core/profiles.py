@@ -44,6 +44,8 @@ class DeviceProfile(_Value):
 
     name: str = Field(description="short id used in scenarios, e.g. 'nano33-ble-sense'")
     label: str
+    board: str = Field(min_length=1, description="as vendors and MLPerf Tiny write it")
+    soc: str = Field(min_length=1, description="the chip the figures are of, e.g. 'STM32L4R5ZI'")
     core: str
     cores: int = Field(ge=1)
     clock_mhz: float = Field(gt=0)

@@ -45,6 +45,7 @@ DATASETS.lazy("fashion-mnist", "fedsim.core.datasets.images:FASHION_MNIST_SOURCE
 DATASETS.lazy("omniglot", "fedsim.core.datasets.omniglot:SOURCE")
 DATASETS.lazy("kanjivg", "fedsim.core.datasets.kanjivg:SOURCE")
 DATASETS.lazy("kws", "fedsim.core.datasets.kws:SOURCE")
+DATASETS.lazy("kws-mfcc", "fedsim.core.datasets.kws_mfcc:SOURCE")
 DATASETS.lazy("har", "fedsim.core.datasets.har:SOURCE")
 DATASETS.lazy("presence", "fedsim.core.datasets.presence:SOURCE")
 DATASETS.lazy("sine", "fedsim.core.datasets.sine:SOURCE")

@@ -193,6 +193,13 @@ def _ssf_vit() -> Builder:
     return build
 
 
+# The MLPerf Tiny reference models, in their own module, imported on first use
+MODELS.lazy("mlperf-kws", "fedsim.core.mlperf_models:build_kws")
+MODELS.lazy("mlperf-vww", "fedsim.core.mlperf_models:build_vww")
+MODELS.lazy("mlperf-ic", "fedsim.core.mlperf_models:build_ic")
+MODELS.lazy("mlperf-ad", "fedsim.core.mlperf_models:build_ad")
+
+
 def encoder_of(model: nn.Module) -> nn.Module:
     """The model without its last layer (a ``Sequential``'s feature extractor)."""
     from torch import nn

@@ -20,14 +20,51 @@ DESIGN_PROFILES = {
 }
 
 
-def test_catalog_has_the_six_design_profiles_with_datasheet_figures() -> None:
+# Boards with MLPerf Tiny results (issue 24): name: (board, SoC, core, clock MHz, SRAM KiB, FPU)
+MLPERF_TINY_PROFILES = {
+    "nucleo-l4r5zi": ("NUCLEO-L4R5ZI", "STM32L4R5ZI", "Cortex-M4F", 120, 640, True),
+    "nucleo-h7a3zi-q": ("NUCLEO-H7A3ZI-Q", "STM32H7A3ZI", "Cortex-M7", 280, 1376, True),
+    "nrf5340-dk": ("nRF5340 DK", "nRF5340", "Cortex-M33", 128, 512, True),
+    "nucleo-u575zi-q": ("NUCLEO-U575ZI-Q", "STM32U575ZI", "Cortex-M33", 160, 784, True),
+    "nucleo-g0b1re": ("NUCLEO-G0B1RE", "STM32G0B1RE", "Cortex-M0+", 64, 144, False),
+    "ek-ra8d1": ("EK-RA8D1", "R7FA8D1AHECBD", "Cortex-M85", 480, 1024, True),
+    "cy8cproto-062-4343w": ("CY8CPROTO-062-4343W", "PSoC 62", "Cortex-M4F", 150, 1024, True),
+    "b-u585i-iot02a": ("B-U585I-IOT02A", "STM32U585AI", "Cortex-M33", 160, 784, True),
+    "ek-ra6m4": ("EK-RA6M4", "R7FA6M4AF3CFB", "Cortex-M33", 200, 256, True),
+    "nucleo-u385rg-q": ("NUCLEO-U385RG-Q", "STM32U385RG", "Cortex-M33", 96, 256, True),
+    "nucleo-u3c5zi-q": ("NUCLEO-U3C5ZI-Q", "STM32U3C5ZI", "Cortex-M33", 96, 640, True),
+    "numaker-m467hj": ("NuMaker-M467HJ", "M467HJHAN", "Cortex-M4F", 200, 512, True),
+    "xg24-dk2601b": ("xG24-DK2601B", "EFR32MG24B310F1536IM48", "Cortex-M33", 78, 256, True),
+}
+
+
+def test_catalog_has_the_design_and_mlperf_tiny_profiles_with_datasheet_figures() -> None:
     profiles = {p.name: p for p in default_registry().profiles()}
 
-    assert set(profiles) == set(DESIGN_PROFILES)
+    assert set(profiles) == set(DESIGN_PROFILES) | set(MLPERF_TINY_PROFILES)
     for name, (cores, clock, sram, fpu) in DESIGN_PROFILES.items():
         p = profiles[name]
         assert (p.cores, p.clock_mhz, p.sram_bytes, p.fpu) == (cores, clock, sram, fpu), name
         assert p.source  # every figure has its source noted
+
+
+def test_every_profile_names_its_board_and_soc() -> None:
+    profiles = default_registry().profiles()
+
+    assert all(p.board.strip() and p.soc.strip() for p in profiles)
+    assert default_registry().profile("rpi4").board == "Raspberry Pi 4 Model B"
+
+
+@pytest.mark.parametrize("name", sorted(MLPERF_TINY_PROFILES))
+def test_mlperf_tiny_profiles_load_with_their_core_and_clock(name: str) -> None:
+    board, soc, core, clock, sram_kib, fpu = MLPERF_TINY_PROFILES[name]
+
+    p = default_registry().profile(name)
+
+    assert (p.board, p.soc, p.core, p.clock_mhz) == (board, soc, core, clock)
+    assert (p.sram_bytes, p.fpu, p.cores) == (sram_kib * 1024, fpu, 1)
+    assert "mlcommons/tiny_results_v" in p.source  # the system description it appears in
+    assert "issue 24" in p.cycles_source  # an estimate until calibrated
 
 
 DESIGN_LINKS = {
@@ -50,7 +87,7 @@ def test_links_are_read_sorted_by_kind_with_their_power() -> None:
     assert wifi.tx_mw > wifi.rx_mw > 0  # transmitting costs more than receiving
 
 
-@pytest.mark.parametrize("name", sorted(DESIGN_PROFILES))
+@pytest.mark.parametrize("name", sorted(DESIGN_PROFILES | MLPERF_TINY_PROFILES.keys()))
 def test_every_profile_has_power_cycles_and_sourced_links(name: str) -> None:
     p = default_registry().profile(name)
 
@@ -107,7 +144,7 @@ def test_unknown_link_type_lists_known_and_suggests() -> None:
 def test_unknown_profile_lists_known_and_suggests() -> None:
     with pytest.raises(
         FedsimError,
-        match=r"^x: unknown profile 'rpi5'; known: esp32-s3, .* "
+        match=r"^x: unknown profile 'rpi5'; known: b-u585i-iot02a, .*esp32-s3, .* "
         r"\(did you mean 'rpi4'\?\)$",
     ):
         default_registry().profile("rpi5", "x")
@@ -116,6 +153,7 @@ def test_unknown_profile_lists_known_and_suggests() -> None:
 PREFIXES = (CATALOG_DIR / "devices.ttl").read_text().split("dev:nano33-ble-sense")[0]
 TINY = (
     'dev:tiny a fedsim:DeviceProfile ; fedsim:profileName "tiny" ; rdfs:label "Tiny" ;\n'
+    '  fedsim:boardName "Tiny Board" ; fedsim:socName "Tiny SoC" ;\n'
     '  fedsim:core "M0" ; fedsim:coreCount 1 ; fedsim:clockMHz 48.0 ; fedsim:sramBytes 32768 ;\n'
     '  fedsim:flashBytes 262144 ; fedsim:hasFPU false ; fedsim:figureSource "test" ;\n'
     "  fedsim:activePowerMilliwatts 10.0 ; fedsim:idlePowerMilliwatts 0.01 ;\n"

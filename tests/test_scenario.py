@@ -104,7 +104,7 @@ def _error_lines(path: Path) -> list[str]:
                 }
             },
             r"s\.yaml:\d+: fleet\.groups\[1\]\.profile: unknown profile 'esp32-s4'; "
-            r"known: esp32-s3, .*\(did you mean 'esp32-s3'\?\)$",
+            r"known: b-u585i-iot02a, .*esp32-s3, .*\(did you mean 'esp32-s3'\?\)$",
         ),
         (
             {"fleet": {"groups": [{"profile": "rpi4", "count": 0}]}},

@@ -123,3 +123,23 @@ def test_prototype_averaging_adds_class_sums_like_the_oracle() -> None:
     assert result[0] is start[0]  # the encoder's arrays pass through untouched
     np.testing.assert_allclose(result[1], expected_sums, rtol=1e-6)
     np.testing.assert_array_equal(result[2], expected_counts)
+
+
+def test_a_zero_dimensional_tensor_stays_an_array_through_pack() -> None:
+    """BatchNorm's num_batches_tracked is a 0-d tensor: times a weight it became a numpy scalar,
+    which Flower's Array refused when the cohort engine packed the partial (every round of a
+    BatchNorm model failed). Packed values must be arrays."""
+    from flwr.app import Array
+
+    mean = WeightedMean()
+    partial = mean.zero()
+    for n in (3, 5):
+        partial = mean.accumulate(partial, ([np.ones(2), np.asarray(7.0)], n))
+    packed = mean.pack(partial)
+    assert all(isinstance(v, np.ndarray) for v in packed.values())
+    for value in packed.values():
+        Array(value)  # what the cohort engine sends
+    final = mean.finalize([np.zeros(2), np.asarray(0.0)], mean.unpack(packed))
+    assert isinstance(final[1], np.ndarray)
+    assert final[1].shape == ()
+    assert float(final[1]) == 7.0

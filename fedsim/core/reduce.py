@@ -104,8 +104,10 @@ class WeightedMean:
             raise ValueError(f"negative example count {weight}")
         if self.uniform:
             weight = 1
+        # np.asarray around the product: a 0-d tensor (BatchNorm's num_batches_tracked) times a
+        # float is a numpy scalar, which Flower's Array refuses when the partial is packed
         scaled = tuple(
-            np.asarray(a, dtype=np.float64) * weight if t else np.zeros(np.shape(a))
+            np.asarray(np.asarray(a, dtype=np.float64) * weight) if t else np.zeros(np.shape(a))
             for a, t in zip(arrays, trained, strict=True)
         )
         weights = tuple(float(weight) if t else 0.0 for t in trained)
@@ -118,7 +120,7 @@ class WeightedMean:
             return left
         if len(left.sums) != len(right.sums):
             raise ValueError(f"cannot merge {len(left.sums)} tensors with {len(right.sums)}")
-        sums = tuple(a + b for a, b in zip(left.sums, right.sums, strict=True))
+        sums = tuple(np.asarray(a + b) for a, b in zip(left.sums, right.sums, strict=True))
         weights = tuple(a + b for a, b in zip(left.weights, right.weights, strict=True))
         return WeightedSum(sums, left.weight + right.weight, weights)
 
@@ -126,7 +128,7 @@ class WeightedMean:
         if not partial.sums or partial.weight == 0:
             return global_state
         return [
-            (s / w).astype(np.float32) if w > 0 else global_state[i]
+            np.asarray(s / w, dtype=np.float32) if w > 0 else global_state[i]
             for i, (s, w) in enumerate(zip(partial.sums, partial.weights, strict=True))
         ]
 

@@ -13,11 +13,28 @@ from typing import Any
 
 import typer
 
-from fedsim.cli.format import FormatOpt, Records, check_format, out, print_records, size_text
+from fedsim.cli.format import (
+    FormatOpt,
+    Records,
+    check_format,
+    out,
+    print_json,
+    print_records,
+    size_text,
+)
 from fedsim.core.errors import FedsimError
 from fedsim.core.out_path import check_out
 
-__all__ = ["attach", "devices_app", "emulate", "info", "profiles", "register", "scan"]
+__all__ = [
+    "attach",
+    "devices_app",
+    "emulate",
+    "info",
+    "predict",
+    "profiles",
+    "register",
+    "scan",
+]
 
 devices_app = typer.Typer(
     help="Device profiles from the RDF catalog, and real devices on serial ports.",
@@ -57,6 +74,9 @@ def profiles(
 
     check_format(fmt)
     registry = default_registry()
+    if fmt != "table" and model is None:
+        print_records(_profile_records(registry), fmt)
+        return
     columns = ["profile", "core", "clock", "SRAM", "flash", "FPU", "power", "cycles/MAC", "links"]
     rows = [
         dict(
@@ -106,6 +126,97 @@ def profiles(
     )
     out.print()
     print_records(tables[1], fmt)
+
+
+def _profile_records(registry: Any) -> list[Records]:
+    """The profiles and link types as plain values (numbers in canonical units) for a pipe."""
+    columns = [
+        "name",
+        "board",
+        "soc",
+        "core",
+        "cores",
+        "clock_mhz",
+        "sram_bytes",
+        "flash_bytes",
+        "fpu",
+        "active_mw",
+        "idle_mw",
+        "cycles_per_mac",
+        "links",
+    ]
+    rows = [
+        {**p.model_dump(include=set(columns)), "links": ",".join(p.radios)}
+        for p in registry.profiles()
+    ]
+    links = [t.model_dump() for t in registry.link_types()]
+    link_columns = ["kind", "label", "throughput_bps", "latency_s", "mtu_bytes"]
+    return [Records(rows, columns, "profiles"), Records(links, link_columns, "links")]
+
+
+@devices_app.command("predict")
+def predict(
+    model: str = typer.Option(..., "--model", help="mlperf-kws|vww|ic|ad, or a zoo model"),
+    profile: str = typer.Option(..., "--profile", help="a device profile, e.g. nucleo-l4r5zi"),
+    precision: str = typer.Option("int8", "--precision", help="int8, float16 or float32"),
+    kernels: str | None = typer.Option(
+        None,
+        "--kernels",
+        help="kernel library: cmsis-nn (int8 default), reference, x-cube-ai, "
+        "plumerai, hale, microtvm, onnc, leip, fedsim-c (float32 default)",
+    ),
+    dataset: str | None = typer.Option(None, help="the dataset fixing a zoo model's input"),
+    fmt: str = FormatOpt,
+) -> None:
+    """Predict a model's inference latency and energy, flash and arena, and a training step on a
+    profile, each with where its figure comes from (calibrated on MLPerf Tiny, measured under
+    QEMU, datasheet or estimate). ``--format json`` prints one object."""
+    from devices.predict import model_input, predict_costs
+    from ontology.registry import default_registry
+
+    check_format(fmt)
+    found = default_registry().profile(profile, "--profile")
+    costs = predict_costs(found, model_input(model, dataset), precision, kernels)
+    if fmt == "json":
+        print_json(costs)
+        return
+    keys = [
+        ("inference_latency_ms", "inference latency", "ms"),
+        ("inference_energy_uj", "inference energy", "µJ"),
+        ("flash_bytes", "flash", "bytes"),
+        ("arena_bytes", "arena", "bytes"),
+        ("train_latency_ms_per_sample", "training, per sample", "ms"),
+        ("train_energy_uj_per_sample", "training energy, per sample", "µJ"),
+        ("train_ram_bytes", "training RAM (float32, batch 1)", "bytes"),
+    ]
+    sources = costs["sources"]
+    rows = [
+        {
+            "figure": label,
+            "value": f"{costs[key]:,.4g}" if isinstance(costs[key], float) else f"{costs[key]:,}",
+            "unit": unit,
+            "basis": sources.get(key, {}).get("basis", "counted"),
+        }
+        for key, label, unit in keys
+    ]
+    measured = costs["measured"]
+    if measured is not None:
+        rows.append(
+            {
+                "figure": f"published ({measured['round']} {measured['system']})",
+                "value": f"{measured['latency_ms']:.4g}",
+                "unit": "ms",
+                "basis": "measured",
+            }
+        )
+    columns = ["figure", "value", "unit", "basis"]
+    title = (
+        f"{costs['model']} on {costs['profile']} ({costs['core']} at {costs['clock_mhz']:g} MHz), "
+        f"{costs['precision']}, {costs['kernels']} kernels"
+    )
+    print_records(Records(rows, columns, title=title), fmt)
+    if fmt == "table":
+        out.print(f"inference figure: {sources['inference_latency_ms']['detail']}")
 
 
 def _add_fits(

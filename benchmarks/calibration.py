@@ -47,23 +47,37 @@ ROOT = Path(__file__).resolve().parent.parent
 def _profiles() -> dict[str, DeviceProfile]:
     from ontology.registry import default_registry
 
-    return {board_key(p.board): p for p in default_registry().profiles()}
+    profiles: dict[str, DeviceProfile] = {}
+    for p in default_registry().profiles():
+        key = board_key(p.board)
+        if key in profiles:
+            raise SystemExit(f"profiles {profiles[key].name} and {p.name} match the same board")
+        profiles[key] = p
+    return profiles
 
 
 def rows(
-    results: Sequence[Result], figures: Sequence[KernelFigure], profiles: dict[str, DeviceProfile]
+    results: Sequence[Result],
+    figures: Sequence[KernelFigure],
+    profiles: dict[str, DeviceProfile],
+    skipped: list[str],
 ) -> list[dict[str, object]]:
-    """One row per result on a profiled board that the figures can predict."""
+    """One row per result on a profiled board that the figures can predict (``skipped`` gains
+    the others on profiled boards)."""
     table = []
     for r in results:
         profile = profiles.get(board_key(r.board))
         if profile is None:
+            continue
+        if r.kernels == "other":  # an accelerator or an unknown library: not the core's work
+            skipped.append(f"{r.round} {r.system} {r.benchmark} (not on the core alone)")
             continue
         try:
             p = predict(
                 figures, r.core, r.precision, r.kernels, benchmark_macs(r.benchmark), r.clock_mhz
             )
         except LookupError:
+            skipped.append(f"{r.round} {r.system} {r.benchmark}")
             continue
         energy = profile.active_mw * p.latency_ms  # mW × ms = µJ
         table.append(
@@ -176,13 +190,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     profiles = _profiles()
     measured = training_figures()
-    table = rows(results, fit_figures(results) + measured, profiles)
-    pooled = rows(results, fit_figures(results, newest=False) + measured, profiles)
+    skipped: list[str] = []
+    table = rows(results, fit_figures(results) + measured, profiles, skipped)
+    pooled = rows(results, fit_figures(results, newest=False) + measured, profiles, [])
     alternatives = {
         "each library's newest fit round (used)": medians(table),
         "every fit round pooled": medians(pooled),
     }
     text = render(table, alternatives)
+    if skipped:
+        text += f"\n\nLeft out: {'; '.join(skipped)}."
     publish(text, args.out, "calibration.md")
     (args.out / "calibration.json").write_text(json.dumps(table, indent=1) + "\n", encoding="utf-8")
     return 0

@@ -30,6 +30,8 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from fedsim.core.errors import FedsimError
+
 __all__ = [
     "LAYER_KINDS",
     "PRECISION_BYTES",
@@ -119,6 +121,48 @@ def _aliases(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     return False
 
 
+# layers and functions that multiply-accumulate but that this count does not model: refused, so
+# that no model is silently counted as free
+_UNCOUNTED_MODULES = (
+    nn.Conv1d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+    nn.MultiheadAttention,
+    nn.RNNBase,
+    nn.Bilinear,
+)
+_UNCOUNTED_FUNCTIONS = {
+    torch.matmul,
+    torch.bmm,
+    torch.mm,
+    torch.einsum,
+    operator.matmul,
+    nn.functional.linear,
+    nn.functional.conv1d,
+    nn.functional.conv2d,
+}
+_UNCOUNTED_METHODS = {"matmul", "bmm", "mm"}
+
+
+def _refuse_uncounted(node: fx.Node, modules: dict[str, nn.Module]) -> None:
+    what = None
+    if node.op == "call_module" and isinstance(modules[str(node.target)], _UNCOUNTED_MODULES):
+        what = type(modules[str(node.target)]).__name__
+    elif node.op == "call_function" and node.target in _UNCOUNTED_FUNCTIONS:
+        what = getattr(node.target, "__name__", str(node.target))
+    elif node.op == "call_method" and node.target in _UNCOUNTED_METHODS:
+        what = str(node.target)
+    if what is not None:
+        raise FedsimError(
+            "--model",
+            f"layer '{node.name}' ({what}) multiply-accumulates in a way the deployment count "
+            "does not model (it counts Conv2d and Linear layers)",
+            "use a model built from Conv2d and Linear layers",
+        )
+
+
 def _numel(node: fx.Node) -> int:
     meta = node.meta.get("tensor_meta")
     if meta is None or not hasattr(meta, "shape"):
@@ -136,7 +180,15 @@ def deployment(
     batch axis); ``model`` takes a batch of flattened or shaped inputs as it does in training."""
     if precision not in PRECISION_BYTES:
         raise ValueError(f"precision must be one of {', '.join(PRECISION_BYTES)}")
-    graph = fx.symbolic_trace(model)
+    try:
+        graph = fx.symbolic_trace(model)
+    except Exception as exc:  # torch.fx refuses data-dependent Python (len, if on a tensor)
+        raise FedsimError(
+            "--model",
+            f"{type(model).__name__} cannot be traced into a graph ({exc})",
+            "deployment costs are counted for models torch.fx can trace (the zoo's conv and MLP "
+            "models, the MLPerf Tiny models)",
+        ) from None
     was_training = model.training
     model.eval()
     try:
@@ -152,6 +204,7 @@ def deployment(
     for node in nodes:
         first = next((a for a in node.all_input_nodes), None)
         storage[node] = storage[first] if first is not None and _aliases(node, modules) else node
+        _refuse_uncounted(node, modules)
         if node.op == "call_module":
             module = modules[str(node.target)]
             kind = layer_kind(module)
@@ -167,7 +220,7 @@ def deployment(
         if node.op == "output":
             for source in node.all_input_nodes:
                 last_use[storage[source]] = len(nodes)
-    owners = {s for s in storage.values() if s.op != "output"}
+    owners = {s for s in storage.values() if s.op not in ("output", "get_attr")}  # weights: flash
     born = {owner: nodes.index(owner) for owner in owners}
     width = PRECISION_BYTES[precision]
     peak = 0

@@ -85,7 +85,9 @@ def kernel_family(framework: str) -> str:
         return "onnc"
     if "leip" in text:
         return "leip"
-    if "cmsis" in text or "gecko" in text:  # Silicon Labs' TFLite Micro calls CMSIS-NN
+    if "gecko" in text:  # Silicon Labs: its MVP matrix accelerator does the work, not the core
+        return "other"
+    if "cmsis" in text:
         return "cmsis-nn"
     if "tvm" in text:
         return "microtvm"

@@ -3,8 +3,9 @@ training step, each with where its figure comes from (``fedsim devices predict``
 
 - **inference latency**: MACs by layer kind (``devices.deployment``) × the (core, precision,
   kernels) figure of ``devices.kernels`` ÷ the profile's clock;
-- **inference energy**: the profile's active power (calibrated on MLPerf Tiny energy results where
-  the board has some, else the datasheet) × that latency;
+- **inference energy**: MLPerf Tiny's measured energy per inference where it published one for the
+  same board, model, precision and kernels; else the profile's active power (calibrated on MLPerf
+  Tiny energy results where the board has some, else the datasheet) × that latency;
 - **flash / arena**: weights at the precision and the peak of live activations;
 - **training** (float32, what the learners do, batch 1, all layers): ``footprint``'s training MACs
   × the profile's cycles per MAC ÷ clock: the very figure a simulated run charges.
@@ -116,19 +117,37 @@ def predict_costs(
             "--kernels", f"unknown kernel library '{kernels}'", f"use {', '.join(KERNEL_FAMILIES)}"
         )
     lookup = "float32" if precision == "float16" else precision  # no float16 figures: float32's
+    figures = kernel_figures()
     try:
-        figure, factor, basis, note = choose_figure(kernel_figures(), profile.core, lookup, kernels)
+        figure, factor, basis, note = choose_figure(figures, profile.core, lookup, kernels)
     except LookupError:
+        have = sorted({f"--precision {f.precision}" for f in figures if f.core == profile.core})
         raise FedsimError(
             "--precision",
             f"no {lookup} inference figures for a {profile.core} ({profile.name})",
-            "no MLPerf Tiny result or measurement covers this core; try another --precision",
+            f"use {' or '.join(have)}"
+            if have
+            else f"no MLPerf Tiny result or measurement covers a {profile.core}",
         ) from None
+    if precision == "float16":
+        note = (
+            "float16 is costed as float32 arithmetic (the Cortex-M FPUs have no half-precision "
+            "arithmetic: float16 halves storage only); " + (note or figure.source)
+        )
     deployed = deployment(model.model, model.input_shape, precision)
     seconds = figure.cycles(deployed.macs) * factor / (profile.clock_mhz * 1e6)
     train = footprint(model.model, model.input_shape, 1)
     train_s = train.train_macs * profile.cycles_per_mac / (profile.clock_mhz * 1e6)
     power_basis = basis_of(profile.power_source)
+    measured = _measured(profile, model.benchmark, precision, kernels)
+    energy_uj = profile.active_mw * seconds * 1e3  # mW × ms
+    energy_source = {
+        "basis": power_basis,
+        "detail": f"active power x latency; {profile.power_source}",
+    }
+    if measured is not None and measured["energy_uj"] is not None:
+        energy_uj = measured["energy_uj"]
+        energy_source = {"basis": "measured", "detail": measured["source"]}
     return {
         "model": model.name,
         "profile": profile.name,
@@ -139,7 +158,7 @@ def predict_costs(
         "kernels": kernels,
         "macs": deployed.macs,
         "inference_latency_ms": round(seconds * 1e3, 4),
-        "inference_energy_uj": round(profile.active_mw * seconds * 1e3, 3),
+        "inference_energy_uj": round(energy_uj, 3),
         "arena_bytes": deployed.arena_bytes,
         "flash_bytes": deployed.flash_bytes,
         "train_ram_bytes": train.train_bytes,
@@ -150,14 +169,14 @@ def predict_costs(
             "arena": deployed.arena_bytes <= profile.sram_bytes,
             "training": train.train_bytes <= profile.sram_bytes,
         },
-        "measured": _measured(profile, model.benchmark, precision, kernels),
+        "measured": measured,
         "sources": {
             "inference_latency_ms": {
                 "basis": basis,
                 "figure": f"{figure.core} {figure.precision} {figure.kernels}",
                 "detail": note or figure.source,
             },
-            "inference_energy_uj": {"basis": power_basis, "detail": profile.power_source},
+            "inference_energy_uj": energy_source,
             "arena_bytes": {"basis": "counted", "detail": "peak of live activations"},
             "flash_bytes": {"basis": "counted", "detail": f"{precision} weights and biases"},
             "train_latency_ms_per_sample": {

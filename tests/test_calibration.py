@@ -113,7 +113,7 @@ def test_core_class(processor: str, core: str | None) -> None:
         ("Plumerai Inference Engine", "plumerai"),
         ("Bosch Hardware-Aware Lowering Engine (HALE) version 1.0", "hale"),
         ("Tensorflow Lite Micro 2.3.1", "reference"),
-        ("TensorFlow Lite for Microcontrollers | Silicon Labs Gecko SDK", "cmsis-nn"),
+        ("TensorFlow Lite for Microcontrollers | Silicon Labs Gecko SDK", "other"),
         ("Qualcomm AI Stack", "other"),
     ],
 )
@@ -245,11 +245,68 @@ def test_predict_json_has_every_figure_with_its_source(capsys: pytest.CaptureFix
     assert keys <= set(costs)
     assert keys <= set(costs["sources"])
     assert costs["sources"]["inference_latency_ms"]["basis"] == "calibrated"
-    assert costs["measured"]["latency_ms"] > 0  # MLPerf Tiny published this pair
+    # MLPerf Tiny published this board, model and library with an energy measurement: it is used
+    assert costs["measured"]["latency_ms"] > 0
+    assert costs["inference_energy_uj"] == pytest.approx(costs["measured"]["energy_uj"], abs=1e-3)
+    assert costs["sources"]["inference_energy_uj"]["basis"] == "measured"
+
+
+def test_predict_energy_is_power_times_latency_without_a_measurement(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, stdout, stderr = fedsim(
+        capsys, "devices", "predict", "--model", "mlperf-vww", "--profile", "nano33-ble-sense",
+        "--format", "json",
+    )  # fmt: skip
+    assert code == 0, stderr
+    costs = json.loads(stdout)
+    assert costs["measured"] is None
+    assert costs["sources"]["inference_latency_ms"]["basis"] == "calibrated"  # M4F cmsis-nn
     assert costs["inference_energy_uj"] == pytest.approx(
-        costs["inference_latency_ms"] * default_registry().profile("nucleo-l4r5zi").active_mw,
+        costs["inference_latency_ms"] * default_registry().profile("nano33-ble-sense").active_mw,
         rel=1e-3,
     )
+    assert costs["sources"]["inference_energy_uj"]["basis"] == "datasheet"
+
+
+def test_every_profile_naming_an_mlperf_system_matches_its_results() -> None:
+    """A profile whose sources cite an MLPerf Tiny system must meet its results in the
+    calibration (board names differ: 'Raspberry Pi 4B', 'NUCLEO-U3C5ZIT6-Q'), and no two
+    profiles may claim the same board."""
+    boards = {board_key(r.board) for r in load_results()}
+    keys = [board_key(p.board) for p in default_registry().profiles()]
+    assert len(keys) == len(set(keys))
+    cited = [p for p in default_registry().profiles() if "tiny_results" in p.source]
+    assert len(cited) >= 13
+    for p in [*cited, default_registry().profile("rpi4")]:
+        assert board_key(p.board) in boards, p.name
+
+
+def test_deployment_refuses_what_it_cannot_count() -> None:
+    from fedsim.core.errors import FedsimError
+
+    with pytest.raises(FedsimError, match="Conv1d"):
+        deployment(nn.Sequential(nn.Unflatten(1, (1, 8)), nn.Conv1d(1, 2, 3)), (8,))
+
+    class Untraceable(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x[:, : len(x)]
+
+    with pytest.raises(FedsimError, match="cannot be traced"):
+        deployment(Untraceable(), (8,))
+
+
+def test_a_parameter_read_in_forward_is_flash_not_arena() -> None:
+    class WithToken(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.token = nn.Parameter(torch.zeros(1, 1000))
+            self.fc = nn.Linear(8, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x) + self.token[:, :4]
+
+    assert deployment(WithToken(), (8,)).arena_bytes < 100
 
 
 @pytest.mark.parametrize(

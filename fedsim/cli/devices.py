@@ -193,7 +193,7 @@ def predict(
     rows = [
         {
             "figure": label,
-            "value": f"{costs[key]:,.4g}" if isinstance(costs[key], float) else f"{costs[key]:,}",
+            "value": _figure_text(costs[key], fmt),
             "unit": unit,
             "basis": sources.get(key, {}).get("basis", "counted"),
         }
@@ -217,6 +217,12 @@ def predict(
     print_records(Records(rows, columns, title=title), fmt)
     if fmt == "table":
         out.print(f"inference figure: {sources['inference_latency_ms']['detail']}")
+
+
+def _figure_text(value: float, fmt: str) -> str:
+    if fmt != "table":  # a pipe reads plain numbers
+        return f"{value:.6g}"
+    return f"{value:,.4g}" if isinstance(value, float) else f"{value:,}"
 
 
 def _add_fits(

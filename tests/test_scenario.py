@@ -94,7 +94,7 @@ def _error_lines(path: Path) -> list[str]:
         (
             {"task": {"model": "mpl"}},
             r"task\.model: unknown model 'mpl'; known: conv4, conv4-proto, logreg, mlp, mlp-100, "
-            r"mlp-proto, ssf-vit, tanh-64x2 "
+            r"mlp-proto, mlperf-ad, mlperf-ic, mlperf-kws, mlperf-vww, ssf-vit, tanh-64x2 "
             r"\(did you mean 'mlp'\?\)$",
         ),
         (

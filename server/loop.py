@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -28,6 +29,7 @@ from devices.tiers import finish_tiered, one_tier, plan_tiered
 from fedsim.core.algorithms import ServerRound
 from fedsim.core.checkpoint import Checkpoint, load_checkpoint, restore_store
 from fedsim.core.data import load_task_data
+from fedsim.core.errors import FedsimError
 from fedsim.core.models import get_arrays, set_arrays
 from fedsim.core.records import DeviceRecord, RoundRecord, RunBinding
 from fedsim.core.results import RunWriter, read_rounds
@@ -36,12 +38,13 @@ from fedsim.core.seeds import derive_seed
 from fedsim.core.state import STATE_FILE
 from fedsim.core.task_model import task_model
 from server.adapt import adapt_and_score, held_out_devices
+from server.asynchrony import AsyncServer
 from server.callbacks import ResultsFiles, RoundCallback, RunState, builtin_callbacks
 from server.checks import check_delivered, check_global, check_scores, stop_record
 from server.dispatch import RoundContext, Work, work_payload
 from server.evaluate import evaluate
 from server.nodes import discover, find_gateway_nodes, find_workers
-from server.outputs import Usage, restore, run_summary, topology_part
+from server.outputs import Usage, restore, run_summary, sig, topology_part
 from server.tally import Scores, device_records, round_record
 from server.tiers import tiered_round
 
@@ -85,6 +88,14 @@ def run_rounds(
     torch.set_num_threads(1)
     started = time.perf_counter()
     run, checkpoint = _open(grid, binding)  # refuses a bad checkpoint before anything is written
+    asynchronous = AsyncServer(run.ctx) if run.scenario.asynchrony is not None else None
+    if asynchronous is not None and binding.resume:
+        raise FedsimError(
+            "--resume",
+            "an asynchronous run cannot resume: the devices training when it stopped are not "
+            "checkpointed",
+            "run it again from the start",
+        )
     results = ResultsFiles(_writer(binding, run.scenario, checkpoint), len(run.records))
     hooks = [*builtin_callbacks(run.scenario, results), *callbacks]
     observer.start(run.scenario.rounds)
@@ -92,7 +103,10 @@ def run_rounds(
         observer.round(earlier)
     try:
         for round_ in range(len(run.records) + 1, run.scenario.rounds + 1):
-            record, devices = _round(run.ctx, round_)
+            if asynchronous is not None:
+                record, devices = _async_update(asynchronous, round_)
+            else:
+                record, devices = _round(run.ctx, round_)
             run.add(record, devices)
             for hook in hooks:
                 hook.on_round(run, record, devices)
@@ -134,6 +148,22 @@ def _round(ctx: RoundContext, round_: int) -> tuple[RoundRecord, list[DeviceReco
     scores = _evaluate(ctx, round_)
     tiered = bool(ctx.topology.gateways)
     record = round_record(round_, available, plan, cost, devices, ctx.clock, scores, tiered)
+    return record, devices
+
+
+def _async_update(server: AsyncServer, round_: int) -> tuple[RoundRecord, list[DeviceRecord]]:
+    """One server update of an asynchronous run, evaluated like a round."""
+    record, devices, _ = server.update(round_)
+    scores = _evaluate(server.ctx, round_)
+    adapted = scores.adapted
+    record = replace(
+        record,
+        accuracy=scores.accuracy,
+        loss=scores.loss,
+        base_accuracy=scores.base,
+        adapted=None if adapted is None else sig(adapted.mean),
+        adapted_ci95=None if adapted is None else sig(adapted.ci95),
+    )
     return record, devices
 
 

@@ -64,7 +64,7 @@ def _error_lines(path: Path) -> list[str]:
         (
             {"roundz": 3},
             r"s\.yaml:\d+: roundz: unknown key 'roundz' \(did you mean 'rounds'\?\); known keys: "
-            r"algorithm, clients_per_round, .*rounds, seed, task, topology$",
+            r"algorithm, asynchrony, clients_per_round, .*rounds, seed, task, topology$",
         ),
         (
             {"algorithm": {"kind": "fedavg", "lrr": 0.1}},

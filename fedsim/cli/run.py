@@ -13,7 +13,7 @@ import typer
 from fedsim.cli.format import err, out
 from fedsim.core.errors import FedsimError
 from fedsim.core.out_path import check_out
-from fedsim.core.scenario import choose_engine
+from fedsim.core.scenario import Scenario, choose_engine
 
 __all__ = ["ScenarioArg", "check_engine", "register", "run", "summarize", "validate"]
 
@@ -54,14 +54,49 @@ def summarize(scenario_path: str | Path) -> str:
     lines = FleetCosts(scenario, fleet, model).describe()
     if fleet.topology is not None:
         lines += fleet.topology.describe()
+    if scenario.asynchrony is not None:
+        lines += async_lines(scenario)
     groups_cost = "".join(f"\n  {line}" for line in lines)
+    pace = (
+        f"{scenario.cohort_size} per round x {scenario.rounds} rounds"
+        if scenario.asynchrony is None
+        else f"{scenario.asynchrony.concurrency} at once x {scenario.rounds} server updates"
+    )
     return (
         f"{scenario_path}: ok: {scenario.name}: {scenario.algorithm.kind} on "
         f"{scenario.task.dataset}/{scenario.task.model}, {len(fleet)} devices ({groups}), "
-        f"{scenario.cohort_size} per round x {scenario.rounds} rounds, {split} split, "
+        f"{pace}, {split} split, "
         f"{scenario.execution.mode} mode on {choose_engine(scenario)}, seed {scenario.seed}"
         f"{groups_cost}"
     )
+
+
+def async_lines(scenario: Scenario) -> list[str]:
+    """What an asynchronous scenario's settings mean, in words (``fedsim validate``)."""
+    spec = scenario.asynchrony
+    assert spec is not None
+    w = spec.staleness
+    weighting = {
+        "constant": "every update counts fully, however stale",
+        "polynomial": f"an update tau server updates stale counts (1+tau)^-{w.a:g}",
+        "hinge": f"an update counts fully up to {w.b} updates stale, then 1/({w.a:g}(tau-{w.b})+1)",
+    }[w.kind]
+    if spec.strategy == "fedbuff":
+        how = (
+            f"asynchronous FedBuff: up to {spec.concurrency} devices train at once, each from "
+            f"the model current when it starts; every {spec.buffer_size} arrivals the server "
+            f"applies their weighted mean change x {spec.server_lr:g}"
+        )
+    else:
+        how = (
+            f"asynchronous FedAsync: up to {spec.concurrency} devices train at once; each "
+            f"arrival is mixed in at once with alpha {spec.server_lr:g} x its staleness weight"
+        )
+    return [
+        how,
+        f"staleness: {weighting}; a round in rounds.jsonl is one server update",
+        "fast devices arrive more often: devices.csv counts each device's updates",
+    ]
 
 
 def validate(scenario: Path = ScenarioArg) -> None:

@@ -170,6 +170,12 @@ class RoundRecord:
     gateway_cut: int = 0
     gateway_energy_mj: float = 0.0
     tiers: list[dict[str, Any]] | None = None
+    # an asynchronous run (scenario.asynchrony): each applied update's staleness τ, in arrival
+    # order; absent from the rounds of a synchronous run
+    staleness: list[int] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        record = asdict(self)
+        if record["staleness"] is None:
+            del record["staleness"]
+        return record

@@ -220,6 +220,35 @@ def _kind_error(kind: object, what: str, fix: str) -> ValidationError:
     )
 
 
+class StalenessSpec(_Spec):
+    """How much an update that started ``τ`` server updates ago still counts (Xie et al.)."""
+
+    kind: Literal["constant", "polynomial", "hinge"] = Field(
+        "polynomial",
+        description="constant: 1; polynomial: (1+τ)^-a; hinge: 1 up to b, then 1/(a(τ-b)+1)",
+    )
+    a: float = Field(0.5, ge=0.0, description="the decay exponent (polynomial) or slope (hinge)")
+    b: int = Field(4, ge=0, description="hinge: the staleness up to which an update counts fully")
+
+
+class AsyncSpec(_Spec):
+    """An asynchronous federation on the simulated clock (fedsim.core.asynchrony): devices start
+    from the model version current when they start, the server folds updates in as they arrive;
+    ``rounds`` counts server updates."""
+
+    strategy: Literal["fedbuff", "fedasync"] = Field(
+        "fedbuff",
+        description="fedbuff: buffer K updates, apply their weighted mean change; "
+        "fedasync: mix every arrival in at once",
+    )
+    buffer_size: int = Field(10, ge=1, description="fedbuff's K: arrivals per server update")
+    concurrency: int = Field(20, ge=1, description="C: devices training at once")
+    server_lr: float = Field(
+        1.0, gt=0.0, description="fedbuff: the server learning rate η; fedasync: the mixing α"
+    )
+    staleness: StalenessSpec = StalenessSpec()
+
+
 class Scenario(_Spec):
     name: FileName
     description: str = ""
@@ -244,6 +273,9 @@ class Scenario(_Spec):
         None, description="devices behind gateways, gateways behind edge servers (default: a star)"
     )
     output: OutputSpec = OutputSpec()
+    asynchrony: AsyncSpec | None = Field(
+        None, description="an asynchronous federation (FedBuff, FedAsync); default: rounds"
+    )
 
     @field_validator("algorithm", mode="wrap")
     @classmethod
@@ -305,6 +337,64 @@ class Scenario(_Spec):
                 return [("algorithm.kind", what, "return a list of (where, what, fix) strings")]
         return found
 
+    def _async_problems(self) -> list[tuple[str, str, str]]:
+        """What an asynchronous federation cannot combine with."""
+        spec = self.asynchrony
+        if spec is None:
+            return []
+        from fedsim.core.asynchrony import ASYNC_ALGORITHMS
+
+        problems = []
+        if self.algorithm.kind not in ASYNC_ALGORITHMS:
+            problems.append(
+                (
+                    "asynchrony",
+                    f"{clip(self.algorithm.kind)} has its own server step, which FedBuff and "
+                    "FedAsync would replace",
+                    f"use it with rounds (drop asynchrony), or an algorithm of "
+                    f"{', '.join(ASYNC_ALGORITHMS)}",
+                )
+            )
+        unsupported = (
+            ("deadline_s", self.deadline_s is not None, "no round to cut: remove deadline_s"),
+            ("topology", self.topology is not None, "asynchrony runs on a star: remove topology"),
+            (
+                "clients_per_round",
+                self.clients_per_round is not None,
+                "asynchrony.concurrency says how many devices train at once: remove it",
+            ),
+        )
+        for where, present, fix in unsupported:
+            if present:
+                problems.append((where, f"{where} does not apply to an asynchronous run", fix))
+        if spec.strategy == "fedbuff" and spec.buffer_size > spec.concurrency:
+            problems.append(
+                (
+                    "asynchrony.buffer_size",
+                    f"a buffer of {spec.buffer_size} never fills with {spec.concurrency} devices "
+                    "training at once",
+                    "make buffer_size at most concurrency",
+                )
+            )
+        if spec.concurrency > self.fleet.size:
+            problems.append(
+                (
+                    "asynchrony.concurrency",
+                    f"{spec.concurrency} devices at once, but the fleet has {self.fleet.size}",
+                    f"set it to at most {self.fleet.size}",
+                )
+            )
+        if spec.strategy == "fedasync" and spec.server_lr > 1:
+            problems.append(
+                (
+                    "asynchrony.server_lr",
+                    f"fedasync mixes with α = {spec.server_lr:g}: above 1 it overshoots the "
+                    "device's model",
+                    "use a mixing α in (0, 1]",
+                )
+            )
+        return problems
+
     def consistency_problems(self) -> list[tuple[str, str, str]]:
         """Cross-field problems as (dotted path, what, fix)."""
         problems = []
@@ -342,6 +432,7 @@ class Scenario(_Spec):
                 ("fleet.groups", "two attached groups name the same port", "one port per device")
             )
         problems += self._algorithm_problems()
+        problems += self._async_problems()
         if self.topology is not None:
             problems += topology_problems(self.topology, self.fleet)
         try:  # a user's dataset or model (package.module:attr) must import and be the right kind

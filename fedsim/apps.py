@@ -8,7 +8,13 @@ from __future__ import annotations
 from typing import Any
 
 from clients.app import app as client_app
-from fedsim.plots import plot_accuracy, plot_adaptation, plot_fleet, plot_tiers
+from fedsim.plots import (
+    plot_accuracy,
+    plot_adaptation,
+    plot_asynchrony,
+    plot_fleet,
+    plot_tiers,
+)
 from fedsim.report import run_report
 from server.app import make_server_app
 from server.callbacks import RoundCallback, RunState
@@ -17,13 +23,15 @@ __all__ = ["PlotFiles", "ReportFile", "client_app", "output_callbacks", "server_
 
 
 class PlotFiles(RoundCallback):
-    """``plots/``: accuracy, fleet, tiers (runs through gateways) and adaptation (runs with
-    ``evaluation.adapt``), from the run's files, once every round is done."""
+    """``plots/``: accuracy, fleet, tiers (runs through gateways), asynchrony (asynchronous
+    runs) and adaptation (runs with ``evaluation.adapt``), from the run's files, once every round
+    is done."""
 
     def on_end(self, run: RunState, summary: dict[str, Any]) -> None:
         plot_accuracy(run.out, run.title)
         plot_fleet(run.out, run.title)
         plot_tiers(run.out, run.title)
+        plot_asynchrony(run.out, run.title)
         if run.ctx.adaptation is not None:
             plot_adaptation(run.out, run.title)
 

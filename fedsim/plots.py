@@ -10,7 +10,14 @@ from numpy.typing import NDArray
 
 from fedsim.core.results import DEVICES, read_rounds
 
-__all__ = ["plot_accuracy", "plot_adaptation", "plot_fleet", "plot_samples", "plot_tiers"]
+__all__ = [
+    "plot_accuracy",
+    "plot_adaptation",
+    "plot_asynchrony",
+    "plot_fleet",
+    "plot_samples",
+    "plot_tiers",
+]
 
 # devices.csv statuses, in the order participation bars stack them
 STATUS_COLOURS = {
@@ -175,6 +182,45 @@ def plot_fleet(out: str | Path, title: str) -> Path:
     for ax in axes.flat:
         ax.grid(alpha=0.3)
     return _save(fig, Path(out) / "plots" / "fleet.png", title)
+
+
+def plot_asynchrony(out: str | Path, title: str) -> Path | None:
+    """``plots/asynchrony.png`` for asynchronous runs: how stale the applied updates were, and
+    how many updates each device delivered, by profile (fast devices deliver more: the fairness
+    effect of asynchrony)."""
+    records = [r for r in read_rounds(out) if r.get("staleness") is not None]
+    if not records:
+        return None
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    taus = [t for r in records for t in r["staleness"]]
+    delivered: dict[int, int] = {}
+    profile: dict[int, str] = {}
+    with (Path(out) / DEVICES).open(encoding="utf-8", newline="") as handle:
+        for row in csv.DictReader(handle):
+            d = int(row["device_id"])
+            profile[d] = row["profile"]
+            delivered[d] = delivered.get(d, 0) + (row["status"] == "ok")
+    fig, (ax_tau, ax_dev) = plt.subplots(1, 2, figsize=(10, 3.8), constrained_layout=True)
+    top = max(taus, default=0)
+    ax_tau.hist(taus, bins=np.arange(top + 2) - 0.5 if top < 60 else 40, color="tab:blue")
+    ax_tau.set(xlabel="staleness τ (server updates)", ylabel="applied updates", yscale="log")
+    ax_tau.set_title(f"staleness: mean {np.mean(taus):.3g}, max {top}", fontsize=9)
+    names = sorted(set(profile.values()))
+    colours = {n: f"C{i}" for i, n in enumerate(names)}
+    ids = sorted(profile)
+    ax_dev.bar(ids, [delivered[d] for d in ids], color=[colours[profile[d]] for d in ids])
+    ax_dev.set(xlabel="device", ylabel="updates delivered", title="participation per device")
+    ax_dev.legend(handles=[Patch(color=colours[n], label=n) for n in names], fontsize=7)
+    for ax in (ax_tau, ax_dev):
+        ax.grid(alpha=0.3)
+    return _save(fig, Path(out) / "plots" / "asynchrony.png", title)
 
 
 def plot_tiers(out: str | Path, title: str) -> Path | None:

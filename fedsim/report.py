@@ -38,6 +38,7 @@ PLOTS = (
     ("fleet.png", "Participation, the fleet by profile, energy and bytes by device class"),
     ("adaptation.png", "Held-out devices after adaptation"),
     ("tiers.png", "Bytes and time per tier (devices, gateways, edge servers)"),
+    ("asynchrony.png", "Asynchrony: staleness of the applied updates, updates per device"),
 )
 # final metrics compared across runs: (summary key, label, higher is better)
 FINAL = (

@@ -117,6 +117,14 @@ def test_fast_devices_arrive_first_and_more_often(fedsim_run: Run) -> None:
     assert all(r["participants"] == 2 == len(r["staleness"]) for r in run.rounds)
     times = [r["sim_time_s"] for r in run.rounds]
     assert times == sorted(times)
+    assert (run.out / "plots" / "asynchrony.png").exists()  # staleness and participation
+    assert "Asynchrony: staleness" in (run.out / "report.html").read_text(encoding="utf-8")
+
+
+def test_a_synchronous_run_records_no_staleness(fedsim_run: Run) -> None:
+    run = fedsim_run(small_scenario(rounds=1))
+    assert "staleness" not in (run.out / "rounds.jsonl").read_text(encoding="utf-8")
+    assert not (run.out / "plots" / "asynchrony.png").exists()
 
 
 def test_arrivals_are_taken_in_time_order_ties_by_device_id(fedsim_run: Run) -> None:

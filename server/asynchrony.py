@@ -241,6 +241,8 @@ class AsyncServer:
             sim_time_s=sig(self.ctx.clock),
             energy_mj=sig(math.fsum(d.energy_mj for d in devices)),
             offline=0 if online is None else int(len(online) - online.sum()),
+            # devices that can never train here (too little memory): never drawn, counted
+            memory_skips=sum(self.ctx.costs.scope(d) == "skip" for d in range(len(self.ctx.fleet))),
             head_only=sum(j.delivered and j.plan.scope == "head" for j in ended),
             dropouts=sum(j.plan.fate == "dropout" for j in ended),
             staleness=staleness,

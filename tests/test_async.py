@@ -145,16 +145,16 @@ def test_arrivals_are_taken_in_time_order_ties_by_device_id(fedsim_run: Run) -> 
 def test_a_device_that_goes_offline_mid_training_sends_nothing(fedsim_run: Run) -> None:
     """One Pi (~0.04 s a round) keeps the updates coming while three Picos (~5 s a round,
     online ~2 s at a time) mostly drop out before they finish."""
-    scenario = {**_fleet(asynchrony=_async(strategy="fedasync", concurrency=4)), "rounds": 200}
+    scenario = {**_fleet(asynchrony=_async(strategy="fedasync", concurrency=4)), "rounds": 100}
     scenario["fleet"]["groups"][0] = {"profile": "rpi4", "count": 1}
     run = fedsim_run(scenario)
     dropped = [r for r in run.devices if r["status"] == "dropout"]
     assert dropped, "the Picos' ~2 s online spells must cut some of their ~5 s rounds"
     assert all(r["bytes_up"] == "0" and r["profile"] == "pico" for r in dropped)
     assert sum(r["dropouts"] for r in run.rounds) == len(dropped)
-    assert sum(len(r["staleness"]) for r in run.rounds) == 200  # updates still come
+    assert sum(len(r["staleness"]) for r in run.rounds) == 100  # updates still come
     delivered = sum(r["status"] == "ok" for r in run.devices)
-    assert delivered == 200
+    assert delivered == 100
 
 
 def test_both_execution_modes_give_the_same_run(fedsim_run: Run) -> None:

@@ -37,10 +37,17 @@ class Availability(Protocol):
         """For each device at time ``t``: whether it is online, and until when (if it is)."""
         ...
 
+    def next_online(self, device_ids: Ids, t: float) -> NDArray[np.float64]:
+        """For each device, the first time ≥ ``t`` it is online (inf: never again)."""
+        ...
+
 
 class AlwaysOn:
     def online(self, device_ids: Ids, t: float) -> tuple[NDArray[np.bool_], NDArray[np.float64]]:
         return np.ones(len(device_ids), dtype=bool), np.full(len(device_ids), math.inf)
+
+    def next_online(self, device_ids: Ids, t: float) -> NDArray[np.float64]:
+        return np.full(len(device_ids), t)
 
 
 _M1, _M2, _GOLDEN = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB), 0x9E3779B97F4A7C15
@@ -101,6 +108,10 @@ class MarkovOnOff:
         on, end = self.spell(device_ids, t)
         return on, np.where(on, end, math.nan)
 
+    def next_online(self, device_ids: Ids, t: float) -> NDArray[np.float64]:
+        on, end = self.spell(device_ids, t)
+        return np.where(on, t, end)  # an off spell ends in an on spell
+
     def spell(self, device_ids: Ids, t: float) -> tuple[NDArray[np.bool_], NDArray[np.float64]]:
         """Whether each device is online at ``t``, and when its current spell (on or off) ends."""
         device_ids = np.asarray(device_ids, dtype=np.int64)
@@ -139,6 +150,18 @@ class Trace:
             if j >= 0 and t < self._ends[d][j]:
                 on[i], until[i] = True, self._ends[d][j]
         return on, until
+
+    def next_online(self, device_ids: Ids, t: float) -> NDArray[np.float64]:
+        on, _ = self.online(device_ids, t)
+        out = np.full(len(device_ids), math.inf)
+        for i, d in enumerate(np.asarray(device_ids).tolist()):
+            if on[i]:
+                out[i] = t
+            elif (starts := self._starts.get(d)) is not None:
+                j = int(np.searchsorted(starts, t, side="right"))
+                if j < len(starts):
+                    out[i] = starts[j]
+        return out
 
 
 TRACE_COLUMNS = ("device", "start", "end")

@@ -148,6 +148,19 @@ class FleetCosts:
             first += group.count
         return online
 
+    def next_online(self, device_ids: list[int], t: float) -> float:
+        """The first time ≥ ``t`` any of ``device_ids`` is online (inf: none ever is again)."""
+        if not device_ids:
+            return math.inf
+        if not self.fleet.availability:
+            return t
+        first = math.inf
+        for group, availability in enumerate(self.fleet.availability):
+            ids = np.array([d for d in device_ids if self.fleet[d].group == group], np.int64)
+            if len(ids):
+                first = min(first, float(availability.next_online(ids, t).min()))
+        return first
+
     def until(self, device_ids: list[int], t: float) -> dict[int, float]:
         """When each device's current online spell ends (inf: never)."""
         if not self.fleet.availability:

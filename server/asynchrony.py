@@ -12,7 +12,10 @@ every arrival; each update is one line of ``rounds.jsonl`` with the staleness of
 and the devices that finished since the last one are its rows of ``devices.csv``.
 
 Energy is each device's work (transfers and compute; a dropped device until it dropped), not
-idle time, which in an asynchronous run belongs to no round.
+idle time, which in an asynchronous run belongs to no round. The devices still training at an
+update are summed in its ``in_flight`` (bytes downloaded and energy drawn so far); their rows come
+when they finish. A free slot is also filled when an idle device comes online (the availability
+model says when), not only at arrivals.
 """
 
 from __future__ import annotations
@@ -22,11 +25,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from devices.clock import EMPTY_ROUND_S, DevicePlan
+from devices.clock import DevicePlan
+from devices.cost import Activity
 from fedsim.core.asynchrony import Arrival, fedasync_update, fedbuff_update, staleness_weight
 from fedsim.core.cohort import DeviceOutcome
-from fedsim.core.errors import FedsimError
-from fedsim.core.records import DeviceRecord, RoundRecord
+from fedsim.core.errors import RunStoppedError
+from fedsim.core.records import DeviceRecord, DeviceStatus, RoundRecord
 from fedsim.core.reduce import Arrays
 from fedsim.core.seeds import derive_seed
 from server.checks import check_global
@@ -37,8 +41,8 @@ from server.tiers import tiered_round
 
 __all__ = ["AsyncServer"]
 
-# a fleet with nobody online is waited for in steps of EMPTY_ROUND_S, this many at most
-MAX_EMPTY_WAITS = 10_000
+# a run stops when this many device jobs in a row (at least; 100 per training slot) deliver nothing
+MAX_FRUITLESS_JOBS = 1_000
 
 
 @dataclass
@@ -77,40 +81,71 @@ class AsyncServer:
     fills: int = 0
     in_flight: dict[int, Job] = field(default_factory=dict)
     buffer: list[Job] = field(default_factory=list)
+    fruitless: int = 0  # device jobs in a row that delivered nothing
 
     def update(self, round_: int) -> tuple[RoundRecord, list[DeviceRecord], Scores | None]:
         """Run events until the next server update; its record and its devices' rows (the
-        caller evaluates and fills in the scores)."""
+        caller evaluates and fills in the scores).
+
+        Events: a device arrives (the earliest, ties by device id), or, with a slot free, an idle
+        device comes online. A run where nothing ever arrives again stops with an error."""
         ctx, spec = self.ctx, self.ctx.scenario.asynchrony
         assert spec is not None
         k = spec.buffer_size if spec.strategy == "fedbuff" else 1
         started_at = ctx.clock
         ended: list[Job] = []
-        started = waits = 0
+        started = 0
         while True:
             started += self._fill()
-            if not self.in_flight:  # nobody online and idle: wait for someone
-                waits += 1
-                if waits > MAX_EMPTY_WAITS:
-                    raise FedsimError(
-                        "asynchrony",
-                        f"no device could start for {MAX_EMPTY_WAITS * EMPTY_ROUND_S:,.0f} "
-                        "simulated seconds (offline, or too little memory to train)",
-                        "check the fleet's availability and memory (fedsim validate)",
-                    )
-                ctx.clock += EMPTY_ROUND_S
+            arrival = min((j.end_s for j in self.in_flight.values()), default=math.inf)
+            wake = self._wake() if len(self.in_flight) < spec.concurrency else math.inf
+            if wake < arrival:  # someone comes online while a slot is free
+                after = math.nextafter(ctx.clock, math.inf)
+                ctx.clock = wake if wake > ctx.clock else after
                 continue
+            if math.isinf(arrival):
+                raise RunStoppedError(
+                    "no-updates",
+                    f"{round_ - 1} server updates",
+                    f"at {ctx.clock:.6g} simulated s no device is training and none will come "
+                    "online again",
+                    "check the fleet's availability and memory (fedsim validate)",
+                )
             job = min(self.in_flight.values(), key=lambda j: (j.end_s, j.device_id))
             ctx.clock = max(ctx.clock, job.end_s)
             del self.in_flight[job.device_id]
             ended.append(job)
+            self.fruitless = 0 if job.delivered else self.fruitless + 1
+            if self.fruitless >= max(MAX_FRUITLESS_JOBS, 100 * spec.concurrency):
+                statuses = sorted({(j.outcome.status if j.outcome else j.plan.fate) for j in ended})
+                raise RunStoppedError(
+                    "no-updates",
+                    f"{round_ - 1} server updates",
+                    f"the last {self.fruitless} device jobs delivered nothing "
+                    f"({', '.join(statuses)})",
+                    "see the status and error columns of devices.csv; fedsim validate",
+                )
             if job.delivered:
                 self.buffer.append(job)
             if len(self.buffer) >= k:
                 break
         staleness = self._apply(k)
         devices = [self._device_record(round_, job) for job in ended]
-        return self._record(round_, started, ended, devices, started_at, staleness), devices, None
+        record = self._record(round_, started, ended, devices, started_at, staleness)
+        return record, devices, None
+
+    def _wake(self) -> float:
+        """When the next idle device that could train comes online (inf: never)."""
+        ctx = self.ctx
+        online = ctx.costs.available(ctx.clock)
+        idle = [
+            d
+            for d in range(len(ctx.fleet))
+            if d not in self.in_flight
+            and (online is None or not online[d])
+            and ctx.costs.scope(d) != "skip"
+        ]
+        return ctx.costs.next_online(idle, ctx.clock)
 
     def _fill(self) -> int:
         """Start devices in the free slots at the current simulated time; how many started."""
@@ -133,8 +168,9 @@ class AsyncServer:
         rng = np.random.default_rng(derive_seed(ctx.scenario.seed, "async-select", self.fills))
         size = min(free, len(candidates))
         chosen = sorted(int(d) for d in rng.choice(candidates, size=size, replace=False))
-        for plan in ctx.costs.plan(chosen, ctx.clock, self.jobs + 1):
+        for d in chosen:
             self.jobs += 1
+            (plan,) = ctx.costs.plan([d], ctx.clock, self.jobs)  # its own job's data (missions)
             job = Job(self.jobs, plan, ctx.clock, self.version, ctx.global_arrays)
             if plan.fate == "train":
                 self._train(job)
@@ -170,6 +206,7 @@ class AsyncServer:
                 job.arrays or [],
                 job.start,
                 staleness_weight(tau, weighting.kind, weighting.a, weighting.b),
+                ctx.costs.sent(job.device_id),  # a head-only device updates its head only
             )
             for job, tau in zip(applied, taus, strict=True)
         ]
@@ -192,7 +229,8 @@ class AsyncServer:
         return mj, activity.compute_s + activity.down_s + activity.up_s
 
     def _device_record(self, round_: int, job: Job) -> DeviceRecord:
-        outcome = job.outcome or DeviceOutcome(job.device_id, job.plan.fate)  # type: ignore[arg-type]
+        fate: DeviceStatus = "dropout" if job.plan.fate == "dropout" else "no-reply"
+        outcome = job.outcome or DeviceOutcome(job.device_id, fate)  # no outcome: no reply
         mj, busy = self._energy(job)
         return DeviceRecord(
             round=round_,
@@ -241,9 +279,34 @@ class AsyncServer:
             sim_time_s=sig(self.ctx.clock),
             energy_mj=sig(math.fsum(d.energy_mj for d in devices)),
             offline=0 if online is None else int(len(online) - online.sum()),
-            # devices that can never train here (too little memory): never drawn, counted
-            memory_skips=sum(self.ctx.costs.scope(d) == "skip" for d in range(len(self.ctx.fleet))),
+            # devices that can never train here (too little memory): never drawn; counted once
+            memory_skips=0
+            if round_ > 1
+            else sum(self.ctx.costs.scope(d) == "skip" for d in range(len(self.ctx.fleet))),
             head_only=sum(j.delivered and j.plan.scope == "head" for j in ended),
             dropouts=sum(j.plan.fate == "dropout" for j in ended),
             staleness=staleness,
+            in_flight=self._in_flight_so_far(),
         )
+
+    def _in_flight_so_far(self) -> dict[str, float]:
+        """The devices still training now: how many, bytes downloaded and energy drawn so far."""
+        ctx = self.ctx
+        nbytes = energy = idle = 0.0
+        for job in self.in_flight.values():
+            plan, device = job.plan, ctx.fleet[job.device_id]
+            elapsed = min(ctx.clock - job.start_s, plan.busy_s)
+            down = min(plan.down_s, elapsed)
+            compute = min(plan.compute_s, elapsed - down)
+            up = min(plan.up_s, elapsed - down - compute)
+            share = down / plan.down_s if plan.down_s > 0 else 1.0
+            nbytes += plan.bytes_down * share
+            activity = Activity(compute, down, up, 0.0)
+            energy += ctx.costs.model.energy.millijoules(device.profile, device.link, activity)
+            idle += device.profile.idle_mw * (down + compute + up)
+        return {
+            "devices": len(self.in_flight),
+            "bytes_down": sig(nbytes),
+            "energy_mj": sig(energy),
+            "idle_mj": sig(idle),  # what idling would have drawn meanwhile (energy above it: work)
+        }

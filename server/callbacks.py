@@ -122,7 +122,7 @@ class AdaptationFile(RoundCallback):
 def builtin_callbacks(scenario: Scenario, results: ResultsFiles) -> list[RoundCallback]:
     """The callbacks every run has, as its scenario asks for them."""
     callbacks: list[RoundCallback] = [results]
-    if scenario.output.checkpoint:
+    if scenario.output.checkpoint and scenario.asynchrony is None:  # async runs do not resume
         callbacks.append(Checkpoints())
     if scenario.registry is not None and scenario.registry.write_back:
         callbacks.append(RegistryWriteBack())

@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
 
 from fedsim.core.asynchrony import Arrival, fedasync_update, fedbuff_update, staleness_weight
+from fedsim.core.errors import RunStoppedError
+from fedsim.core.scenario import Scenario
 from fedsim.pytest_plugin import FedsimRun, assert_same_run, small_scenario
 
 Run = Callable[..., FedsimRun]
@@ -58,6 +62,22 @@ def test_fedbuff_update_by_hand() -> None:
     assert out.dtype == np.float32
 
 
+def test_a_head_only_arrival_leaves_the_body_alone() -> None:
+    """A head-only device sends its body back as it got it (a stale version): FedAsync must not
+    mix that in, and FedBuff averages each tensor over the arrivals that trained it."""
+    body, head = np.array([5.0], np.float32), np.array([1.0], np.float32)
+    stale = [np.array([0.0], np.float32), np.array([0.0], np.float32)]
+    sent = [np.array([0.0], np.float32), np.array([3.0], np.float32)]  # body as received
+    arrival = Arrival(sent, stale, 1.0, (False, True))
+    mixed = fedasync_update([body, head], arrival, alpha=0.5)
+    np.testing.assert_array_equal(mixed[0], body)
+    np.testing.assert_array_equal(mixed[1], [2.0])
+    full = Arrival([np.array([1.0], np.float32), np.array([1.0], np.float32)], stale, 1.0)
+    buffered = fedbuff_update([body, head], [arrival, full], server_lr=1.0)
+    np.testing.assert_array_equal(buffered[0], [6.0])  # body: only the full device, K_t = 1
+    np.testing.assert_array_equal(buffered[1], [3.0])  # head: (3 + 1) / 2
+
+
 def test_fedasync_update_by_hand() -> None:
     """α = 0.5 and s(τ) = 0.5 mix a quarter of the device's model in."""
     theta = [np.array([4.0, 0.0], np.float32)]
@@ -90,6 +110,73 @@ def test_the_engine_applies_fedbuff_as_the_oracle_says(fedsim_run: Run) -> None:
     for f, h, q in zip(full, half, quarter, strict=True):
         assert np.abs(f - h).max() > 1e-4  # the device did move the model
         np.testing.assert_allclose(f - h, 2 * (h - q), rtol=0, atol=1e-5)
+
+
+def test_events_staleness_and_versions_by_hand(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three devices, C = 3, K = 2, polynomial weighting (a = 0.5), η = 1. Rounds last 1, 2 and
+    5 s (devices 0, 1, 2); a device's model is the version it started from plus its own fixed
+    change δ_d = d + 1. By hand:
+
+    - t = 0: all three start from v0. t = 1: device 0 arrives (buffer 1) and restarts from v0.
+    - t = 2: device 0 (restarted) and device 1 arrive together: by id, device 0 first; the
+      buffer is full: v1 = v0 + (δ0 + δ0) / 2, staleness [0, 0]. Device 0 restarts from v1.
+    - t = 2, then: device 1 (from v0, τ = 1) arrives, restarts from v1. t = 3: device 0 (from
+      v1, τ = 0): v2 = v1 + (2^-0.5 δ1 + δ0) / 2.
+    """
+    from devices.clock import DevicePlan
+    from server.asynchrony import AsyncServer
+
+    seconds = {0: 1.0, 1: 2.0, 2: 5.0}
+
+    class Costs:
+        def available(self, t: float) -> None:
+            return None
+
+        def scope(self, d: int) -> str:
+            return "full"
+
+        def sent(self, d: int) -> tuple[bool, ...]:
+            return (True,)
+
+        def next_online(self, ids: list[int], t: float) -> float:
+            return t if ids else float("inf")
+
+        def plan(self, ids: list[int], t: float, round_: int = 1) -> list[DevicePlan]:
+            return [DevicePlan(d, "train", "full", 0, 0, 0.0, seconds[d], 0.0) for d in ids]
+
+    scenario = Scenario.model_validate(
+        {**small_scenario(), "fleet": {"groups": [{"profile": "rpi4", "count": 3}]},
+         "asynchrony": _async(buffer_size=2, concurrency=3)}
+    )  # fmt: skip
+    model = type("Model", (), {"state_dict": lambda self: {"w": 0}})()
+    ctx = SimpleNamespace(
+        scenario=scenario,
+        fleet=[0, 1, 2],
+        costs=Costs(),
+        clock=0.0,
+        global_arrays=[np.array([0.0], np.float32)],
+        model=model,
+    )
+    server = AsyncServer(ctx)  # type: ignore[arg-type]
+
+    def train(job: Any) -> None:
+        job.arrays = [job.start[0] + np.float32(job.device_id + 1)]
+        job.outcome = None
+
+    monkeypatch.setattr(server, "_train", train)
+    monkeypatch.setattr("server.asynchrony.check_global", lambda *a: None)
+    monkeypatch.setattr(server, "_device_record", lambda round_, job: job)
+    monkeypatch.setattr(server, "_record", lambda *a: a[-1])
+    taus1, ended1, _ = server.update(1)
+    assert taus1 == [0, 0]
+    assert [j.device_id for j in ended1] == [0, 0]
+    assert ctx.global_arrays[0][0] == pytest.approx(1.0)  # v0 + (1 + 1) / 2
+    assert ctx.clock == 2.0
+    taus2, ended2, _ = server.update(2)
+    assert taus2 == [1, 0]
+    assert [j.device_id for j in ended2] == [1, 0]
+    assert ctx.clock == 3.0
+    assert ctx.global_arrays[0][0] == pytest.approx(1.0 + (2 * 2**-0.5 + 1) / 2, abs=1e-6)
 
 
 def _fleet(**top: Any) -> dict[str, Any]:
@@ -163,6 +250,36 @@ def test_both_execution_modes_give_the_same_run(fedsim_run: Run) -> None:
     assert_same_run(fedsim_run(scenario, mode="per-device"), fedsim_run(scenario, mode="cohort"))
 
 
+def test_a_device_coming_online_fills_a_free_slot_at_once(fedsim_run: Run, tmp_path: Path) -> None:
+    """Device 1 is online from t = 5 only: with a slot free it starts at 5 exactly, not at the
+    next arrival of device 0 after 5."""
+    trace = tmp_path / "trace.csv"
+    trace.write_text("device,start,end\n1,5.0,1000.0\n", encoding="utf-8")
+    scenario = small_scenario(rounds=160, asynchrony=_async(strategy="fedasync", concurrency=2))
+    scenario["fleet"]["groups"] = [
+        {"profile": "rpi4", "count": 1},
+        {"profile": "rpi4", "count": 1, "availability": {"kind": "trace", "file": str(trace)}},
+    ]
+    run = fedsim_run(scenario)
+    first = next(r for r in run.devices if r["device_id"] == "1")
+    arrived = run.rounds[int(first["round"]) - 1]["sim_time_s"]
+    assert arrived == pytest.approx(5.0 + float(first["busy_s"]), abs=1e-6)
+
+
+def test_devices_still_training_are_accounted(fedsim_run: Run) -> None:
+    run = fedsim_run(_fleet(asynchrony=_async()))
+    started = sum(r["selected"] for r in run.rounds)
+    assert started == len(run.devices) + run.rounds[-1]["in_flight"]["devices"]
+    assert all(r["in_flight"]["devices"] <= 4 for r in run.rounds)
+
+
+def test_a_run_where_nothing_is_ever_delivered_stops(fedsim_run: Run) -> None:
+    scenario = small_scenario(asynchrony=_async())
+    scenario["fleet"]["groups"] = [{"profile": "rpi4", "count": 4, "faults": {"crash_prob": 1.0}}]
+    with pytest.raises(RunStoppedError, match="delivered nothing"):
+        fedsim_run(scenario)
+
+
 def test_same_scenario_same_run(fedsim_run: Run) -> None:
     scenario = _fleet(asynchrony=_async(strategy="fedasync", server_lr=0.6))
     assert_same_run(fedsim_run(scenario), fedsim_run(scenario))
@@ -174,7 +291,10 @@ def test_same_scenario_same_run(fedsim_run: Run) -> None:
         ({"algorithm": {"kind": "tinyol"}}, "asynchrony"),
         ({"deadline_s": 10.0}, "deadline_s"),
         ({"clients_per_round": 2}, "clients_per_round"),
-        ({"asynchrony": _async(buffer_size=5, concurrency=4)}, "asynchrony.buffer_size"),
+        (
+            {"algorithm": {"kind": "tinyreptile", "epsilon": 0.5}},
+            "algorithm.epsilon",
+        ),
         ({"asynchrony": _async(concurrency=50)}, "asynchrony.concurrency"),
         ({"asynchrony": _async(strategy="fedasync", server_lr=1.5)}, "asynchrony.server_lr"),
     ],

@@ -50,30 +50,46 @@ def staleness_weight(tau: int, kind: Staleness, a: float = 0.5, b: int = 4) -> f
 @dataclass(frozen=True)
 class Arrival:
     """One device's update as the server receives it: the model it sent, the version it started
-    from (its arrays) and the staleness weight at arrival."""
+    from (its arrays), the staleness weight at arrival, and which tensors it trained (a head-only
+    device sends the others back as it got them: they are no update)."""
 
     arrays: Arrays
     start: Arrays
     weight: float
+    trained: tuple[bool, ...] | None = None  # None: all
+
+    def trains(self, i: int) -> bool:
+        return self.trained is None or self.trained[i]
 
 
 def fedbuff_update(global_arrays: Arrays, arrivals: Sequence[Arrival], server_lr: float) -> Arrays:
-    """θ + η · (1/K) Σ s(τ_i) (θ_i − θ_start(i)), in float64, summed in arrival order."""
-    k = len(arrivals)
+    """θ + η · (1/K) Σ s(τ_i) (θ_i − θ_start(i)), in float64, summed in arrival order. A tensor
+    is averaged over the K_t arrivals that trained it (K when all did, as synchronous FedAvg
+    averages each tensor over the devices that trained it); one nobody trained stays."""
     out = []
     for i, g in enumerate(global_arrays):
         change = np.zeros(np.shape(g), dtype=np.float64)
+        count = 0
         for arrival in arrivals:
+            if not arrival.trains(i):
+                continue
             delta = arrival.arrays[i].astype(np.float64) - arrival.start[i].astype(np.float64)
             change += arrival.weight * delta
-        out.append(np.asarray(g.astype(np.float64) + server_lr * change / k, dtype=np.float32))
+            count += 1
+        if count == 0:
+            out.append(g)
+            continue
+        out.append(np.asarray(g.astype(np.float64) + server_lr * change / count, np.float32))
     return out
 
 
 def fedasync_update(global_arrays: Arrays, arrival: Arrival, alpha: float) -> Arrays:
-    """(1 − α s(τ)) θ + α s(τ) θ_i."""
+    """(1 − α s(τ)) θ + α s(τ) θ_i, on the tensors the device trained (the others stay: mixing in
+    what it got back unchanged would pull θ back to a stale version)."""
     mix = alpha * arrival.weight
     return [
         np.asarray((1.0 - mix) * g.astype(np.float64) + mix * a.astype(np.float64), np.float32)
-        for g, a in zip(global_arrays, arrival.arrays, strict=True)
+        if arrival.trains(i)
+        else g
+        for i, (g, a) in enumerate(zip(global_arrays, arrival.arrays, strict=True))
     ]

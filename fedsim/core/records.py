@@ -173,9 +173,13 @@ class RoundRecord:
     # an asynchronous run (scenario.asynchrony): each applied update's staleness τ, in arrival
     # order; absent from the rounds of a synchronous run
     staleness: list[int] | None = None
+    # ... and the devices still training at this update: how many, the bytes they have downloaded
+    # and the energy they have drawn so far (their rows in devices.csv come when they finish)
+    in_flight: dict[str, float] | None = None
 
     def to_json(self) -> dict[str, Any]:
         record = asdict(self)
-        if record["staleness"] is None:
-            del record["staleness"]
+        for key in ("staleness", "in_flight"):  # asynchronous runs only
+            if record[key] is None:
+                del record[key]
         return record

@@ -367,13 +367,14 @@ class Scenario(_Spec):
         for where, present, fix in unsupported:
             if present:
                 problems.append((where, f"{where} does not apply to an asynchronous run", fix))
-        if spec.strategy == "fedbuff" and spec.buffer_size > spec.concurrency:
+        epsilon = getattr(self.algorithm, "epsilon", None)
+        if self.algorithm.kind == "tinyreptile" and epsilon is not None:
             problems.append(
                 (
-                    "asynchrony.buffer_size",
-                    f"a buffer of {spec.buffer_size} never fills with {spec.concurrency} devices "
-                    "training at once",
-                    "make buffer_size at most concurrency",
+                    "algorithm.epsilon",
+                    "under asynchrony the server step is FedBuff's or FedAsync's: TinyReptile's "
+                    "epsilon (and its schedule) would be ignored",
+                    "set the server's step as asynchrony.server_lr and remove epsilon",
                 )
             )
         if spec.concurrency > self.fleet.size:

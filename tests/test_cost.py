@@ -235,3 +235,23 @@ def test_until_is_infinite_only_when_always_on() -> None:
     _, until = MarkovOnOff(1, 1.0, 1.0).online(np.arange(50), 0.0)
 
     assert not math.isinf(float(np.nanmax(until)))
+
+
+def test_next_online_is_now_for_online_devices_and_the_next_on_spell_for_the_others() -> None:
+    """What the asynchronous server waits for: for a device offline at t, the first moment it is
+    online again (just after it the device is online; just before it, not)."""
+    from devices.availability import Trace
+
+    ids = np.arange(40)
+    chain = MarkovOnOff(3, 5.0, 5.0)
+    on, _ = chain.online(ids, 10.0)
+    wake = chain.next_online(ids, 10.0)
+    assert np.all(wake[on] == 10.0)
+    assert np.all(wake[~on] > 10.0)
+    for d, t in zip(ids[~on], wake[~on], strict=True):
+        assert not chain.online(np.array([d]), float(np.nextafter(t, 0)))[0][0]
+        assert chain.online(np.array([d]), float(np.nextafter(t, np.inf)))[0][0]
+    trace = Trace({0: [(1.0, 2.0), (5.0, 6.0)], 1: [(0.0, 9.0)]})
+    assert trace.next_online(np.array([0, 1, 2]), 3.0).tolist() == [5.0, 3.0, np.inf]
+    assert trace.next_online(np.array([0]), 7.0).tolist() == [np.inf]
+    assert AlwaysOn().next_online(np.array([0, 1]), 4.0).tolist() == [4.0, 4.0]

@@ -280,6 +280,12 @@ def test_a_run_where_nothing_is_ever_delivered_stops(fedsim_run: Run) -> None:
         fedsim_run(scenario)
 
 
+def test_the_number_of_workers_never_changes_an_asynchronous_run(fedsim_run: Run) -> None:
+    scenario = _fleet(asynchrony=_async())
+    one = fedsim_run(scenario, mode="cohort", execution__actors=1)
+    assert_same_run(one, fedsim_run(scenario, mode="cohort", execution__actors=3))
+
+
 def test_same_scenario_same_run(fedsim_run: Run) -> None:
     scenario = _fleet(asynchrony=_async(strategy="fedasync", server_lr=0.6))
     assert_same_run(fedsim_run(scenario), fedsim_run(scenario))

@@ -98,6 +98,7 @@ CASES: dict[str, Case] = {
     ),
     "har-subjects": Case("har-subjects.yaml", {"rounds": 2, **_INLINE}),
     "heterogeneous-fleet": Case("heterogeneous-fleet.yaml", {"rounds": 2, **_INLINE}),
+    "async-fleet": Case("async-fleet.yaml", {"rounds": 6, "evaluation.every": 3, **_INLINE}),
     "kws-registry": Case("kws-registry.yaml", {"rounds": 2, **_INLINE}),
     "kws-speakers": Case("kws-speakers.yaml", {"rounds": 2, **_INLINE}),
     "mnist-mixed-fedins": Case("fedins/mnist-mixed-fedins.yaml", _FEDINS, "tiny backbone"),

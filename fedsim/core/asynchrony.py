@@ -24,10 +24,7 @@ from typing import Literal
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["ASYNC_ALGORITHMS", "Arrival", "fedasync_update", "fedbuff_update", "staleness_weight"]
-
-# algorithms whose server step is "move toward the devices' models", which FedAsync/FedBuff replace
-ASYNC_ALGORITHMS = ("fedavg", "fedprox", "tinyreptile")
+__all__ = ["Arrival", "fedasync_update", "fedbuff_update", "staleness_weight"]
 
 Arrays = list[NDArray[np.float32]]
 Staleness = Literal["constant", "polynomial", "hinge"]

@@ -342,17 +342,15 @@ class Scenario(_Spec):
         spec = self.asynchrony
         if spec is None:
             return []
-        from fedsim.core.asynchrony import ASYNC_ALGORITHMS
-
         problems = []
-        if self.algorithm.kind not in ASYNC_ALGORITHMS:
+        if not self.algorithm.asynchronous:
             problems.append(
                 (
                     "asynchrony",
                     f"{clip(self.algorithm.kind)} has its own server step, which FedBuff and "
                     "FedAsync would replace",
-                    f"use it with rounds (drop asynchrony), or an algorithm of "
-                    f"{', '.join(ASYNC_ALGORITHMS)}",
+                    "use it with rounds (drop asynchrony), or an algorithm whose server step "
+                    "moves toward the devices' models (fedavg, fedprox, tinyreptile)",
                 )
             )
         unsupported = (
@@ -367,16 +365,6 @@ class Scenario(_Spec):
         for where, present, fix in unsupported:
             if present:
                 problems.append((where, f"{where} does not apply to an asynchronous run", fix))
-        epsilon = getattr(self.algorithm, "epsilon", None)
-        if self.algorithm.kind == "tinyreptile" and epsilon is not None:
-            problems.append(
-                (
-                    "algorithm.epsilon",
-                    "under asynchrony the server step is FedBuff's or FedAsync's: TinyReptile's "
-                    "epsilon (and its schedule) would be ignored",
-                    "set the server's step as asynchrony.server_lr and remove epsilon",
-                )
-            )
         if spec.concurrency > self.fleet.size:
             problems.append(
                 (

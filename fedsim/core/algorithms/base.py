@@ -167,6 +167,10 @@ class Algorithm(Spec):
     example-weighted mean."""
 
     kind: str
+    # True: the server step only moves θ toward what devices send (FedAvg's mean, Reptile's
+    # step), so an asynchronous federation (scenario.asynchrony: FedBuff, FedAsync) can replace
+    # it; an algorithm with its own server step (sums, pools, a head) keeps False and is refused.
+    asynchronous: ClassVar[bool] = False
 
     # -- the device side ------------------------------------------------------------------------
 

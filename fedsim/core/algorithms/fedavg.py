@@ -4,6 +4,8 @@ each device takes one full-batch gradient step per round: FedSGD, the jointly tr
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import Field
 
 from fedsim.core.algorithms.base import Algorithm, Learner
@@ -30,3 +32,5 @@ class SgdEpochs(Algorithm):
 
 class FedAvg(SgdEpochs):
     """FedAvg: ``SgdEpochs`` on the device, the weighted mean on the server (the defaults)."""
+
+    asynchronous: ClassVar[bool] = True  # FedBuff / FedAsync may replace its server step

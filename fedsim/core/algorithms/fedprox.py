@@ -4,6 +4,8 @@ averages as FedAvg does."""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import Field
 
 from fedsim.core.algorithms.base import Learner
@@ -13,6 +15,7 @@ __all__ = ["FedProx"]
 
 
 class FedProx(SgdEpochs):
+    asynchronous: ClassVar[bool] = True  # FedBuff / FedAsync may replace its server step
     mu: float = Field(0.01, ge=0.0, description="weight of the proximal term mu/2·||w - w_t||²")
 
     def learner(self) -> Learner:

@@ -16,13 +16,14 @@ default, not a law: 3,000 serial rounds on sine waves do better from ε0 = 1 (si
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field
 
 from fedsim.core.algorithms.base import (
     Algorithm,
     Learner,
+    Problem,
     ServerRound,
     ServerState,
     schedule,
@@ -30,6 +31,9 @@ from fedsim.core.algorithms.base import (
 )
 from fedsim.core.reduce import Arrays
 from fedsim.core.specs import BatchSize, Steps
+
+if TYPE_CHECKING:
+    from fedsim.core.scenario import Scenario
 
 __all__ = ["SERIAL_EPSILON", "OnlineReptile", "TinyReptile"]
 
@@ -83,3 +87,17 @@ class OnlineReptile(Algorithm):
 
 class TinyReptile(OnlineReptile):
     """TinyReptile: φ replaces θ in place on the device, which sends φ."""
+
+    asynchronous: ClassVar[bool] = True  # FedBuff / FedAsync may replace its server step
+
+    def problems(self, scenario: Scenario) -> list[Problem]:
+        if scenario.asynchrony is not None and self.epsilon is not None:
+            return [
+                (
+                    "algorithm.epsilon",
+                    "under asynchrony the server step is FedBuff's or FedAsync's: epsilon (and "
+                    "its schedule) would be ignored",
+                    "set the server's step as asynchrony.server_lr and remove epsilon",
+                )
+            ]
+        return []

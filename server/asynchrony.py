@@ -96,9 +96,13 @@ class AsyncServer:
         ended: list[Job] = []
         started = 0
         while True:
-            started += self._fill()
+            wake = math.inf
+            if len(self.in_flight) < spec.concurrency:
+                online, offline = self._idle()
+                started += self._fill(online)
+                if len(self.in_flight) < spec.concurrency:  # a slot is still free
+                    wake = ctx.costs.next_online(offline, ctx.clock)
             arrival = min((j.end_s for j in self.in_flight.values()), default=math.inf)
-            wake = self._wake() if len(self.in_flight) < spec.concurrency else math.inf
             if wake < arrival:  # someone comes online while a slot is free
                 after = math.nextafter(ctx.clock, math.inf)
                 ctx.clock = wake if wake > ctx.clock else after
@@ -134,35 +138,24 @@ class AsyncServer:
         record = self._record(round_, started, ended, devices, started_at, staleness)
         return record, devices, None
 
-    def _wake(self) -> float:
-        """When the next idle device that could train comes online (inf: never)."""
+    def _idle(self) -> tuple[list[int], list[int]]:
+        """The devices not training that could (memory permitting): online now, and offline."""
         ctx = self.ctx
-        online = ctx.costs.available(ctx.clock)
-        idle = [
-            d
-            for d in range(len(ctx.fleet))
-            if d not in self.in_flight
-            and (online is None or not online[d])
-            and ctx.costs.scope(d) != "skip"
-        ]
-        return ctx.costs.next_online(idle, ctx.clock)
+        mask = ctx.costs.available(ctx.clock)
+        online: list[int] = []
+        offline: list[int] = []
+        for d in range(len(ctx.fleet)):
+            if d not in self.in_flight and ctx.costs.scope(d) != "skip":
+                (online if mask is None or mask[d] else offline).append(d)
+        return online, offline
 
-    def _fill(self) -> int:
-        """Start devices in the free slots at the current simulated time; how many started."""
+    def _fill(self, candidates: list[int]) -> int:
+        """Start devices of ``candidates`` (online and idle) in the free slots at the current
+        simulated time; how many started."""
         ctx, spec = self.ctx, self.ctx.scenario.asynchrony
         assert spec is not None
         free = spec.concurrency - len(self.in_flight)
-        if free <= 0:
-            return 0
-        online = ctx.costs.available(ctx.clock)
-        candidates = [
-            d
-            for d in range(len(ctx.fleet))
-            if (online is None or online[d])
-            and d not in self.in_flight
-            and ctx.costs.scope(d) != "skip"
-        ]
-        if not candidates:
+        if free <= 0 or not candidates:
             return 0
         self.fills += 1
         rng = np.random.default_rng(derive_seed(ctx.scenario.seed, "async-select", self.fills))

@@ -16,7 +16,7 @@ SYSTEM_PACKAGES := espeak-ng flite sox dataset-fashion-mnist
 # bridge), a headless browser (report.html). Installed without recommends.
 TEST_PACKAGES := socat gcc qemu-system-arm gcc-arm-none-eabi libnewlib-arm-none-eabi chromium
 
-.PHONY: demo test check lint typecheck pytest examples clean system-packages test-packages apt-install
+.PHONY: demo docs test check lint typecheck pytest examples clean system-packages test-packages apt-install
 
 # Installs only what is missing (as root, or through sudo); quick when all are there.
 system-packages:
@@ -42,14 +42,19 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch first, pinned: the CPU build on the local disk (an unpinned torch pulls CUDA).
 	$(PIP) install torch==2.13.0 2>$(VENV)/pip.log || (grep -v "is ignored" $(VENV)/pip.log; exit 1)
-	$(PIP) install -e '.[dev]' 2>$(VENV)/pip.log || (grep -v "is ignored" $(VENV)/pip.log; exit 1)
+	$(PIP) install -e '.[dev,docs,trackers]' 2>$(VENV)/pip.log || (grep -v "is ignored" $(VENV)/pip.log; exit 1)
 	$(BIN)/python -c "import torch, flwr, fedsim; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $(STAMP)
 
 demo: system-packages $(STAMP)
 	$(BIN)/fedsim run scenarios/quickstart.yaml --out results/quickstart --overwrite
 
-test: system-packages test-packages $(STAMP) lint typecheck pytest examples
+test: system-packages test-packages $(STAMP) lint typecheck docs pytest examples
+
+# The documentation site, built offline into site/; --strict fails on any warning (a broken link,
+# a page left out of the navigation, a docstring that does not render).
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict --quiet --site-dir site
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -70,4 +75,4 @@ examples: $(STAMP)
 	$(BIN)/pytest -p no:cacheprovider examples/custom-algorithm/tests
 
 clean:
-	rm -rf $(VENV) results .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) results site .mypy_cache .ruff_cache .pytest_cache

@@ -40,6 +40,27 @@ for group in (run, pretrain, sweep, report, algorithms, data, devices, registry,
     group.register(app)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from fedsim import __version__
+
+        print(f"fedsim {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(
+        False,
+        "--version",
+        help="print fedsim's version and exit",
+        is_eager=True,
+        callback=_print_version,
+    ),
+) -> None:
+    """fedsim: simulate federated learning on fleets of edge devices, built on Flower."""
+
+
 def _importable_here() -> None:
     """A scenario's ``package.module:Name`` (its own algorithm, model...) is found in the folder
     fedsim runs from, as ``python -m`` would find it, here and in the Ray workers (which inherit

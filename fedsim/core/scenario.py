@@ -206,6 +206,12 @@ class OutputSpec(_Spec):
     checkpoint: bool = Field(
         True, description="checkpoint every round, so `fedsim run --resume` can continue a run"
     )
+    trackers: list[Literal["tensorboard", "mlflow"]] = Field(
+        default_factory=list,
+        description="also log the run to these experiment trackers (optional extras: "
+        "pip install 'fedsim[trackers]'): TensorBoard event files in the run folder, an MLflow "
+        "file store (or $MLFLOW_TRACKING_URI)",
+    )
 
 
 _KINDS_FIX = "e.g. kind: fedavg (fedsim algorithms lists the kinds), or package.module:ClassName"

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.train_cycles import TIMINGS, trace_cpi
+from edge.emulator import make_firmware
 
 __all__ = ["CORES", "Build", "Fit", "build", "fit", "measure", "run_bench"]
 
@@ -72,9 +73,7 @@ class Fit:
 
 def build() -> None:
     """make -C edge/firmware train-bench; a failure says what make said."""
-    done = subprocess.run(
-        ["make", "-C", str(FIRMWARE), "train-bench"], capture_output=True, text=True, timeout=300
-    )
+    done = make_firmware("train-bench")
     if done.returncode != 0:
         raise RuntimeError(f"make train-bench failed:\n{done.stdout}{done.stderr}")
 

@@ -33,6 +33,7 @@ __all__ = [
     "Running",
     "build_firmware",
     "host_firmware",
+    "make_firmware",
     "qemu_command",
     "qemu_mcu",
 ]
@@ -63,14 +64,34 @@ class Running:
     boot_s: float
 
 
+def make_firmware(*targets: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """``make -C edge/firmware TARGETS``, one build at a time on this machine: every build writes
+    the same ``build/`` folder, so two at once (test workers, a benchmark beside a test run)
+    would link each other's half-written objects. An exclusive lock on ``build/.lock`` orders
+    them; the second finds the first's outputs up to date."""
+    import fcntl
+
+    lock_path = FIRMWARE / "build" / ".lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return subprocess.run(
+                ["make", "-C", str(FIRMWARE), *targets],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def build_firmware(target: str = "qemu") -> Path:
     """``make -C edge/firmware TARGET`` (quick when up to date); the build folder."""
     missing = [tool for tool in TOOLS.get(target, ("make",)) if shutil.which(tool) is None]
     if missing:
         raise EmulatorError(f"{', '.join(missing)} not found: {APT}")
-    done = subprocess.run(
-        ["make", "-C", str(FIRMWARE), target], capture_output=True, text=True, timeout=300
-    )
+    done = make_firmware(target)
     if done.returncode != 0:
         raise EmulatorError(f"firmware build failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
     return FIRMWARE / "build"

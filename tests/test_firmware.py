@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
+from edge.emulator import make_firmware
 from edge.online_head import OnlineHead
 from edge.protocol import (
     CrcError,
@@ -62,9 +63,7 @@ def _need(*programs: str) -> None:
 
 
 def _make(*targets: str) -> str:
-    done = subprocess.run(
-        ["make", "-C", str(FIRMWARE), *targets], capture_output=True, text=True, timeout=120
-    )
+    done = make_firmware(*targets, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
 

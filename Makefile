@@ -48,6 +48,7 @@ $(STAMP): pyproject.toml Makefile
 
 demo: system-packages $(STAMP)
 	$(BIN)/fedsim run scenarios/quickstart.yaml --out results/quickstart --overwrite
+	@echo "the report: $(CURDIR)/results/quickstart/report.html (open it in a browser)"
 
 test: system-packages test-packages $(STAMP) lint typecheck docs pytest examples
 

@@ -4,14 +4,20 @@ or time, with the reason in the message."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, GetCoreSchemaHandler
+from pydantic import GetJsonSchemaHandler
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, core_schema
 
 from fedsim.core.errors import shown
 
 __all__ = [
     "BatchSize",
+    "Checked",
     "DeviceCount",
     "Epochs",
     "FileName",
@@ -32,7 +38,32 @@ class Spec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
 
 
-def at_most(limit: int | float, why: str) -> AfterValidator:
+@dataclass(frozen=True)
+class Checked:
+    """A check run after pydantic's own validation that also states its bound in the JSON
+    Schema (``minimum``, ``maximum``): pydantic cannot see inside a validator function, so
+    without them ``fedsim schema`` and the scenario reference would not show the bound."""
+
+    check: Callable[[Any], Any]
+    minimum: int | float | None = None
+    maximum: int | float | None = None
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> CoreSchema:
+        return core_schema.no_info_after_validator_function(self.check, handler(source))
+
+    def __get_pydantic_json_schema__(
+        self, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        found = handler(schema)
+        for keyword in ("minimum", "maximum"):
+            if getattr(self, keyword) is not None:
+                found[keyword] = getattr(self, keyword)
+        return found
+
+
+def at_most(limit: int | float, why: str) -> Checked:
     """An upper bound with its reason (``why``: what the value sizes), e.g. a device count that
     is held in memory. Lower bounds stay ``Field(ge=...)``."""
 
@@ -43,10 +74,10 @@ def at_most(limit: int | float, why: str) -> AfterValidator:
             )
         return value
 
-    return AfterValidator(check)
+    return Checked(check, maximum=limit)
 
 
-def at_least(limit: float, why: str) -> AfterValidator:
+def at_least(limit: float, why: str) -> Checked:
     """A lower bound with its reason, where the obvious one (> 0) is not enough."""
 
     def check(value: float) -> float:
@@ -56,7 +87,7 @@ def at_least(limit: float, why: str) -> AfterValidator:
             )
         return value
 
-    return AfterValidator(check)
+    return Checked(check, minimum=limit)
 
 
 SEED_LIMIT = 2**32
@@ -98,7 +129,7 @@ def _path_text(path: str) -> str:
     return path
 
 
-Seed = Annotated[int, AfterValidator(_seed)]
+Seed = Annotated[int, Checked(_seed, minimum=0, maximum=SEED_LIMIT - 1)]
 # letters, digits, _ . - only: the name is used as a results folder and in file names
 FileName = Annotated[
     str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$"), AfterValidator(_file_name)

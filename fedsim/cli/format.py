@@ -3,7 +3,9 @@ written, and one-line errors and warnings on stderr.
 
 Everything a command prints goes through here, so that no value (a device's board name, a Turtle
 literal, a file name like ``lab:x:.yaml``) is ever read as rich markup or an emoji, and so that
-the three formats say the same thing about the same records.
+the three formats say the same thing about the same records. In a pipe (stdout not a terminal) a
+table is as wide as its longest row, so ``fedsim devices profiles | grep nano`` sees whole names;
+in a terminal a cell too wide wraps, and is never cut short. ``NO_COLOR`` is honoured by rich.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ __all__ = [
 # Never markup, emoji or highlighting: what is printed is what the values say.
 out = Console(markup=False, highlight=False, soft_wrap=True, emoji=False)
 err = Console(stderr=True, markup=False, highlight=False, soft_wrap=True, emoji=False)
+PIPE_WIDTH = 100_000  # a table's width when stdout is not a terminal: as wide as its rows
 
 FORMATS = ("table", "csv", "json")
 FormatOpt = typer.Option("table", "--format", help="table, csv or json")
@@ -81,7 +84,23 @@ def print_records(tables: Records | Sequence[Records], fmt: str) -> None:
         if fmt == "csv":
             print_text(_csv(records))
         else:
-            out.print(_table(records))
+            _print_table(_table(records))
+
+
+def _print_table(table: Table) -> None:
+    """A table on stdout: fitted to a terminal, or at its natural width in a pipe (rich would
+    otherwise size it to 80 columns and cut names short), without trailing blanks."""
+    if out.is_terminal:
+        out.print(table)
+        return
+    width = out.width
+    out.width = PIPE_WIDTH
+    try:
+        with out.capture() as captured:
+            out.print(table)
+    finally:
+        out.width = width
+    print_text("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))
 
 
 def _csv(records: Records) -> str:
@@ -95,12 +114,13 @@ def _csv(records: Records) -> str:
 def _table(records: Records) -> Table:
     title = None if records.title is None else Text(records.title, style="table.title")
     table = Table(
-        *records.columns,
         title=title,
         title_justify="left",
         show_header=records.header,
         box=None,
     )
+    for column in records.columns:  # too wide for a terminal: wrapped, never cut to "…"
+        table.add_column(column, overflow="fold")
     for row in records.rows:
         table.add_row(*(_cell(row.get(c)) for c in records.columns))
     return table

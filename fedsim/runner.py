@@ -40,7 +40,7 @@ from server.app import make_server_app
 from server.loop import LogObserver, RoundObserver
 from server.outputs import check_resumable
 
-__all__ = ["RunResult", "resume_target", "run"]
+__all__ = ["RunResult", "out_folder", "resume_target", "run"]
 
 Engine = Literal["auto", "ray", "inline"]
 FLOWER_LOG = "flower.log"
@@ -52,7 +52,9 @@ class RunResult:
     summary: dict[str, Any]
 
 
-def _out_dir(scenario: Scenario, out: str | Path | None, overwrite: bool) -> Path:
+def out_folder(scenario: Scenario, out: str | Path | None, overwrite: bool) -> Path:
+    """The run's results folder: ``out`` (refused if it holds a run, unless ``overwrite``), or a
+    new ``<output.dir>/<name>[-N]``, made now so that a bad ``output.dir`` fails before any work."""
     if out is not None:
         path = Path(out)
         if (path / MANIFEST).exists() and not overwrite:
@@ -216,7 +218,7 @@ def run(
     scenario, fleet = load_fleet(scenario_path)
     check_parts(scenario.algorithm.kind, f"{scenario_path}: algorithm.kind")
     chosen = choose_engine(scenario, engine)
-    out_dir = Path(out) if resume and out is not None else _out_dir(scenario, out, overwrite)
+    out_dir = Path(out) if resume and out is not None else out_folder(scenario, out, overwrite)
     binding = RunBinding(
         scenario=str(Path(scenario_path).resolve()),
         out=str(out_dir.resolve()),

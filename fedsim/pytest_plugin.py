@@ -6,8 +6,9 @@ Installed with fedsim (entry point ``pytest11``), so any project that depends on
   text or a path; ``changes`` override dotted keys (``rounds=3``, ``algorithm__lr=0.1``, or a
   dict ``{"algorithm.lr": 0.1}``);
 * ``fedsim_run(scenario, mode=..., engine=..., **changes)``: runs it in-process (the ``inline``
-  engine unless told otherwise) and returns a ``FedsimRun``: ``rounds`` (rounds.jsonl),
-  ``devices`` (devices.csv rows), ``model`` (the final arrays), ``summary``, ``accuracy``, ``out``;
+  engine unless told otherwise) and returns a ``fedsim.Run`` (also named ``FedsimRun`` here), the
+  object ``fedsim.run`` returns: ``rounds`` (rounds.jsonl), ``devices`` (devices.csv rows),
+  ``model`` (the final arrays), ``summary``, ``accuracy``, ``out``, ``torch_model()``;
 * ``small_scenario(**top_level)``: a valid 5-device, 3-round FedAvg scenario dict to start from;
 * ``assert_converges(run, above=0.8, within=10)`` and ``assert_same_run(a, b)``;
 * markers ``slow`` and ``firmware``, and ``--fedsim-quick`` to deselect both.
@@ -17,23 +18,21 @@ Helpers are importable too: ``from fedsim.pytest_plugin import assert_converges`
 
 from __future__ import annotations
 
-import csv
-import json
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pytest
 import yaml
-from numpy.typing import NDArray
 
+from fedsim.api import Run
 from fedsim.core.scenario_load import merged_data, with_changes
 
 __all__ = [
     "FedsimRun",
+    "Run",
     "assert_converges",
     "assert_same_run",
     "small_scenario",
@@ -73,36 +72,7 @@ def _as_dict(scenario: ScenarioLike) -> dict[str, Any]:
     return dict(yaml.safe_load(text))
 
 
-@dataclass(frozen=True)
-class FedsimRun:
-    """One finished run, read back from its results folder."""
-
-    out: Path
-    summary: dict[str, Any]
-    rounds: list[dict[str, Any]]
-    devices: list[dict[str, str]]
-    model: dict[str, NDArray[Any]]
-
-    @classmethod
-    def read(cls, out: str | Path) -> FedsimRun:
-        from fedsim.core.results import DEVICES, SUMMARY, read_model, read_rounds
-
-        out = Path(out)
-        with (out / DEVICES).open(newline="", encoding="utf-8") as f:
-            devices = list(csv.DictReader(f))
-        summary = json.loads((out / SUMMARY).read_text(encoding="utf-8"))
-        return cls(out, summary, read_rounds(out), devices, read_model(out))
-
-    @property
-    def accuracy(self) -> list[float | None]:
-        return [r["accuracy"] for r in self.rounds]
-
-    @property
-    def final_accuracy(self) -> float | None:
-        return self.summary.get("final_accuracy")
-
-    def device_rows(self, device_id: int) -> list[dict[str, str]]:
-        return [r for r in self.devices if int(r["device_id"]) == device_id]
+FedsimRun = Run  # the name this plugin gave it first; the same class as ``fedsim.Run``
 
 
 def assert_converges(
@@ -221,8 +191,8 @@ def fedsim_scenario(tmp_path: Path) -> Callable[..., Path]:
 @pytest.fixture
 def fedsim_run(tmp_path: Path, fedsim_scenario: Callable[..., Path]) -> Callable[..., FedsimRun]:
     """Run a scenario in-process: ``fedsim_run(scenario, mode="cohort", engine="inline",
-    **changes)`` → ``FedsimRun``. Each call gets its own results folder."""
-    from fedsim.runner import run
+    **changes)`` → ``fedsim.Run``. Each call gets its own results folder."""
+    from fedsim.api import run
 
     counter = iter(range(1_000_000))
 
@@ -238,7 +208,6 @@ def fedsim_run(tmp_path: Path, fedsim_scenario: Callable[..., Path]) -> Callable
             extra["execution.mode"] = mode
         path = fedsim_scenario(scenario, extra)
         out = tmp_path / f"run-{next(counter)}"
-        result = run(path, out, engine=engine, command="pytest")
-        return FedsimRun.read(result.out)
+        return run(path, out=out, engine=engine)
 
     return go

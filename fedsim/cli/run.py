@@ -6,16 +6,28 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-from fedsim.cli.format import err, out
-from fedsim.core.errors import FedsimError
+from fedsim.cli.format import err, out, print_warning
+from fedsim.core.errors import ExitCode, FedsimError
 from fedsim.core.out_path import check_out
 from fedsim.core.scenario import Scenario, choose_engine
 
-__all__ = ["ScenarioArg", "check_engine", "register", "run", "summarize", "validate"]
+if TYPE_CHECKING:
+    from devices.clock import FleetCosts
+
+__all__ = [
+    "ScenarioArg",
+    "check",
+    "check_engine",
+    "fleet_warnings",
+    "register",
+    "run",
+    "summarize",
+    "validate",
+]
 
 ScenarioArg = typer.Argument(..., help="scenario YAML, e.g. scenarios/quickstart.yaml")
 
@@ -32,7 +44,12 @@ def check_engine(engine: str | None) -> None:
 
 
 def summarize(scenario_path: str | Path) -> str:
-    """One line saying what a scenario will run (``fedsim validate``)."""
+    """What a scenario will run, a line and one per device group (``fedsim validate``)."""
+    return check(scenario_path)[0]
+
+
+def check(scenario_path: str | Path) -> tuple[str, list[str]]:
+    """What a scenario will run (``summarize``), and warnings: what it will silently not do."""
     from devices.fleet import load_fleet
     from fedsim.parts import check_parts
 
@@ -51,7 +68,8 @@ def summarize(scenario_path: str | Path) -> str:
         model = task_model(scenario, data.num_features, data.num_outputs, 0)
     except FedsimError as exc:
         raise locate(scenario_path, exc) from None
-    lines = FleetCosts(scenario, fleet, model).describe()
+    costs = FleetCosts(scenario, fleet, model)
+    lines = costs.describe()
     if fleet.topology is not None:
         lines += fleet.topology.describe()
     if scenario.asynchrony is not None:
@@ -62,13 +80,45 @@ def summarize(scenario_path: str | Path) -> str:
         if scenario.asynchrony is None
         else f"{scenario.asynchrony.concurrency} at once x {scenario.rounds} server updates"
     )
-    return (
+    summary = (
         f"{scenario_path}: ok: {scenario.name}: {scenario.algorithm.kind} on "
         f"{scenario.task.dataset}/{scenario.task.model}, {len(fleet)} devices ({groups}), "
         f"{pace}, {split} split, "
         f"{scenario.execution.mode} mode on {choose_engine(scenario)}, seed {scenario.seed}"
         f"{groups_cost}"
     )
+    return summary, fleet_warnings(costs, str(scenario_path))
+
+
+def fleet_warnings(costs: FleetCosts, where: str) -> list[str]:
+    """Device groups that will never train (their memory cannot hold the model's training
+    footprint) or whose every round is cut (a round takes them past the deadline): a run
+    completes all the same, so ``validate`` says so loudly."""
+    fleet, deadline = costs.fleet, costs.scenario.deadline_s
+    kinds: dict[tuple[int, str], list[int]] = {}
+    for device in fleet.devices:
+        kinds.setdefault((device.group, device.profile.name), []).append(device.device_id)
+    warnings = []
+    for (group, name), ids in kinds.items():
+        plans = [costs.nominal(d) for d in ids]
+        at = f"{where}: fleet.groups[{group}] ({name})"
+        never = sum(p.fate == "memory-skip" for p in plans)
+        if never:
+            need = costs.full.train_bytes
+            warnings.append(
+                f"{at}: {never} of {len(fleet)} devices will never train: their memory cannot "
+                f"hold the model's training footprint ({need / 1024:.0f} KB); use a smaller "
+                "model, more memory, or fleet.memory_policy: head-only"
+            )
+        late = [p for p in plans if deadline is not None and p.busy_s > deadline]
+        if late and deadline is not None:
+            slowest = max(p.busy_s for p in late)
+            warnings.append(
+                f"{at}: {len(late)} of {len(fleet)} devices are always cut: a round takes them "
+                f"~{slowest:.3g} s, past the deadline ({deadline:g} s), so no update of theirs "
+                "ever counts; raise deadline_s, or drop the group"
+            )
+    return warnings
 
 
 def async_lines(scenario: Scenario) -> list[str]:
@@ -99,9 +149,20 @@ def async_lines(scenario: Scenario) -> list[str]:
     ]
 
 
-def validate(scenario: Path = ScenarioArg) -> None:
-    """Check a scenario (schema, names, fleet, data split) and say what it will run."""
-    out.print(summarize(scenario))
+def validate(
+    scenario: Path = ScenarioArg,
+    strict: bool = typer.Option(
+        False, "--strict", help="exit 2 when there is any warning (e.g. a group that never trains)"
+    ),
+) -> None:
+    """Check a scenario (schema, names, fleet, data split) and say what it will run; warn
+    (stderr) about device groups that will never train or whose every round is cut."""
+    summary, warnings = check(scenario)
+    out.print(summary)
+    for line in warnings:
+        print_warning(line)
+    if strict and warnings:
+        raise typer.Exit(int(ExitCode.BAD_INPUT))
 
 
 def run(

@@ -39,11 +39,16 @@ __all__ = [
 class FaultSpec(_Spec):
     """Injected faults, drawn per (seed, round, device) so runs stay reproducible."""
 
-    crash_prob: float = Field(0.0, ge=0.0, le=1.0)
+    crash_prob: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="probability a device crashes in a round (counted, not fatal)",
+    )
 
 
 class AlwaysOn(_Spec):
-    kind: Literal["always-on"] = "always-on"
+    kind: Literal["always-on"] = Field("always-on", description="online all the time")
 
 
 # spells are drawn one by one up to the simulated time: a mean of 10⁻⁹ s would draw ~10¹¹ spells
@@ -56,7 +61,7 @@ _Spell = Annotated[
 class MarkovAvailability(_Spec):
     """On for Exp(mean_on_s), off for Exp(mean_off_s), alternating; seeded per device."""
 
-    kind: Literal["markov"]
+    kind: Literal["markov"] = Field(description="alternating exponential on and off spells")
     mean_on_s: _Spell = Field(gt=0.0, description="mean online spell (1 / on→off rate)")
     mean_off_s: _Spell = Field(gt=0.0, description="mean offline spell (1 / off→on rate)")
 
@@ -64,7 +69,7 @@ class MarkovAvailability(_Spec):
 class TraceAvailability(_Spec):
     """Online intervals from a CSV ``device,start,end`` (fleet device ids, simulated seconds)."""
 
-    kind: Literal["trace"]
+    kind: Literal["trace"] = Field(description="online intervals read from a CSV file")
     file: PathText = Field(min_length=1, description="path relative to the scenario file")
 
 
@@ -81,12 +86,12 @@ class AttachedSpec(_Spec):
         min_length=1, description="/dev/ttyACM0, /dev/serial0, socket://host:port (an emulator)"
     )
     baudrate: Annotated[int, at_most(10_000_000, "serial ports run at most a few Mbit/s")] = Field(
-        115200, ge=300
+        115200, ge=300, description="serial line speed"
     )
     timeout_s: Annotated[float, at_most(3600.0, "a device silent for an hour is gone")] = Field(
         2.0, gt=0.0, description="per request; TRAIN waits longer per sample"
     )
-    retries: int = Field(3, ge=0, le=20)
+    retries: int = Field(3, ge=0, le=20, description="resends of a request that timed out")
 
 
 class DeviceGroup(_Spec):
@@ -100,12 +105,14 @@ class DeviceGroup(_Spec):
     bind: dict[str, str | int | float | bool] = Field(
         default_factory=dict, description="the query's variables, e.g. {modelName: mlp.kws}"
     )
-    count: DeviceCount = Field(ge=1)
+    count: DeviceCount = Field(ge=1, description="devices in the group")
     link: str | None = Field(
         None, description="which of the profile's links it uses (default: wifi, ethernet, ...)"
     )
-    availability: AvailabilitySpec = AlwaysOn()
-    faults: FaultSpec = FaultSpec()
+    availability: AvailabilitySpec = Field(
+        AlwaysOn(), description="when the devices are online (simulated time)"
+    )
+    faults: FaultSpec = Field(FaultSpec(), description="faults injected into the devices")
     attached: AttachedSpec | None = Field(
         None, description="a real device on a serial bridge (count 1): it trains on the device"
     )
@@ -122,8 +129,8 @@ class DeviceGroup(_Spec):
 
 
 class OutageSpell(_Spec):
-    start_s: float = Field(ge=0.0)
-    end_s: float = Field(gt=0.0)
+    start_s: float = Field(ge=0.0, description="simulated time the outage starts")
+    end_s: float = Field(gt=0.0, description="simulated time it ends (after start_s)")
 
     @model_validator(mode="after")
     def _ordered(self) -> OutageSpell:
@@ -135,8 +142,8 @@ class OutageSpell(_Spec):
 class Outages(_Spec):
     """Offline spells (simulated seconds from the run's start); online the rest of the time."""
 
-    kind: Literal["outages"]
-    spells: list[OutageSpell] = Field(min_length=1)
+    kind: Literal["outages"] = Field(description="offline during the listed spells")
+    spells: list[OutageSpell] = Field(min_length=1, description="the offline spells")
 
 
 GatewayAvailabilitySpec = Annotated[
@@ -150,12 +157,20 @@ class GatewayDevices(_Spec):
     ``ids`` (device ids), ``names`` (registry device names) or ``query`` (a registry query
     returning ``?name``, with ``bind``)."""
 
-    count: DeviceCount | None = Field(None, ge=1)
-    groups: list[int] | None = Field(None, min_length=1)
-    ids: list[int] | None = Field(None, min_length=1)
-    names: list[str] | None = Field(None, min_length=1)
-    query: str | None = None
-    bind: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    count: DeviceCount | None = Field(
+        None, ge=1, description="the next this many devices (id order) no earlier gateway took"
+    )
+    groups: list[int] | None = Field(
+        None, min_length=1, description="indices into fleet.groups: all their devices"
+    )
+    ids: list[int] | None = Field(None, min_length=1, description="fleet device ids")
+    names: list[str] | None = Field(None, min_length=1, description="registry device names")
+    query: str | None = Field(
+        None, description="a named registry query or .rq file returning ?name"
+    )
+    bind: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="the query's variables"
+    )
 
     @model_validator(mode="after")
     def _one_way(self) -> GatewayDevices:
@@ -175,7 +190,7 @@ class GatewaySpec(_Spec):
     aggregates its devices' updates (or, as an edge server, its child gateways' partials) and
     sends one partial up its ``link``."""
 
-    name: FileName
+    name: FileName = Field(description="the gateway's name (a registry gateway's, if any)")
     profile: str | None = Field(
         None,
         description="its device profile (default: the registry gateway of this name's, else rpi4)",
@@ -191,46 +206,52 @@ class GatewaySpec(_Spec):
     devices: GatewayDevices | None = Field(
         None, description="the devices behind it; none: an edge server above other gateways"
     )
-    availability: GatewayAvailabilitySpec = AlwaysOn()
+    availability: GatewayAvailabilitySpec = Field(
+        AlwaysOn(), description="when the gateway is online (simulated time)"
+    )
 
 
 class TopologySpec(_Spec):
     """Tiers between devices and the server (DESIGN.md §5.1). Devices behind no gateway reach the
     server directly; with no gateways this is the flat star, with exactly its results."""
 
-    gateways: list[GatewaySpec] = Field(default_factory=list)
+    gateways: list[GatewaySpec] = Field(
+        default_factory=list, description="the gateways and edge servers, each named once"
+    )
     local_rounds: Annotated[
         int, at_most(1_000, "each local round trains every device behind the gateway")
     ] = Field(1, ge=1, description="device rounds a gateway aggregates locally per global round")
 
 
 class IidPartition(_Spec):
-    kind: Literal["iid"] = "iid"
+    kind: Literal["iid"] = Field("iid", description="shuffled, equal shares")
 
 
 class DirichletPartition(_Spec):
-    kind: Literal["dirichlet"]
+    kind: Literal["dirichlet"] = Field(
+        description="label mix per device drawn from Dirichlet(alpha)"
+    )
     alpha: Annotated[float, at_most(1e6, "above ~100 the split is IID already (use kind: iid)")] = (
         Field(gt=0.0, description="concentration; small = very non-IID")
     )
     min_partition_size: Annotated[
         int, at_most(1_000_000, "it is retried until every device has as many samples")
-    ] = Field(2, ge=0)
+    ] = Field(2, ge=0, description="redraw until every device has at least this many samples")
 
 
 class ShardPartition(_Spec):
     """Sort by label, cut into shards, deal each device ``shards_per_device`` (McMahan et al.)."""
 
-    kind: Literal["shards"]
+    kind: Literal["shards"] = Field(description="label-sorted shards dealt to devices")
     shards_per_device: Annotated[int, at_most(10_000, "every shard is cut from the dataset")] = (
-        Field(2, ge=1)
+        Field(2, ge=1, description="shards each device gets")
     )
 
 
 class NaturalPartition(_Spec):
     """One natural group per device (writer, speaker, subject, room): real non-IID clients."""
 
-    kind: Literal["natural"]
+    kind: Literal["natural"] = Field(description="one natural group of the dataset per device")
 
 
 PartitionSpec = Annotated[
@@ -240,8 +261,12 @@ PartitionSpec = Annotated[
 
 
 class FleetSpec(_Spec):
-    groups: list[DeviceGroup] = Field(min_length=1)
-    partition: PartitionSpec = IidPartition()
+    groups: list[DeviceGroup] = Field(
+        min_length=1, description="device groups: a profile or a registry query, and a count"
+    )
+    partition: PartitionSpec = Field(
+        IidPartition(), description="how the training data is split across devices"
+    )
     samples_per_device: (
         Annotated[int, at_most(100_000, "a device's samples are generated in memory as it trains")]
         | None

@@ -93,8 +93,14 @@ __all__ = [
 
 
 class TaskSpec(_Spec):
-    dataset: str = "digits"
-    model: str = "mlp"
+    dataset: str = Field(
+        "digits",
+        description="the data the fleet learns: a built-in (fedsim data list), an installed "
+        "plugin, or package.module:name",
+    )
+    model: str = Field(
+        "mlp", description="the model devices train: a built-in name or package.module:name"
+    )
 
     @field_validator("dataset")
     @classmethod
@@ -126,14 +132,16 @@ class AdaptSpec(_Spec):
         0, ge=0, description="first, steps on the head alone (TinyMetaFed's reconstruction)"
     )
     steps: Steps = Field(32, ge=0, description="then SGD steps on all parameters")
-    lr: float = Field(0.02, gt=0.0)
+    lr: float = Field(0.02, gt=0.0, description="the adaptation's SGD learning rate")
     batch_size: BatchSize | None = Field(
         None, ge=1, description="samples per step (default: all K)"
     )
     online: bool = Field(
         False, description="one batch-1 step per support sample, each once, in stream order"
     )
-    query: Literal["rest", "all"] = "rest"
+    query: Literal["rest", "all"] = Field(
+        "rest", description="score on the samples after the support (rest) or on all of them"
+    )
     max_devices: DeviceCount | None = Field(
         None, ge=2, description="evaluate this many held-out devices"
     )
@@ -169,13 +177,23 @@ class ExecutionSpec(_Spec):
     per-device mode.
     """
 
-    engine: Literal["auto", "ray", "inline"] = "auto"
-    mode: Literal["cohort", "per-device"] = "cohort"
-    vectorize: bool = True
+    engine: Literal["auto", "ray", "inline"] = Field(
+        "auto",
+        description="inline: in this process; ray: Flower's simulation engine on Ray actors; "
+        "auto: inline for small runs, else ray",
+    )
+    mode: Literal["cohort", "per-device"] = Field(
+        "cohort",
+        description="cohort: each Flower node runs a share of the round's devices; per-device: "
+        "one Flower node per device (same results, slower)",
+    )
+    vectorize: bool = Field(
+        True, description="cohort mode: train devices that share a model together (torch.func)"
+    )
     actors: int = Field(2, ge=1, le=64, description="Ray actors (one CPU each)")
     round_timeout_s: Annotated[
         float, at_most(604_800.0, "a round that waits over a week has stopped")
-    ] = Field(600.0, gt=0.0)
+    ] = Field(600.0, gt=0.0, description="wall-clock seconds a round may take before it fails")
     ray_address: str | None = Field(
         None,
         description="an existing Ray cluster (host:port of its head; or $FEDSIM_RAY_ADDRESS): "
@@ -191,7 +209,9 @@ class ExecutionSpec(_Spec):
 class RegistrySpec(_Spec):
     """The registry a run reads devices from and writes its participation to (DESIGN.md §8)."""
 
-    store: Literal["memory", "oxigraph"] = "memory"
+    store: Literal["memory", "oxigraph"] = Field(
+        "memory", description="memory: rebuilt each run; oxigraph: a persistent store (db)"
+    )
     db: PathText | None = Field(
         None, description="oxigraph only: a persistent store folder (relative to the scenario)"
     )
@@ -202,7 +222,9 @@ class RegistrySpec(_Spec):
 
 
 class OutputSpec(_Spec):
-    dir: PathText = "results"
+    dir: PathText = Field(
+        "results", description="folder that holds the run folders (relative to where fedsim runs)"
+    )
     checkpoint: bool = Field(
         True, description="checkpoint every round, so `fedsim run --resume` can continue a run"
     )
@@ -252,33 +274,45 @@ class AsyncSpec(_Spec):
     server_lr: float = Field(
         1.0, gt=0.0, description="fedbuff: the server learning rate η; fedasync: the mixing α"
     )
-    staleness: StalenessSpec = StalenessSpec()
+    staleness: StalenessSpec = Field(
+        StalenessSpec(), description="how much a stale update is down-weighted"
+    )
 
 
 class Scenario(_Spec):
-    name: FileName
-    description: str = ""
-    seed: Seed = 0
-    task: TaskSpec = TaskSpec()
-    fleet: FleetSpec
+    name: FileName = Field(description="the run's name: its results folder is named after it")
+    description: str = Field("", description="one line on what the scenario shows")
+    seed: Seed = Field(
+        0, description="seeds everything random (data split, sampling, faults, initial model)"
+    )
+    task: TaskSpec = Field(TaskSpec(), description="what is learned: the dataset and the model")
+    fleet: FleetSpec = Field(
+        description="the devices (groups by profile and count), their data split, and costs"
+    )
     algorithm: SerializeAsAny[Algorithm] = Field(
         description="kind: a built-in (fedsim algorithms), an installed plugin, or "
         "package.module:ClassName; the other keys are that algorithm's"
     )
-    rounds: Rounds = Field(ge=1)
+    rounds: Rounds = Field(ge=1, description="global rounds (asynchronous runs: server updates)")
     clients_per_round: DeviceCount | None = Field(
         None, ge=1, description="default: the whole fleet"
     )
     deadline_s: float | None = Field(
         None, gt=0.0, description="simulated seconds a round waits; later devices are cut"
     )
-    evaluation: EvaluationSpec = EvaluationSpec()
-    execution: ExecutionSpec = ExecutionSpec()
-    registry: RegistrySpec | None = None
+    evaluation: EvaluationSpec = Field(
+        EvaluationSpec(), description="when and how the global model is scored"
+    )
+    execution: ExecutionSpec = Field(
+        ExecutionSpec(), description="how the fleet is executed; never changes the results"
+    )
+    registry: RegistrySpec | None = Field(
+        None, description="the device registry the run reads and records to (default: in memory)"
+    )
     topology: TopologySpec | None = Field(
         None, description="devices behind gateways, gateways behind edge servers (default: a star)"
     )
-    output: OutputSpec = OutputSpec()
+    output: OutputSpec = Field(OutputSpec(), description="where and what the run writes")
     asynchrony: AsyncSpec | None = Field(
         None, description="an asynchronous federation (FedBuff, FedAsync); default: rounds"
     )

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
+from pydantic import Field
 
 from fedsim.core.algorithms.prototype_sums import ClassSums
 from fedsim.core.payload import Upload, non_finite
@@ -166,7 +167,9 @@ class Algorithm(Spec):
     FedAvg's: every device trains the whole model and sends it; the server takes the
     example-weighted mean."""
 
-    kind: str
+    kind: str = Field(
+        description="the algorithm: a built-in, an installed plugin, or package.module:ClassName"
+    )
     # True: the server step only moves θ toward what devices send (FedAvg's mean, Reptile's
     # step), so an asynchronous federation (scenario.asynchrony: FedBuff, FedAsync) can replace
     # it; an algorithm with its own server step (sums, pools, a head) keeps False and is refused.

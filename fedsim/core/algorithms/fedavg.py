@@ -17,9 +17,9 @@ __all__ = ["FedAvg", "SgdEpochs"]
 class SgdEpochs(Algorithm):
     """Devices run ``local_epochs`` passes of mini-batch SGD (FedAvg's device side)."""
 
-    lr: float = Field(0.1, gt=0.0)
-    local_epochs: Epochs = Field(1, ge=1)
-    batch_size: BatchSize = Field(16, ge=1)
+    lr: float = Field(0.1, gt=0.0, description="device SGD learning rate")
+    local_epochs: Epochs = Field(1, ge=1, description="passes over the device's data per round")
+    batch_size: BatchSize = Field(16, ge=1, description="samples per SGD step")
 
     def learner(self) -> Learner:
         from fedsim.core.algorithms.local import LocalSgd

@@ -38,17 +38,25 @@ class BackboneSpec(Spec):
     seeds of a comparison should vary the federated part, not the backbone (default: the
     scenario's seed)."""
 
-    dataset: Literal["fashion-mnist", "mnist-5k"] = "fashion-mnist"
+    dataset: Literal["fashion-mnist", "mnist-5k"] = Field(
+        "fashion-mnist", description="the data the backbone is pre-trained on"
+    )
     seed: int | None = Field(None, ge=0, description="pre-training seed (default: the scenario's)")
-    steps: Steps = Field(3000, ge=1)
+    steps: Steps = Field(3000, ge=1, description="pre-training steps")
     # the ViT's parameters grow as depth × dim²: 1024 × 1024 × 64 blocks is ~1 GB of weights
-    dim: Annotated[int, at_most(1_024, "the ViT's weights grow as dim²")] = Field(64, ge=8)
-    depth: Annotated[int, at_most(64, "every block's weights are held in memory")] = Field(4, ge=1)
+    dim: Annotated[int, at_most(1_024, "the ViT's weights grow as dim²")] = Field(
+        64, ge=8, description="the ViT's embedding width"
+    )
+    depth: Annotated[int, at_most(64, "every block's weights are held in memory")] = Field(
+        4, ge=1, description="the ViT's transformer blocks"
+    )
 
 
 class FedIns(SgdEpochs):
-    lr: float = Field(0.05, gt=0.0)
-    backbone: BackboneSpec = BackboneSpec()
+    lr: float = Field(0.05, gt=0.0, description="device SGD learning rate")
+    backbone: BackboneSpec = Field(
+        BackboneSpec(), description="the frozen, pre-trained ViT the pool adapts"
+    )
     entries: Annotated[int, at_most(1_000, "every entry trains and travels each round")] = Field(
         25, ge=1, description="M: SSF sets (with key and head) in the pool"
     )

@@ -84,16 +84,20 @@ class EncoderSpec(Spec):
         """The task dataset whose classes this encoder never saw."""
         return f"{self.dataset.split('+')[0]}-unseen"
 
-    dataset: Literal["kanjivg+omniglot", "kanjivg", "omniglot", "kws", "har"] = "kanjivg+omniglot"
-    episodes: Steps = Field(1500, ge=1)
-    n_way: _PerEpisode = Field(20, ge=2)
-    k_shot: _PerEpisode = Field(1, ge=1)
-    q_queries: _PerEpisode = Field(5, ge=1)
-    lr: float = Field(1e-3, gt=0.0)
+    dataset: Literal["kanjivg+omniglot", "kanjivg", "omniglot", "kws", "har"] = Field(
+        "kanjivg+omniglot", description="whose background classes the encoder is pre-trained on"
+    )
+    episodes: Steps = Field(1500, ge=1, description="pre-training episodes")
+    n_way: _PerEpisode = Field(20, ge=2, description="classes per episode")
+    k_shot: _PerEpisode = Field(1, ge=1, description="support samples per class per episode")
+    q_queries: _PerEpisode = Field(5, ge=1, description="query samples per class per episode")
+    lr: float = Field(1e-3, gt=0.0, description="pre-training learning rate (Adam)")
     lr_decay: float = Field(
         0.02, ge=0.0, le=1.0, description="last episode's rate as a fraction of lr (1: constant)"
     )
-    rotations: bool = True
+    rotations: bool = Field(
+        True, description="character sets: rotated characters count as new classes"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -131,7 +135,9 @@ class EncoderSpec(Spec):
 
 
 class Prototypes(Algorithm):
-    encoder: EncoderSpec = EncoderSpec()
+    encoder: EncoderSpec = Field(
+        EncoderSpec(), description="the frozen, episodically pre-trained encoder"
+    )
     classes_per_mission: Annotated[
         int, at_most(10_000, "a mission's classes are embedded and held together")
     ] = Field(5, ge=1, description="new classes per device per mission")

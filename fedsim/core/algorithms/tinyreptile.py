@@ -54,7 +54,9 @@ class OnlineReptile(Algorithm):
         description="server step size ε at round 1 (default: 0.25 per device averaged, at most 1)",
     )
     epsilon_end: float = Field(0.0, ge=0.0, le=1.0, description="ε approached at the end")
-    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    schedule: Literal["linear", "cosine", "constant"] = Field(
+        "linear", description="how ε goes from epsilon to epsilon_end over the rounds"
+    )
 
     def learner(self) -> Learner:
         from fedsim.core.algorithms.local import OnlineSteps

@@ -1,5 +1,5 @@
 """The Flower apps as fedsim ships them: the server's round loop with the top floor's outputs
-(plots, report), and the devices' ClientApp. ``server_app`` and ``client_app`` are the
+(plots, report, trackers), and the devices' ClientApp. ``server_app`` and ``client_app`` are the
 components pyproject names for ``flwr run .`` and ``fedsim run --federation``, so a deployed run
 writes the same files as a simulated one."""
 
@@ -16,6 +16,7 @@ from fedsim.plots import (
     plot_tiers,
 )
 from fedsim.report import run_report
+from fedsim.trackers import Trackers
 from server.app import make_server_app
 from server.callbacks import RoundCallback, RunState
 
@@ -44,8 +45,9 @@ class ReportFile(RoundCallback):
 
 
 def output_callbacks() -> list[RoundCallback]:
-    """What the top floor adds to every run: its plots and its report."""
-    return [PlotFiles(), ReportFile()]
+    """What the top floor adds to every run: its plots, its report, and the experiment trackers
+    the scenario names (last: they take the plots and report as artifacts)."""
+    return [PlotFiles(), ReportFile(), Trackers()]
 
 
 server_app = make_server_app(callbacks=output_callbacks())

@@ -43,7 +43,9 @@ def _rounds(out: Path) -> list[dict[str, Any]]:
 
 
 def _tensorboard(folder: Path, tag: str) -> list[tuple[int, float]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.backend.event_processing.event_accumulator import (  # type: ignore[import-untyped]  # no stubs
+        EventAccumulator,
+    )
 
     events = EventAccumulator(str(folder))
     events.Reload()
@@ -70,7 +72,7 @@ def test_both_trackers_log_the_rounds_the_scenario_and_the_artifacts(
     sim_ms = [round(r["sim_time_s"] * 1000) for r in rounds]
     energy = _tensorboard(out / "tensorboard" / "sim_time", "sim_time_ms/energy_mj")
     assert energy == [
-        pytest.approx((ms, r["energy_mj"]), rel=1e-6) for ms, r in zip(sim_ms, rounds)
+        pytest.approx((ms, r["energy_mj"]), rel=1e-6) for ms, r in zip(sim_ms, rounds, strict=True)
     ]
     total = _tensorboard(out / "tensorboard", "total_energy_mj")[-1][1]
     assert total == pytest.approx(sum(r["energy_mj"] for r in rounds), rel=1e-6)
@@ -84,7 +86,8 @@ def test_both_trackers_log_the_rounds_the_scenario_and_the_artifacts(
     assert logged.data.params["scenario_sha256"] == manifest["scenario_sha256"]
     assert logged.data.params["fleet.groups.0.profile"] == "rpi4"
     assert logged.data.params["rounds"] == "2"
-    assert logged.info.run_name == "run" and logged.info.status == "FINISHED"
+    assert logged.info.run_name == "run"
+    assert logged.info.status == "FINISHED"
     assert client.get_experiment(logged.info.experiment_id).name == "tiny"
     assert logged.info.artifact_uri.startswith((tmp_path / "results" / "mlruns").as_uri())
     artifacts = {a.path for a in client.list_artifacts(run_id)}

@@ -23,7 +23,7 @@ from fedsim.cli.format import (
     print_text,
     write_text,
 )
-from fedsim.core.errors import FedsimError
+from fedsim.core.errors import FedsimError, did_you_mean
 
 __all__ = ["register", "registry_app"]
 
@@ -165,8 +165,35 @@ def history(
     check_format(fmt)
     with _open(data, store, db) as registry:
         rows = registry.run_devices(run)
+        if not rows:
+            _check_run(run, [str(r["runId"]) for r in registry.store.select(RUN_IDS)])
     columns = ["device", "profile", "rounds", "delivered", "energy_mj", "bytes", "mean_loss"]
     print_records(Records(_dump(rows), columns, title=f"run {run}: {len(rows)} devices"), fmt)
+
+
+RUN_IDS = """PREFIX fedsim: <https://w3id.org/fedsim/vocab#>
+SELECT DISTINCT ?runId WHERE { ?run a fedsim:Run ; fedsim:runId ?runId } ORDER BY ?runId"""
+SHOWN_RUNS = 20  # run ids an error lists at most
+
+
+def _check_run(run: str, known: list[str]) -> None:
+    """A run id the registry does not hold is an error that names the ones it does (a run it
+    holds may have seen no devices: that is an answer)."""
+    if run in known:
+        return
+    if not known:
+        raise FedsimError(
+            f"--run {run}",
+            "the registry holds no runs",
+            "give --data RUN_DIR/participation.ttl (a run with a registry section writes it), "
+            "or --db the persistent registry its runs wrote back to",
+        )
+    shown = ", ".join(known[:SHOWN_RUNS]) + (", ..." if len(known) > SHOWN_RUNS else "")
+    raise FedsimError(
+        f"--run {run}",
+        f"no such run in the registry ({len(known)} runs: {shown}){did_you_mean(run, known)}",
+        "give one of these run ids (a run folder's name)",
+    )
 
 
 @registry_app.command("catalog-models")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ __all__ = [
     "KIND_PATTERN",
     "SCHEMA_FILE",
     "SCHEMA_ID",
+    "allow_kinds",
     "scenario_json_schema",
     "scenario_reference_markdown",
     "schema_comment",
@@ -151,6 +152,15 @@ def scenario_json_schema(plugins: bool = False) -> dict[str, Any]:
         "else": {"$ref": "#/$defs/Scenario"},
         "$defs": dict(sorted(defs.items())),
     }
+
+
+def allow_kinds(schema: dict[str, Any], kinds: Sequence[str]) -> dict[str, Any]:
+    """``schema`` also accepting ``kinds`` (any keys): an algorithm not installed yet, such as
+    the one ``fedsim new algorithm`` writes (``fedsim schema --plugins`` knows its keys)."""
+    for name in ("Scenario", "PartialScenario"):
+        kind = schema["$defs"][name]["properties"]["algorithm"]["properties"]["kind"]
+        kind["anyOf"][0]["enum"] = sorted({*kind["anyOf"][0]["enum"], *kinds})
+    return schema
 
 
 def schema_text(plugins: bool = False) -> str:

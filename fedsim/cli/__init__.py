@@ -16,10 +16,12 @@ from fedsim.cli import (
     data,
     deploy,
     devices,
+    new,
     pretrain,
     registry,
     report,
     run,
+    schema,
     sweep,
 )
 from fedsim.cli.format import err, print_error
@@ -36,7 +38,19 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-for group in (run, pretrain, sweep, report, algorithms, data, devices, registry, deploy):
+for group in (
+    new,
+    run,
+    pretrain,
+    sweep,
+    report,
+    algorithms,
+    schema,
+    data,
+    devices,
+    registry,
+    deploy,
+):
     group.register(app)
 
 
@@ -84,8 +98,13 @@ def main() -> None:
         for line in exc.lines():
             print_error(line)
         sys.exit(int(exc.exit_code))
-    except KeyboardInterrupt:
-        err.print("interrupted; results written so far are kept (fedsim run --resume RUN_DIR)")
+    except KeyboardInterrupt as exc:  # a run adds a note: its folder and how to go on
+        notes = getattr(exc, "__notes__", [])
+        err.print(
+            f"interrupted: {notes[-1]}"
+            if notes
+            else "interrupted; results written so far are kept (fedsim run --resume RUN_DIR)"
+        )
         sys.exit(int(ExitCode.INTERRUPTED))
     except typer.Exit as exc:
         sys.exit(exc.exit_code)

@@ -18,6 +18,7 @@ from fedsim.cli.format import (
     FormatOpt,
     Records,
     check_format,
+    err,
     out,
     print_records,
     print_text,
@@ -209,17 +210,25 @@ def catalog_models() -> None:
 @registry_app.command("validate")
 def validate(
     files: list[Path] = typer.Argument(None, help="Turtle files (default: the shipped catalog)"),
+    fmt: str = FormatOpt,
 ) -> None:
     """Check device, model and run descriptions against the SHACL shapes (ontology/shapes):
-    one line per violation (node, property, value, fix); exit 2 if there is any."""
+    one line per violation (node, property, value, fix), or records with --format csv/json;
+    exit 2 if there is any."""
+    from dataclasses import asdict
+
     from ontology.validate import validate_files
 
+    check_format(fmt)
     for path in files or []:
         if not path.is_file():
             raise FedsimError(str(path), "no such file", "give Turtle files to validate")
     violations = validate_files(files or [], with_catalog=True)
+    if fmt != "table":
+        columns = ["severity", "focus", "path", "value", "message", "fix"]
+        print_records(Records([asdict(v) for v in violations], columns, "violations"), fmt)
     if violations:
-        for v in violations:
+        for v in violations if fmt == "table" else []:
             print_text(f"{v.line()}\n")
         raise FedsimError(
             "registry validate",
@@ -227,7 +236,7 @@ def validate(
             "fix each as its line says, then run validate again",
         )
     what = ", ".join(str(f) for f in files) if files else "the catalog"
-    out.print(f"{what}: conforms to the fedsim shapes")
+    (out if fmt == "table" else err).print(f"{what}: conforms to the fedsim shapes")
 
 
 def _graph(data: Sequence[Path]) -> Any:

@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from fedsim.cli.format import err, out
+from fedsim.cli.format import FormatOpt, Records, check_format, err, print_records
 from fedsim.cli.run import ScenarioArg, check_engine
 from fedsim.core.out_path import check_out
 
@@ -29,11 +29,14 @@ def sweep(
         None, "--out", help="sweep folder (default: <output.dir>/<name>-sweep)"
     ),
     engine: str | None = typer.Option(None, help="auto, ray or inline (as for run)"),
+    fmt: str = FormatOpt,
 ) -> None:
-    """Run a scenario over a grid of settings and seeds; compare with mean ± 95% CI."""
+    """Run a scenario over a grid of settings and seeds; compare with mean ± 95% CI: one row per
+    variant on stdout (as sweep.csv), what each run did on stderr."""
     from fedsim.core.scenario_load import load_scenario
     from fedsim.sweep import plan_sweep, run_sweep
 
+    check_format(fmt)
     check_engine(engine)
     if output is not None:
         check_out(output, "--out", "folder")
@@ -46,4 +49,26 @@ def sweep(
 
     page = run_sweep(runs, folder, engine, announce)  # type: ignore[arg-type]
     failed = sum(1 for r in runs if r.error)
-    out.print(f"{len(runs)} runs ({failed} failed) → {page} and {page.with_suffix('.csv')}")
+    table = page.with_suffix(".csv")
+    print_records(_variants(table), fmt)
+    err.print(f"{len(runs)} runs ({failed} failed) → {page} and {table}")
+
+
+def _variants(table: Path) -> Records:
+    """sweep.csv as records: numbers as numbers (NaN, a mean of nothing: empty)."""
+    import csv
+
+    with table.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        rows = [{k: _number(v) for k, v in row.items()} for row in reader]
+        return Records(rows, list(reader.fieldnames or []), "variants")
+
+
+def _number(text: str) -> Any:
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    if value != value:  # NaN: JSON has no such number
+        return None
+    return int(value) if value.is_integer() and "." not in text and "e" not in text else value

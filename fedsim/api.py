@@ -248,11 +248,10 @@ def run(
 
 
 def _progress(name: str) -> Any:
-    from rich.console import Console
-
+    """A bar on stderr in a terminal, plain lines elsewhere (a notebook, a log)."""
     from fedsim.progress import ProgressObserver
 
-    return ProgressObserver(name, console=Console(stderr=True))
+    return ProgressObserver(name)
 
 
 def _stage(scenario: object, changes: Mapping[str, Any]) -> Path | tuple[str, str]:

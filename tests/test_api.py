@@ -98,6 +98,16 @@ def test_load_reads_the_same_run_back(by_text: Run) -> None:
     assert again.scenario.digest() == by_text.scenario.digest()
 
 
+def test_progress_goes_to_stderr_when_asked(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    fedsim.run(TEXT, out=tmp_path / "out", progress=True, rounds=1)
+
+    stdout, stderr = capfd.readouterr()
+    assert stdout == ""
+    assert "api: round 1/1, acc 0." in stderr  # not a terminal: plain lines (fedsim.progress)
+
+
 def test_text_extends_a_file_relative_to_the_current_directory_with_changes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

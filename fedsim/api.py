@@ -226,8 +226,8 @@ def run(
             command=f"fedsim.run({str(staged)!r})",
         )
         return Run(result.out)
-    label, text = staged
-    valid = _validated(label, text)
+    label, text, lines = staged
+    valid = _validated(label, text, lines)
     folder = out_folder(valid, out, overwrite)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -254,13 +254,14 @@ def _progress(name: str) -> Any:
     return ProgressObserver(name)
 
 
-def _stage(scenario: object, changes: Mapping[str, Any]) -> Path | tuple[str, str]:
-    """A scenario file to run as it is, or (how errors name the input, the YAML to run)."""
+def _stage(scenario: object, changes: Mapping[str, Any]) -> Path | tuple[str, str, bool]:
+    """A scenario file to run as it is, or (how errors name the input, the YAML to run, whether
+    its line numbers are the user's)."""
     if isinstance(scenario, os.PathLike) or (isinstance(scenario, str) and _is_path(scenario)):
         path = Path(scenario)
         if not changes:
             return path
-        return f"{path} (changed)", _dump(_changed(merged_data(path), changes))
+        return f"{path} (changed)", _dump(_changed(merged_data(path), changes)), False
     if isinstance(scenario, Scenario):
         label, data = OBJECT, scenario.model_dump(mode="json")
     elif isinstance(scenario, Mapping):
@@ -277,12 +278,17 @@ def _stage(scenario: object, changes: Mapping[str, Any]) -> Path | tuple[str, st
     if changes:
         anchored = _changed(anchored, changes)
     if label == TEXT and anchored == data:  # the text as written: errors keep its line numbers
-        return label, str(scenario)
-    return label, _dump(anchored)
+        return label, str(scenario), True
+    return label, _dump(anchored), False
 
 
 def _is_path(text: str) -> bool:
-    return "\n" not in text and (text.endswith((".yaml", ".yml")) or Path(text).is_file())
+    if "\n" in text:
+        return False
+    try:
+        return text.endswith((".yaml", ".yml")) or Path(text).is_file()
+    except (OSError, ValueError):  # a NUL, a name too long: not a file
+        return False
 
 
 def _parsed(text: str) -> dict[str, Any]:
@@ -333,7 +339,7 @@ def _dump(data: Mapping[str, Any]) -> str:
     return yaml.safe_dump(dict(data), sort_keys=False, allow_unicode=True)
 
 
-def _validated(label: str, text: str) -> Scenario:
+def _validated(label: str, text: str, lines: bool) -> Scenario:
     """Validate the staged YAML (and resolve its fleet) before any folder is made; errors name
     ``label`` instead of the temporary file."""
     from devices.fleet import load_fleet
@@ -344,7 +350,7 @@ def _validated(label: str, text: str) -> Scenario:
         try:
             return load_fleet(path)[0]
         except FedsimError as exc:
-            raise _relabel(exc, str(path), label, keep_lines=label == TEXT) from None
+            raise _relabel(exc, str(path), label, lines) from None
 
 
 def _relabel(exc: FedsimError, path: str, label: str, keep_lines: bool) -> FedsimError:

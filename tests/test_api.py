@@ -136,6 +136,10 @@ def test_text_extends_a_file_relative_to_the_current_directory_with_changes(
             r"^<scenario mapping>: fleet\.groups\[0\]\.profile: unknown profile 'pico2'.*"
             r"did you mean 'pico'",
         ),
+        (  # extends merged: the lines of the text the run reads are not the user's
+            "extends: scenarios/quickstart.yaml\nrounds: fast\n",
+            r"^<scenario text>: rounds: expected an int",
+        ),
         ("scenarios/quikstart.yaml", r"^scenarios/quikstart\.yaml: no such file"),
         ("quickstart", r"^<scenario text>: expected a scenario, a mapping of keys \(or the path"),
         (3, r"^scenario: expected a path, YAML text, a mapping or a Scenario, got int"),

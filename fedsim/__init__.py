@@ -1,9 +1,10 @@
 """fedsim: a federated and edge learning simulator built on Flower.
 
-Two floors (see ``DESIGN.md`` §2): ``fedsim.core`` is the ground floor that every other package may
-import (scenario, errors, records, reduces, data, models); ``fedsim.runner``, ``fedsim.cli`` and the
-other top-floor modules import ``clients``, ``server``, ``ontology`` and ``devices``. Nothing heavy
-is imported here: ``fedsim.run`` and ``fedsim.Run`` (``fedsim.api``) load on first use.
+Two floors (see ``docs/design/design.md`` §2): ``fedsim.core`` is the ground floor that every
+other package may import (scenario, errors, records, reduces, data, models); ``fedsim.runner``,
+``fedsim.cli`` and the other top-floor modules import ``clients``, ``server``, ``ontology`` and
+``devices``. Nothing heavy is imported here: ``fedsim.run`` and ``fedsim.Run`` (``fedsim.api``)
+load on first use.
 """
 
 from __future__ import annotations

@@ -18,14 +18,14 @@ pytestmark = pytest.mark.slow
 def test_quickstart_on_ray_is_deterministic_and_matches_inline_and_per_device(
     tmp_path: Path,
 ) -> None:
-    scenario = SCENARIOS / "quickstart.yaml"  # cohort mode, engine: ray
+    scenario = SCENARIOS / "quickstart.yaml"  # cohort mode (engine: inline; Ray asked for)
     per_device = tmp_path / "per-device.yaml"
     per_device.write_text(
-        f"extends: {scenario}\nname: per-device\nexecution: {{mode: per-device}}\n"
+        f"extends: {scenario}\nname: per-device\nexecution: {{mode: per-device, engine: ray}}\n"
     )
 
-    first = fedsim("run", scenario, "--out", tmp_path / "ray-1")
-    second = fedsim("run", scenario, "--out", tmp_path / "ray-2")
+    first = fedsim("run", scenario, "--out", tmp_path / "ray-1", "--engine", "ray")
+    second = fedsim("run", scenario, "--out", tmp_path / "ray-2", "--engine", "ray")
     inline = fedsim("run", scenario, "--out", tmp_path / "inline", "--engine", "inline")
     nodes = fedsim("run", per_device, "--out", tmp_path / "ray-per-device")
 

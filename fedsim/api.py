@@ -29,11 +29,11 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import cached_property
 from html import escape
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 import yaml
 
@@ -47,10 +47,12 @@ if TYPE_CHECKING:
     from numpy.typing import NDArray
     from torch import nn
 
+    from fedsim.runner import Engine
+
 __all__ = ["INPUT_FILE", "Run", "ScenarioInput", "run"]
 
 ScenarioInput = str | os.PathLike[str] | Mapping[str, Any] | Scenario
-Engine = Literal["auto", "ray", "inline"]
+T = TypeVar("T")
 INPUT_FILE = "scenario.input.yaml"  # in the run folder: a scenario given as text, mapping, object
 TEXT = "<scenario text>"
 MAPPING = "<scenario mapping>"
@@ -74,9 +76,9 @@ class Run:
         """Read the run in ``out``; prefer ``Run.load``. Raises ``FedsimError`` when ``out``
         holds no finished run (no ``summary.json``) or its records are damaged."""
         self.out = Path(out)
-        self.summary: dict[str, Any] = _read_json(self.out / SUMMARY, "summary")
-        self.rounds: list[dict[str, Any]] = _read_rounds(self.out / ROUNDS)
-        self.devices: list[dict[str, str]] = _read_devices(self.out / DEVICES)
+        self.summary = _read(self.out / SUMMARY, _mapping)
+        self.rounds = _read(self.out / ROUNDS, _lines)
+        self.devices = _read(self.out / DEVICES, _rows)
 
     @classmethod
     def load(cls, out: str | os.PathLike[str]) -> Run:
@@ -104,7 +106,7 @@ class Run:
         folder's ``scenario.yaml`` copy when that file is gone or has changed since)."""
         from fedsim.core.scenario_load import load_scenario
 
-        manifest = _read_json(self.out / MANIFEST, "manifest")
+        manifest = _read(self.out / MANIFEST, _mapping)
         path, copy = Path(str(manifest.get("scenario_path", ""))), self.out / COPY
         if path.is_file():
             scenario = load_scenario(path)
@@ -161,7 +163,7 @@ class Run:
         score = (
             f"final_accuracy={self.final_accuracy:.4f}"
             if self.final_accuracy is not None
-            else (f"final_loss={self.summary.get('final_loss')!r}")
+            else f"final_loss={self.summary.get('final_loss')!r}"
         )
         status = self.summary.get("status", "?")
         return f"Run({str(self.out)!r}, rounds={len(self.rounds)}, {score}, status={status!r})"
@@ -367,9 +369,11 @@ def _relabel(exc: FedsimError, path: str, label: str, keep_lines: bool) -> Fedsi
     return exc
 
 
-def _read_json(path: Path, what: str) -> dict[str, Any]:
+def _read(path: Path, parse: Callable[[TextIO], T]) -> T:
+    """One of a run's records; a located error when it is missing or damaged."""
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
+        with path.open(newline="", encoding="utf-8") as f:
+            return parse(f)
     except FileNotFoundError:
         raise FedsimError(
             str(path.parent),
@@ -377,26 +381,22 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
             "give a run's results folder, e.g. results/quickstart",
         ) from None
     except (OSError, ValueError) as exc:
-        raise FedsimError(str(path), f"the run's {what} is damaged: {exc}", "rerun it") from None
+        raise FedsimError(str(path), f"is damaged: {clip(str(exc))}", "rerun the run") from None
+
+
+def _mapping(f: TextIO) -> dict[str, Any]:
+    value = json.load(f)
     if not isinstance(value, dict):
-        raise FedsimError(str(path), f"the run's {what} is damaged: no mapping", "rerun it")
+        raise ValueError("not a JSON object")
     return value
 
 
-def _read_rounds(path: Path) -> list[dict[str, Any]]:
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
-    except (OSError, ValueError) as exc:
-        raise FedsimError(str(path), f"cannot read the rounds: {exc}", "rerun the run") from None
+def _lines(f: TextIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in f if line.strip()]
 
 
-def _read_devices(path: Path) -> list[dict[str, str]]:
-    try:
-        with path.open(newline="", encoding="utf-8") as f:
-            return list(csv.DictReader(f))
-    except (OSError, ValueError) as exc:
-        raise FedsimError(str(path), f"cannot read the devices: {exc}", "rerun the run") from None
+def _rows(f: TextIO) -> list[dict[str, str]]:
+    return list(csv.DictReader(f))
 
 
 def _shown(value: Any) -> str:

@@ -163,6 +163,9 @@ def test_a_change_through_a_value_and_a_folder_without_a_run_are_located(tmp_pat
         fedsim.run(TEXT, out=tmp_path / "out", rounds__x=1)
     with pytest.raises(FedsimError, match=r"holds no finished run \(no summary\.json\)"):
         Run.load(tmp_path)
+    (tmp_path / "summary.json").write_text("[1]", encoding="utf-8")
+    with pytest.raises(FedsimError, match=r"summary\.json: is damaged: not a JSON object"):
+        Run.load(tmp_path)
 
 
 def test_import_fedsim_stays_light_and_exports_the_api_on_first_use() -> None:

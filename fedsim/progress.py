@@ -99,7 +99,9 @@ class ProgressObserver:
             self._console.print(
                 f"{self._label}: round {record.round}/{self._lines.total}, {self._acc}, "
                 f"sim {sim}, failures {self._failures}, cut {self._cut}, "
-                f"skipped {self._skipped}"
+                f"skipped {self._skipped}",
+                markup=False,
+                highlight=False,
             )
 
     def end(self) -> None:
@@ -138,7 +140,11 @@ def training_bar(
 
         def line(step: int, loss: float) -> None:
             if lines.due(step):
-                console.print(f"{label}: {unit} {step}/{total}, loss {loss:.3f}")
+                console.print(
+                    f"{label}: {unit} {step}/{total}, loss {loss:.3f}",
+                    markup=False,
+                    highlight=False,
+                )
 
         yield line
         return

@@ -141,7 +141,7 @@ def _algorithm_lines(kind: str) -> list[str]:
         if key == "kind" or not isinstance(default, int | float | str | bool) or default is None:
             continue
         value = json.dumps(default) if isinstance(default, bool) else _scalar(default)
-        lines.append(_commented(f"  # {key}: {value}", field.description or ""))
+        lines.append(_commented(f"  # {key}: {value}", clip(field.description or "", 64)))
     return lines
 
 
@@ -196,6 +196,20 @@ def _schema_for_editors() -> str:
         return schema_text(plugins=False)
 
 
+def _as_option(
+    error: FedsimError, choices: ScenarioChoices, draft: Path, path: Path
+) -> FedsimError:
+    """A problem of the draft, said of the option that chose it (the file was not written):
+    an algorithm that needs another dataset or model (prototypes, fedins) names them."""
+    for key, option, value in (
+        ("task.dataset", "--dataset", choices.dataset),
+        ("task.model", "--model", choices.model),
+    ):
+        if error.where.endswith(f": {key}"):
+            return FedsimError(f"{option} {value}", error.what, error.fix)
+    return FedsimError(error.where.replace(str(draft), str(path)), error.what, error.fix)
+
+
 def new_scenario(choices: ScenarioChoices, folder: Path, force: bool = False) -> Path:
     """Write ``folder/NAME.yaml`` (and the schema beside it) once it validates; return its path."""
     from fedsim.core.scenario_load import ScenarioError, load_scenario
@@ -210,10 +224,7 @@ def new_scenario(choices: ScenarioChoices, folder: Path, force: bool = False) ->
     try:
         load_scenario(draft)
     except ScenarioError as exc:
-        errors = [
-            FedsimError(e.where.replace(draft.name, path.name), e.what, e.fix) for e in exc.errors
-        ]
-        raise ScenarioError(errors) from None
+        raise ScenarioError([_as_option(e, choices, draft, path) for e in exc.errors]) from None
     finally:
         text = draft.read_text(encoding="utf-8")
         draft.unlink()

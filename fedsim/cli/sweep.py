@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from fedsim.cli.format import FormatOpt, Records, check_format, err, print_records
+from fedsim.cli.format import FormatOpt, Records, check_format, err, out, print_records
 from fedsim.cli.run import ScenarioArg, check_engine
 from fedsim.core.out_path import check_out
 
@@ -32,7 +32,7 @@ def sweep(
     fmt: str = FormatOpt,
 ) -> None:
     """Run a scenario over a grid of settings and seeds; compare with mean ± 95% CI: one row per
-    variant on stdout (as sweep.csv), what each run did on stderr."""
+    variant (as sweep.csv) and where the page is on stdout, what each run did on stderr."""
     from fedsim.core.scenario_load import load_scenario
     from fedsim.sweep import plan_sweep, run_sweep
 
@@ -51,7 +51,10 @@ def sweep(
     failed = sum(1 for r in runs if r.error)
     table = page.with_suffix(".csv")
     print_records(_variants(table), fmt)
-    err.print(f"{len(runs)} runs ({failed} failed) → {page} and {table}")
+    # a table is read by a person: the line under it; CSV and JSON stay records only
+    (out if fmt == "table" else err).print(
+        f"{len(runs)} runs ({failed} failed) → {page} and {table}"
+    )
 
 
 def _variants(table: Path) -> Records:

@@ -11,6 +11,7 @@ from numpy.typing import NDArray
 from fedsim.core.results import DEVICES, read_rounds
 
 __all__ = [
+    "clip_band",
     "plot_accuracy",
     "plot_adaptation",
     "plot_asynchrony",
@@ -30,6 +31,27 @@ STATUS_COLOURS = {
     "gateway-down": "tab:brown",
     "gateway-lost": "tab:olive",
 }
+
+
+# the values a metric can take; any other metric (a loss, energy, time, bytes) is ≥ 0
+VALID_RANGE = {"accuracy": (0.0, 1.0)}
+
+
+def clip_band(
+    low: NDArray[Any], high: NDArray[Any], metric: str
+) -> tuple[NDArray[Any], NDArray[Any]]:
+    """A confidence band cut to the values ``metric`` can take: mean ± t·s/√n of a few seeds
+    reaches past an accuracy of 1 or below a loss of 0, which no run can score."""
+    lo, hi = VALID_RANGE.get(metric, (0.0, np.inf))
+    return np.clip(low, lo, hi), np.clip(high, lo, hi)
+
+
+def _integer_rounds(*axes: Any) -> None:
+    """Round (and device, update) axes tick at whole numbers only: there is no round 2.5."""
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def _save(fig: Any, path: Path, title: str, dpi: int = 110) -> Path:
@@ -72,8 +94,20 @@ def plot_accuracy(out: str | Path, title: str) -> Path:
                 0.5, 0.5, "regression: no accuracy", ha="center", transform=ax_acc.transAxes
             )
         ax_acc.set(xlabel=label, ylabel="accuracy", ylim=(0, 1), title=f"accuracy vs {label}")
-        ax_loss.plot(x, [r["loss"] for r in rounds], marker="o", ms=3, color="tab:red")
-        ax_loss.set(xlabel=label, ylabel=ylabel, title=f"loss (global model, test) vs {label}")
+        ax_loss.plot(
+            x,
+            [r["loss"] for r in rounds],
+            marker="o",
+            ms=3,
+            color="tab:red",
+            label="test (global model)",
+        )
+        trained = [r for r in records if r.get("train_loss") is not None]
+        if trained:  # the devices' own loss, example-weighted over those that delivered
+            train_x, train_y = [r[key] for r in trained], [r["train_loss"] for r in trained]
+            ax_loss.plot(train_x, train_y, marker=".", ms=3, color="tab:blue", label="training")
+            ax_loss.legend(fontsize=8)
+        ax_loss.set(xlabel=label, ylabel=ylabel, title=f"loss vs {label}")
         for r in failed:
             ax_acc.axvline(r[key], color="grey", alpha=0.3, lw=1)
         if failed:
@@ -82,6 +116,7 @@ def plot_accuracy(out: str | Path, title: str) -> Path:
             ax_acc.legend(loc="lower right", fontsize=8)
     for ax in axes.flat:
         ax.grid(alpha=0.3)
+    _integer_rounds(*axes[0])
     return _save(fig, Path(out) / "plots" / "accuracy.png", title)
 
 
@@ -103,7 +138,8 @@ def plot_adaptation(out: str | Path, title: str) -> Path:
     mean = np.array([r["adapted"] for r in rounds])
     ci = np.array([r["adapted_ci95"] for r in rounds])
     ax_round.plot(x, mean, marker="o", ms=3, label="after adaptation")
-    ax_round.fill_between(x, mean - ci, mean + ci, alpha=0.25, label="95% CI")
+    low, high = clip_band(mean - ci, mean + ci, "mse" if final["metric"] == "mse" else "accuracy")
+    ax_round.fill_between(x, low, high, alpha=0.25, label="95% CI")
     ax_round.set(xlabel="round", ylabel=metric, title="held-out devices, adapted")
     ax_round.legend(fontsize=8)
     steps = np.arange(len(final["curve"]))
@@ -114,6 +150,7 @@ def plot_adaptation(out: str | Path, title: str) -> Path:
             ax.set_yscale("log")
     for ax in (ax_round, ax_steps):
         ax.grid(alpha=0.3)
+    _integer_rounds(ax_round, ax_steps)
     return _save(fig, Path(out) / "plots" / "adaptation.png", title, 120)
 
 
@@ -141,7 +178,11 @@ def _per_profile(out: Path) -> tuple[dict[str, dict[str, float]], dict[int, dict
 
 def plot_fleet(out: str | Path, title: str) -> Path:
     """``plots/fleet.png``: who took part in each round (and why not), the fleet by profile, and
-    energy and bytes per device round by profile."""
+    energy and bytes per device round by profile; and ``plots/timeline.png``, each device over
+    simulated time (``fedsim.timeline``)."""
+    from fedsim.timeline import plot_timeline
+
+    plot_timeline(out, title)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -166,6 +207,7 @@ def plot_fleet(out: str | Path, title: str) -> Path:
     ax_part.set(xlabel="round", ylabel="devices", title="participation per round")
     ax_part.set_ylim(0, max(float(bottom.max(initial=0.0)), 1.0) * 1.35)  # room for the legend
     ax_part.legend(fontsize=7, loc="upper center", ncol=4)
+    _integer_rounds(ax_part)
 
     names = sorted(totals)
     ax_fleet.bar(names, [totals[n]["devices"] for n in names], color="tab:blue")
@@ -220,6 +262,7 @@ def plot_asynchrony(out: str | Path, title: str) -> Path | None:
     ax_dev.legend(handles=[Patch(color=colours[n], label=n) for n in names], fontsize=7)
     for ax in (ax_tau, ax_dev):
         ax.grid(alpha=0.3)
+    _integer_rounds(ax_tau, ax_dev)
     return _save(fig, Path(out) / "plots" / "asynchrony.png", title)
 
 

@@ -23,11 +23,14 @@ from fedsim.core.results import DEVICES, MANIFEST, SUMMARY, read_rounds
 
 __all__ = [
     "FINAL",
+    "LOST",
     "REPORT",
     "RunView",
     "compare_report",
+    "differing_settings",
     "html_page",
     "img_tag",
+    "labels",
     "plot_comparison",
     "run_report",
 ]
@@ -36,12 +39,14 @@ REPORT = "report.html"
 PLOTS = (
     ("accuracy.png", "Accuracy and loss, vs round and vs simulated time"),
     ("fleet.png", "Participation, the fleet by profile, energy and bytes by device class"),
+    ("timeline.png", "Each device over simulated time: busy, cut, dropped out, offline"),
     ("adaptation.png", "Held-out devices after adaptation"),
     ("tiers.png", "Bytes and time per tier (devices, gateways, edge servers)"),
     ("asynchrony.png", "Asynchrony: staleness of the applied updates, updates per device"),
 )
-# final metrics compared across runs: (summary key, label, higher is better)
-FINAL = (
+# final metrics compared across runs: (summary key, label, higher is better; None: no colour,
+# wall time is the machine's noise, not the simulated system's)
+FINAL: tuple[tuple[str, str, bool | None], ...] = (
     ("final_accuracy", "final accuracy", True),
     ("best_accuracy", "best accuracy", True),
     ("final_loss", "final loss", False),
@@ -50,8 +55,17 @@ FINAL = (
     ("bytes_up", "bytes up", False),
     ("bytes_down", "bytes down", False),
     ("failures", "device failures", False),
-    ("wall_s", "wall time (s)", False),
+    ("wall_s", "wall time (s)", None),
 )
+# device rounds a run lost, summed over its rounds (rounds.jsonl): (key, label)
+LOST = (
+    ("stragglers", "stragglers (cut by the deadline)"),
+    ("dropouts", "dropouts (went offline mid-round)"),
+    ("offline", "offline when a round started"),
+    ("memory_skips", "skipped for memory"),
+)
+ABSENT = "(not set)"  # a setting one run's scenario has and another's lacks
+SCENARIO_COPY = "scenario.yaml"  # written by the run (server.outputs.write_scenario_copy)
 STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
 h1 { font-size: 1.5em; margin-bottom: .2em; } h2 { font-size: 1.15em; margin-top: 1.6em; }
@@ -97,6 +111,53 @@ class RunView:
     @property
     def name(self) -> str:
         return self.out.name
+
+    @property
+    def label(self) -> str:
+        """What the run was: scenario, algorithm, seed (its folder may be any name)."""
+        scenario = self.manifest.get("scenario", self.name)
+        algorithm = self.summary.get("algorithm") or self.settings().get("algorithm.kind", "")
+        return f"{scenario} · {algorithm} · seed {self.manifest.get('seed', '?')}"
+
+    def lost(self) -> dict[str, int]:
+        """Device rounds lost to each cause (``LOST``), over every round so far."""
+        return {key: sum(int(r.get(key) or 0) for r in self.rounds) for key, _ in LOST}
+
+    def scenario_text(self) -> str | None:
+        """The run's copy of its scenario (None: a run from before runs kept one)."""
+        path = self.out / SCENARIO_COPY
+        return path.read_text(encoding="utf-8") if path.exists() else None
+
+    def settings(self) -> dict[str, Any]:
+        """The scenario as it ran, as dotted keys (``fleet.groups[0].count``): from the run's
+        copy, else from the scenario file its manifest names, else nothing."""
+        import yaml
+
+        text = self.scenario_text()
+        if text is None:
+            from fedsim.core.scenario_load import load_scenario
+
+            try:
+                data = load_scenario(self.manifest["scenario_path"]).model_dump(mode="json")
+            except (KeyError, OSError, FedsimError):
+                return {}
+        else:
+            data = yaml.safe_load(text)
+        return _flatten(data) if isinstance(data, dict) else {}
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict) and value:
+        flat: dict[str, Any] = {}
+        for key, item in value.items():
+            flat |= _flatten(item, f"{prefix}.{key}" if prefix else str(key))
+        return flat
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        flat = {}
+        for i, item in enumerate(value):
+            flat |= _flatten(item, f"{prefix}[{i}]")
+        return flat
+    return {prefix: value}
 
 
 def img_tag(path: Path, alt: str) -> str:
@@ -208,6 +269,10 @@ def run_report(out: str | Path) -> Path:
     summary_rows = "".join(
         f"<tr><td>{label}<td>{_fmt(s.get(key))}</tr>" for key, label, _ in FINAL if key in s
     )
+    lost = run.lost()
+    summary_rows += "".join(
+        f"<tr><td>{label} (device rounds)<td>{_fmt(lost[key])}</tr>" for key, label in LOST
+    )
     plots = "".join(
         f"<h2>{html.escape(caption)}</h2>{img_tag(run.out / 'plots' / name, caption)}"
         for name, caption in PLOTS
@@ -227,29 +292,55 @@ def run_report(out: str | Path) -> Path:
         f"{_topology_tables(s)}"
         f"<h2>The fleet by profile</h2>{_profiles_table(run.out)}"
         f"<details><summary>Every round</summary><table>{rounds_head}{rounds}</table></details>"
+        f"{_scenario_section(run)}"
     )
     path = run.out / REPORT
     path.write_text(html_page(title, body), encoding="utf-8")
     return path
 
 
-def plot_comparison(runs: Sequence[RunView], path: Path) -> Path:
+def _scenario_section(run: RunView) -> str:
+    """The scenario as it ran (``scenario.yaml``), folded: the page says what was run."""
+    text = run.scenario_text()
+    if text is None:
+        return ""
+    return (
+        f"<details><summary>The scenario as it ran ({SCENARIO_COPY} in the run folder: "
+        f"<code>fedsim run {html.escape(str(run.out / SCENARIO_COPY))}</code> runs it again)"
+        f"</summary><pre>{html.escape(text)}</pre></details>"
+    )
+
+
+def labels(runs: Sequence[RunView]) -> list[str]:
+    """Each run as scenario · algorithm · seed; its folder too where that names two runs."""
+    plain = [r.label for r in runs]
+    return [
+        f"{label} ({run.name})" if plain.count(label) > 1 else label
+        for run, label in zip(runs, plain, strict=True)
+    ]
+
+
+def plot_comparison(runs: Sequence[RunView], path: Path, names: Sequence[str] = ()) -> Path:
     """Accuracy and loss of every run overlaid, vs round and vs simulated time."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
+    names = list(names) or labels(runs)
     fig, axes = plt.subplots(2, 2, figsize=(10, 7), constrained_layout=True)
-    for run in runs:
+    for run, name in zip(runs, names, strict=True):
         rounds = [r for r in run.rounds if r["loss"] is not None]
         for row, key in enumerate(("round", "sim_time_s")):
             x = [r[key] for r in rounds]
-            axes[row][0].plot(x, [r["accuracy"] for r in rounds], marker="o", ms=3, label=run.name)
-            axes[row][1].plot(x, [r["loss"] for r in rounds], marker="o", ms=3, label=run.name)
+            axes[row][0].plot(x, [r["accuracy"] for r in rounds], marker="o", ms=3, label=name)
+            axes[row][1].plot(x, [r["loss"] for r in rounds], marker="o", ms=3, label=name)
     for row, label in enumerate(("round", "simulated time (s)")):
         axes[row][0].set(xlabel=label, ylabel="accuracy", title=f"accuracy vs {label}")
         axes[row][1].set(xlabel=label, ylabel="loss", title=f"loss vs {label}")
+    for ax in axes[0]:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     for ax in axes.flat:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -259,27 +350,60 @@ def plot_comparison(runs: Sequence[RunView], path: Path) -> Path:
     return path
 
 
+def differing_settings(runs: Sequence[RunView]) -> dict[str, list[Any]]:
+    """The scenario settings (dotted keys) whose values are not the same in every run."""
+    settings = [r.settings() for r in runs]
+    keys = dict.fromkeys(k for s in settings for k in s)
+    return {
+        key: [s.get(key, ABSENT) for s in settings]
+        for key in keys
+        if len({json.dumps(s.get(key, ABSENT), sort_keys=True) for s in settings}) > 1
+    }
+
+
+def _setting(value: Any) -> str:
+    if value == ABSENT:
+        return "<td>–"
+    plain = value if isinstance(value, int | float | str) else json.dumps(value)
+    return f"<td>{_fmt(plain)}"
+
+
+def _settings_table(runs: Sequence[RunView], names: Sequence[str]) -> str:
+    differ = differing_settings(runs)
+    if not differ:
+        return "<p>The runs' scenarios set nothing differently (or none kept a copy).</p>"
+    head = "<tr><th>setting" + "".join(f"<th>{html.escape(n)}" for n in names) + "</tr>"
+    rows = "".join(
+        f"<tr><td><code>{html.escape(key)}</code>" + "".join(_setting(v) for v in values) + "</tr>"
+        for key, values in differ.items()
+    )
+    return f"<table>{head}{rows}</table>"
+
+
 def compare_report(outs: Sequence[str | Path], path: str | Path) -> Path:
-    """Runs side by side: final metrics with the difference from the first run, curves overlaid."""
+    """Runs side by side: the settings that differ, final metrics with the difference from the
+    first run, curves overlaid."""
     runs = [RunView.read(out) for out in outs]
+    names = labels(runs)
     path = Path(path)
-    head = "<tr><th>metric" + "".join(f"<th>{html.escape(r.name)}" for r in runs) + "</tr>"
+    head = "<tr><th>metric" + "".join(f"<th>{html.escape(n)}" for n in names) + "</tr>"
     rows = []
     for key, label, higher in FINAL:
-        first = runs[0].summary.get(key)
-        cells = [f"<td>{_fmt(first)}"]
-        for run in runs[1:]:
-            value = run.summary.get(key)
-            cells.append(f"<td>{_fmt(value)}{_difference(first, value, higher)}")
-        rows.append(f"<tr><td>{label}{''.join(cells)}</tr>")
+        rows.append(_compared(label, [r.summary.get(key) for r in runs], higher))
+    for key, label in LOST:
+        rows.append(_compared(f"{label} (device rounds)", [r.lost()[key] for r in runs], False))
     image = path.parent / (path.stem + "-curves.png")
-    plot_comparison(runs, image)
+    plot_comparison(runs, image, names)
     provenance = "".join(
-        f"<h3>{html.escape(r.name)}</h3>{_provenance(r)}" for r in runs
+        f"<h3>{html.escape(n)}</h3><p class=meta>folder <code>{html.escape(str(r.out))}</code></p>"
+        f"{_provenance(r)}"
+        for r, n in zip(runs, names, strict=True)
     )  # what each run was
     body = (
         f"<h1>Comparison of {len(runs)} runs</h1>"
-        f"<h2>Final metrics (difference from {html.escape(runs[0].name)})</h2>"
+        f"<h2>Settings that differ</h2>{_settings_table(runs, names)}"
+        f"<h2>Final metrics (difference from {html.escape(names[0])})</h2>"
+        f"<p class=meta>Wall time depends on the machine and its load: it is not coloured.</p>"
         f"<table>{head}{''.join(rows)}</table>"
         f"<h2>Curves</h2>{img_tag(image, 'curves of every run')}"
         f"<h2>Runs</h2>{provenance}"
@@ -289,11 +413,21 @@ def compare_report(outs: Sequence[str | Path], path: str | Path) -> Path:
     return path
 
 
-def _difference(first: Any, value: Any, higher: bool) -> str:
+def _compared(label: str, values: list[Any], higher: bool | None) -> str:
+    first = values[0]
+    cells = [f"<td>{_fmt(first)}"] + [
+        f"<td>{_fmt(value)}{_difference(first, value, higher)}" for value in values[1:]
+    ]
+    return f"<tr><td>{label}{''.join(cells)}</tr>"
+
+
+def _difference(first: Any, value: Any, higher: bool | None) -> str:
     if not isinstance(first, int | float) or not isinstance(value, int | float):
         return ""
     delta = value - first
     if delta == 0 or math.isnan(delta):
         return ""
+    if higher is None:  # noise: the difference, in no colour
+        return f" <span>({delta:+,.4g})</span>"
     better = (delta > 0) == higher
     return f" <span class={'better' if better else 'worse'}>({delta:+,.4g})</span>"

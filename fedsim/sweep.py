@@ -24,15 +24,17 @@ from typing import Any
 
 import numpy as np
 import yaml
+from numpy.typing import NDArray
 
 from fedsim.core.errors import FedsimError
 from fedsim.core.results import SUMMARY, read_rounds
 from fedsim.core.scenario_load import load_scenario, merged_data, with_changes
 from fedsim.core.stats import mean_ci95
+from fedsim.plots import clip_band
 from fedsim.report import FINAL, html_page, img_tag
 from fedsim.runner import Engine, run
 
-__all__ = ["SweepRun", "Variant", "parse_sets", "plan_sweep", "run_sweep"]
+__all__ = ["SweepRun", "Variant", "curve_bands", "parse_sets", "plan_sweep", "run_sweep"]
 
 
 @dataclass(frozen=True)
@@ -163,14 +165,9 @@ def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
         writer.writerows(rows)
 
 
-def _curves(runs: list[SweepRun], path: Path) -> Path:
-    """Mean accuracy vs round per variant, with the 95% CI band over seeds."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4.5), constrained_layout=True)
+def curve_bands(runs: list[SweepRun]) -> dict[str, tuple[NDArray[Any], ...]]:
+    """Per variant: rounds, mean accuracy over seeds, and its 95% CI band, cut to [0, 1]."""
+    bands: dict[str, tuple[NDArray[Any], ...]] = {}
     for name in dict.fromkeys(r.variant.name for r in runs):
         curves = [
             [r["accuracy"] for r in read_rounds(run.out)]
@@ -182,12 +179,27 @@ def _curves(runs: list[SweepRun], path: Path) -> Path:
             continue
         length = min(len(c) for c in curves)
         stats = [mean_ci95([c[i] for c in curves]) for i in range(length)]
-        x = np.arange(1, length + 1)
         mean = np.array([m for m, _ in stats])
         ci = np.array([h for _, h in stats])
+        low, high = clip_band(mean - ci, mean + ci, "accuracy")
+        bands[name] = (np.arange(1, length + 1), mean, low, high)
+    return bands
+
+
+def _curves(runs: list[SweepRun], path: Path) -> Path:
+    """Mean accuracy vs round per variant, with the 95% CI band over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(8, 4.5), constrained_layout=True)
+    for name, (x, mean, low, high) in curve_bands(runs).items():
         ax.plot(x, mean, marker="o", ms=3, label=name)
-        ax.fill_between(x, mean - ci, mean + ci, alpha=0.2)
+        ax.fill_between(x, low, high, alpha=0.2)
     ax.set(xlabel="round", ylabel="accuracy (mean over seeds)", title="accuracy, 95% CI bands")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.savefig(path, dpi=100)

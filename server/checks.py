@@ -7,16 +7,23 @@ when no device ever delivered an update (``no-updates``): every later number wou
 from __future__ import annotations
 
 import math
+import shlex
 from collections.abc import Mapping, Sequence
 
 from fedsim.core.cohort import DeviceOutcome
 from fedsim.core.errors import FedsimError, RunStoppedError
 from fedsim.core.payload import non_finite
-from fedsim.core.records import RoundRecord
+from fedsim.core.records import RoundRecord, RunBinding
 from fedsim.core.reduce import Arrays
 from server.outputs import Usage
 
-__all__ = ["check_delivered", "check_global", "check_scores", "stop_record"]
+__all__ = [
+    "check_delivered",
+    "check_global",
+    "check_scores",
+    "interrupted_record",
+    "stop_record",
+]
 
 
 def stop_record(exc: BaseException) -> dict[str, str]:
@@ -76,3 +83,26 @@ def check_delivered(usage: Usage, records: list[RoundRecord], first_error: str) 
         f"failed or did not reply){why}",
         "see the error column of devices.csv; fedsim validate checks the scenario",
     )
+
+
+def interrupted_record(
+    binding: RunBinding, rounds: int, checkpointed: bool, asynchronous: bool
+) -> dict[str, str]:
+    """What ``summary.json`` says of a run stopped by Ctrl-C (``KeyboardInterrupt`` has no
+    message): how far it got, and the command that continues it (or runs it again)."""
+    out = binding.out
+    what = f"interrupted (Ctrl-C) after {rounds} rounds; their results are kept"
+    resume = f"fedsim run --resume {shlex.quote(out)}"
+    if asynchronous:  # the devices in flight are not checkpointed
+        fix = f"an asynchronous run cannot resume: fedsim run {shlex.quote(binding.scenario)}"
+    elif checkpointed:
+        fix = f"continue it: {resume}"
+    else:
+        fix = f"{resume} runs it again from round 1 (output.checkpoint is off)"
+    return {
+        "status": "interrupted",
+        "error": f"{out}: {what}; {fix}",
+        "where": out,
+        "what": what,
+        "fix": fix,
+    }

@@ -39,12 +39,31 @@ from fedsim.core.state import STATE_FILE
 from fedsim.core.task_model import task_model
 from server.adapt import adapt_and_score, held_out_devices
 from server.asynchrony import AsyncServer
-from server.callbacks import ResultsFiles, RoundCallback, RunState, builtin_callbacks
-from server.checks import check_delivered, check_global, check_scores, stop_record
+from server.callbacks import (
+    Checkpoints,
+    ResultsFiles,
+    RoundCallback,
+    RunState,
+    builtin_callbacks,
+)
+from server.checks import (
+    check_delivered,
+    check_global,
+    check_scores,
+    interrupted_record,
+    stop_record,
+)
 from server.dispatch import RoundContext, Work, work_payload
 from server.evaluate import evaluate
 from server.nodes import discover, find_gateway_nodes, find_workers
-from server.outputs import Usage, restore, run_summary, sig, topology_part
+from server.outputs import (
+    Usage,
+    restore,
+    run_summary,
+    sig,
+    topology_part,
+    write_scenario_copy,
+)
 from server.tally import Scores, device_records, round_record
 from server.tiers import tiered_round
 
@@ -114,6 +133,12 @@ def run_rounds(
         check_delivered(run.usage, run.records, run.first_error)
     except BaseException as exc:  # keep what was done: the rounds so far, and why it stopped
         stopped = {**stop_record(exc), "rounds_completed": results.written}
+        if isinstance(exc, KeyboardInterrupt):  # say how to go on, here and on the terminal
+            checkpointed = any(isinstance(h, Checkpoints) for h in hooks)
+            stopped |= interrupted_record(
+                binding, results.written, checkpointed, asynchronous is not None
+            )
+            exc.add_note(str(stopped["error"]))
         results.writer.summary({"scenario": run.scenario.name, **stopped})
         raise
     finally:
@@ -272,11 +297,13 @@ def _open(grid: Grid, binding: RunBinding) -> tuple[RunState, Checkpoint | None]
 
 
 def _writer(binding: RunBinding, scenario: Scenario, checkpoint: Checkpoint | None) -> RunWriter:
-    """The run's writer. Resuming: the rows past the checkpoint are dropped, the resume is noted
-    in the manifest and the device-state store is put back as it was at the checkpoint."""
+    """The run's writer; a new run's manifest and copy of its scenario. Resuming: the rows past
+    the checkpoint are dropped, the resume is noted in the manifest and the device-state store is
+    put back as it was at the checkpoint."""
     if not binding.resume:
         writer = RunWriter(binding.out)
         writer.manifest(scenario, binding.scenario, binding.command)
+        write_scenario_copy(binding.out, scenario, binding.scenario)
         return writer
     done = checkpoint.round if checkpoint is not None else 0
     writer = RunWriter(binding.out, resume_after=done)

@@ -5,6 +5,8 @@ who took part (and through which gateways) to the registry. ``server.callbacks``
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
 import math
 from collections.abc import Callable
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -24,12 +27,14 @@ from fedsim.core.checkpoint_verify import REPAIR, first_problem
 from fedsim.core.errors import FedsimError
 from fedsim.core.records import DeviceRecord, RoundRecord, RunBinding
 from fedsim.core.scenario import Scenario
+from fedsim.core.scenario_load import _anchor_paths as anchor_paths
 from fedsim.core.state import STATE_FILE
 from ontology.history import RunTopology, write_participation
 from server.adapt import AdaptResult
 from server.dispatch import RoundContext
 
 __all__ = [
+    "SCENARIO_COPY",
     "Usage",
     "check_resumable",
     "restore",
@@ -39,6 +44,7 @@ __all__ = [
     "topology_part",
     "write_adaptation",
     "write_back",
+    "write_scenario_copy",
 ]
 
 
@@ -296,3 +302,31 @@ def _parent_name(fleet: Fleet, parent: int | None) -> str | None:
 def sig(x: float) -> float:
     """``x`` to 9 significant digits: readable files, no information a person needs lost."""
     return float(f"{x:.9g}")
+
+
+SCENARIO_COPY = "scenario.yaml"
+
+
+def write_scenario_copy(out: str, scenario: Scenario, source: str) -> Path:
+    """``scenario.yaml``: the scenario as the run validated it (``extends`` merged, every default
+    written out), so that the run folder alone says what ran and ``fedsim run`` runs it again.
+    Relative file paths (``registry.data``, trace files) meant relative to ``source``'s folder:
+    here they are absolute, which changes the SHA-256 only of a scenario that had any."""
+    data = scenario.model_dump(mode="json")
+    anchored = copy.deepcopy(data)
+    anchor_paths(anchored, Path(source).parent)
+    header = [
+        f"# The scenario of this run, resolved from {source}",
+        "# (extends merged, defaults written out): `fedsim run` runs it as it ran.",
+        f"# SHA-256 {scenario.digest()}",
+    ]
+    if anchored != data:
+        canonical = json.dumps(anchored, sort_keys=True, separators=(",", ":"))
+        header.append(
+            "# Its relative file paths are absolute here, so this copy's SHA-256 is "
+            f"{hashlib.sha256(canonical.encode()).hexdigest()}"
+        )
+    body = yaml.safe_dump(anchored, sort_keys=False, allow_unicode=True)
+    path = Path(out) / SCENARIO_COPY
+    path.write_text("\n".join(header) + "\n" + body, encoding="utf-8")
+    return path

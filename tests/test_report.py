@@ -71,7 +71,7 @@ def test_a_run_writes_a_self_contained_report(two_runs: tuple[Path, Path]) -> No
     page = two_runs[0] / "report.html"
     text = page.read_text(encoding="utf-8")
     assert not re.search(r'(src|href)="(?!data:)', text)  # nothing outside the file
-    assert text.count('src="data:image/png;base64,') == 2  # accuracy, fleet
+    assert text.count('src="data:image/png;base64,') == 3  # accuracy, fleet, timeline
     manifest = (two_runs[0] / "manifest.json").read_text()
     sha = re.search(r'"scenario_sha256": "(\w+)"', manifest)
     assert sha
@@ -105,7 +105,7 @@ def test_fedsim_report_compares_runs_side_by_side(
     proc = fedsim("report", *two_runs, "--out", page)
     assert proc.returncode == 0, proc.stderr
     text = page.read_text(encoding="utf-8")
-    assert "<th>slow-lr<th>fast-lr" in text
+    assert "<th>slow-lr · fedavg · seed 7<th>fast-lr · fedavg · seed 7" in text
     assert re.search(r"final accuracy<td>[\d.]+<td>[\d.]+ <span class=better>\(\+", text)
     assert not list(tmp_path.glob("*.png"))  # the curves live inside the page
     dom, console = render(page)

@@ -203,15 +203,21 @@ def run(
             "fedsim run", "give a scenario, or --resume RUN_DIR (not both)", "see fedsim run --help"
         )
     name = (scenario or resume_target(resume or Path())).stem
-    result = run_scenario(
-        scenario,
-        resume or out_dir,
-        overwrite=overwrite,
-        engine=engine,  # type: ignore[arg-type]
-        observer=ProgressObserver(name, console=err),
-        command=shlex.join(["fedsim", *sys.argv[1:]]),
-        resume=resume is not None,
-    )
+    try:
+        result = run_scenario(
+            scenario,
+            resume or out_dir,
+            overwrite=overwrite,
+            engine=engine,  # type: ignore[arg-type]
+            observer=ProgressObserver(name, console=err),
+            command=shlex.join(["fedsim", *sys.argv[1:]]),
+            resume=resume is not None,
+        )
+    except KeyboardInterrupt as exc:  # typer turns it into exit 130 and says nothing
+        notes = getattr(exc, "__notes__", None)  # the round loop's: the folder, how to go on
+        hint = "results written so far are kept (fedsim run --resume RUN_DIR)"
+        err.print(f"interrupted: {notes[-1] if notes else hint}")
+        raise
     _print_outcome(name, result.summary, result.out)
 
 

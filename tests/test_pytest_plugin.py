@@ -14,15 +14,18 @@ from tests.conftest import ROOT
 HEADER = "from fedsim.pytest_plugin import assert_converges, assert_same_run, small_scenario\n"
 
 
-def _readme_example() -> str:
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
+GUIDE = ROOT / "docs" / "how-to" / "test-with-pytest.md"
+
+
+def _guide_example() -> str:
+    text = GUIDE.read_text(encoding="utf-8")
     match = re.search(r"```python\n(# test_my_fleet\.py.*?)```", text, re.S)
-    assert match, "the README's example test file (```python # test_my_fleet.py) is missing"
+    assert match, f"{GUIDE}: the example test file (```python # test_my_fleet.py) is missing"
     return match[1]
 
 
-def test_the_readme_example_passes_as_written(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(test_my_fleet=_readme_example())
+def test_the_guides_example_passes_as_written(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_my_fleet=_guide_example())
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-q")
     result.assert_outcomes(passed=4)
 

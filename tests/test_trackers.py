@@ -164,6 +164,8 @@ def test_a_resumed_run_appends_to_the_same_tracker_runs(
     rounds = _rounds(out)
     steps = [step for step, _ in _tensorboard(out / "tensorboard", "accuracy")]
     assert steps == [1, 2, 3] == [r["round"] for r in rounds]
+    sim = _tensorboard(out / "tensorboard" / "sim_time", "sim_time_ms/accuracy")
+    assert [ms for ms, _ in sim] == [round(r["sim_time_s"] * 1000) for r in rounds]
     client, run_id = _mlflow(out)
     history = client.get_metric_history(run_id, "accuracy")
     assert [(m.step, m.value) for m in history] == [(r["round"], r["accuracy"]) for r in rounds]

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from clients.app import app as client_app
+from fedsim.core.scenario import Scenario
 from fedsim.plots import (
     plot_accuracy,
     plot_adaptation,
@@ -16,11 +17,18 @@ from fedsim.plots import (
     plot_tiers,
 )
 from fedsim.report import run_report
-from fedsim.trackers import Trackers
+from fedsim.trackers import Trackers, check_trackers
 from server.app import make_server_app
 from server.callbacks import RoundCallback, RunState
 
-__all__ = ["PlotFiles", "ReportFile", "client_app", "output_callbacks", "server_app"]
+__all__ = [
+    "PlotFiles",
+    "ReportFile",
+    "check_outputs",
+    "client_app",
+    "output_callbacks",
+    "server_app",
+]
 
 
 class PlotFiles(RoundCallback):
@@ -48,6 +56,12 @@ def output_callbacks() -> list[RoundCallback]:
     """What the top floor adds to every run: its plots, its report, and the experiment trackers
     the scenario names (last: they take the plots and report as artifacts)."""
     return [PlotFiles(), ReportFile(), Trackers()]
+
+
+def check_outputs(scenario: Scenario, source: str) -> None:
+    """Refuse, located in ``source`` (the scenario file), outputs that cannot be made (a tracker
+    whose extra is not installed), before any round runs: ``fedsim validate`` and the runner."""
+    check_trackers(scenario, f"{source}: output.trackers")
 
 
 server_app = make_server_app(callbacks=output_callbacks())

@@ -388,6 +388,7 @@ def _algorithm_sections(node: Mapping[str, Any], defs: Mapping[str, Any]) -> lis
         "kind below. A kind written `package.module:ClassName` is your own class (keys checked "
         "by `fedsim validate`, not by the schema).",
         "",
+        *_table(_rows("algorithm", {**node, "allOf": []}, defs, "")),
     ]
     for branch in node["allOf"]:
         kind = branch["if"]["properties"]["kind"]["const"]

@@ -6,6 +6,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export FLWR_TELEMETRY_ENABLED := 0
+# mkdocs-material prints a banner about mkdocs 2 on every build; it is no warning of ours.
+export NO_MKDOCS_2_WARNING := 1
 # pip's configured local indexes warn once per package when absent: its stderr goes to a log,
 # shown only when an install fails.
 PIP    := $(BIN)/python -m pip --quiet --disable-pip-version-check

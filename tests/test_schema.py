@@ -219,3 +219,34 @@ def test_fedsim_schema_prints_it_and_writes_it(tmp_path: Path) -> None:
     assert (tmp_path / "s.json").read_text() == printed.stdout
     assert refused.returncode == 2
     assert refused.stderr.startswith(f"error: --output {tmp_path / 'no' / 's.json'}: ")
+
+
+# What editors understand: VS Code's YAML extension (yaml-language-server) implements draft-07,
+# so the schema keeps to keywords draft-07 shares with 2020-12 ($defs are reached by plain
+# JSON pointers, which draft-07 tools resolve too).
+EDITOR_KEYWORDS = {
+    "$schema", "$id", "$ref", "$defs", "title", "description", "type", "properties",
+    "additionalProperties", "required", "items", "enum", "const", "default", "anyOf", "oneOf",
+    "allOf", "if", "then", "else", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
+    "minLength", "minItems", "pattern", "discriminator",
+}  # fmt: skip
+
+
+def _keywords(node: Any) -> Iterator[str]:
+    if isinstance(node, list):
+        for item in node:
+            yield from _keywords(item)
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            yield key
+            if key in ("properties", "$defs"):  # names, not keywords
+                for child in value.values():
+                    yield from _keywords(child)
+            elif key not in ("default", "discriminator", "enum", "const"):  # values
+                yield from _keywords(value)
+
+
+def test_the_schema_keeps_to_keywords_editors_implement(schema: dict[str, Any]) -> None:
+    used = set(_keywords(schema))
+    assert {"if", "$ref", "maximum", "additionalProperties"} <= used
+    assert used - EDITOR_KEYWORDS == set()

@@ -76,9 +76,12 @@ def round_metrics(record: RoundRecord, records: Iterable[RoundRecord]) -> dict[s
     """A round's numbers by name (what was not measured this round is left out), and the run's
     totals so far (``records``: every round up to this one)."""
     values: dict[str, float] = {}
+    star = record.tiers is None  # no gateways: their counts are always zero, left out
     for f in fields(record):
         value = getattr(record, f.name)
-        if f.name != "round" and isinstance(value, int | float) and not isinstance(value, bool):
+        if f.name == "round" or (star and f.name.startswith("gateway")):
+            continue
+        if isinstance(value, int | float) and not isinstance(value, bool):
             values[f.name] = float(value)
     if record.in_flight:  # an asynchronous run: the devices still training at this update
         values |= {f"in_flight_{k}": float(v) for k, v in record.in_flight.items()}

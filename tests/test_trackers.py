@@ -42,14 +42,22 @@ def _rounds(out: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
 
 
-def _tensorboard(folder: Path, tag: str) -> list[tuple[int, float]]:
+def _events(folder: Path) -> Any:
     from tensorboard.backend.event_processing.event_accumulator import (  # type: ignore[import-untyped]  # no stubs
         EventAccumulator,
     )
 
     events = EventAccumulator(str(folder))
     events.Reload()
-    return [(e.step, e.value) for e in events.Scalars(tag)]
+    return events
+
+
+def _tensorboard(folder: Path, tag: str) -> list[tuple[int, float]]:
+    return [(e.step, e.value) for e in _events(folder).Scalars(tag)]
+
+
+def _tensorboard_tags(folder: Path) -> dict[str, Any]:
+    return dict(_events(folder).Tags())
 
 
 def _mlflow(out: Path) -> tuple[Any, str]:
@@ -74,6 +82,10 @@ def test_both_trackers_log_the_rounds_the_scenario_and_the_artifacts(
     assert energy == [
         pytest.approx((ms, r["energy_mj"]), rel=1e-6) for ms, r in zip(sim_ms, rounds, strict=True)
     ]
+    tags = _tensorboard_tags(out / "tensorboard")
+    assert "scenario/text_summary" in tags["tensors"]  # the scenario, as text
+    assert {"plots/accuracy", "plots/fleet"} <= set(tags["images"])
+    assert "gateway_cut" not in tags["scalars"]  # a star has no gateways
     total = _tensorboard(out / "tensorboard", "total_energy_mj")[-1][1]
     assert total == pytest.approx(sum(r["energy_mj"] for r in rounds), rel=1e-6)
 

@@ -57,3 +57,14 @@ def test_an_unknown_format_is_refused() -> None:
 )
 def test_sizes_have_three_significant_digits_and_no_exponent(n: int, text: str) -> None:
     assert size_text(n) == text
+
+
+def test_a_table_not_on_a_terminal_is_as_wide_as_its_rows(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    name = "a-device-profile-name-" * 8  # far wider than the 80 columns rich assumes in a pipe
+    print_records(Records([{"name": name, "ram": 1}], ["name", "ram"]), "table")
+
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split() == [name, "1"]
+    assert all(line == line.rstrip() for line in lines)

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from clients.app import make_client_app
 from devices.fleet import load_fleet
-from fedsim.apps import output_callbacks
+from fedsim.apps import check_outputs, output_callbacks
 from fedsim.core.checkpoint import load_checkpoint
 from fedsim.core.data import load_task_data
 from fedsim.core.errors import FedsimError, RunStoppedError
@@ -217,6 +217,7 @@ def run(
         raise FedsimError("scenario", "no scenario given", "fedsim run SCENARIO.yaml")
     scenario, fleet = load_fleet(scenario_path)
     check_parts(scenario.algorithm.kind, f"{scenario_path}: algorithm.kind")
+    check_outputs(scenario, str(scenario_path))  # a tracker's missing extra, before any round
     chosen = choose_engine(scenario, engine)
     out_dir = Path(out) if resume and out is not None else out_folder(scenario, out, overwrite)
     binding = RunBinding(

@@ -254,3 +254,23 @@ def test_fedsim_help_honours_no_color() -> None:
 
     assert COLOUR.search(coloured.stdout)
     assert not COLOUR.search(plain.stdout)
+
+
+def test_the_runs_own_log_lines_go_to_stderr_in_a_pipe() -> None:
+    """Work inside a run that has no bar of its own (a pre-training: "pre-training the extractor:
+    100/2000 episodes") logs through ``fedsim.server``; the CLI shows it on stderr, never stdout,
+    so that it is seen in a pipe or a CI log. Before, the log line went nowhere."""
+    code = (
+        "import logging, sys\n"
+        "from fedsim import cli\n"
+        "sys.argv = ['fedsim', '--version']\n"
+        "logging.getLogger('fedsim.server').info('pre-training the extractor: 100/2000 episodes')\n"
+        "cli._log_to_stderr()\n"
+        "logging.getLogger('fedsim.server').info('pre-training the extractor: 200/2000 episodes')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ""
+    assert done.stderr.splitlines() == ["fedsim: pre-training the extractor: 200/2000 episodes"]

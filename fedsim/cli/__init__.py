@@ -87,9 +87,24 @@ def _importable_here() -> None:
         os.environ["PYTHONPATH"] = os.pathsep.join([here, *paths])
 
 
+def _log_to_stderr() -> None:
+    """The run's own log lines (a pre-training inside a run: "pre-training the extractor:
+    400/2000 episodes") on stderr, so long work shows in a terminal, a pipe and a CI log alike;
+    the rounds have their progress bar (or lines) instead."""
+    import logging
+
+    logger = logging.getLogger("fedsim.server")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("fedsim: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # Flower or Ray may configure the root logger too: one line each
+
+
 def main() -> None:
     """Console entry point: maps user errors to one line and exit code 2."""
     _importable_here()
+    _log_to_stderr()
     try:
         code = app(standalone_mode=False)  # a typer.Exit inside comes back as its code
         if isinstance(code, int) and code:

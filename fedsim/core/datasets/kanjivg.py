@@ -447,9 +447,11 @@ def _progress(show: bool, total: int) -> Iterator[Callable[[], None]]:
     if not show:
         yield lambda: None
         return
+    from rich.console import Console
     from rich.progress import Progress
 
-    with Progress(transient=True) as bar:
+    # stderr: stdout may be a pipe carrying a command's answer (--format json)
+    with Progress(transient=True, console=Console(stderr=True)) as bar:
         task = bar.add_task("rendering KanjiVG characters", total=total)
         yield lambda: bar.advance(task)
 

@@ -456,10 +456,12 @@ def _run_jobs(
         results = pool.map(_clip, jobs)
         if not progress:
             return list(results)
+        from rich.console import Console
         from rich.progress import Progress
 
         out = []
-        with Progress() as bar:
+        # stderr: stdout may be a pipe carrying a command's answer (--format json)
+        with Progress(console=Console(stderr=True)) as bar:
             task = bar.add_task("synthesizing keyword clips", total=len(jobs))
             for result in results:
                 out.append(result)

@@ -126,9 +126,14 @@ def test_a_missing_extra_is_a_located_error_naming_the_install(
         match=r"output.trackers: mlflow is not installed .*pip install 'fedsim\[trackers\]'",
     ):
         fedsim.trackers.check_trackers(load_scenario(path))
-    with pytest.raises((FedsimError, RunStoppedError), match=r"fedsim\[trackers\]"):
+    with pytest.raises(FedsimError, match=r"output.trackers: .*fedsim\[trackers\]"):
         run(path, tmp_path / "run")
+    assert not (tmp_path / "run" / "rounds.jsonl").exists()  # refused before any round ran
     assert not (tmp_path / "results" / "mlruns").exists()
+    from fedsim.cli.run import check
+
+    with pytest.raises(FedsimError, match=r"output.trackers: .*fedsim\[trackers\]"):
+        check(path)  # fedsim validate says so too
 
 
 def test_a_tracker_failing_mid_run_is_dropped_with_a_warning_and_the_run_completes(

@@ -51,10 +51,12 @@ def summarize(scenario_path: str | Path) -> str:
 def check(scenario_path: str | Path) -> tuple[str, list[str]]:
     """What a scenario will run (``summarize``), and warnings: what it will silently not do."""
     from devices.fleet import load_fleet
+    from fedsim.apps import check_outputs
     from fedsim.parts import check_parts
 
     scenario, fleet = load_fleet(scenario_path)
     check_parts(scenario.algorithm.kind, f"{scenario_path}: algorithm.kind")
+    check_outputs(scenario, str(scenario_path))  # a tracker whose extra is not installed
     groups = ", ".join(f"{n} {p}" for p, n in fleet.by_profile().items())
     params = scenario.fleet.partition.model_dump(exclude={"kind"})
     args = ", ".join(f"{k}={v}" for k, v in params.items())

@@ -151,12 +151,12 @@ def fedsim_here(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[
         ),
         (["sweep", "{scenario}", "--out", "{file}"], r"--out .*taken: is a file, not a folder"),
         (
-            ["run", "{scenario}", "--out", "{missing}/run"],
-            r"--out .*missing/run: its folder .*missing does not exist; create it first",
+            ["run", "{scenario}", "--out", "{file}/run"],
+            r"--out .*taken/run: its folder .*taken is a file; give a path in a folder",
         ),
         (
-            ["sweep", "{scenario}", "--out", "{missing}/s"],
-            r"--out .*missing/s: its folder .*missing",
+            ["sweep", "{scenario}", "--out", "{file}/a/s"],
+            r"--out .*taken/a/s: cannot make its folder .*taken/a \(Not a directory\)",
         ),
         (["report", "a", "b", "--out", "{missing}/c.html"], r"--out .*missing/c\.html: its folder"),
         (["data", "preview", "digits", "-o", "{missing}/p.png"], r"--output .*/p\.png: its folder"),
@@ -243,3 +243,17 @@ def test_an_alias_bomb_does_not_hang_validate(write_scenario: Write) -> None:
         f"error: {path}:5: e: this value expands (aliases included) to over 100,000 values; "
         "a scenario holds a few hundred values; remove the aliases (*name) that repeat collections"
     )
+
+
+def test_run_out_makes_its_missing_parent_folders(
+    capsys: pytest.CaptureFixture[str], write_scenario: Write, tmp_path: Path
+) -> None:
+    """`make demo` runs `fedsim run ... --out results/quickstart` in a fresh clone, which has no
+    results/: the run folder is made with its parents, as the default results/<name> is."""
+    scenario = write_scenario(tiny_scenario(rounds=1, execution={"engine": "inline"}))
+    out = tmp_path / "results" / "deeper" / "quick"
+
+    code, lines = fedsim_here(capsys, "run", str(scenario), "--out", str(out))
+
+    assert code == 0, lines
+    assert (out / "summary.json").is_file()

@@ -27,8 +27,8 @@ def _writable(folder: Path) -> str | None:
 
 def check_out(path: Path, option: str, kind: Literal["folder", "file"]) -> None:
     """Raise a located ``FedsimError`` unless ``path`` can be written as a ``kind``: a folder
-    (new, or an existing folder) or a file (new, or an existing file to replace) whose parent
-    folder exists and is writable."""
+    (new, its missing parents made now, or an existing folder) or a file (new, or an existing
+    file to replace), in a writable folder (which must exist for a file)."""
     where = f"{option} {clip(str(path), 200)}"
     try:
         exists, is_dir = path.exists(), path.is_dir()
@@ -39,6 +39,23 @@ def check_out(path: Path, option: str, kind: Literal["folder", "file"]) -> None:
     if exists and kind == "file" and is_dir:
         raise FedsimError(where, "is a folder, not a file", "give a file path, e.g. out.html")
     parent = path if exists and is_dir else path.parent
+    if kind == "folder" and not parent.exists():
+        # a run or sweep folder is made with its parents, as the default results/<name> is: in
+        # a fresh clone `fedsim run ... --out results/x` must not fail for want of results/
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise FedsimError(
+                where,
+                f"cannot make its folder {clip(str(parent), 200)} ({exc.strerror or exc})",
+                "give a path in a folder you can write to",
+            ) from None
+    if parent.exists() and not parent.is_dir():
+        raise FedsimError(
+            where,
+            f"its folder {clip(str(parent), 200)} is a file",
+            "give a path in a folder, not under a file",
+        )
     if not parent.is_dir():
         raise FedsimError(
             where,

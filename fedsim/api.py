@@ -41,7 +41,7 @@ from fedsim.core.errors import FedsimError, clip
 from fedsim.core.results import DEVICES, MANIFEST, MODEL, ROUNDS, SUMMARY
 from fedsim.core.safe_yaml import load_yaml
 from fedsim.core.scenario import Scenario
-from fedsim.core.scenario_load import ScenarioError, _anchor_paths, merged_data, with_changes
+from fedsim.core.scenario_load import ScenarioError, anchor_paths, merged_data, with_changes
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -333,7 +333,7 @@ def _anchored(data: Mapping[str, Any], folder: Path) -> dict[str, Any]:
     parent = out.get("extends")
     if isinstance(parent, str) and parent and not Path(parent).is_absolute():
         out["extends"] = str((folder / parent).resolve())
-    _anchor_paths(out, folder)
+    anchor_paths(out, folder)
     return out
 
 

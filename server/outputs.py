@@ -27,7 +27,7 @@ from fedsim.core.checkpoint_verify import REPAIR, first_problem
 from fedsim.core.errors import FedsimError
 from fedsim.core.records import DeviceRecord, RoundRecord, RunBinding
 from fedsim.core.scenario import Scenario
-from fedsim.core.scenario_load import _anchor_paths as anchor_paths
+from fedsim.core.scenario_load import anchor_paths
 from fedsim.core.state import STATE_FILE
 from ontology.history import RunTopology, write_participation
 from server.adapt import AdaptResult

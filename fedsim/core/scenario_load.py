@@ -24,7 +24,14 @@ from fedsim.core.safe_yaml import dotted, load_yaml
 from fedsim.core.scenario import Scenario
 from fedsim.core.textfile import read_text
 
-__all__ = ["ScenarioError", "load_scenario", "locate", "merged_data", "with_changes"]
+__all__ = [
+    "ScenarioError",
+    "anchor_paths",
+    "load_scenario",
+    "locate",
+    "merged_data",
+    "with_changes",
+]
 
 Loc = tuple[str | int, ...]
 
@@ -157,7 +164,7 @@ def _chain(path: Path) -> list[_Source]:
             )
         seen.add(_resolved(path))
         if chain:  # a base: its relative paths mean relative to it, not to the child
-            _anchor_paths(source.data, path.parent)
+            anchor_paths(source.data, path.parent)
         chain.append(source)
         parent = source.data.pop("extends", None)
         if parent is None:
@@ -198,7 +205,7 @@ def _anchor(value: Any, folder: Path) -> Any:
     return value
 
 
-def _anchor_paths(data: dict[str, Any], folder: Path) -> None:
+def anchor_paths(data: dict[str, Any], folder: Path) -> None:
     """Make a base scenario's file paths absolute: ``registry.data``, ``registry.db``, trace
     files, and ``.rq`` query files of fleet groups (named queries stay names)."""
     registry = data.get("registry")
@@ -402,7 +409,7 @@ def merged_data(path: str | Path) -> dict[str, Any]:
     """The scenario as one mapping, before validation: its ``extends`` chain merged and every
     file path in it absolute, so the mapping can be written anywhere and mean the same."""
     sources = _chain(Path(path))
-    _anchor_paths(sources[0].data, Path(path).parent)
+    anchor_paths(sources[0].data, Path(path).parent)
     data: dict[str, Any] = {}
     for source in reversed(sources):
         data = _merge(data, source.data)

@@ -87,3 +87,28 @@ def test_scaffold_learns_and_keeps_each_device_control_variate(fedsim_run: Run) 
         mean = np.mean([kept[d][f"c{i}"] for d in range(10)], axis=0)
         assert np.abs(mean).max() > 0
         np.testing.assert_allclose(controls[f"control.c{i}"], mean, rtol=1e-3, atol=1e-5)
+
+
+def test_the_scenarios_validate_against_the_schema_with_the_plugins_kinds() -> None:
+    """The example's scenarios point editors at scenario.schema.json (fedsim schema --plugins, made
+    with this plugin installed): it knows fedavgm's and scaffold's keys, and is up to date."""
+    import json
+
+    import jsonschema
+    import yaml
+
+    from fedsim.schema import scenario_json_schema
+
+    committed = json.loads((SCENARIOS / "scenario.schema.json").read_text("utf-8"))
+    fresh = scenario_json_schema(plugins=True)
+    fix = "regenerate: fedsim schema --plugins -o scenarios/scenario.schema.json (in the example)"
+    assert committed == fresh, fix
+    for path in sorted(SCENARIOS.glob("*.yaml")):
+        assert path.read_text("utf-8").startswith(
+            "# yaml-language-server: $schema=scenario.schema.json"
+        )
+        jsonschema.Draft202012Validator(committed).validate(yaml.safe_load(path.read_text("utf-8")))
+    typo = {**yaml.safe_load((SCENARIOS / "fedavgm.yaml").read_text("utf-8"))}
+    typo["algorithm"] = {**typo["algorithm"], "momentun": 0.9}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.Draft202012Validator(committed).validate(typo)

@@ -1,9 +1,9 @@
-"""Simulation overhead: stock Flower vs a plain PyTorch loop vs fedsim's two modes (DESIGN.md §3.1).
+"""Simulation overhead: stock Flower vs a plain PyTorch loop vs fedsim's two modes (design §3.1).
 
 Each runner (``benchmarks.runners``) runs in a fresh child process, one at a time, so Ray's
 start-up and memory count per runner and nothing leaks between them. The parent measures each
 child's whole process tree (``benchmarks.proctree``) and prints a markdown table, then whether
-this run met DESIGN.md §12's targets. Progress and each runner's final accuracy go to stderr.
+this run met design §12's targets. Progress and each runner's final accuracy go to stderr.
 
     .venv/bin/python -m benchmarks.cohort [--quick] [--skip-large] [--runners a,b] [--json PATH]
     .venv/bin/python -m benchmarks.cohort --child RUNNER N R [K]    # one run, unmeasured
@@ -183,7 +183,7 @@ def _verdict(ok: bool | None) -> str:
 
 
 def targets(rows: list[Row]) -> str:
-    """DESIGN.md §12's simulation-overhead targets, and whether this run met them."""
+    """design §12's simulation-overhead targets, and whether this run met them."""
     cohort = _wall(rows, TARGET_WORKLOAD, "fedsim-cohort")
     plain, stock = _wall(rows, TARGET_WORKLOAD, "plain"), _wall(rows, TARGET_WORKLOAD, "stock")
     scale = next(
@@ -196,7 +196,7 @@ def targets(rows: list[Row]) -> str:
         fits = scale.status.startswith("ok") and (scale.wall_s or 0) < 300
         fits = fits and (scale.peak_rss_mb or 0) < 4 * 1024
     return (
-        f"Targets (DESIGN.md §12), fedsim-cohort: {TARGET_WORKLOAD} within 1.5× of plain: "
+        f"Targets (design §12), fedsim-cohort: {TARGET_WORKLOAD} within 1.5× of plain: "
         f"{_verdict(vs_plain)}; ≥10× faster than stock on {TARGET_WORKLOAD}: {_verdict(vs_stock)}; "
         f"{SCALE_WORKLOAD} in < 300 s with < 4 GB tree RSS: {_verdict(fits)}."
     )

@@ -1,4 +1,4 @@
-"""FedIns reproduction (issue 23; DESIGN.md §6.6): instance-adaptive SSF pools against federated
+"""FedIns reproduction (issue 23; design §6.6): instance-adaptive SSF pools against federated
 SSF, head-only and full FedAvg, and a domain oracle, on a target whose instances differ in domain
 *within* every client.
 

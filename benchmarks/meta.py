@@ -1,4 +1,4 @@
-"""Online federated meta-learning at equal device budgets (issue 7; DESIGN.md §6.2-6.4).
+"""Online federated meta-learning at equal device budgets (issue 7; design §6.2-6.4).
 
 (The reproduction of the papers' claim, with tuned learning rates, seeds and resource to a target,
 is ``benchmarks.reptile``; this one compares every family at the scenarios' own settings.)
@@ -20,7 +20,7 @@ training RAM at its batch size) and how well θ adapts on held-out devices (mean
 * **sequential fine-tuning**: serial, θ ← each device's φ (ε = 1 throughout);
 * **local-only**: no federation; each held-out device adapts the untrained θ₀.
 
-``--reference`` adds FedAvg at ``cohort`` × the budget (the DESIGN.md §6.4 reference row).
+``--reference`` adds FedAvg at ``cohort`` × the budget (the design §6.4 reference row).
 
     .venv/bin/python -m benchmarks.meta [--family NAME|all] [--quick] [--reference]
         [--out results/bench-meta]          # NAME: sine kws har presence kanjivg omniglot

@@ -1,4 +1,4 @@
-"""Federated reconnaissance (Hendryx et al.; DESIGN.md §6.5): prototype averaging against the
+"""Federated reconnaissance (Hendryx et al.; design §6.5): prototype averaging against the
 baselines continual-learning papers use, over ≥ 600 classes the encoder never saw (issue 23).
 
 Claim tested: after 600 Omniglot classes, prototypes beat the best continual-learning baseline by

@@ -1,4 +1,4 @@
-"""The registry at fleet scale: rdflib in memory against Oxigraph (DESIGN.md §8).
+"""The registry at fleet scale: rdflib in memory against Oxigraph (design §8).
 
 For synthetic fleets of 1k, 10k and 100k devices (``--quick``: 1k and 10k), each backend loads
 the catalog and the fleet, then answers the inventory (devices by profile and site) and the
@@ -289,7 +289,7 @@ def _verdict(ok: bool | None) -> str:
 
 
 def targets(rows: list[Row]) -> str:
-    """DESIGN.md §8/§12's registry targets at 100k devices, per backend."""
+    """design §8/§12's registry targets at 100k devices, per backend."""
     parts = []
     for backend in BACKENDS:
         row = next((r for r in rows if (r.devices, r.backend) == (100_000, backend)), None)

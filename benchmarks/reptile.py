@@ -1,4 +1,4 @@
-"""TinyReptile / TinyMetaFed reproduction (issue 23; DESIGN.md §6.2-6.3): resource *to reach* a
+"""TinyReptile / TinyMetaFed reproduction (issue 23; design §6.2-6.3): resource *to reach* a
 target accuracy on held-out devices, the form of the papers' "≥ 2× less resource" claim.
 
 Family: omniglot-5way (``scenarios/meta/omniglot-tinyreptile.yaml``): each of 2,000 devices is one

@@ -1,4 +1,4 @@
-"""The runners of the simulation-overhead benchmark (DESIGN.md §3.1): one workload, five ways.
+"""The runners of the simulation-overhead benchmark (design §3.1): one workload, five ways.
 
 The workload: a 784-100-10 MLP (``mlp-100``), 32 generated ``blobs-784`` samples per client, one
 local epoch, batch 16, SGD lr 0.05, FedAvg. Every runner starts from fedsim's initial model and

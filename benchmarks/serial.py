@@ -1,10 +1,10 @@
-"""The serial bridge (issue 10, DESIGN.md §9, §12): what framing costs, and how fast each device
+"""The serial bridge (issue 10, design §9, §12): what framing costs, and how fast each device
 answers.
 
 * **Framing efficiency** of a weight transfer (LOAD_WEIGHTS then GET_WEIGHTS of a whole head):
   the weight bytes over every byte on the wire both ways (headers, COBS, CRC, delimiters, the
   chunks' configuration and offsets, the replies). On a UART at 115200 baud (8N1, 10 bits a byte)
-  that is the share of the raw line rate the weights get; DESIGN's target is ≥ 80%.
+  that is the share of the raw line rate the weights get; the design's target is ≥ 80%.
 * **Round trips** (HELLO, median and 95th percentile of ``--requests``) and **throughput** (TRAIN
   frames of 30 samples × 16 features, samples per second and payload KB/s) for the Python agent on
   a socat pty pair, the C firmware on a host pty, and the C firmware on an emulated Cortex-M4F in

@@ -1,4 +1,4 @@
-"""TinyOL reproduction (issue 23; DESIGN.md §6.1): does the on-device output layer adapt to a
+"""TinyOL reproduction (issue 23; design §6.1): does the on-device output layer adapt to a
 drifting stream that a frozen model does not?
 
 Setting: human activity recognition (``--dataset har``; ``kws`` also runs). The extractor

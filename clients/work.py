@@ -346,7 +346,7 @@ def _gateway(
     work: Work,
     store: DeviceStateStore | None,
 ) -> tuple[Any, list[DeviceOutcome]]:
-    """Play a gateway (DESIGN.md §5.1): its local rounds over its devices, its partial."""
+    """Play a gateway (design §5.1): its local rounds over its devices, its partial."""
     position = {d: i for i, d in enumerate(ids)}
 
     def train(

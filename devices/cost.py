@@ -1,6 +1,6 @@
 """What a round costs a device: memory fit, compute time, link time, energy.
 
-Small pluggable objects with one method each (``DESIGN.md`` §5), bundled in a ``CostModel``:
+Small pluggable objects with one method each (design §5), bundled in a ``CostModel``:
 
 - **memory** decides what a device can train: the whole model, only its head (TinyOL style: the
   frozen layers stay in flash, the head and what its training needs sit in SRAM), or nothing;

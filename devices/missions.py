@@ -1,5 +1,5 @@
 """Missions whose classes recur across devices and rounds, as the federated-reconnaissance
-reference environment deals them (Hendryx et al.; DESIGN.md §6.5).
+reference environment deals them (Hendryx et al.; design §6.5).
 
 By default a fleet deals every class to exactly one device once (``Fleet.mission_classes``), so a
 class reaches the server a single time and any merge rule is exact. The reference environment

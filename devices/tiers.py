@@ -1,4 +1,4 @@
-"""A round's plan and cost along an edge topology (``devices.topology``, DESIGN.md §5.1).
+"""A round's plan and cost along an edge topology (``devices.topology``, design §5.1).
 
 ``plan_tiered`` extends the flat round plan (``devices.clock``) along the tree; a star is the
 one-tier case (``one_tier``: no gateways, every device on the server), planned and costed as

@@ -1,4 +1,4 @@
-"""Edge topologies (DESIGN.md §5.1): devices behind gateways, gateways behind edge servers.
+"""Edge topologies (design §5.1): devices behind gateways, gateways behind edge servers.
 
 ``resolve_topology`` turns the scenario's ``topology`` into a ``Topology``: each gateway's profile,
 uplink (its link power from the profile, its link technology from the catalog), parent, devices

@@ -5,6 +5,8 @@ other package may import (scenario, errors, records, reduces, data, models); ``f
 ``fedsim.cli`` and the other top-floor modules import ``clients``, ``server``, ``ontology`` and
 ``devices``. Nothing heavy is imported here: ``fedsim.run`` and ``fedsim.Run`` (``fedsim.api``)
 load on first use.
+
+Docstrings cite the design by section, "design §6.1": docs/design/design.md.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from typing import Any
 
 __all__ = ["SECTIONS", "UNITS", "reference_markdown", "unit_of"]
 
-# Units by name suffix (the project writes units into field names: DESIGN/STYLE "Config").
+# Units by name suffix (the project writes units into field names).
 UNITS = {
     "_s": "s",
     "_ms": "ms",

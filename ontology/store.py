@@ -1,4 +1,4 @@
-"""One small API over the registry's two RDF stores: rdflib in memory, or Oxigraph (DESIGN.md §8).
+"""One small API over the registry's two RDF stores: rdflib in memory, or Oxigraph (design §8).
 
 ``open_store("memory")`` is an rdflib ``Graph``: the default, fine for the catalog and small
 fleets. ``open_store("oxigraph", path)`` is a ``pyoxigraph.Store`` used directly (not through

@@ -1,4 +1,4 @@
-"""Evaluation on held-out devices: adapt θ with a few samples, then score (DESIGN.md §6.2).
+"""Evaluation on held-out devices: adapt θ with a few samples, then score (design §6.2).
 
 A meta-learned θ is judged by what it becomes on a device it never saw: each held-out natural group
 of the test split (a sine task, a speaker, a writer, a subject, a room) starts from θ, takes

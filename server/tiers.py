@@ -1,4 +1,4 @@
-"""A round through the run's topology (DESIGN.md §5.1): devices behind gateways, partials up.
+"""A round through the run's topology (design §5.1): devices behind gateways, partials up.
 
 A star is the one-tier topology (``devices.tiers.one_tier``): every device on the server, reduced
 in blocks (``server.dispatch``), nothing more. Devices on the server directly are reduced so in

@@ -1,4 +1,4 @@
-"""FedIns against its reference code and its reproduction's setting (issue 23; DESIGN.md §6.6):
+"""FedIns against its reference code and its reproduction's setting (issue 23; design §6.6):
 the key init, the domain oracle, the pinned backbone seed, and the few-shot two-domain target."""
 
 from __future__ import annotations

@@ -632,7 +632,7 @@ def test_qemu_counts_instructions_per_sgd_step_deterministically(qemu_build: Pat
     assert [r.returncode for r in runs] == [0, 0], runs[0].stderr
     assert runs[0].stdout == runs[1].stdout
     per_step = _number(r"instructions_per_step=([\d.]+)", runs[0].stdout)
-    assert 1000 < per_step < 2000  # 1491.46 at -Os (README); DESIGN.md §9 measured ~1,374
+    assert 1000 < per_step < 2000  # 1491.46 at -Os (README); design §9 measured ~1,374
 
 
 # ---- the Arduino port ---------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The rooms of fedsim (DESIGN.md §2), checked on the source: who may import what.
+"""The rooms of fedsim (design §2), checked on the source: who may import what.
 
 Rooms come from the folder layout, not from a list of modules: every top-level package of the
 repository is a room, except that ``fedsim/core`` (the ground floor) and the rest of ``fedsim``

@@ -1,4 +1,4 @@
-"""Online federated meta-learning: TinyReptile and TinyMetaFed (DESIGN.md §6.2-6.4).
+"""Online federated meta-learning: TinyReptile and TinyMetaFed (design §6.2-6.4).
 
 Update rules against hand-computed numpy steps, the top-P sparse codec, the held-out-device
 evaluation, and small end-to-end runs (deterministic, both execution modes).
@@ -507,7 +507,7 @@ def test_adaptation_needs_held_out_devices(write_scenario: Write) -> None:
 def test_tinyreptile_adapts_better_than_the_joint_model_at_equal_device_budget(
     write_scenario: Write, tmp_path: Path
 ) -> None:
-    """DESIGN.md §6.4: a meta-learned θ must adapt far better than a jointly trained one (which
+    """design §6.4: a meta-learned θ must adapt far better than a jointly trained one (which
     predicts about the mean of the tasks) and than the untrained θ₀, at the same device rounds."""
     adapt = {"support": 10, "steps": 32, "query": "all", "max_devices": 40}
     common = {

@@ -1,4 +1,4 @@
-"""Prototype averaging (DESIGN.md §6.5): exact against central prototypes, order-independent,
+"""Prototype averaging (design §6.5): exact against central prototypes, order-independent,
 idempotent per mission, and refusing bad reports with nothing merged."""
 
 from __future__ import annotations

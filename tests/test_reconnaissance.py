@@ -1,5 +1,5 @@
 """Federated reconnaissance in the engine: missions, exact merged prototypes, both execution modes,
-bad reports refused alone (DESIGN.md §6.5)."""
+bad reports refused alone (design §6.5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""FedIns building blocks (DESIGN.md §6.6): SSF identity, per-instance pool gathering, frozen
+"""FedIns building blocks (design §6.6): SSF identity, per-instance pool gathering, frozen
 backbone, pool averaging, and malformed pool tensors refused."""
 
 from __future__ import annotations

@@ -59,7 +59,7 @@ class CohortOrder:
     first_position: int  # position of device_ids[0] in the round's sorted cohort
     block_size: int
     head_only: frozenset[int] = frozenset()  # devices that train only the head (memory)
-    # the gateways this worker plays (DESIGN.md §5.1): (gateway index, its devices this round)
+    # the gateways this worker plays (design §5.1): (gateway index, its devices this round)
     gateways: tuple[tuple[int, tuple[int, ...]], ...] = ()
     step: int = 1  # which local round of a gateway (1 without gateways)
 

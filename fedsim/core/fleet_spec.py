@@ -1,6 +1,6 @@
 """The fleet sections of a scenario: device groups (profiles or registry queries, availability,
 faults, attached hardware), data partitions, and the edge topology (gateways between devices and
-the server, DESIGN.md §5.1). ``fedsim.core.scenario`` assembles them into a ``Scenario``."""
+the server, design §5.1). ``fedsim.core.scenario`` assembles them into a ``Scenario``."""
 
 from __future__ import annotations
 
@@ -212,7 +212,7 @@ class GatewaySpec(_Spec):
 
 
 class TopologySpec(_Spec):
-    """Tiers between devices and the server (DESIGN.md §5.1). Devices behind no gateway reach the
+    """Tiers between devices and the server (design §5.1). Devices behind no gateway reach the
     server directly; with no gateways this is the flat star, with exactly its results."""
 
     gateways: list[GatewaySpec] = Field(

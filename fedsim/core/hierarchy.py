@@ -1,4 +1,4 @@
-"""Hierarchical aggregation: what a gateway does with its devices' updates (DESIGN.md §5.1).
+"""Hierarchical aggregation: what a gateway does with its devices' updates (design §5.1).
 
 A gateway is a server for its devices. Each global round it receives the global arrays, runs
 ``local_rounds`` device rounds (after each but the last it finalizes its devices' partial into its

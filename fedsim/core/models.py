@@ -55,7 +55,7 @@ def _mlp() -> Builder:
 
 @MODELS.register("mlp-100")
 def _mlp100() -> Builder:
-    """The 784-100-10 MLP of the simulation-overhead benchmark (DESIGN.md §3.1)."""
+    """The 784-100-10 MLP of the simulation-overhead benchmark (design §3.1)."""
 
     def build(num_features: int, num_classes: int, seed: int) -> nn.Module:
         import torch
@@ -83,7 +83,7 @@ def _logreg() -> Builder:
 
 @MODELS.register("tanh-64x2")
 def _tanh64() -> Builder:
-    """1-64-64-1 tanh MLP: the Reptile sine-wave reference network (DESIGN.md §6.4)."""
+    """1-64-64-1 tanh MLP: the Reptile sine-wave reference network (design §6.4)."""
 
     def build(num_features: int, num_outputs: int, seed: int) -> nn.Module:
         import torch
@@ -106,7 +106,7 @@ def _tanh64() -> Builder:
 def _conv4() -> Builder:
     """Conv-4 (Vinyals et al.; Snell et al.): 4 × [3×3 conv 64, BatchNorm, ReLU, 2×2 max-pool],
     flattened (64-d on 28×28 input), then a linear head. Without the head it is the prototypical
-    encoder of federated reconnaissance (DESIGN.md §6.5)."""
+    encoder of federated reconnaissance (design §6.5)."""
 
     def build(num_features: int, num_outputs: int, seed: int) -> nn.Module:
         import torch
@@ -139,7 +139,7 @@ def _conv4() -> Builder:
 
 @MODELS.register("conv4-proto")
 def _conv4_proto() -> Builder:
-    """Conv-4 encoder + a nearest-prototype head (federated reconnaissance, DESIGN.md §6.5): the
+    """Conv-4 encoder + a nearest-prototype head (federated reconnaissance, design §6.5): the
     head holds per class the sum of reported embeddings and their count (buffers, no parameters)
     and scores a sample by −(squared distance) to each seen class's mean (−inf if unseen)."""
 

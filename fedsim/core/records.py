@@ -62,7 +62,7 @@ NODE_SERIAL_PORT = "serial-port"
 NODE_GATEWAY = "gateway"
 
 # ok/failed/no-reply: the device trained (or tried); the others were never sent work: their
-# update could not have counted (DESIGN.md §5; devices/clock.py). gateway-down: its gateway was
+# update could not have counted (design §5; devices/clock.py). gateway-down: its gateway was
 # offline when the round started; gateway-lost: it trained, but its gateway's partial missed the
 # deadline (devices/topology.py).
 DeviceStatus = Literal[

@@ -1,7 +1,7 @@
 """Aggregation as an associative reduce: ``zero / accumulate / merge / finalize``.
 
 Written this way for every algorithm, so the server, cohort workers and gateways share the maths
-(``DESIGN.md`` §3.1): a worker accumulates its devices into a partial, partials merge in any
+(design §3.1): a worker accumulates its devices into a partial, partials merge in any
 grouping, and the server finalizes the merged partial into the new global state.
 
 Float addition is not associative, so the *grouping* is fixed too: a round's cohort, sorted by

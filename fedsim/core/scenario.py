@@ -114,7 +114,7 @@ class TaskSpec(_Spec):
 
 
 class AdaptSpec(_Spec):
-    """Evaluation on held-out devices (DESIGN.md §6.2): each held-out natural group of the test
+    """Evaluation on held-out devices (design §6.2): each held-out natural group of the test
     split (a sine task, a speaker, a writer, a subject, a room) is a device never seen in training;
     it starts from θ, takes ``steps`` SGD steps on ``support`` of its samples, and is scored on the
     rest (``query: rest``) or on all of them (``all``, the Reptile sine reference: the 50-point
@@ -166,7 +166,7 @@ class EvaluationSpec(_Spec):
 
 
 class ExecutionSpec(_Spec):
-    """How the fleet is executed (``DESIGN.md`` §3.1); never changes the results.
+    """How the fleet is executed (design §3.1); never changes the results.
 
     ``mode``: ``cohort`` runs a share of each round's devices per Flower node (one node per Ray
     actor) and replies with partial aggregates; ``per-device`` runs one Flower node per device
@@ -207,7 +207,7 @@ class ExecutionSpec(_Spec):
 
 
 class RegistrySpec(_Spec):
-    """The registry a run reads devices from and writes its participation to (DESIGN.md §8)."""
+    """The registry a run reads devices from and writes its participation to (design §8)."""
 
     store: Literal["memory", "oxigraph"] = Field(
         "memory", description="memory: rebuilt each run; oxigraph: a persistent store (db)"

@@ -1,4 +1,4 @@
-"""The frozen pre-trained backbone of FedIns (DESIGN.md §6.6), trained in the project.
+"""The frozen pre-trained backbone of FedIns (design §6.6), trained in the project.
 
 No pre-trained ViT weights can be downloaded here, so the small ``SsfViT`` is trained supervised
 (cross-entropy, Adam) on a base dataset (Fashion-MNIST from Debian by default) for ``steps``

@@ -1,4 +1,4 @@
-"""TinyOL's output layer with on-the-fly feature normalisation, as a torch layer (DESIGN.md §6.1).
+"""TinyOL's output layer with on-the-fly feature normalisation, as a torch layer (design §6.1).
 
 A TinyOL device standardises each feature vector with running statistics (Welford's algorithm,
 ``edge.online_head.RunningNorm``) before its output layer sees it. For the federation to evaluate

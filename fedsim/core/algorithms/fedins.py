@@ -1,4 +1,4 @@
-"""FedIns (Feng et al.; DESIGN.md §6.6): instance-adaptive SSF pools on a frozen pre-trained ViT.
+"""FedIns (Feng et al.; design §6.6): instance-adaptive SSF pools on a frozen pre-trained ViT.
 
 Each device trains a pool of ``entries`` SSF sets with keys and heads, each instance using the mean
 of its ``top_n`` entries by key similarity; loss (1 − λ)·CE + λ·(1 − Σ cos(q, k)), λ =

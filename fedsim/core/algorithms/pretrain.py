@@ -1,4 +1,4 @@
-"""Episodic pre-training of a prototypical encoder on background characters (DESIGN.md §6.5).
+"""Episodic pre-training of a prototypical encoder on background characters (design §6.5).
 
 Conv-4 learns to embed characters so that a class is its mean embedding: each episode draws
 ``n_way`` classes of the *background* alphabets (each rotated by 0/90/180/270°, a class of its

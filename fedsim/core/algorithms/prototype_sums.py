@@ -1,4 +1,4 @@
-"""Prototype averaging for class-incremental "federated reconnaissance" (DESIGN.md §6.5).
+"""Prototype averaging for class-incremental "federated reconnaissance" (design §6.5).
 
 A frozen encoder maps a sample to a D-dimensional embedding; a class is its prototype, the mean
 embedding of every sample of it that any client has reported, and a sample is classified as the

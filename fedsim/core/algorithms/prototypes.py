@@ -1,4 +1,4 @@
-"""Federated reconnaissance by prototype averaging (Hendryx et al.; DESIGN.md §6.5).
+"""Federated reconnaissance by prototype averaging (Hendryx et al.; design §6.5).
 
 Each round is a mission: every selected device embeds ``classes_per_mission`` new classes' samples
 with the frozen, pre-trained encoder and sends per-class sums and counts; the server adds them up

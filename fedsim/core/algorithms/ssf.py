@@ -1,4 +1,4 @@
-"""FedIns building blocks (DESIGN.md §6.6): a small ViT with SSF slots, and instance-adaptive SSF
+"""FedIns building blocks (design §6.6): a small ViT with SSF slots, and instance-adaptive SSF
 pools.
 
 SSF (Lian et al.) scales and shifts features, y = γ⊙x + β, after the backbone's layers; the
@@ -135,7 +135,7 @@ class FedInsNet(nn.Module):
     """A frozen ``SsfViT`` and a pool of ``entries`` × (SSF γ, β; key; head). Each instance gets
     the mean of its top-``top_n`` entries by cosine similarity of the bare backbone's feature to
     the keys. ``last_key_loss`` holds λ's term of the last forward, mean over the batch of
-    1 − Σ cos(q, k_i) over the selected keys (DESIGN.md §6.6). ``entries=1, top_n=1`` is the
+    1 − Σ cos(q, k_i) over the selected keys (design §6.6). ``entries=1, top_n=1`` is the
     "federated SSF" baseline (one SSF and head per client). ``route="inversion"`` (2 entries,
     top 1) is the domain oracle: each instance takes entry 0 or 1 by its true domain
     (``inverted``), the upper bound of what key routing can learn on two domains."""

@@ -1,4 +1,4 @@
-"""TinyMetaFed (Ren et al.; DESIGN.md §6.3): TinyReptile with partial local reconstruction and
+"""TinyMetaFed (Ren et al.; design §6.3): TinyReptile with partial local reconstruction and
 top-P% upload.
 
 ``local: head``: the last layer is local; each round the device first reconstructs it on its

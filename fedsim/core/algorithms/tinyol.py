@@ -1,4 +1,4 @@
-"""Federated TinyOL (Ren et al.; DESIGN.md §6.1): the model minus its last layer is a frozen,
+"""Federated TinyOL (Ren et al.; design §6.1): the model minus its last layer is a frozen,
 pre-trained feature extractor (in flash); each device trains only the output layer, one SGD step
 per arriving sample (batch 1), ``passes`` times over its stream, keeping nothing but the layer,
 with ``edge.online_head.OnlineHead`` (numpy, the firmware's reference). The server averages the

@@ -1,4 +1,4 @@
-"""TinyReptile (Ren et al.; DESIGN.md §6.2): federated Reptile with online learning.
+"""TinyReptile (Ren et al.; design §6.2): federated Reptile with online learning.
 
 A device starts from θ and takes ``steps`` SGD steps of ``batch_size`` samples from its stream
 (batch 1 = online: each sample seen once, then dropped); the server moves θ a fraction ε_t of the

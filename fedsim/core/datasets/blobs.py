@@ -1,6 +1,6 @@
 """Gaussian class clusters in 784 dimensions (a 28×28 image's size), generated per device.
 
-The workload of the simulation-overhead benchmark (DESIGN.md §3.1): any fleet size, no pool.
+The workload of the simulation-overhead benchmark (design §3.1): any fleet size, no pool.
 """
 
 from __future__ import annotations

@@ -220,7 +220,7 @@ FASHION_SHOTS, FASHION_TEST_PER_CLASS = 60, 200
 
 
 def fashion_mixed(seed: int) -> TaskData:
-    """FedIns's few-shot, two-domain target (DESIGN.md §6.6) for a backbone pre-trained on
+    """FedIns's few-shot, two-domain target (design §6.6) for a backbone pre-trained on
     Fashion-MNIST's *training* images: only Fashion-MNIST's 10,000 *test* images, never seen in
     pre-training, are used. Per class a seeded ``FASHION_SHOTS`` form the training pool (the
     reference code keeps clients × ``train_num`` images per class before the Dirichlet split:

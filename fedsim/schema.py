@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +51,13 @@ _BOUND_KEYWORDS = {
 }
 
 
-def _algorithm_classes(plugins: bool) -> dict[str, type[Algorithm]]:
-    """Kind → class: the built-ins, and with ``plugins`` the installed entry points."""
-    names = ALGORITHMS.names() if plugins else ALGORITHMS.builtins()
+def _algorithm_classes(plugins: bool | Collection[str]) -> dict[str, type[Algorithm]]:
+    """Kind → class: the built-ins, and with ``plugins`` the installed entry points (all of them,
+    or the named ones: a plugin's own schema holds its kinds whatever else is installed)."""
+    if isinstance(plugins, bool):
+        names = ALGORITHMS.names() if plugins else ALGORITHMS.builtins()
+    else:
+        names = [*ALGORITHMS.builtins(), *(n for n in ALGORITHMS.names() if n in plugins)]
     return {name: algorithm_class(name) for name in names}
 
 
@@ -119,10 +123,10 @@ def _partial(node: Any) -> Any:
     return out
 
 
-def scenario_json_schema(plugins: bool = False) -> dict[str, Any]:
+def scenario_json_schema(plugins: bool | Collection[str] = False) -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of a scenario YAML file: every key, its type, default,
     bounds and meaning; ``algorithm`` by kind (the built-ins, and with ``plugins`` the installed
-    ones). A file with ``extends`` may leave out what its base gives."""
+    ones, or those of them named). A file with ``extends`` may leave out what its base gives."""
     kinds = _algorithm_classes(plugins)
     classes = list(dict.fromkeys(kinds.values()))
     refs, top = models_json_schema(

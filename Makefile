@@ -49,8 +49,8 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: system-packages $(STAMP)
-	$(BIN)/fedsim run scenarios/quickstart.yaml --out results/quickstart --overwrite
-	@echo "the report: $(CURDIR)/results/quickstart/report.html (open it in a browser)"
+	$(BIN)/fedsim run scenarios/quickstart.yaml --out results/demo --overwrite
+	@echo "the report: $(CURDIR)/results/demo/report.html (open it in a browser)"
 
 test: system-packages test-packages $(STAMP) lint typecheck docs pytest examples
 

@@ -53,13 +53,14 @@ def _choices(**changes: object) -> ScenarioChoices:
 
 
 def test_new_scenario_writes_a_valid_commented_scenario_and_its_schema(tmp_path: Path) -> None:
+    folder = tmp_path / "lab" / "fleets"  # made, parents and all, as run --out makes its folder
     proc = fedsim(
         "new", "scenario", "my-fleet", "--profile", "rpi4:3", "--profile", "pico:2",
-        "--rounds", "4", "--out", tmp_path,
+        "--rounds", "4", "--out", folder,
     )  # fmt: skip
 
     assert proc.returncode == 0, proc.stderr
-    path = tmp_path / "my-fleet.yaml"
+    path = folder / "my-fleet.yaml"
     text = path.read_text("utf-8")
     assert text.splitlines()[0] == schema_comment("scenario.schema.json")
     scenario = load_scenario(path)
@@ -69,7 +70,7 @@ def test_new_scenario_writes_a_valid_commented_scenario_and_its_schema(tmp_path:
         "fedavg",
         "digits",
     )
-    schema = json.loads((tmp_path / "scenario.schema.json").read_text("utf-8"))
+    schema = json.loads((folder / "scenario.schema.json").read_text("utf-8"))
     jsonschema.Draft202012Validator(schema).validate(yaml.safe_load(text))
     assert f"fedsim validate {path}" in proc.stdout
     assert f"fedsim run {path}" in proc.stdout

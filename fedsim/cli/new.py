@@ -215,8 +215,10 @@ def new_scenario(choices: ScenarioChoices, folder: Path, force: bool = False) ->
     from fedsim.core.scenario_load import ScenarioError, load_scenario
 
     path = folder / f"{choices.name}.yaml"
-    if not folder.is_dir():
-        raise FedsimError(f"--out {clip(str(folder), 200)}", "no such folder", "create it first")
+    from fedsim.core.out_path import check_out
+
+    check_out(folder, "--out", "folder")  # a file there is refused; missing parents are made
+    folder.mkdir(exist_ok=True)
     if path.exists() and not force:
         raise FedsimError(str(path), "already exists", "pick another name, or --force to replace")
     draft = folder / f".{choices.name}.new.yaml"

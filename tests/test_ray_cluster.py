@@ -5,9 +5,11 @@ inline; a bad address is a located error."""
 from __future__ import annotations
 
 import contextlib
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -45,9 +47,11 @@ def _stop(marker: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def cluster() -> Iterator[str]:
     """A two-node Ray cluster on this machine: a head and a worker, one CPU each."""
-    temp = tmp_path_factory.mktemp("ray")  # Ray's sockets want a short path
+    # Ray's sockets want a short path (AF_UNIX: at most 107 bytes, session name included):
+    # pytest's tmp_path under a test worker (.../pytest-N/popen-gw1/...) is too long
+    temp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
     port = _free_port()
     address = f"127.0.0.1:{port}"
     common = ["--num-cpus=1", "--disable-usage-stats", "--node-ip-address=127.0.0.1"]
@@ -61,6 +65,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         _stop(str(temp))
         _stop(f":{port}")
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.mark.slow

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import typer
 
@@ -87,24 +89,37 @@ def _importable_here() -> None:
         os.environ["PYTHONPATH"] = os.pathsep.join([here, *paths])
 
 
-def _log_to_stderr() -> None:
-    """The run's own log lines (a pre-training inside a run: "pre-training the extractor:
-    400/2000 episodes") on stderr, so long work shows in a terminal, a pipe and a CI log alike;
-    the rounds have their progress bar (or lines) instead."""
+@contextmanager
+def _log_to_stderr() -> Iterator[None]:
+    """While a command runs, the run's own log lines (a pre-training inside a run: "pre-training
+    the extractor: 400/2000 episodes") go to stderr, so long work shows in a terminal, a pipe and
+    a CI log alike (the rounds have their progress bar or lines instead). Only while it runs: a
+    library caller (``fedsim.run``, a test calling ``main()``) keeps a quiet logger after it."""
     import logging
 
     logger = logging.getLogger("fedsim.server")
-    handler = logging.StreamHandler(sys.stderr)
+    saved = logger.level, logger.propagate
+    handler = logging.StreamHandler(sys.stderr)  # the stderr of this call (pytest swaps it)
     handler.setFormatter(logging.Formatter("fedsim: %(message)s"))
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False  # Flower or Ray may configure the root logger too: one line each
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
 
 
 def main() -> None:
     """Console entry point: maps user errors to one line and exit code 2."""
     _importable_here()
-    _log_to_stderr()
+    with _log_to_stderr():
+        _main()
+
+
+def _main() -> None:
     try:
         code = app(standalone_mode=False)  # a typer.Exit inside comes back as its code
         if isinstance(code, int) and code:

@@ -151,7 +151,7 @@ def _numbers(
     index = first - (int(ends[owner - 1]) if owner else 0)
     raise TraceError(
         f"{path}: {where[owner]}[{index}]" if sizes[owner] > 1 else f"{path}: {where[owner]}",
-        f"{clip(repr(values[first]), 30)} is not a number of seconds ≥ 0",
+        f"{clip(repr(values[first]), 30)} is not a finite number ≥ 0",
         "write times and capacities as plain non-negative numbers",
     )
 
@@ -395,21 +395,22 @@ class CapacityTrace:
         return self.communication_kbps * 1024.0
 
 
-def _stamp(path: Path) -> tuple[str, int, int]:
+def _stamp(path: Path, where: str) -> tuple[str, int, int]:
     if not path.is_file():
-        raise FedsimError(str(path), "no such trace file", "give a path relative to the scenario")
+        raise FedsimError(where, f"no trace file {path}", "give a path relative to the scenario")
     stat = path.stat()
     return str(path), stat.st_mtime_ns, stat.st_size
 
 
-def read_behaviour(path: Path) -> BehaviourTrace:
-    """A FedScale behaviour trace, read once per file version and shared by every group."""
-    return _behaviour(*_stamp(path))
+def read_behaviour(path: Path, where: str = "") -> BehaviourTrace:
+    """A FedScale behaviour trace, read once per file version and shared by every group;
+    ``where`` locates a missing file (the scenario key naming it)."""
+    return _behaviour(*_stamp(path, where or str(path)))
 
 
-def read_capacity(path: Path) -> CapacityTrace:
+def read_capacity(path: Path, where: str = "") -> CapacityTrace:
     """A FedScale capacity trace, read once per file version and shared by every group."""
-    return _capacity(*_stamp(path))
+    return _capacity(*_stamp(path, where or str(path)))
 
 
 @lru_cache(maxsize=2)

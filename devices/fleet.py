@@ -10,6 +10,7 @@ for a generated dataset, drawn from the seed and its id when it trains: resolvin
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
@@ -19,11 +20,13 @@ from numpy.typing import NDArray
 
 from devices.availability import AlwaysOn, Availability, MarkovOnOff, TraceError, read_trace
 from devices.cost import cost_model
+from devices.fedscale import FedScaleAvailability, client_index, read_behaviour, read_capacity
 from devices.missions import RecurringMissions
 from devices.scenario_registry import check_registry_data, open_registry, scenario_profiles
 from devices.topology import Topology, resolve_topology
 from fedsim.core.data import TaskData, load_task_data
 from fedsim.core.errors import FedsimError, known_names
+from fedsim.core.fleet_spec import FedScaleAvailability as FedScaleAvailabilitySpec
 from fedsim.core.partition import partition_indices
 from fedsim.core.profiles import DeviceProfile, LinkPower, LinkType
 from fedsim.core.scenario import (
@@ -205,17 +208,22 @@ def resolve_fleet(
         availability.append(
             _availability(scenario, group, range(first, first + group.count), base, i)
         )
-        for m in members[i]:
+        capacity = _capacity(scenario, group, base, i)
+        for local, m in enumerate(members[i]):
             d = len(devices)
+            profile, (power, link_type) = m.profile, links[i, m.profile.name]
+            if capacity is not None:
+                profile, link_type = capacity(local, profile, link_type)
             devices.append(
                 Device(
                     d,
                     i,
-                    m.profile,
+                    profile,
                     group.faults.crash_prob,
                     sizes[d],
                     parts[d],
-                    *links[i, m.profile.name],
+                    power,
+                    link_type,
                     name=m.name,
                     iri=m.iri,
                     sram_bytes=m.sram_bytes,
@@ -343,7 +351,43 @@ def _availability(
     if isinstance(spec, TraceAvailability):
         path = (base or Path.cwd()) / spec.file
         return read_trace(path, f"fleet.groups[{i}].availability.file", devices)
+    if isinstance(spec, FedScaleAvailabilitySpec):
+        where = f"fleet.groups[{i}].availability.file"
+        trace = read_behaviour((base or Path.cwd()) / spec.file, where)
+        return FedScaleAvailability(trace, devices.start, spec.assign, scenario.seed, spec.start_s)
     return AlwaysOn()
+
+
+_Derive = Callable[[int, DeviceProfile, LinkType], tuple[DeviceProfile, LinkType]]
+
+
+def _capacity(scenario: Scenario, group: DeviceGroup, base: Path | None, i: int) -> _Derive | None:
+    """The group's per-device profile and link from a FedScale capacity trace: device i gets
+    trace client i's compute factor (its clock divided by it, so compute time scales by it) and
+    bandwidth. Derived values are made once per client and profile and shared by its devices."""
+    spec = group.capacity
+    if spec is None:
+        return None
+    trace = read_capacity((base or Path.cwd()) / spec.file, f"fleet.groups[{i}].capacity.file")
+    factor, bps = trace.compute_factor(), trace.throughput_bps()
+    made: dict[tuple[int, str, str], tuple[DeviceProfile, LinkType]] = {}
+
+    def derive(
+        local: int, profile: DeviceProfile, link: LinkType
+    ) -> tuple[DeviceProfile, LinkType]:
+        c = int(
+            client_index(np.array([local]), len(trace), spec.assign, scenario.seed, "capacity")[0]
+        )
+        key = (c, profile.name, link.kind)
+        if key not in made:
+            clock = profile.clock_mhz / float(factor[c])
+            made[key] = (
+                profile.model_copy(update={"clock_mhz": clock}),
+                link.model_copy(update={"throughput_bps": float(bps[c])}),
+            )
+        return made[key]
+
+    return derive
 
 
 @lru_cache(maxsize=4)

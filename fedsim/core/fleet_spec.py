@@ -19,6 +19,8 @@ __all__ = [
     "DeviceGroup",
     "DirichletPartition",
     "FaultSpec",
+    "FedScaleAvailability",
+    "FedScaleCapacity",
     "FleetSpec",
     "GatewayAvailabilitySpec",
     "GatewayDevices",
@@ -73,8 +75,33 @@ class TraceAvailability(_Spec):
     file: PathText = Field(min_length=1, description="path relative to the scenario file")
 
 
+_Assign = Literal["in-order", "seeded"]
+_ASSIGN = "device i → trace client i mod k: in-order (id order) or seeded (a seeded permutation)"
+
+
+class FedScaleAvailability(_Spec):
+    """Online spells from FedScale's client behaviour trace (``client_behave_trace``: a pickle,
+    or its JSON), wrapped modulo each client's ``finish_time`` as FedScale does."""
+
+    kind: Literal["fedscale"] = Field(description="online spells from a FedScale behaviour trace")
+    file: PathText = Field(min_length=1, description="path relative to the scenario file")
+    assign: _Assign = Field("in-order", description=_ASSIGN)
+    start_s: float = Field(0.0, ge=0.0, description="trace time (seconds) at which the run starts")
+
+
+class FedScaleCapacity(_Spec):
+    """Per-device compute speed and bandwidth from FedScale's ``client_device_capacity``: compute
+    time scales with the client's ms per sample over the trace's median (the profile stands for
+    the median device); the link's throughput is the client's kbit/s."""
+
+    kind: Literal["fedscale"] = Field(description="compute and bandwidth from a FedScale trace")
+    file: PathText = Field(min_length=1, description="path relative to the scenario file")
+    assign: _Assign = Field("in-order", description=_ASSIGN)
+
+
 AvailabilitySpec = Annotated[
-    AlwaysOn | MarkovAvailability | TraceAvailability, Field(discriminator="kind")
+    AlwaysOn | MarkovAvailability | TraceAvailability | FedScaleAvailability,
+    Field(discriminator="kind"),
 ]
 
 
@@ -111,6 +138,9 @@ class DeviceGroup(_Spec):
     )
     availability: AvailabilitySpec = Field(
         AlwaysOn(), description="when the devices are online (simulated time)"
+    )
+    capacity: FedScaleCapacity | None = Field(
+        None, description="per-device compute speed and bandwidth from a trace (default: profile)"
     )
     faults: FaultSpec = Field(FaultSpec(), description="faults injected into the devices")
     attached: AttachedSpec | None = Field(

@@ -20,6 +20,7 @@ from rdflib import URIRef
 
 from fedsim.core.errors import FedsimError, did_you_mean, known_names
 from fedsim.core.textfile import read_text
+from ontology.capability import CapabilityIndex
 from ontology.endpoint_guard import variables
 from ontology.registry import CATALOG_DIR, QUERY_DIR
 from ontology.store import RegistryStore, open_store
@@ -157,6 +158,7 @@ class FleetRegistry:
 
     def __init__(self, store: RegistryStore) -> None:
         self.store = store
+        self._capabilities: CapabilityIndex | None = None
 
     @classmethod
     def open(
@@ -218,10 +220,22 @@ class FleetRegistry:
             model,
         )
 
+    def capabilities(self) -> CapabilityIndex:
+        """The capability index of the store as it is now: read on first use, read again after
+        the store took a write (a fleet file, a run's participation, an attached device)."""
+        index = self._capabilities
+        if index is None or index.generation != self.store.generation:
+            index = self._capabilities = CapabilityIndex(self.store)
+        return index
+
     def devices_for(self, model: str) -> list[DeviceMatch]:
-        """Fleet devices that can run ``model`` (and whether they can train it)."""
+        """Fleet devices that can run ``model`` (and whether they can train it): the rows of
+        ``model-devices.rq``, from the capability index where it can tell (ontology/capability.py).
+        """
         self.check_model(model)
-        rows = self.query("model-devices", {"modelName": model})
+        rows = self.capabilities().match(self.store, model)
+        if rows is None:
+            rows = self.query("model-devices", {"modelName": model})
         return [DeviceMatch.model_validate(r) for r in rows]
 
     def profiles_for(self, model: str) -> list[ProfileMatch]:

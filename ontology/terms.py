@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Literal, TypeAlias, TypeVar
+from typing import Literal, NamedTuple, TypeAlias, TypeVar
 
 import pyoxigraph as ox
 from rdflib import BNode, URIRef
@@ -90,9 +90,12 @@ class QueryError(FedsimError):
         super().__init__("query", f"SPARQL syntax error: {message}", "fix the query")
 
 
-@dataclass(frozen=True, slots=True)
-class Term:
-    """An RDF term as SPARQL results describe it; ``datatype`` is None for plain strings."""
+class Term(NamedTuple):
+    """An RDF term as SPARQL results describe it; ``datatype`` is None for plain strings.
+
+    A tuple, not a dataclass: the capability index hashes a few hundred thousand of them, and a
+    tuple's hash and equality run in C.
+    """
 
     kind: Literal["uri", "bnode", "literal"]
     value: str

@@ -66,9 +66,11 @@ def _ask(trace: BehaviourTrace, client: int, t: float) -> tuple[bool, float, flo
         (1, 2.0, (False, math.nan, 3.0)),
         (1, 6.0, (True, 7.0, 6.0)),
         (1, 8.0, (False, math.nan, 9.0)),
+        (1, 7.0, (True, 7.0, 7.0)),  # closed spells, as FedScale's active <= t <= inactive
         (1, 9.0, (True, 10.0, 9.0)),
         (1, 10.0, (False, math.nan, 13.0)),  # 10 % 10 = 0: before the first spell
         (1, 15.0, (False, math.nan, 16.0)),
+        (2, 1.0, (True, 4.0, 1.0)),  # [0, 3] and [2, 4] joined
         (2, 4.5, (False, math.nan, 5.0)),
         (2, 6.0, (True, 14.0, 6.0)),  # [5, 10] then the next period's [0, 4]
         (2, 22.0, (True, 24.0, 22.0)),
@@ -87,24 +89,28 @@ def test_online_follows_fedscale_s_rule_worked_by_hand(
 
 
 def test_a_json_conversion_reads_as_the_pickle(tmp_path: Path) -> None:
-    pickled = read_behaviour(_pickle(tmp_path / "trace.pkl", BEHAVIOUR))
-    (tmp_path / "trace.json").write_text(json.dumps(BEHAVIOUR))  # keys become "1", "2", "3"
+    data = {**BEHAVIOUR, 10: {"active": [7], "inactive": [8], "finish_time": 9}}
+    pickled = read_behaviour(_pickle(tmp_path / "trace.pkl", data))
+    (tmp_path / "trace.json").write_text(json.dumps(data))  # keys become "1", "2", "3", "10"
 
     converted = read_behaviour(tmp_path / "trace.json")
 
+    assert pickled.clients == (1, 2, 3, 10)  # numeric order, in both
     for name in ("period", "offsets", "starts", "ends"):
         np.testing.assert_array_equal(getattr(converted, name), getattr(pickled, name))
 
 
 def test_devices_map_to_clients_in_id_order_or_by_a_seeded_permutation() -> None:
-    local = np.arange(7)
+    local = np.arange(25)
 
-    in_order = client_index(local, 3, "in-order", 1, "x")
-    seeded = client_index(local, 3, "seeded", 1, "x")
+    in_order = client_index(local, 10, "in-order", 1, "x")
+    seeded = client_index(local, 10, "seeded", 1, "x")
 
-    assert in_order.tolist() == [0, 1, 2, 0, 1, 2, 0]
-    assert sorted(seeded[:3].tolist()) == [0, 1, 2]  # each client once before any repeats
-    assert seeded.tolist() == client_index(local, 3, "seeded", 1, "x").tolist()
+    assert in_order.tolist() == [i % 10 for i in range(25)]
+    assert sorted(seeded[:10].tolist()) == list(range(10))  # each client once before repeats
+    assert seeded[10:20].tolist() == seeded[:10].tolist()
+    assert seeded.tolist() != in_order.tolist()
+    assert seeded.tolist() == client_index(local, 10, "seeded", 1, "x").tolist()
 
 
 class _Exploit:

@@ -47,7 +47,7 @@ __all__ = [
 
 Assign = Literal["in-order", "seeded"]
 
-# FedScale's behaviour trace (136k clients, one week) is a few hundred MB as a pickle
+# a bound, so that a wrong path fails at once instead of reading a disk image into memory
 MAX_TRACE_BYTES = 2 * 1024**3
 
 # the only callables a FedScale pickle needs: numpy scalars (a float32 value), OrderedDict

@@ -2,15 +2,21 @@
 
 For synthetic fleets of 1k, 10k and 100k devices (``--quick``: 1k and 10k), each backend loads
 the catalog and the fleet, then answers the inventory (devices by profile and site) and the
-capability match (devices that can run a model) twice: as ``queries/model-devices.rq`` states it,
-and as the grouped form written here (``OPTIONAL`` + ``GROUP BY``/``HAVING``), which the .rq
-adopted after its first, nested ``FILTER NOT EXISTS`` form proved quadratic on Oxigraph 0.5
-(> 60 s at 100k devices); the two columns should now agree. Each (backend, size) runs in a fresh
-child process, so peak RSS is its own; each query runs under a time limit, and one that ran out
-is skipped at the larger sizes.
+capability match (devices that can run a model) three ways: as ``queries/model-devices.rq``
+states it, as the grouped form written here (``OPTIONAL`` + ``GROUP BY``/``HAVING``, which the .rq
+adopted after its first, nested ``FILTER NOT EXISTS`` form proved quadratic on Oxigraph 0.5), and
+as ``FleetRegistry.devices_for`` answers it: from the capability index (ontology/capability.py),
+read once after the load ("index" column) and then matched per model ("match index"; rows as
+``DeviceMatch`` objects). The three give the same rows. Each (backend, size) runs in a fresh child
+process, so peak RSS is its own; each query runs under a time limit, and one that ran out is
+skipped at the larger sizes.
 
     .venv/bin/python -m benchmarks.registry [--quick] [--shacl] [--timeout S] [--json PATH]
+    .venv/bin/python -m benchmarks.registry --sizes 100000 --backends oxigraph --phases index
     .venv/bin/python -m benchmarks.registry --child BACKEND N [--skip NAME ...]   # one, raw
+
+``--phases`` keeps the named phases only (inventory, match .rq, match grouped, index, shacl;
+``index`` is the index and its match).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from typing import Any
 
 import psutil
 
+from ontology.fleet_registry import FleetRegistry
 from ontology.registry import CATALOG_DIR, QUERY_DIR
 from ontology.store import RegistryStore, open_store
 from ontology.synthetic import synthetic_fleet, synthetic_model
@@ -88,6 +95,7 @@ HAVING (MIN(?hosted) = 1)
 ORDER BY ?name"""
 )
 QUERIES = {"inventory": INVENTORY, "match .rq": "", "match grouped": MATCH_GROUPED}
+PHASES = [*QUERIES, "index", "shacl"]
 TARGETS = "match over 100k < 0.5 s, load 100k < 10 s, registry RSS < 1 GB at 100k"
 
 
@@ -137,6 +145,31 @@ def _time_query(store: RegistryStore, query: str, timeout_s: float) -> dict[str,
     return {"status": "ok", "s": min(times), "rows": rows}
 
 
+def _phase(name: str, measure: Callable[[], dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {name: measure()}
+
+
+def _index(store: RegistryStore, timeout_s: float) -> dict[str, dict[str, Any]]:
+    """The capability index's build, then ``devices_for`` as callers get it (best of 3)."""
+    registry = FleetRegistry(store)
+    built = _within(lambda: len(registry.capabilities().entries), timeout_s)
+    if built is None:
+        return {"index": {"status": f"timeout (>{timeout_s:g} s)"}}
+    times: list[float] = []
+    rows = 0
+    for _ in range(3):
+        timed = _within(lambda: len(registry.devices_for(MODEL)), timeout_s)
+        if timed is None:
+            ran_out = {"status": f"timeout (>{timeout_s:g} s)"}
+            return {"index": {"status": "ok", "s": built[0]}, "match index": ran_out}
+        times.append(timed[0])
+        rows = timed[1]
+    return {
+        "index": {"status": "ok", "s": built[0], "rows": built[1]},
+        "match index": {"status": "ok", "s": min(times), "rows": rows},
+    }
+
+
 def _shacl_s(paths: list[Path], timeout_s: float) -> dict[str, Any]:
     from rdflib import Graph  # only with --shacl
 
@@ -171,21 +204,22 @@ def child(backend: str, n: int, skip: list[str], timeout_s: float, shacl: bool) 
             store.add_turtle(FALLBACK_MODEL, "benchmark model")
         _report("load", s=time.perf_counter() - start, triples=store.triples_count())
         _report("loaded", rss_mb=_rss_mb())
-        phases: dict[str, Callable[[], dict[str, Any]]] = {
-            name: partial(_time_query, store, query, timeout_s)
+        phases: dict[str, Callable[[], dict[str, dict[str, Any]]]] = {
+            name: partial(_phase, name, partial(_time_query, store, query, timeout_s))
             for name, query in {**QUERIES, "match .rq": _match_rq()}.items()
         }
+        phases["index"] = partial(_index, store, timeout_s)
         if shacl and backend == "memory":
-            phases["shacl"] = lambda: _shacl_s(paths, timeout_s)
+            phases["shacl"] = partial(_phase, "shacl", lambda: _shacl_s(paths, timeout_s))
         for name, measure in phases.items():
             if name in skip:
                 continue
-            result = measure()
-            _report(name, **result)
-            if result["status"] != "ok":
-                _report("end", peak_rss_mb=_peak_rss_mb())
-                shutil.rmtree(scratch, ignore_errors=True)
-                os._exit(TIMED_OUT)  # not sys.exit: that would wait for the running query
+            for phase, result in measure().items():
+                _report(phase, **result)
+                if result["status"] != "ok":
+                    _report("end", peak_rss_mb=_peak_rss_mb())
+                    shutil.rmtree(scratch, ignore_errors=True)
+                    os._exit(TIMED_OUT)  # not sys.exit: that would wait for the running query
         store.close()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -206,7 +240,7 @@ class Row:
             return "–"
         if got.get("status", "ok") != "ok":
             return str(got["status"])
-        rows = f" ({got['rows']:,})" if phase.startswith("match") else ""
+        rows = f" ({got['rows']:,})" if phase.startswith("match") and "rows" in got else ""
         return f"{got['s']:.3f}{rows}"
 
 
@@ -259,6 +293,8 @@ COLUMNS = (
     "inventory s",
     "match .rq s (rows)",
     "match grouped s (rows)",
+    "index s",
+    "match index s (rows)",
     "SHACL s",
     "RSS MB (baseline / loaded / peak)",
 )
@@ -277,6 +313,8 @@ def table(rows: list[Row]) -> str:
             row.cell("inventory"),
             row.cell("match .rq"),
             row.cell("match grouped"),
+            row.cell("index"),
+            row.cell("match index"),
             row.cell("shacl"),
             " / ".join("–" if v is None else f"{v:.0f}" for v in rss),
         ]
@@ -296,7 +334,7 @@ def targets(rows: list[Row]) -> str:
         if row is None:
             parts.append(f"{backend}: not measured at 100k")
             continue
-        matches = [row.phases.get(m, {}) for m in ("match .rq", "match grouped")]
+        matches = [row.phases.get(m, {}) for m in ("match .rq", "match grouped", "match index")]
         best = min((m["s"] for m in matches if m.get("status") == "ok"), default=None)
         ran_out = any(str(m.get("status", "")).startswith(("timeout", "skipped")) for m in matches)
         match_ok = best < 0.5 if best is not None else (False if ran_out else None)
@@ -314,6 +352,9 @@ def targets(rows: list[Row]) -> str:
 def _args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.registry", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="only 1k and 10k devices")
+    parser.add_argument("--sizes", type=int, nargs="+", help="fleet sizes (default 1k 10k 100k)")
+    parser.add_argument("--backends", nargs="+", choices=list(BACKENDS), help="default: all")
+    parser.add_argument("--phases", nargs="+", choices=PHASES, help="default: all")
     parser.add_argument("--shacl", action="store_true", help="also time SHACL (memory, ≤ 10k)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per query")
     parser.add_argument("--child-timeout", type=float, default=900.0, help=argparse.SUPPRESS)
@@ -332,9 +373,11 @@ def main(argv: list[str] | None = None) -> int:
         return child(args.child[0], int(args.child[1]), args.skip, args.timeout, args.shacl)
     rows: list[Row] = []
     timed_out: dict[str, dict[str, int]] = {b: {} for b in BACKENDS}  # phase -> fleet size
-    for n in QUICK_SIZES if args.quick else SIZES:
-        for backend in BACKENDS:
-            skip = sorted(set(timed_out[backend]) | ({"shacl"} if n > 10_000 else set()))
+    unwanted = set(PHASES) - set(args.phases or PHASES)
+    for n in args.sizes or (QUICK_SIZES if args.quick else SIZES):
+        for backend in args.backends or BACKENDS:
+            skipped = set(timed_out[backend]) | unwanted | ({"shacl"} if n > 10_000 else set())
+            skip = sorted(skipped | ({"match index"} if "index" in skipped else set()))
             print(f"{n:,} devices, {backend}: started", file=sys.stderr, flush=True)
             row = _measure(backend, n, skip, args)
             for name, size in timed_out[backend].items():

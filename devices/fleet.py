@@ -20,7 +20,13 @@ from numpy.typing import NDArray
 
 from devices.availability import AlwaysOn, Availability, MarkovOnOff, TraceError, read_trace
 from devices.cost import cost_model
-from devices.fedscale import FedScaleAvailability, client_index, read_behaviour, read_capacity
+from devices.fedscale import (
+    FedScaleAvailability,
+    client_index,
+    on_grid,
+    read_behaviour,
+    read_capacity,
+)
 from devices.missions import RecurringMissions
 from devices.scenario_registry import check_registry_data, open_registry, scenario_profiles
 from devices.topology import Topology, resolve_topology
@@ -364,28 +370,30 @@ _Derive = Callable[[int, DeviceProfile, LinkType], tuple[DeviceProfile, LinkType
 def _capacity(scenario: Scenario, group: DeviceGroup, base: Path | None, i: int) -> _Derive | None:
     """The group's per-device profile and link from a FedScale capacity trace: device i gets
     trace client i's compute factor (its clock divided by it, so compute time scales by it) and
-    bandwidth. Derived values are made once per client and profile and shared by its devices."""
+    bandwidth. Values are rounded to a 0.5 % grid (``on_grid``), and a derived profile or link is
+    made once per grid value and shared by its devices: a few thousand objects for any fleet."""
     spec = group.capacity
     if spec is None:
         return None
     trace = read_capacity((base or Path.cwd()) / spec.file, f"fleet.groups[{i}].capacity.file")
-    factor, bps = trace.compute_factor(), trace.throughput_bps()
-    made: dict[tuple[int, str, str], tuple[DeviceProfile, LinkType]] = {}
+    (speed, factor), (width, bps) = on_grid(trace.compute_factor()), on_grid(trace.throughput_bps())
+    clients = client_index(
+        np.arange(group.count), len(trace), spec.assign, scenario.seed, "capacity"
+    )
+    profiles: dict[tuple[int, str], DeviceProfile] = {}
+    links: dict[tuple[int, str], LinkType] = {}
 
     def derive(
         local: int, profile: DeviceProfile, link: LinkType
     ) -> tuple[DeviceProfile, LinkType]:
-        c = int(
-            client_index(np.array([local]), len(trace), spec.assign, scenario.seed, "capacity")[0]
-        )
-        key = (c, profile.name, link.kind)
-        if key not in made:
+        c = int(clients[local])
+        p, k = (int(speed[c]), profile.name), (int(width[c]), link.kind)
+        if p not in profiles:
             clock = profile.clock_mhz / float(factor[c])
-            made[key] = (
-                profile.model_copy(update={"clock_mhz": clock}),
-                link.model_copy(update={"throughput_bps": float(bps[c])}),
-            )
-        return made[key]
+            profiles[p] = profile.model_copy(update={"clock_mhz": clock})
+        if k not in links:
+            links[k] = link.model_copy(update={"throughput_bps": float(bps[c])})
+        return profiles[p], links[k]
 
     return derive
 

@@ -21,6 +21,7 @@ import io
 import json
 import math
 import pickle
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import chain
@@ -96,7 +97,18 @@ def load_trace_file(path: Path) -> dict[object, object]:
             found = _DataOnly(data, path).load()
     except TraceError:
         raise
-    except (ValueError, pickle.UnpicklingError, EOFError, UnicodeDecodeError, TypeError) as exc:
+    except (
+        pickle.UnpicklingError,
+        ValueError,  # UnicodeDecodeError and json's errors among them
+        EOFError,
+        TypeError,
+        AttributeError,
+        ImportError,
+        IndexError,
+        KeyError,
+        OverflowError,
+        RecursionError,
+    ) as exc:  # what a truncated or garbled file raises, as a located error
         kind = "JSON" if path.suffix.lower() == ".json" else "a pickle"
         raise TraceError(
             str(path),
@@ -112,7 +124,7 @@ def load_trace_file(path: Path) -> dict[object, object]:
     return found
 
 
-def _order(keys: object) -> list[object]:
+def _order(keys: Iterable[object]) -> list[object]:
     """Client ids in id order: numerically where they are integers (or digit strings, as JSON
     writes them), so a pickle and its JSON give the same order; other ids after, as text."""
 
@@ -123,41 +135,51 @@ def _order(keys: object) -> list[object]:
             return (0, int(k), "")
         return (1, 0, str(k))
 
-    return sorted(keys, key=key)  # type: ignore[call-overload,no-any-return]
+    return sorted(keys, key=key)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(
+        value, bool | np.bool_
+    )
 
 
 def _numbers(
-    values: list[object], path: Path, where: list[str], sizes: list[int]
+    values: list[object], path: Path, where: list[str], sizes: list[int], indexed: bool
 ) -> NDArray[np.float64]:
-    """``values`` as float64, each finite and ≥ 0; a bad one is named by client and field."""
+    """``values`` as float64, each finite and ≥ 0; a bad one is named by client and field
+    (``where[c]``, with its index in the client's list if ``indexed``)."""
     try:
         array = np.array(values) if values else np.zeros(0)
-        ok = array.dtype.kind in "iuf"
-    except (ValueError, OverflowError):
-        ok = False
-    if ok:
-        array = array.astype(np.float64)
+    except (ValueError, OverflowError):  # ragged lists
+        array = np.array([], dtype=object)
+    # numpy reads True as 1: a bool is refused, as a time or capacity it is a mistake
+    ok = array.ndim == 1 and len(array) == len(values) and bool not in set(map(type, values))
+    if ok and array.dtype.kind == "O":  # ints past int64: numbers still, if nothing else
+        ok = all(_is_number(v) for v in values)
+    if ok and array.dtype.kind in "iufO":
+        with np.errstate(over="ignore"):
+            array = array.astype(np.float64)
         bad = np.flatnonzero(~np.isfinite(array) | (array < 0))
         if not len(bad):
             return array
         first = int(bad[0])
     else:
-        first = next(
-            i
-            for i, v in enumerate(values)
-            if isinstance(v, bool) or not isinstance(v, int | float | np.number)
-        )
+        first = next((i for i, v in enumerate(values) if not _is_number(v)), 0)
     ends = np.cumsum(sizes)
     owner = int(np.searchsorted(ends, first, side="right"))
     index = first - (int(ends[owner - 1]) if owner else 0)
     raise TraceError(
-        f"{path}: {where[owner]}[{index}]" if sizes[owner] > 1 else f"{path}: {where[owner]}",
+        f"{path}: {where[owner]}[{index}]" if indexed else f"{path}: {where[owner]}",
         f"{clip(repr(values[first]), 30)} is not a finite number ≥ 0",
         "write times and capacities as plain non-negative numbers",
     )
 
 
-def _entry(data: dict[object, object], client: object, path: Path, fields: tuple[str, ...]) -> dict:  # type: ignore[type-arg]
+def _entry(
+    data: dict[object, object], client: object, path: Path, fields: tuple[str, ...]
+) -> dict[object, object]:
+    """The client's entry, a dict holding ``fields``."""
     entry = data[client]
     if not isinstance(entry, dict):
         raise TraceError(
@@ -173,6 +195,18 @@ def _entry(data: dict[object, object], client: object, path: Path, fields: tuple
             "check that this is the right kind of FedScale trace",
         )
     return entry
+
+
+def _times(
+    value: object, client: object, name: str, path: Path
+) -> list[object] | tuple[object, ...]:
+    if not isinstance(value, list | tuple):
+        raise TraceError(
+            f"{path}: client {clip(str(client), 20)}: {name}",
+            f"expected a list of seconds, found {type(value).__name__}",
+            "write the times the client goes online / offline as a list",
+        )
+    return value
 
 
 @dataclass(frozen=True)
@@ -201,19 +235,13 @@ class BehaviourTrace:
     @classmethod
     def from_dict(cls, data: dict[object, object], path: Path) -> BehaviourTrace:
         clients = _order(data)
-        active: list[list[object]] = []
-        inactive: list[list[object]] = []
+        active: list[list[object] | tuple[object, ...]] = []
+        inactive: list[list[object] | tuple[object, ...]] = []
         finish: list[object] = []
         for client in clients:
             entry = _entry(data, client, path, ("active", "inactive", "finish_time"))
             on, off = entry["active"], entry["inactive"]
-            for name, value in (("active", on), ("inactive", off)):
-                if not isinstance(value, list | tuple):
-                    raise TraceError(
-                        f"{path}: client {clip(str(client), 20)}: {name}",
-                        f"expected a list of seconds, found {type(value).__name__}",
-                        "write the times the client goes online / offline as a list",
-                    )
+            on, off = _times(on, client, "active", path), _times(off, client, "inactive", path)
             if len(on) != len(off):
                 raise TraceError(
                     f"{path}: client {clip(str(client), 20)}: inactive",
@@ -226,12 +254,18 @@ class BehaviourTrace:
         sizes = [len(a) for a in active]
         names = [f"client {clip(str(c), 20)}" for c in clients]
         starts = _numbers(
-            list(chain.from_iterable(active)), path, [f"{n}: active" for n in names], sizes
+            list(chain.from_iterable(active)), path, [f"{n}: active" for n in names], sizes, True
         )
         ends = _numbers(
-            list(chain.from_iterable(inactive)), path, [f"{n}: inactive" for n in names], sizes
+            list(chain.from_iterable(inactive)),
+            path,
+            [f"{n}: inactive" for n in names],
+            sizes,
+            True,
         )
-        period = _numbers(finish, path, [f"{n}: finish_time" for n in names], [1] * len(clients))
+        period = _numbers(
+            finish, path, [f"{n}: finish_time" for n in names], [1] * len(clients), False
+        )
         if not (zero := np.flatnonzero(period <= 0)).size == 0:
             raise TraceError(
                 f"{path}: {names[int(zero[0])]}: finish_time",
@@ -374,7 +408,7 @@ class CapacityTrace:
         names = [f"client {clip(str(c), 20)}" for c in clients]
         ones = [1] * len(clients)
         values = [
-            _numbers([e[f] for e in entries], path, [f"{n}: {f}" for n in names], ones)
+            _numbers([e[f] for e in entries], path, [f"{n}: {f}" for n in names], ones, False)
             for f in fields
         ]
         for f, array in zip(fields, values, strict=True):

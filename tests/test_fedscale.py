@@ -160,6 +160,14 @@ def test_numpy_float32_capacities_load(tmp_path: Path) -> None:
         ),
         ({"active": [0], "inactive": [1], "finish_time": 0}, r"client 7: finish_time: is 0"),
         ([1, 2], r"client 7: expected a dict with active"),
+        (
+            {"active": [[1, 2]], "inactive": [3], "finish_time": 5},
+            r"client 7: active\[0\]: \[1, 2\] is not a finite number",
+        ),
+        (
+            {"active": [0], "inactive": [1], "finish_time": True},
+            r"client 7: finish_time: True is not a finite number",
+        ),
     ],
 )
 def test_bad_behaviour_entries_name_file_client_and_field(
@@ -170,6 +178,16 @@ def test_bad_behaviour_entries_name_file_client_and_field(
 
     with pytest.raises(FedsimError, match=r"trace: " + match):
         read_behaviour(path)
+
+
+@pytest.mark.parametrize("data", [b"", b"\x80\x04garbage", pickle.dumps([1, 2])])
+def test_a_file_that_is_no_trace_is_refused_in_one_line(tmp_path: Path, data: bytes) -> None:
+    (tmp_path / "trace").write_bytes(data)
+
+    with pytest.raises(
+        FedsimError, match=r"trace: (cannot read it as a pickle|expected a non-empty dict)"
+    ):
+        read_behaviour(tmp_path / "trace")
 
 
 def test_a_zero_bandwidth_is_located(tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ from devices.fleet import load_fleet
 from fedsim.core.errors import FedsimError
 from fedsim.core.models import build_model
 from fedsim.core.results import read_rounds
+from fedsim.pytest_plugin import FedsimRun, small_scenario
 from fedsim.runner import run
 from tests.conftest import tiny_scenario
 
@@ -247,6 +248,28 @@ def test_capacities_share_few_grid_values_within_a_quarter_percent() -> None:
 
     assert np.abs(grid / values - 1).max() <= 0.0025 + 1e-12
     assert len(np.unique(steps)) < 2_500  # derived links made, not 136,000
+
+
+def test_the_async_server_starts_a_device_when_its_client_comes_online(
+    fedsim_run: Callable[..., FedsimRun], tmp_path: Path
+) -> None:
+    """Device 1's client is online in [5, 1000] of each 2,000 s: with a slot free it starts at
+    5 exactly (the async server's ``next_online``)."""
+    trace = _pickle(
+        tmp_path / "behave", {0: {"active": [5.0], "inactive": [1000.0], "finish_time": 2000}}
+    )
+    spec = {"strategy": "fedasync", "buffer_size": 2, "concurrency": 2, "server_lr": 1.0}
+    scenario = small_scenario(rounds=160, asynchrony=spec)
+    scenario["fleet"]["groups"] = [
+        {"profile": "rpi4", "count": 1},
+        {"profile": "rpi4", "count": 1, "availability": {"kind": "fedscale", "file": str(trace)}},
+    ]
+
+    run = fedsim_run(scenario)
+
+    first = next(r for r in run.devices if r["device_id"] == "1")
+    arrived = run.rounds[int(first["round"]) - 1]["sim_time_s"]
+    assert arrived == pytest.approx(5.0 + float(first["busy_s"]), abs=1e-6)
 
 
 def test_a_missing_trace_file_is_located_at_its_key(write_scenario: Write, tmp_path: Path) -> None:

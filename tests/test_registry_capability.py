@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from rdflib import Graph
 
 from ontology.capability import CapabilityIndex
 from ontology.fleet_registry import FleetRegistry
@@ -178,12 +180,25 @@ def test_a_model_the_index_cannot_read_goes_to_the_query(
         assert bool(found) == some  # t-twice: rows for its RAM need of 1000 B (and of 4000 B)
 
 
-def test_devices_for_reads_the_fleet_again_after_a_write(registry: FleetRegistry) -> None:
+LATE = (
+    f'{HEADER}device:late a fedsim:Device ; fedsim:deviceName "late" ;'
+    " fedsim:hasProfile dev:nano33-ble-sense .\n"
+)
+
+
+@pytest.mark.parametrize("write", ["add_turtle", "load", "add_graph"])
+def test_devices_for_reads_the_fleet_again_after_a_write(
+    registry: FleetRegistry, write: str, tmp_path: Path
+) -> None:
+    # add_turtle: an attached device; load: a run's participation.ttl (server/outputs.py)
     before = {m.name for m in registry.devices_for("t-mic")}
-    registry.add_turtle(
-        f'{HEADER}device:late a fedsim:Device ; fedsim:deviceName "late" ;'
-        " fedsim:hasProfile dev:nano33-ble-sense .\n"
-    )
+    if write == "add_turtle":
+        registry.add_turtle(LATE)
+    elif write == "load":
+        (tmp_path / "late.ttl").write_text(LATE, encoding="utf-8")
+        registry.store.load([tmp_path / "late.ttl"])
+    else:
+        registry.store.add_graph(Graph().parse(data=LATE, format="turtle"))
 
     after = {m.name for m in registry.devices_for("t-mic")}
 

@@ -69,23 +69,50 @@ class MarkovOnOff:
     Exp(mean_off_s), alternating (rates 1/mean). Each device starts in the stationary
     distribution: online with probability mean_on / (mean_on + mean_off)."""
 
-    def __init__(self, seed: int, mean_on_s: float, mean_off_s: float) -> None:
+    def __init__(
+        self, seed: int, mean_on_s: float, mean_off_s: float, devices: range | None = None
+    ) -> None:
         if mean_on_s <= 0 or mean_off_s <= 0:
             raise ValueError("mean_on_s and mean_off_s must be positive")
         self.mean = (mean_on_s, mean_off_s)
         self._key = derive_seed(seed, "availability") << 32 | derive_seed(seed, "availability", 1)
-        self._state: dict[int, tuple[int, float, float]] = {}  # device → (index, start, end)
+        # each device's current interval (index, start, end; end < 0: not asked yet), in arrays
+        # over the ids [_lo, _lo + len) (``devices`` if given, else grown to those asked): 24 bytes
+        # per device, and a round that asks every device is a few vector operations
+        self._lo = devices.start if devices is not None else 0
+        size = len(devices) if devices is not None else 0
+        self._index = np.zeros(size, dtype=np.int64)
+        self._start = np.zeros(size, dtype=np.float64)
+        self._end = np.full(size, -1.0)
 
     def _first_online(self, device_ids: Ids) -> NDArray[np.bool_]:
         p_on = self.mean[0] / (self.mean[0] + self.mean[1])
         return _uniform(self._key ^ 0x5EED, device_ids, np.zeros_like(device_ids)) < p_on
 
+    def _slots(self, device_ids: Ids) -> Ids:
+        """Where each device's interval is kept (the arrays grow to cover new ids)."""
+        if not len(device_ids):
+            return device_ids - self._lo
+        low, high = int(device_ids.min()), int(device_ids.max()) + 1
+        size = len(self._end)
+        if size == 0:
+            self._lo = low
+        if low < self._lo or high > self._lo + size:
+            lo = min(low, self._lo)
+            grown = max(high, self._lo + size) - lo
+            shift = self._lo - lo
+            index, start = np.zeros(grown, dtype=np.int64), np.zeros(grown, dtype=np.float64)
+            end = np.full(grown, -1.0)
+            index[shift : shift + size] = self._index
+            start[shift : shift + size] = self._start
+            end[shift : shift + size] = self._end
+            self._lo, self._index, self._start, self._end = lo, index, start, end
+        return device_ids - self._lo
+
     def _intervals(self, device_ids: Ids, t: float) -> tuple[Ids, NDArray[np.float64]]:
         """Index and end of the interval that contains ``t``, for each device."""
-        known = [self._state.get(int(d), (0, 0.0, -1.0)) for d in device_ids]
-        index = np.array([k[0] for k in known], dtype=np.int64)
-        start = np.array([k[1] for k in known], dtype=np.float64)
-        end = np.array([k[2] for k in known], dtype=np.float64)
+        slots = self._slots(device_ids)
+        index, start, end = self._index[slots], self._start[slots], self._end[slots]
         restart = (end < 0) | (start > t)  # new, or asked about the past: replay from zero
         index[restart], start[restart] = 0, 0.0
         end[restart] = self._duration(device_ids[restart], index[restart])
@@ -95,8 +122,7 @@ class MarkovOnOff:
             start[late] = end[late]
             end[late] += self._duration(device_ids[late], index[late])
             late = end <= t
-        for d, k, s, e in zip(device_ids.tolist(), index.tolist(), start, end, strict=True):
-            self._state[d] = (k, float(s), float(e))
+        self._index[slots], self._start[slots], self._end[slots] = index, start, end
         return index, end
 
     def _duration(self, device_ids: Ids, index: Ids) -> NDArray[np.float64]:

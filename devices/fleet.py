@@ -10,10 +10,14 @@ for a generated dataset, drawn from the seed and its id when it trains: resolvin
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import bisect
+import itertools
+import operator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
+from typing import overload
 
 import numpy as np
 from numpy.typing import NDArray
@@ -50,7 +54,15 @@ from fedsim.core.seeds import derive_seed
 from ontology.fleet_registry import query_path
 from ontology.registry import DeviceRegistry
 
-__all__ = ["Device", "Fleet", "check_registry_data", "load_fleet", "open_registry", "resolve_fleet"]
+__all__ = [
+    "Device",
+    "Devices",
+    "Fleet",
+    "check_registry_data",
+    "load_fleet",
+    "open_registry",
+    "resolve_fleet",
+]
 
 
 @dataclass(frozen=True)
@@ -73,9 +85,76 @@ class Device:
 DEFAULT_SAMPLES_PER_DEVICE = 32
 
 
+class Devices(Sequence[Device]):
+    """A fleet's devices in id order, by group: a group whose devices differ only in their id
+    (one profile, generated data, no capacity trace) is one template ``Device``, and each of its
+    devices is made when asked for. A million registered devices then cost no object each, where
+    a ``Device`` object costs ~220 bytes; a round asks only for the devices it selected."""
+
+    def __init__(self, blocks: Sequence[Device | list[Device]], counts: Sequence[int]) -> None:
+        self._blocks = list(blocks)
+        self._starts: list[int] = [0, *itertools.accumulate(counts)]
+        self._made: dict[int, Device] = {}  # the devices made lately: a round asks each often
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    @overload
+    def __getitem__(self, index: int) -> Device: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Device]: ...
+    def __getitem__(self, index: int | slice) -> Device | Sequence[Device]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        d = operator.index(index)
+        if d < 0:
+            d += len(self)
+        if not 0 <= d < len(self):
+            raise IndexError(f"device {index} is not in a fleet of {len(self)}")
+        group = bisect.bisect_right(self._starts, d) - 1
+        block = self._blocks[group]
+        if isinstance(block, list):
+            return block[d - self._starts[group]]
+        device = self._made.get(d)
+        if device is None:
+            if len(self._made) >= MADE_DEVICES:
+                self._made.clear()
+            device = self._made[d] = replace(block, device_id=d)
+        return device
+
+    def __iter__(self) -> Iterator[Device]:
+        for group, block in enumerate(self._blocks):
+            if isinstance(block, list):
+                yield from block
+            else:
+                yield from (self[d] for d in range(self._starts[group], self._starts[group + 1]))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def by_profile(self) -> dict[str, int]:
+        """Devices per profile name, in order of first appearance (templates not expanded)."""
+        counts: dict[str, int] = {}
+        for group, block in enumerate(self._blocks):
+            if isinstance(block, list):
+                for device in block:
+                    counts[device.profile.name] = counts.get(device.profile.name, 0) + 1
+            else:
+                size = self._starts[group + 1] - self._starts[group]
+                counts[block.profile.name] = counts.get(block.profile.name, 0) + size
+        return counts
+
+
+MADE_DEVICES = 1 << 16  # devices kept made (a cohort's worth); past it the cache starts afresh
+
+
 @dataclass(frozen=True)
 class Fleet:
-    devices: tuple[Device, ...]
+    devices: Sequence[Device]
     data: TaskData
     seed: int
     partition: PartitionSpec
@@ -169,6 +248,8 @@ class Fleet:
         return self.data.x_train[index], self.data.y_train[index]
 
     def by_profile(self) -> dict[str, int]:
+        if isinstance(self.devices, Devices):
+            return self.devices.by_profile()
         counts: dict[str, int] = {}
         for device in self.devices:
             counts[device.profile.name] = counts.get(device.profile.name, 0) + 1
@@ -183,12 +264,13 @@ def resolve_fleet(
     ``base`` is the scenario file's folder, against which trace files are read."""
     registry = registry or scenario_profiles(scenario, base)
     members = _members(scenario, registry, base)  # per group: (registry name, profile) each
-    links = {
-        (i, profile.name): _link(registry, group, profile, f"fleet.groups[{i}].link")
-        for i, group in enumerate(scenario.fleet.groups)
-        for m in members[i]
-        for profile in (m.profile,)
-    }
+    links: dict[tuple[int, str], tuple[LinkPower, LinkType]] = {}
+    for i, group in enumerate(scenario.fleet.groups):
+        for m in members[i]:  # a profile group is one member repeated: resolved once
+            if (i, m.profile.name) not in links:
+                links[i, m.profile.name] = _link(
+                    registry, group, m.profile, f"fleet.groups[{i}].link"
+                )
     cost_model(scenario.fleet.cost_model)  # resolved and checked here, so validate catches it
     data = load_task_data(scenario.task.dataset, scenario.seed)
     size, per_device = scenario.fleet.size, scenario.fleet.samples_per_device
@@ -207,20 +289,31 @@ def resolve_fleet(
             scenario.task.dataset, scenario.seed, scenario.fleet.partition, size
         )
         sizes = [len(p) for p in parts if p is not None]
-    devices: list[Device] = []
+    blocks: list[Device | list[Device]] = []
     availability: list[Availability] = []
+    first = 0
     for i, group in enumerate(scenario.fleet.groups):
-        first = len(devices)
         availability.append(
             _availability(scenario, group, range(first, first + group.count), base, i)
         )
         capacity = _capacity(scenario, group, base, i)
+        if group.profile is not None and capacity is None and data.generated:
+            # every device alike but its id: one template stands for the whole group
+            m = members[i][0]
+            power, link_type = links[i, m.profile.name]
+            template = Device(first, i, m.profile, group.faults.crash_prob, sizes[first], None)
+            blocks.append(
+                replace(template, link=power, link_type=link_type, attached=group.attached)
+            )
+            first += group.count
+            continue
+        block: list[Device] = []
         for local, m in enumerate(members[i]):
-            d = len(devices)
+            d = first + local
             profile, (power, link_type) = m.profile, links[i, m.profile.name]
             if capacity is not None:
                 profile, link_type = capacity(local, profile, link_type)
-            devices.append(
+            block.append(
                 Device(
                     d,
                     i,
@@ -237,7 +330,10 @@ def resolve_fleet(
                     attached=group.attached,
                 )
             )
-    empty = [d.device_id for d in devices if d.num_examples == 0]
+        blocks.append(block)
+        first += group.count
+    devices = Devices(blocks, [g.count for g in scenario.fleet.groups])
+    empty = [d for d, n in enumerate(sizes) if n == 0]
     if empty:
         raise FedsimError(
             "fleet.partition",
@@ -245,11 +341,13 @@ def resolve_fleet(
             "raise alpha or min_partition_size, or use fewer devices",
         )
     always = all(isinstance(a, AlwaysOn) for a in availability)
-    topology = resolve_topology(
-        scenario, [d.group for d in devices], [d.name for d in devices], registry, base
-    )
+    topology = None
+    if scenario.topology is not None:
+        topology = resolve_topology(
+            scenario, [d.group for d in devices], [d.name for d in devices], registry, base
+        )
     return Fleet(
-        tuple(devices),
+        devices,
         data,
         scenario.seed,
         scenario.fleet.partition,
@@ -353,7 +451,7 @@ def _availability(
 ) -> Availability:
     spec = group.availability
     if isinstance(spec, MarkovAvailability):
-        return MarkovOnOff(scenario.seed, spec.mean_on_s, spec.mean_off_s)
+        return MarkovOnOff(scenario.seed, spec.mean_on_s, spec.mean_off_s, devices)
     if isinstance(spec, TraceAvailability):
         path = (base or Path.cwd()) / spec.file
         return read_trace(path, f"fleet.groups[{i}].availability.file", devices)

@@ -24,6 +24,7 @@ import numpy as np
 from numpy.typing import NDArray
 from torch import nn
 
+from devices.availability import Availability
 from devices.cost import Activity, CostModel, Scope, cost_model
 from devices.fleet import Fleet
 from devices.footprint import Footprint, footprint, head_parameters
@@ -103,6 +104,8 @@ class FleetCosts:
         self.up_full = scenario.upload.bytes(shapes, self.sent_full)
         self.up_head = scenario.upload.bytes(shapes, self.sent_head)
         self._scopes: dict[tuple[str, int | None, int | None], Scope] = {}
+        counts = [g.count for g in scenario.fleet.groups]
+        self._group_starts = np.cumsum([0, *counts], dtype=np.int64)  # group g: [g], [g + 1])
 
     def scope(self, device_id: int) -> Scope:
         """What the device can train: its profile's memory, or the free memory the registry
@@ -155,8 +158,7 @@ class FleetCosts:
         if not self.fleet.availability:
             return t
         first = math.inf
-        for group, availability in enumerate(self.fleet.availability):
-            ids = np.array([d for d in device_ids if self.fleet[d].group == group], np.int64)
+        for ids, availability in self._by_group(device_ids):
             if len(ids):
                 first = min(first, float(availability.next_online(ids, t).min()))
         return first
@@ -166,12 +168,18 @@ class FleetCosts:
         if not self.fleet.availability:
             return {}
         ends: dict[int, float] = {}
-        for group, availability in enumerate(self.fleet.availability):
-            ids = np.array([d for d in device_ids if self.fleet[d].group == group], np.int64)
+        for ids, availability in self._by_group(device_ids):
             if len(ids):
                 _, until = availability.online(ids, t)
                 ends |= dict(zip(ids.tolist(), until.tolist(), strict=True))
         return ends
+
+    def _by_group(self, device_ids: list[int]) -> list[tuple[NDArray[np.int64], Availability]]:
+        """``device_ids`` by group (each in the order given), with the group's availability;
+        groups hold consecutive ids, so no device is looked up."""
+        ids = np.asarray(device_ids, dtype=np.int64)
+        group = np.searchsorted(self._group_starts, ids, side="right") - 1
+        return [(ids[group == g], a) for g, a in enumerate(self.fleet.availability)]
 
     def nominal(self, device_id: int, round_: int = 1) -> DevicePlan:
         """What a round asks of the device if it stays online and nothing is cut."""

@@ -127,7 +127,8 @@ class Devices(Sequence[Device]):
             if isinstance(block, list):
                 yield from block
             else:
-                yield from (self[d] for d in range(self._starts[group], self._starts[group + 1]))
+                starts = self._starts[group], self._starts[group + 1]
+                yield from (replace(block, device_id=d) for d in range(*starts))  # not kept
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Sequence):

@@ -11,7 +11,9 @@ devices it was running.
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -105,6 +107,7 @@ def run_rounds(
     says how far it got and why.
     """
     torch.set_num_threads(1)
+    keep_freed_memory()
     started = time.perf_counter()
     run, checkpoint = _open(grid, binding)  # refuses a bad checkpoint before anything is written
     asynchronous = AsyncServer(run.ctx) if run.scenario.asynchrony is not None else None
@@ -150,6 +153,28 @@ def run_rounds(
     for hook in hooks:
         hook.on_summary(run, summary)
     return summary
+
+
+# glibc's mallopt options (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+KEEP_FREED_BYTES = 1 << 30  # freed heap memory kept for reuse instead of handed back
+MMAP_FROM_BYTES = 1 << 25  # glibc's ceiling for the mmap threshold (32 MB on 64-bit)
+
+
+def keep_freed_memory() -> None:
+    """Let glibc reuse freed memory instead of handing it back and faulting it in again: each
+    round allocates and frees the same large arrays (a cohort's data, the availability of every
+    registered device), and by default glibc unmaps or trims them each time. At 1M registered x
+    10k a round that was 2.6M minor page faults in 2 rounds (4.8 s of system time; 0.15M and
+    0.6 s with this), for ~3 % more peak RSS. No-op off glibc."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(_M_TRIM_THRESHOLD, KEEP_FREED_BYTES)
+        libc.mallopt(_M_MMAP_THRESHOLD, MMAP_FROM_BYTES)
+    except (OSError, AttributeError):  # another C library: its defaults stand
+        return
 
 
 def _round(ctx: RoundContext, round_: int) -> tuple[RoundRecord, list[DeviceRecord]]:

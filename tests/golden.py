@@ -83,6 +83,29 @@ CASES: dict[str, Case] = {
         "tests/test_attached.py covers the bridge",
     ),
     "building-gateways": Case("building-gateways.yaml", {"rounds": 2, **_INLINE}),
+    "fleet-1m": Case(
+        "fleet-1m.yaml",
+        {
+            "rounds": 2,
+            "evaluation.every": 1,
+            "clients_per_round": 20,
+            "fleet.groups": [
+                {
+                    "profile": "rpi-zero2w",
+                    "count": 60,
+                    "faults": {"crash_prob": 0.02},
+                    "availability": {"kind": "markov", "mean_on_s": 600, "mean_off_s": 300},
+                },
+                {
+                    "profile": "rpi4",
+                    "count": 40,
+                    "availability": {"kind": "markov", "mean_on_s": 3600, "mean_off_s": 120},
+                },
+            ],
+            **_INLINE,
+        },
+        "100 devices (20 a round) instead of 1,000,000 (10,000 a round)",
+    ),
     "fleet-10k": Case(
         "fleet-10k.yaml",
         {

@@ -68,8 +68,8 @@ typecheck: $(STAMP)
 
 # Two test workers (pytest-xdist), a file per worker at a time (--dist loadfile: a module's
 # fixtures, e.g. a firmware build or a Ray cluster, are made once). Most of the suite waits on
-# subprocesses (Ray, QEMU, SuperLinks): on two cores, 1,555 tests took 15.4 minutes on two workers
-# where 1,419 took 22.6 in one process. PYTEST_WORKERS=0 runs it in one process.
+# subprocesses (Ray, QEMU, SuperLinks): on two idle cores, 1,632 tests took 12.1 minutes on two
+# workers where 1,419 took 22.6 in one process. PYTEST_WORKERS=0 runs it in one process.
 PYTEST_WORKERS ?= 2
 pytest: system-packages test-packages $(STAMP)
 	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile

@@ -229,3 +229,13 @@ def test_the_scaffold_installs_and_its_own_tests_pass(tmp_path: Path) -> None:
 
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert "3 passed" in proc.stdout
+
+
+def test_new_algorithm_into_a_file_is_one_located_line(tmp_path: Path) -> None:
+    taken = tmp_path / "taken"
+    taken.write_text("not a folder")
+    proc = fedsim("new", "algorithm", "fedmom", "--out", taken)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"error: --out {taken}: is a file, not a folder; give a folder path (new or existing)"
+    ]

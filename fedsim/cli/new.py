@@ -296,6 +296,9 @@ def new_algorithm(name: str, folder: Path, force: bool = False) -> list[Path]:
         )
     if name in ALGORITHMS.builtins():
         raise FedsimError(f"NAME '{name}'", "is a built-in algorithm", "pick another name")
+    from fedsim.core.out_path import check_out
+
+    check_out(folder, "--out", "folder")  # a file there is one located line, not a traceback
     if folder.exists() and any(folder.iterdir()) and not force:
         raise FedsimError(str(folder), "exists and is not empty", "use --out, or --force")
     module = name.replace("-", "_")

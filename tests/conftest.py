@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +22,24 @@ pytest_plugins = ["pytester"]  # the plugin's own tests (tests/test_pytest_plugi
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = ROOT / "scenarios"
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:
+    """``fedsim ARGS`` in this process, as the console entry point runs it (no start-up cost;
+    stdout is captured, so not a terminal): the exit code, stdout and stderr."""
+    from fedsim.cli import main
+
+    saved = sys.argv
+    sys.argv = ["fedsim", *map(str, args)]
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    finally:
+        sys.argv = saved
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
 
 
 def tiny_scenario(**overrides: Any) -> dict[str, Any]:

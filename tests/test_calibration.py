@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 
 import pytest
 import torch
@@ -28,22 +27,10 @@ from devices.calibration import (
 )
 from devices.deployment import deployment
 from devices.kernels import FIGURES_FILE, KernelFigure, core_class, kernel_family
-from fedsim.cli import main
 from ontology.registry import default_registry
+from tests.conftest import run_cli
 
-
-def fedsim(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """``fedsim ARGS`` in this process, as the console runs it: exit code, stdout, stderr."""
-    saved, sys.argv = sys.argv, ["fedsim", *args]
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    finally:
-        sys.argv = saved
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+fedsim = run_cli  # ``fedsim ARGS`` in this process: exit code, stdout, stderr
 
 
 class _Residual(nn.Module):

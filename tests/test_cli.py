@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from fedsim.cli import main
 from fedsim.core.errors import EXIT_CODE_HELP, ExitCode
-from tests.conftest import ROOT, tiny_scenario
+from tests.conftest import ROOT, run_cli, tiny_scenario
 
 Write = Callable[..., Path]
 
@@ -130,16 +129,8 @@ def test_run_inline_from_the_command_line(write_scenario: Write, tmp_path: Path)
 
 def fedsim_here(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, list[str]]:
     """``fedsim ARGS`` in this process (no start-up cost): the exit code and stderr's lines."""
-    saved = sys.argv
-    sys.argv = ["fedsim", *map(str, args)]
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    finally:
-        sys.argv = saved
-    return code, capsys.readouterr().err.strip().splitlines()
+    code, _, err = run_cli(capsys, *args)
+    return code, err.strip().splitlines()
 
 
 @pytest.mark.parametrize(

@@ -18,10 +18,10 @@ import pytest
 import typer.main
 from rich.console import Console
 
-from fedsim.cli import app, main
+from fedsim.cli import app
 from fedsim.core.records import RoundRecord
 from fedsim.progress import ProgressObserver, training_bar
-from tests.conftest import ROOT, tiny_scenario
+from tests.conftest import ROOT, run_cli, tiny_scenario
 
 Write = Callable[..., Path]
 FLEET = ROOT / "tests" / "data" / "fleet.ttl"
@@ -103,19 +103,7 @@ def test_a_table_in_a_pipe_keeps_whole_names_and_no_trailing_blanks() -> None:
     assert all(line == line.rstrip() for line in proc.stdout.splitlines())
 
 
-def _here(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:
-    """``fedsim ARGS`` in this process, stdout captured (not a terminal)."""
-    saved = sys.argv
-    sys.argv = ["fedsim", *map(str, args)]
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    finally:
-        sys.argv = saved
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+_here = run_cli  # ``fedsim ARGS`` in this process, stdout captured (not a terminal)
 
 
 LISTINGS = [

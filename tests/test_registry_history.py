@@ -3,12 +3,11 @@ the runs it holds, not an empty answer."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-from fedsim.cli import main
+from tests.conftest import run_cli
 
 RUNS = """\
 @prefix fedsim: <https://w3id.org/fedsim/vocab#> .
@@ -19,17 +18,7 @@ run:lab-2 a fedsim:Run ; fedsim:runId "lab-2" .
 
 
 def _history(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:
-    saved = sys.argv
-    sys.argv = ["fedsim", "registry", "history", *map(str, args)]
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    finally:
-        sys.argv = saved
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    return run_cli(capsys, "registry", "history", *args)
 
 
 @pytest.fixture

@@ -16,7 +16,9 @@ the caller falls back to the sequential loop.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -29,23 +31,63 @@ from fedsim.core.algorithms.local import LocalSgd
 from fedsim.core.models import task_loss
 from fedsim.core.reduce import Arrays
 
-__all__ = ["CHUNK", "can_vectorize", "train_vectorized"]
+__all__ = ["CHUNK", "KERNELS", "BatchTrainer", "can_vectorize", "train_vectorized"]
 
 CHUNK = 32  # devices per vectorised step; measured best of 16-128 for mlp-100 (cache-sized)
-Batch = tuple[NDArray[np.float32], NDArray[np.int64]]
+Batch = tuple[NDArray[np.float32], NDArray[Any]]
 
 
-def vectorizable(learner: Learner) -> LocalSgd | None:
-    """The plain mini-batch SGD ``learner`` runs, if it says it is one (``vectorized()``)."""
+class BatchTrainer(Protocol):
+    """Trains many devices of one learner at once, each as the learner's ``train`` would."""
+
+    def supports(self, model: nn.Module) -> bool:
+        """Whether this model can train batched (else the devices train one by one)."""
+        ...
+
+    def train_many(
+        self, model: nn.Module, global_arrays: Arrays, data: Sequence[Batch], seeds: Sequence[int]
+    ) -> list[tuple[Arrays, float]]:
+        """``(arrays, mean loss)`` per device, in the order of ``data``: every parameter of
+        ``model``, frozen ones (``requires_grad`` off) as received."""
+        ...
+
+
+def vectorizable(learner: Learner) -> BatchTrainer | None:
+    """How to train many devices of ``learner`` at once, or None (one by one).
+
+    A learner opts in with ``vectorized()``, returning either an object with ``train_many`` (a
+    plugin's own ``BatchTrainer``) or a learner whose type ``KERNELS`` knows (a built-in returns
+    itself when its exact type is the one the kernel reproduces: a subclass may train otherwise).
+    """
     say = getattr(learner, "vectorized", None)
-    plain: LocalSgd | None = say() if callable(say) else None
-    return plain
+    spec = say() if callable(say) else None
+    if spec is None:
+        return None
+    if callable(getattr(spec, "train_many", None)):
+        return spec  # type: ignore[no-any-return]
+    kernel = KERNELS.get(type(spec))
+    return None if kernel is None else kernel(spec)
 
 
 def can_vectorize(model: nn.Module, learner: Learner) -> bool:
-    """Only a learner that is plain ``LocalSgd`` (``vectorizable``), on a model without
-    buffers."""
-    return vectorizable(learner) is not None and not any(True for _ in model.buffers())
+    """Whether ``learner``'s devices can train batched on ``model``."""
+    trainer = vectorizable(learner)
+    return trainer is not None and trainer.supports(model)
+
+
+def train_vectorized(
+    model: nn.Module,
+    global_arrays: Arrays,
+    learner: Learner,
+    data: Sequence[Batch],
+    seeds: Sequence[int],
+) -> list[tuple[Arrays, float]]:
+    """``(arrays, mean loss)`` per device, in the order of ``data``: every parameter of ``model``
+    (frozen ones as received)."""
+    trainer = vectorizable(learner)
+    if trainer is None:
+        raise TypeError(f"cannot vectorise {type(learner).__name__}; use the sequential loop")
+    return trainer.train_many(model, global_arrays, data, seeds)
 
 
 def _orders(n: int, seeds: Sequence[int], epochs: int) -> torch.Tensor:
@@ -102,36 +144,45 @@ def _train_chunk(
     return params, [t / max(seen, 1) for t in totals]
 
 
-def train_vectorized(
-    model: nn.Module,
-    global_arrays: Arrays,
-    learner: Learner,
-    data: Sequence[Batch],
-    seeds: Sequence[int],
-) -> list[tuple[Arrays, float]]:
-    """``(arrays, mean loss)`` per device, in the order of ``data``: every parameter of ``model``
-    (frozen ones as received)."""
-    plain = vectorizable(learner)
-    if plain is None:
-        raise TypeError(f"cannot vectorise {type(learner).__name__}; use the sequential loop")
-    learner = plain
-    sizes = {len(y) for _, y in data}
-    if len(sizes) > 1:
-        raise ValueError(f"devices of one vectorised group need equal sample counts, got {sizes}")
-    names = [name for name, _ in model.named_parameters()]
-    trainable = frozenset(name for name, p in model.named_parameters() if p.requires_grad)
-    start = {k: torch.from_numpy(np.asarray(a)) for k, a in zip(names, global_arrays, strict=True)}
-    results: list[tuple[Arrays, float] | None] = [None] * len(data)
-    model.train()
-    with torch.no_grad():  # torch.func computes the gradients; no autograd graph is kept
-        for c in range(0, len(data), CHUNK):
-            chunk = range(c, min(c + CHUNK, len(data)))
-            xs = torch.from_numpy(np.stack([data[i][0] for i in chunk]))
-            ys = torch.from_numpy(np.stack([data[i][1] for i in chunk]))
-            orders = _orders(len(data[c][1]), [seeds[i] for i in chunk], learner.epochs)
-            params, losses = _train_chunk(model, start, learner, xs, ys, orders, trainable)
-            stacked = [params[k].numpy() for k in names]
-            for j, i in enumerate(chunk):
-                results[i] = ([s[j].copy() for s in stacked], losses[j])
-    assert all(r is not None for r in results)
-    return results  # type: ignore[return-value]
+@dataclass(frozen=True)
+class BatchedSgd:
+    """``LocalSgd.train`` (FedProx's term included) for many devices at once; on models without
+    buffers (BatchNorm's running statistics would need per-device copies)."""
+
+    learner: LocalSgd
+
+    def supports(self, model: nn.Module) -> bool:
+        return not any(True for _ in model.buffers())
+
+    def train_many(
+        self, model: nn.Module, global_arrays: Arrays, data: Sequence[Batch], seeds: Sequence[int]
+    ) -> list[tuple[Arrays, float]]:
+        learner = self.learner
+        sizes = {len(y) for _, y in data}
+        if len(sizes) > 1:
+            raise ValueError(
+                f"devices of one vectorised group need equal sample counts, got {sizes}"
+            )
+        names = [name for name, _ in model.named_parameters()]
+        trainable = frozenset(name for name, p in model.named_parameters() if p.requires_grad)
+        start = {
+            k: torch.from_numpy(np.asarray(a)) for k, a in zip(names, global_arrays, strict=True)
+        }
+        results: list[tuple[Arrays, float] | None] = [None] * len(data)
+        model.train()
+        with torch.no_grad():  # torch.func computes the gradients; no autograd graph is kept
+            for c in range(0, len(data), CHUNK):
+                chunk = range(c, min(c + CHUNK, len(data)))
+                xs = torch.from_numpy(np.stack([data[i][0] for i in chunk]))
+                ys = torch.from_numpy(np.stack([data[i][1] for i in chunk]))
+                orders = _orders(len(data[c][1]), [seeds[i] for i in chunk], learner.epochs)
+                params, losses = _train_chunk(model, start, learner, xs, ys, orders, trainable)
+                stacked = [params[k].numpy() for k in names]
+                for j, i in enumerate(chunk):
+                    results[i] = ([s[j].copy() for s in stacked], losses[j])
+        assert all(r is not None for r in results)
+        return results  # type: ignore[return-value]
+
+
+# the built-in learners' batched kernels, by the learner's exact type (``vectorizable``)
+KERNELS: dict[type, Callable[[Any], BatchTrainer]] = {LocalSgd: BatchedSgd}

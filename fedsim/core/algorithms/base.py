@@ -65,7 +65,12 @@ ModelAggregator = Aggregator[Any, Any, Arrays]
 
 
 class Learner(Protocol):
-    """What one device does with the global model in one round."""
+    """What one device does with the global model in one round.
+
+    Optional: ``vectorized() -> object | None``. Cohort mode then trains many devices of the
+    learner at once (``clients.vectorized``): return an object with ``supports(model)`` and
+    ``train_many(model, global_arrays, data, seeds)`` (a ``BatchTrainer``), or a learner whose
+    type has a built-in kernel; None (or no method) trains devices one by one."""
 
     # True: ``state`` (the device's own, kept between rounds in the run's DeviceStateStore) is
     # loaded before and saved after each round; False: it is always empty and never stored.

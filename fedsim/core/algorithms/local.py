@@ -155,6 +155,11 @@ class OnlineHeadLearner:
     passes: int
     stateful: ClassVar[bool] = False
 
+    def vectorized(self) -> OnlineHeadLearner | None:
+        """Itself if ``clients.vectorized_head`` may train many devices of it at once; None for a
+        subclass (``BridgedHeadLearner`` steps on a real device)."""
+        return self if type(self) is OnlineHeadLearner else None
+
     def train(
         self,
         model: nn.Module,

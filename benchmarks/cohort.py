@@ -5,8 +5,14 @@ start-up and memory count per runner and nothing leaks between them. The parent 
 child's whole process tree (``benchmarks.proctree``) and prints a markdown table, then whether
 this run met design §12's targets. Progress and each runner's final accuracy go to stderr.
 
-    .venv/bin/python -m benchmarks.cohort [--quick] [--skip-large] [--runners a,b] [--json PATH]
-    .venv/bin/python -m benchmarks.cohort --child RUNNER N R [K]    # one run, unmeasured
+    .venv/bin/python -m benchmarks.cohort [--quick] [--skip-large] [--million] [--runners a,b]
+                                          [--json PATH]
+    .venv/bin/python -m benchmarks.cohort --child RUNNER N R [K [BASE]]   # one run, unmeasured
+
+``--million`` runs only the million-registered-device workload (``scenarios/fleet-1m.yaml``:
+1,000,000 registered, 10,000 a round, 10 rounds) with every runner, each stopped at
+``MILLION_TIMEOUT_S`` or ``MAX_TREE_GB`` (stock Flower does not finish it); the full run includes
+it after the other large workloads.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ class Workload:
     devices: int
     rounds: int
     per_round: int | None = None  # clients_per_round; None: every device
+    base: str | None = None  # a shipped scenario (relative to the repository) it runs instead
 
     @property
     def label(self) -> str:
@@ -42,6 +49,9 @@ class Workload:
 
 SMALL = [Workload(10, 5), Workload(100, 5), Workload(1000, 2)]
 LARGE = [Workload(10_000, 10), Workload(100_000, 10, 1_000)]  # fedsim-cohort only
+MILLION = Workload(1_000_000, 10, 10_000, "scenarios/fleet-1m.yaml")  # every runner
+MILLION_TIMEOUT_S = 600.0  # twice the target (5 min): a runner that takes longer has missed it
+MAX_TREE_GB = 8.0  # twice the target (4 GB): stop a runner before it takes the machine down
 COLUMNS = (
     "workload",
     "runner",
@@ -52,7 +62,7 @@ COLUMNS = (
     "wall / plain",
     "stock / wall",
 )
-TARGET_WORKLOAD, SCALE_WORKLOAD = "1000×2", "10000×10"
+TARGET_WORKLOAD, SCALE_WORKLOAD, MILLION_WORKLOAD = "1000×2", "10000×10", MILLION.label
 
 
 def child(runner: str, workload: Workload) -> int:
@@ -62,7 +72,8 @@ def child(runner: str, workload: Workload) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix=f"bench-{runner}-") as scratch:
             path = Path(scratch) / "scenario.yaml"
-            write_scenario(path, runner, w.devices, w.rounds, w.per_round)
+            base = ROOT / w.base if w.base else None
+            write_scenario(path, runner, w.devices, w.rounds, w.per_round, base)
             accuracy, failures = RUNNERS[runner].run(path, Path(scratch))
     except Exception as exc:
         traceback.print_exc()
@@ -100,7 +111,11 @@ def _result(path: Path) -> dict[str, Any]:
     return {}
 
 
-def _status(returncode: int | None, result: dict[str, Any], err: Path, timeout_s: float) -> str:
+def _status(
+    returncode: int | None, result: dict[str, Any], err: Path, timeout_s: float, over: bool
+) -> str:
+    if over:
+        return f"stopped: tree RSS over {MAX_TREE_GB:.0f} GB"
     if returncode is None:
         return f"timeout after {timeout_s:.0f} s"
     if returncode != 0 or not result:
@@ -112,17 +127,27 @@ def _status(returncode: int | None, result: dict[str, Any], err: Path, timeout_s
 def _measure_one(runner: str, workload: Workload, logs: Path, timeout_s: float) -> Row:
     w = workload
     cmd = [sys.executable, "-m", "benchmarks.cohort", "--child", runner]
-    cmd += [str(v) for v in (w.devices, w.rounds, w.per_round) if v is not None]
+    cmd += [str(v) for v in (w.devices, w.rounds, w.per_round, w.base) if v is not None]
+    if w.base:
+        timeout_s = min(timeout_s, MILLION_TIMEOUT_S)
     # a fresh local Ray instance per child, never a cluster someone started on this machine
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "RAY_ADDRESS": "local"}
     out, err = (logs / f"{w.devices}x{w.rounds}-{runner}{ext}" for ext in (".out", ".err"))
     with out.open("wb") as stdout, err.open("wb") as stderr:
-        usage = measure(cmd, cwd=ROOT, env=env, stdout=stdout, stderr=stderr, timeout_s=timeout_s)
+        usage = measure(
+            cmd,
+            cwd=ROOT,
+            env=env,
+            stdout=stdout,
+            stderr=stderr,
+            timeout_s=timeout_s,
+            max_rss_bytes=int(MAX_TREE_GB * 2**30),
+        )
     result = _result(out)
     return Row(
         workload=w.label,
         runner=runner,
-        status=_status(usage.returncode, result, err, timeout_s),
+        status=_status(usage.returncode, result, err, timeout_s, usage.over_memory),
         wall_s=usage.wall_s,
         cpu_s=usage.cpu_s,
         cpu_sampled_s=usage.cpu_sampled_s,
@@ -134,11 +159,20 @@ def _measure_one(runner: str, workload: Workload, logs: Path, timeout_s: float) 
     )
 
 
+# the million-device workload's runners: per-device fedsim would be stock Flower's cost again
+MILLION_RUNNERS = ("plain", "stock", "fedsim-cohort-inline", "fedsim-cohort")
+
+
 def _plan(args: argparse.Namespace) -> list[tuple[str, Workload]]:
+    million = [(r, MILLION) for r in MILLION_RUNNERS if r in args.runners]
+    if args.million:
+        return million
     grid = SMALL[:2] if args.quick else SMALL
     plan = [(runner, w) for w in grid for runner in args.runners]
-    if not (args.quick or args.skip_large) and "fedsim-cohort" in args.runners:
-        plan += [("fedsim-cohort", w) for w in LARGE]
+    if not (args.quick or args.skip_large):
+        if "fedsim-cohort" in args.runners:
+            plan += [("fedsim-cohort", w) for w in LARGE]
+        plan += million
     return plan
 
 
@@ -186,20 +220,40 @@ def targets(rows: list[Row]) -> str:
     """design §12's simulation-overhead targets, and whether this run met them."""
     cohort = _wall(rows, TARGET_WORKLOAD, "fedsim-cohort")
     plain, stock = _wall(rows, TARGET_WORKLOAD, "plain"), _wall(rows, TARGET_WORKLOAD, "stock")
-    scale = next(
-        (r for r in rows if (r.workload, r.runner) == (SCALE_WORKLOAD, "fedsim-cohort")), None
-    )
     vs_plain = None if cohort is None or plain is None else cohort <= 1.5 * plain
     vs_stock = None if cohort is None or stock is None else stock >= 10 * cohort
-    fits = None
-    if scale is not None:
-        fits = scale.status.startswith("ok") and (scale.wall_s or 0) < 300
-        fits = fits and (scale.peak_rss_mb or 0) < 4 * 1024
+    inline_cpu, plain_cpu = (
+        _cpu(rows, TARGET_WORKLOAD, r) for r in ("fedsim-cohort-inline", "plain")
+    )
+    cpu_ok = None if inline_cpu is None or plain_cpu is None else inline_cpu <= 1.2 * plain_cpu
+    million = [
+        _fits(_row(rows, MILLION_WORKLOAD, r)) for r in ("fedsim-cohort-inline", "fedsim-cohort")
+    ]
     return (
         f"Targets (design §12), fedsim-cohort: {TARGET_WORKLOAD} within 1.5× of plain: "
         f"{_verdict(vs_plain)}; ≥10× faster than stock on {TARGET_WORKLOAD}: {_verdict(vs_stock)}; "
-        f"{SCALE_WORKLOAD} in < 300 s with < 4 GB tree RSS: {_verdict(fits)}."
+        f"{SCALE_WORKLOAD} in < 300 s with < 4 GB tree RSS: "
+        f"{_verdict(_fits(_row(rows, SCALE_WORKLOAD, 'fedsim-cohort')))}.\n"
+        f"Targets (issue 27): {TARGET_WORKLOAD} inline CPU ≤ 1.2× plain's: {_verdict(cpu_ok)}; "
+        f"{MILLION_WORKLOAD} in < 300 s with < 4 GB tree RSS: inline {_verdict(million[0])}, "
+        f"Ray {_verdict(million[1])}."
     )
+
+
+def _row(rows: list[Row], workload: str, runner: str) -> Row | None:
+    return next((r for r in rows if (r.workload, r.runner) == (workload, runner)), None)
+
+
+def _cpu(rows: list[Row], workload: str, runner: str) -> float | None:
+    row = _row(rows, workload, runner)
+    return row.cpu_s if row is not None and row.status.startswith("ok") else None
+
+
+def _fits(row: Row | None) -> bool | None:
+    """< 5 min and < 4 GB of tree RSS (None: not run)."""
+    if row is None:
+        return None
+    return row.status.startswith("ok") and (row.wall_s or 0) < 300 and (row.peak_rss_mb or 0) < 4096
 
 
 def _progress(i: int, total: int, runner: str, workload: str, text: str) -> None:
@@ -217,18 +271,24 @@ def _done_text(row: Row) -> str:
 
 def _child_args(parser: argparse.ArgumentParser, values: list[str]) -> tuple[str, Workload]:
     runner, *sizes = values
+    base = sizes.pop() if len(sizes) == 4 else None
     if runner not in RUNNERS or len(sizes) not in (2, 3) or not all(v.isdigit() for v in sizes):
         parser.error(
-            f"--child RUNNER N R [K]: got {' '.join(values)}; runners: {', '.join(RUNNERS)}"
+            f"--child RUNNER N R [K [BASE]]: got {' '.join(values)}; runners: {', '.join(RUNNERS)}"
         )
     n, rounds, *k = (int(v) for v in sizes)
-    return runner, Workload(n, rounds, k[0] if k else None)
+    return runner, Workload(n, rounds, k[0] if k else None, base)
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.cohort", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="only 10×5 and 100×5")
-    parser.add_argument("--skip-large", action="store_true", help="skip 10,000×10 and 100,000")
+    parser.add_argument(
+        "--skip-large", action="store_true", help="skip 10,000×10, 100,000 and the million"
+    )
+    parser.add_argument(
+        "--million", action="store_true", help="only 1,000,000 registered × 10 (10,000/round)"
+    )
     parser.add_argument("--runners", default=",".join(RUNNERS), help="comma-separated runners")
     parser.add_argument("--json", type=Path, help="also write the rows to this file")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per child")

@@ -41,6 +41,7 @@ class TreeUsage:
     cpu_rusage_s: float  # the RUSAGE_CHILDREN delta: every descendant reaped in the tree
     peak_rss_bytes: int  # max over samples of the summed RSS of every process in the tree
     killed: tuple[str, ...]  # names of descendants still running ``grace_s`` after the child exited
+    over_memory: bool = False  # stopped because the tree passed ``max_rss_bytes``
 
 
 def become_subreaper() -> bool:
@@ -146,16 +147,23 @@ def measure(
     timeout_s: float,
     interval_s: float = 0.1,
     grace_s: float = 3.0,
+    max_rss_bytes: int | None = None,
 ) -> TreeUsage:
     """Run ``cmd`` to completion (or ``timeout_s``) and measure its whole process tree.
 
+    ``max_rss_bytes``: stop the child (returncode None, ``over_memory``) once the tree holds more,
+    so a runner that cannot cope with a workload does not take the machine down with it.
     Call ``become_subreaper`` once first; run one ``measure`` at a time (it reaps any child).
     """
-    sampler, stop = _Sampler(), threading.Event()
+    sampler, stop, over = _Sampler(), threading.Event(), threading.Event()
 
     def poll() -> None:
         while not stop.wait(interval_s):
             sampler.sample()
+            if max_rss_bytes is not None and sampler.peak_rss_bytes > max_rss_bytes:
+                over.set()
+                child.kill()
+                return
 
     _reap_adopted()  # a late orphan of an earlier run must not count in this one
     before = _rusage_cpu_s()
@@ -171,11 +179,20 @@ def measure(
         child.kill()
         child.wait()
         returncode = None
+    if over.is_set():
+        returncode = None
     wall_s = time.perf_counter() - start
     stop.set()
     thread.join()
     killed = _end_tree(sampler, grace_s if returncode is not None else 0.0, interval_s)
     sampled, reaped = sampler.cpu_s, _rusage_cpu_s() - before
     return TreeUsage(
-        returncode, wall_s, max(sampled, reaped), sampled, reaped, sampler.peak_rss_bytes, killed
+        returncode,
+        wall_s,
+        max(sampled, reaped),
+        sampled,
+        reaped,
+        sampler.peak_rss_bytes,
+        killed,
+        over.is_set(),
     )

@@ -2,12 +2,15 @@
 
 The workload: a 784-100-10 MLP (``mlp-100``), 32 generated ``blobs-784`` samples per client, one
 local epoch, batch 16, SGD lr 0.05, FedAvg. Every runner starts from fedsim's initial model and
-trains each device with fedsim's seed for it, so their final accuracies should agree.
+trains each device with fedsim's seed for it, so their final accuracies should agree when every
+device trains every round. With fewer per round (the million-device workload), plain and stock
+draw uniformly from all registered devices while fedsim draws from those online: the same number
+of device-rounds, not the same devices.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -62,14 +65,21 @@ def _run_plain(scenario_path: Path, scratch: Path) -> tuple[float, int]:
     scenario, fleet = load_fleet(scenario_path)
     model = _model(scenario_path)
     global_ = get_arrays(model)
-    examples = sum(d.num_examples for d in fleet.devices)
+    per_round = scenario.clients_per_round
     for round_ in range(1, scenario.rounds + 1):
+        devices: Iterable[int] = range(len(fleet))
+        if per_round is not None and per_round < len(fleet):  # uniform, availability ignored
+            rng = np.random.default_rng(derive_seed(scenario.seed, "plain", round_))
+            devices = rng.choice(len(fleet), size=per_round, replace=False).tolist()
         total = [np.zeros(a.shape, dtype=np.float64) for a in global_]
-        for device in range(len(fleet)):
+        examples = 0
+        for device in devices:
             set_arrays(model, global_)
             update = _train_one(scenario_path, model, round_, device)
+            weight = fleet[device].num_examples
+            examples += weight
             for acc, a in zip(total, update, strict=True):
-                acc += fleet[device].num_examples * a
+                acc += weight * a
         global_ = [(acc / examples).astype(np.float32) for acc in total]
     return _accuracy(scenario_path, global_), 0
 
@@ -102,8 +112,9 @@ def _run_stock(scenario_path: Path, scratch: Path) -> tuple[float, int]:
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
+        k = scenario.clients_per_round or n
         strategy = FedAvg(
-            fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=n, min_available_nodes=n
+            fraction_train=k / n, fraction_evaluate=0.0, min_train_nodes=k, min_available_nodes=n
         )
         initial = ArrayRecord(get_arrays(_model(scenario_path)))
         result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=rounds)
@@ -142,26 +153,39 @@ def _fedsim(engine: Literal["ray", "inline"]) -> RunFn:
 class Runner:
     run: RunFn
     execution: dict[str, Any]  # the scenario's execution block; stock and plain ignore it
-    samples_clients: bool  # honours clients_per_round (stock and plain train every client)
+    # how it draws clients_per_round: fedsim's selection (online devices), or uniformly from all
+    # registered (plain: a seeded draw; stock: FedAvg's fraction_train), availability ignored
+    selection: Literal["fedsim", "uniform"]
 
 
 _PER_DEVICE = {"mode": "per-device", "engine": "ray", "actors": 2}
 RUNNERS: dict[str, Runner] = {
-    "stock": Runner(_run_stock, _PER_DEVICE, False),
-    "plain": Runner(_run_plain, _PER_DEVICE, False),
-    "fedsim-per-device": Runner(_fedsim("ray"), _PER_DEVICE, True),
-    "fedsim-cohort": Runner(_fedsim("ray"), {**_PER_DEVICE, "mode": "cohort"}, True),
+    "stock": Runner(_run_stock, _PER_DEVICE, "uniform"),
+    "plain": Runner(_run_plain, _PER_DEVICE, "uniform"),
+    "fedsim-per-device": Runner(_fedsim("ray"), _PER_DEVICE, "fedsim"),
+    "fedsim-cohort": Runner(_fedsim("ray"), {**_PER_DEVICE, "mode": "cohort"}, "fedsim"),
     "fedsim-cohort-inline": Runner(
-        _fedsim("inline"), {**_PER_DEVICE, "mode": "cohort", "engine": "inline"}, True
+        _fedsim("inline"), {**_PER_DEVICE, "mode": "cohort", "engine": "inline"}, "fedsim"
     ),
 }
 
 
-def write_scenario(path: Path, runner: str, n: int, rounds: int, k: int | None) -> None:
-    """The benchmark's scenario: ``n`` rpi4 devices, ``k`` of them per round (default: all)."""
-    if k is not None and k < n and not RUNNERS[runner].samples_clients:
-        raise ValueError(f"{runner} trains every client each round; K={k} is for fedsim runners")
-    scenario: dict[str, Any] = {
+def write_scenario(
+    path: Path, runner: str, n: int, rounds: int, k: int | None, base: Path | None = None
+) -> None:
+    """The benchmark's scenario: ``n`` rpi4 devices, ``k`` of them per round (default: all); or,
+    with ``base``, that shipped scenario with the runner's execution block (``n``, ``rounds`` and
+    ``k`` must be the base's)."""
+    if base is not None:
+        scenario: dict[str, Any] = yaml.safe_load(base.read_text(encoding="utf-8"))
+        got = (sum(g["count"] for g in scenario["fleet"]["groups"]), scenario["rounds"])
+        if (*got, scenario.get("clients_per_round")) != (n, rounds, k):
+            raise ValueError(f"{base}: {got} devices × rounds, not {n}×{rounds} ({k}/round)")
+        scenario["name"] = f"bench-{runner}-{base.stem}"
+        scenario["execution"] = RUNNERS[runner].execution
+        path.write_text(yaml.safe_dump(scenario, sort_keys=False), encoding="utf-8")
+        return
+    scenario = {
         "name": f"bench-{runner}-{n}x{rounds}",
         "seed": 0,
         "task": {"dataset": "blobs-784", "model": MODEL},

@@ -1,17 +1,19 @@
 """Train many devices of one architecture at once: ``torch.func`` over stacked parameters.
 
-The maths is ``LocalSgd.train``'s, device by device: the same shuffles (each device's own
-``torch.Generator``), the same batches, the same mean cross-entropy (plus FedProx's proximal term),
-the same SGD update ``p ← p − lr·∇``. Only the kernels differ (batched matrix products instead of
-one product per device), so results agree with the sequential loop to float32 rounding
-(``tests/test_cohort.py`` bounds the difference), not bit for bit.
+Each kernel reproduces one learner's ``train``, device by device: the same draws (each device's own
+``torch.Generator``), the same batches, the same mean loss (plus FedProx's proximal term), the same
+SGD update ``p ← p − lr·∇``. Only the arithmetic differs (batched matrix products instead of one
+product per device), so results agree with the learner to float32 rounding
+(``tests/test_vectorized_learners.py`` bounds the difference), not bit for bit.
 
-Only the parameters that train in ``LocalSgd`` train here: those with ``requires_grad`` (a frozen
-backbone is a constant of the objective, never stepped; ``tests/test_cohort.py`` holds both paths to
-the same frozen tensors). All devices given must have the same number of local samples (identical
-batch schedules; the caller groups them); they train in chunks of ``CHUNK`` to bound memory. Models
-with buffers (e.g. BatchNorm running statistics) are not vectorised: ``can_vectorize`` says so, and
-the caller falls back to the sequential loop.
+A kernel describes a round as ``Phase``s: per step, each device's sample rows, which of them are
+real, and which parameters step. Devices with unequal sample counts share one batched step: a
+short last batch is padded and masked out of the mean loss, and a device whose round has fewer
+steps sits out the extra ones (its parameters do not move, FedProx's drift gradient included).
+Devices are sorted by sample count and trained in chunks of ``CHUNK``, so padding stays small and
+memory bounded. Only parameters with ``requires_grad`` ever step (a frozen backbone is a constant
+of the objective, returned as received). Models with buffers (e.g. BatchNorm running statistics)
+are not vectorised: ``supports`` says so, and the caller falls back to the sequential loop.
 """
 
 from __future__ import annotations
@@ -27,14 +29,26 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from fedsim.core.algorithms import Learner
-from fedsim.core.algorithms.local import LocalSgd
-from fedsim.core.models import task_loss
+from fedsim.core.algorithms.local import LocalSgd, OnlineSteps, stream_order
+from fedsim.core.algorithms.tinymetafed import ReconstructThenUpdate
+from fedsim.core.models import head_parameters, task_loss
 from fedsim.core.reduce import Arrays
 
-__all__ = ["CHUNK", "KERNELS", "BatchTrainer", "can_vectorize", "train_vectorized"]
+__all__ = [
+    "CHUNK",
+    "KERNELS",
+    "BatchTrainer",
+    "BatchedOnlineSteps",
+    "BatchedReconstruct",
+    "BatchedSgd",
+    "Phase",
+    "can_vectorize",
+    "train_vectorized",
+]
 
 CHUNK = 32  # devices per vectorised step; measured best of 16-128 for mlp-100 (cache-sized)
 Batch = tuple[NDArray[np.float32], NDArray[Any]]
+Params = dict[str, torch.Tensor]
 
 
 class BatchTrainer(Protocol):
@@ -90,99 +104,279 @@ def train_vectorized(
     return trainer.train_many(model, global_arrays, data, seeds)
 
 
-def _orders(n: int, seeds: Sequence[int], epochs: int) -> torch.Tensor:
-    """Each device's shuffles as ``LocalSgd.train`` draws them: ``[devices, epochs, n]``."""
-    per_device = []
-    for seed in seeds:
-        generator = torch.Generator().manual_seed(seed)
-        per_device.append(
-            torch.stack([torch.randperm(n, generator=generator) for _ in range(epochs)])
-        )
-    return torch.stack(per_device)
+@dataclass(frozen=True)
+class Phase:
+    """A stretch of a round in which the same parameters step, for a chunk of devices.
+
+    ``rows[d, s]``: the indices (into device d's own samples) of its batch at step s;
+    ``valid[d, s]``: which of them are real (False: padding of a short batch, or no batch at all);
+    both ``[devices, steps, batch_size]``. ``stepping``: the parameters that step (the others
+    are held); ``counted``: whether its losses make the reported mean loss."""
+
+    rows: torch.Tensor
+    valid: torch.Tensor
+    stepping: frozenset[str]
+    counted: bool = True
+
+
+# (model, trainable parameter names, sample counts, seeds) → the chunk's phases, in order
+Schedule = Callable[[nn.Module, frozenset[str], list[int], list[int]], list[Phase]]
+
+
+def _padded(parts: Sequence[torch.Tensor], fill: int | bool) -> torch.Tensor:
+    """Per-device ``[steps_d, batch]`` tensors as one ``[devices, max steps, batch]``."""
+    most = max(len(p) for p in parts)
+    out = torch.full((len(parts), most, parts[0].shape[1]), fill, dtype=parts[0].dtype)
+    for d, part in enumerate(parts):
+        out[d, : len(part)] = part
+    return out
+
+
+def _phase(rows: Sequence[torch.Tensor], valid: Sequence[torch.Tensor] | None, **kw: Any) -> Phase:
+    """A phase from each device's ``[steps, batch]`` rows (and validity; None: all real)."""
+    masks = valid or [torch.ones(r.shape, dtype=torch.bool) for r in rows]
+    return Phase(_padded(rows, 0), _padded(masks, False), **kw)
+
+
+def _masked_loss(outputs: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``task_loss`` over the real samples of a padded batch (0 where there are none)."""
+    weight = valid.to(outputs.dtype)
+    if targets.is_floating_point():  # mean squared error: per sample, the mean over its outputs
+        each = ((outputs - targets) ** 2).reshape(weight.shape[0], -1).mean(1)
+    else:
+        each = nn.functional.cross_entropy(outputs, targets, reduction="none")
+    return (each * weight).sum() / weight.sum().clamp(min=1.0)
+
+
+def _objective(
+    model: nn.Module, fixed: Params, start: Params, mu: float, masked: bool
+) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+    """One device's (objective, task loss) from its stepping and held parameters and batch."""
+
+    def objective(
+        moving: Params, held: Params, x: torch.Tensor, y: torch.Tensor, valid: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        outputs = functional_call(model, {**fixed, **held, **moving}, (x,))
+        loss = _masked_loss(outputs, y, valid) if masked else task_loss(outputs, y)
+        if mu <= 0:
+            return loss, loss.detach()
+        drift = sum(((moving[k] - start[k]) ** 2).sum() for k in moving)
+        return loss + 0.5 * mu * drift, loss.detach()
+
+    return objective
+
+
+def _run_phase(
+    model: nn.Module,
+    fixed: Params,
+    start: Params,
+    params: Params,
+    phase: Phase,
+    samples: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    lr: float,
+    mu: float,
+) -> torch.Tensor:
+    """Step ``params`` (stacked per device, in place) through ``phase``; each device's summed
+    ``loss × batch size`` (float64, as the learners sum it)."""
+    xs, ys, offsets = samples
+    rows = (phase.rows + offsets.view(-1, 1, 1)).clamp(max=max(len(ys) - 1, 0))
+    moving = {k: v for k, v in params.items() if k in phase.stepping}
+    held = {k: v for k, v in params.items() if k not in phase.stepping}
+    counts = phase.valid.sum(2).double()  # [devices, steps]
+    full = phase.valid.all(2).all(0).tolist()  # steps at which every batch is whole
+    everyone = phase.valid.any(2).all(0).tolist()  # steps at which every device steps
+    kernels = {masked: _objective(model, fixed, start, mu, masked) for masked in (False, True)}
+    steps = {m: vmap(grad(f, has_aux=True)) for m, f in kernels.items()}
+    losses_only = {m: vmap(lambda *a, f=f: f(*a)[1]) for m, f in kernels.items()}
+    totals = torch.zeros(len(offsets), dtype=torch.float64)
+    for s in range(phase.rows.shape[1]):
+        batch, valid = rows[:, s], phase.valid[:, s]
+        args = (moving, held, xs[batch], ys[batch], valid)
+        if not moving:  # nothing steps (all of it frozen): the loss alone, as the learner has it
+            losses = losses_only[not full[s]](*args)
+        else:
+            grads, losses = steps[not full[s]](*args)
+            for k, g in grads.items():  # in place: no fresh chunk-sized allocation per step
+                if not everyone[s]:  # a device without a batch at this step stays where it is
+                    g = torch.where(valid.any(1).view(-1, *[1] * (g.dim() - 1)), g, 0.0)
+                moving[k].add_(g, alpha=-lr)
+        totals += losses.double() * counts[:, s]
+    return totals
 
 
 def _train_chunk(
     model: nn.Module,
-    start: dict[str, torch.Tensor],
-    learner: LocalSgd,
-    xs: torch.Tensor,
-    ys: torch.Tensor,
-    orders: torch.Tensor,
+    start: Params,
     trainable: frozenset[str],
-) -> tuple[dict[str, torch.Tensor], list[float]]:
-    """``trainable``: the parameters that step; the others (frozen) are constants, shared by all
-    devices of the chunk and returned unchanged."""
-    devices, n = ys.shape
-    names = [k for k in start if k in trainable]
+    data: Sequence[Batch],
+    seeds: list[int],
+    schedule: Schedule,
+    lr: float,
+    mu: float,
+) -> tuple[Params, list[float]]:
+    """A chunk's trained parameters (stacked ``[devices, ...]``; frozen ones as received) and
+    mean losses."""
+    devices = len(data)
+    sizes = [len(y) for _, y in data]
+    xs = torch.from_numpy(np.concatenate([x for x, _ in data]))
+    ys = torch.from_numpy(np.concatenate([y for _, y in data]))
+    offsets = torch.tensor([0, *np.cumsum(sizes)[:-1].tolist()], dtype=torch.long)
     fixed = {k: v for k, v in start.items() if k not in trainable}
-
-    def objective(
-        params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        loss = task_loss(functional_call(model, {**fixed, **params}, (x,)), y)
-        if learner.mu <= 0:
-            return loss, loss.detach()
-        drift = sum(((params[k] - start[k]) ** 2).sum() for k in names)
-        return loss + 0.5 * learner.mu * drift, loss.detach()
-
-    step = vmap(grad(objective, has_aux=True))
-    params = {k: start[k].unsqueeze(0).repeat(devices, *([1] * start[k].dim())) for k in names}
-    rows = torch.arange(devices).unsqueeze(1)
-    totals = [0.0] * devices
-    seen = 0
-    for epoch in range(learner.epochs):
-        for first in range(0, n, learner.batch_size):
-            batch = orders[:, epoch, first : first + learner.batch_size]
-            grads, losses = step(params, xs[rows, batch], ys[rows, batch])
-            for k in names:  # in place: no fresh chunk-sized allocation per step
-                params[k].add_(grads[k], alpha=-learner.lr)
-            width = batch.shape[1]
-            totals = [t + loss * width for t, loss in zip(totals, losses.tolist(), strict=True)]
-            seen += width
+    params = {k: v.unsqueeze(0).repeat(devices, *[1] * v.dim()) for k, v in start.items()}
+    params = {k: v for k, v in params.items() if k in trainable}
+    totals = torch.zeros(devices, dtype=torch.float64)
+    seen = torch.zeros(devices, dtype=torch.float64)
+    phases = schedule(model, trainable, sizes, seeds) if len(ys) else []
+    for phase in phases:
+        summed = _run_phase(model, fixed, start, params, phase, (xs, ys, offsets), lr, mu)
+        if phase.counted:
+            totals += summed
+            seen += phase.valid.sum((1, 2)).double()
     for k, v in fixed.items():  # frozen: every device returns the tensor it received
         params[k] = v.unsqueeze(0).expand(devices, *v.shape)
-    return params, [t / max(seen, 1) for t in totals]
+    return params, (totals / seen.clamp(min=1.0)).tolist()
+
+
+def _train_many(
+    model: nn.Module,
+    global_arrays: Arrays,
+    data: Sequence[Batch],
+    seeds: Sequence[int],
+    schedule: Schedule,
+    lr: float,
+    mu: float = 0.0,
+) -> list[tuple[Arrays, float]]:
+    """``(arrays, mean loss)`` per device, in the order of ``data``, by chunks of devices of
+    similar sample counts (little padding)."""
+    names = [name for name, _ in model.named_parameters()]
+    trainable = frozenset(name for name, p in model.named_parameters() if p.requires_grad)
+    start = {k: torch.from_numpy(np.asarray(a)) for k, a in zip(names, global_arrays, strict=True)}
+    by_size = sorted(range(len(data)), key=lambda i: len(data[i][1]))
+    results: list[tuple[Arrays, float] | None] = [None] * len(data)
+    model.train()
+    with torch.no_grad():  # torch.func computes the gradients; no autograd graph is kept
+        for c in range(0, len(data), CHUNK):
+            chunk = by_size[c : c + CHUNK]
+            params, losses = _train_chunk(
+                model,
+                start,
+                trainable,
+                [data[i] for i in chunk],
+                [seeds[i] for i in chunk],
+                schedule,
+                lr,
+                mu,
+            )
+            stacked = [params[k].numpy() for k in names]
+            for j, i in enumerate(chunk):
+                results[i] = ([s[j].copy() for s in stacked], losses[j])
+    assert all(r is not None for r in results)
+    return results  # type: ignore[return-value]
+
+
+def _no_buffers(model: nn.Module) -> bool:
+    """Buffers (BatchNorm's running statistics) would need per-device copies: not batched."""
+    return not any(True for _ in model.buffers())
 
 
 @dataclass(frozen=True)
 class BatchedSgd:
-    """``LocalSgd.train`` (FedProx's term included) for many devices at once; on models without
-    buffers (BatchNorm's running statistics would need per-device copies)."""
+    """``LocalSgd.train`` (FedProx's term included) for many devices at once: per epoch a
+    ``randperm`` of each device's samples, cut into batches (the last one short)."""
 
     learner: LocalSgd
 
     def supports(self, model: nn.Module) -> bool:
-        return not any(True for _ in model.buffers())
+        return _no_buffers(model)
 
     def train_many(
         self, model: nn.Module, global_arrays: Arrays, data: Sequence[Batch], seeds: Sequence[int]
     ) -> list[tuple[Arrays, float]]:
-        learner = self.learner
-        sizes = {len(y) for _, y in data}
-        if len(sizes) > 1:
-            raise ValueError(
-                f"devices of one vectorised group need equal sample counts, got {sizes}"
-            )
-        names = [name for name, _ in model.named_parameters()]
-        trainable = frozenset(name for name, p in model.named_parameters() if p.requires_grad)
-        start = {
-            k: torch.from_numpy(np.asarray(a)) for k, a in zip(names, global_arrays, strict=True)
-        }
-        results: list[tuple[Arrays, float] | None] = [None] * len(data)
-        model.train()
-        with torch.no_grad():  # torch.func computes the gradients; no autograd graph is kept
-            for c in range(0, len(data), CHUNK):
-                chunk = range(c, min(c + CHUNK, len(data)))
-                xs = torch.from_numpy(np.stack([data[i][0] for i in chunk]))
-                ys = torch.from_numpy(np.stack([data[i][1] for i in chunk]))
-                orders = _orders(len(data[c][1]), [seeds[i] for i in chunk], learner.epochs)
-                params, losses = _train_chunk(model, start, learner, xs, ys, orders, trainable)
-                stacked = [params[k].numpy() for k in names]
-                for j, i in enumerate(chunk):
-                    results[i] = ([s[j].copy() for s in stacked], losses[j])
-        assert all(r is not None for r in results)
-        return results  # type: ignore[return-value]
+        lr, mu = self.learner.lr, self.learner.mu
+        return _train_many(model, global_arrays, data, seeds, self.phases, lr, mu)
+
+    def phases(
+        self, model: nn.Module, trainable: frozenset[str], sizes: list[int], seeds: list[int]
+    ) -> list[Phase]:
+        epochs, width = self.learner.epochs, self.learner.batch_size
+        rows, valid = [], []
+        for n, seed in zip(sizes, seeds, strict=True):
+            generator = torch.Generator().manual_seed(seed)
+            batches = -(-n // width)  # per epoch, the last one short
+            order = torch.zeros(epochs, batches * width, dtype=torch.long)
+            real = torch.zeros(epochs, batches * width, dtype=torch.bool)
+            for e in range(epochs):
+                order[e, :n] = torch.randperm(n, generator=generator)
+                real[e, :n] = True
+            rows.append(order.reshape(-1, width))
+            valid.append(real.reshape(-1, width))
+        return [_phase(rows, valid, stepping=trainable)]
+
+
+@dataclass(frozen=True)
+class BatchedOnlineSteps:
+    """``OnlineSteps.train`` (TinyReptile) for many devices at once: ``steps`` whole batches from
+    each device's ``stream_order``, so every device takes the same number of steps."""
+
+    learner: OnlineSteps
+
+    def supports(self, model: nn.Module) -> bool:
+        return _no_buffers(model)
+
+    def train_many(
+        self, model: nn.Module, global_arrays: Arrays, data: Sequence[Batch], seeds: Sequence[int]
+    ) -> list[tuple[Arrays, float]]:
+        return _train_many(model, global_arrays, data, seeds, self.phases, self.learner.lr)
+
+    def phases(
+        self, model: nn.Module, trainable: frozenset[str], sizes: list[int], seeds: list[int]
+    ) -> list[Phase]:
+        width = self.learner.batch_size
+        length = self.learner.steps * width
+        rows = [
+            stream_order(n, length, seed).reshape(-1, width)
+            for n, seed in zip(sizes, seeds, strict=True)
+        ]
+        return [_phase(rows, None, stepping=trainable)]
+
+
+@dataclass(frozen=True)
+class BatchedReconstruct:
+    """``ReconstructThenUpdate.train`` (TinyMetaFed) for many devices at once: the head steps on
+    the support batches (``support_passes`` times over them), the rest on the query batches;
+    only the query losses count."""
+
+    learner: ReconstructThenUpdate
+
+    def supports(self, model: nn.Module) -> bool:
+        return _no_buffers(model)
+
+    def train_many(
+        self, model: nn.Module, global_arrays: Arrays, data: Sequence[Batch], seeds: Sequence[int]
+    ) -> list[tuple[Arrays, float]]:
+        return _train_many(model, global_arrays, data, seeds, self.phases, self.learner.lr)
+
+    def phases(
+        self, model: nn.Module, trainable: frozenset[str], sizes: list[int], seeds: list[int]
+    ) -> list[Phase]:
+        learner, width = self.learner, self.learner.batch_size
+        support = learner.support_steps * width if learner.local_head else 0
+        head = frozenset(head_parameters(model)) if learner.local_head else frozenset()
+        orders = [
+            stream_order(n, support + learner.steps * width, seed)
+            for n, seed in zip(sizes, seeds, strict=True)
+        ]
+        query = [o[support:].reshape(-1, width) for o in orders]
+        phases = [_phase(query, None, stepping=trainable - head)]
+        if support:
+            passes = [o[:support].repeat(learner.support_passes).reshape(-1, width) for o in orders]
+            phases.insert(0, _phase(passes, None, stepping=trainable & head, counted=False))
+        return phases
 
 
 # the built-in learners' batched kernels, by the learner's exact type (``vectorizable``)
-KERNELS: dict[type, Callable[[Any], BatchTrainer]] = {LocalSgd: BatchedSgd}
+KERNELS: dict[type, Callable[[Any], BatchTrainer]] = {
+    LocalSgd: BatchedSgd,
+    OnlineSteps: BatchedOnlineSteps,
+    ReconstructThenUpdate: BatchedReconstruct,
+}

@@ -21,6 +21,7 @@ from clients.update import device_update, sent_tensors
 from clients.vectorized import can_vectorize, train_vectorized
 from devices.fleet import Fleet
 from fedsim.core.algorithms import DeviceUpdate, Learner, ModelAggregator, NonFiniteUpdateError
+from fedsim.core.algorithms.base import Algorithm
 from fedsim.core.algorithms.prototype_sums import ClassSums
 from fedsim.core.cohort import CohortOrder, CohortReply, DeviceOutcome
 from fedsim.core.data import load_task_data
@@ -32,7 +33,7 @@ from fedsim.core.seeds import derive_seed
 from fedsim.core.state import STATE_FILE, DeviceState, DeviceStateStore
 from fedsim.core.task_model import task_model
 
-MIN_GROUP = 8  # smaller groups of equal-sized devices train faster one by one
+MIN_GROUP = 8  # fewer devices than this train faster one by one
 WINDOW = 256  # devices in flight per worker: their data and updates, ~0.4 MB each for mlp-100
 
 __all__ = [
@@ -230,35 +231,52 @@ def _vectorized(
             data[device_id] = fleet.round_data(device_id, order.round)
         except Exception as exc:
             done[device_id] = _failure(device_id, exc)
-    by_size: dict[int, list[int]] = {}
-    for d in data:  # equal local sizes → identical batch schedules → one vectorised group
-        if d not in order.head_only:  # head-only training runs one by one
-            by_size.setdefault(len(data[d][1]), []).append(d)
-    alone = [d for group in by_size.values() if len(group) < MIN_GROUP for d in group]
-    alone += [d for d in data if d in order.head_only]
-    done |= _sequential(scenario, fleet, order, sorted(alone), global_arrays, states)
-    for group in by_size.values():
-        if len(group) < MIN_GROUP:
-            continue
-        seeds = [_train_seed(scenario, order.round, d, order.step) for d in group]
-        model = _model(scenario)
-        try:
-            trained = train_vectorized(
-                model, global_arrays, _learner(scenario), [data[d] for d in group], seeds
-            )
-        except Exception:  # find the failing device(s) one at a time
-            done |= _sequential(scenario, fleet, order, group, global_arrays, states)
-            continue
-        sent = sent_tensors(scenario, model, head_only=False)  # head-only devices ran one by one
-        for device_id, (arrays, loss) in zip(group, trained, strict=True):
-            n = len(data[device_id][1])
-            try:
-                done[device_id] = device_update(
-                    scenario, model, arrays, global_arrays, sent, n, loss
-                )
-            except Exception as exc:  # this device fails; its cohort goes on
-                done[device_id] = _failure(device_id, exc)
+    # head-only training and attached devices (their own learner) run one by one; the rest is
+    # one vectorised group (unequal sample counts are masked), unless too small to pay
+    group = [d for d in data if d not in order.head_only and fleet[d].attached is None]
+    if len(group) < MIN_GROUP:
+        group = []
+    alone = sorted(set(data) - set(group))
+    done |= _sequential(scenario, fleet, order, alone, global_arrays, states)
+    if group:
+        done |= _batched(scenario, fleet, order, {d: data[d] for d in group}, global_arrays, states)
     return done
+
+
+def _batched(
+    scenario: Scenario,
+    fleet: Fleet,
+    order: CohortOrder,
+    data: dict[int, tuple[Any, Any]],
+    global_arrays: Arrays,
+    states: dict[int, DeviceState],
+) -> dict[int, DeviceUpdate | DeviceOutcome]:
+    """The devices of ``data`` trained at once; should the batched step fail, one by one (which
+    pins the failure on the device that causes it)."""
+    group = list(data)
+    seeds = [_train_seed(scenario, order.round, d, order.step) for d in group]
+    model = _model(scenario)
+    try:
+        trained = train_vectorized(
+            model, global_arrays, _learner(scenario), list(data.values()), seeds
+        )
+    except Exception:
+        return _sequential(scenario, fleet, order, group, global_arrays, states)
+    sent = sent_tensors(scenario, model, head_only=False)  # head-only devices ran one by one
+    done: dict[int, DeviceUpdate | DeviceOutcome] = {}
+    for device_id, (arrays, loss) in zip(group, trained, strict=True):
+        n = len(data[device_id][1])
+        try:
+            done[device_id] = device_update(scenario, model, arrays, global_arrays, sent, n, loss)
+        except Exception as exc:  # this device fails; its cohort goes on
+            done[device_id] = _failure(device_id, exc)
+    return done
+
+
+def _reports(scenario: Scenario) -> bool:
+    """Whether the algorithm's devices send something else than their model
+    (``Algorithm.device_round``): only ``train_device`` knows to ask."""
+    return type(scenario.algorithm).device_round is not Algorithm.device_round
 
 
 def run_cohort(
@@ -278,7 +296,11 @@ def run_cohort(
     """
     torch.set_num_threads(1)
     learner = _learner(scenario)
-    vectorize = scenario.execution.vectorize and can_vectorize(_model(scenario), learner)
+    vectorize = (
+        scenario.execution.vectorize
+        and not _reports(scenario)
+        and can_vectorize(_model(scenario), learner)
+    )
     work: Work = _vectorized if vectorize else _sequential
     store = state_store(out) if learner.stateful else None
     per_window = max(1, WINDOW // order.block_size) * order.block_size

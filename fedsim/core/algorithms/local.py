@@ -121,6 +121,11 @@ class OnlineSteps:
     batch_size: int
     stateful: ClassVar[bool] = False
 
+    def vectorized(self) -> OnlineSteps | None:
+        """Itself if ``clients.vectorized`` may train many devices of it at once; None for a
+        subclass, which may train differently."""
+        return self if type(self) is OnlineSteps else None
+
     def train(
         self,
         model: nn.Module,

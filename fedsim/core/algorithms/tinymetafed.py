@@ -127,6 +127,11 @@ class ReconstructThenUpdate:
     support_passes: int = 1
     stateful: ClassVar[bool] = False
 
+    def vectorized(self) -> ReconstructThenUpdate | None:
+        """Itself if ``clients.vectorized`` may train many devices of it at once; None for a
+        subclass, which may train differently."""
+        return self if type(self) is ReconstructThenUpdate else None
+
     def train(
         self,
         model: nn.Module,

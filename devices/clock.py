@@ -17,6 +17,7 @@ deadline if one was set and anyone missed it) and each device's energy.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -26,7 +27,7 @@ from torch import nn
 
 from devices.availability import Availability
 from devices.cost import Activity, CostModel, Scope, cost_model
-from devices.fleet import Fleet
+from devices.fleet import Device, Devices, Fleet
 from devices.footprint import Footprint, footprint, head_parameters
 from fedsim.core.payload import payload_bytes, sent_mask
 from fedsim.core.scenario import Scenario
@@ -227,20 +228,31 @@ class FleetCosts:
             plans.append(plan)
         return plans
 
+    def alike(self) -> Iterator[tuple[Device, int]]:
+        """The fleet's devices, each with how many differ from it only in their id (a template
+        group of a million is one entry; ``Devices.alike``)."""
+        devices = self.fleet.devices
+        if isinstance(devices, Devices) and self.fleet.missions is None:  # missions: per round
+            return devices.alike()
+        return ((device, 1) for device in devices)
+
     def describe(self) -> list[str]:
-        """One line per device group and profile: what it trains and what a round costs it."""
-        kinds: dict[tuple[int, str, Scope], list[int]] = {}
-        for device in self.fleet.devices:
+        """One line per device group and profile: what it trains and what a round costs it
+        (a range where its devices differ, e.g. in their sample counts)."""
+        kinds: dict[tuple[int, str, Scope], list[tuple[int, int]]] = {}
+        for device, count in self.alike():
             key = (device.group, device.profile.name, self.scope(device.device_id))
-            kinds.setdefault(key, []).append(device.device_id)
+            kinds.setdefault(key, []).append((device.device_id, count))
         lines = []
         deadline = self.scenario.deadline_s
-        for (_, name, _), ids in kinds.items():
-            device = self.fleet[ids[0]]
-            plan, sram = self.nominal(ids[0]), device.sram_bytes or device.profile.sram_bytes
+        for (_, name, _), members in kinds.items():
+            device = self.fleet[members[0][0]]
+            plans = [(self.nominal(d), n) for d, n in members]
+            total = sum(n for _, n in members)
+            plan, sram = plans[0][0], device.sram_bytes or device.profile.sram_bytes
             need = f"all layers need {_kb(self.full.train_bytes)} of SRAM, it has {_kb(sram)}"
             if plan.fate == "memory-skip":
-                lines.append(f"{name} x{len(ids)}: sits rounds out ({need})")
+                lines.append(f"{name} x{total}: sits rounds out ({need})")
                 continue
             if self.scenario.algorithm.head_only:
                 why = f"{self.scenario.algorithm.kind}: the rest is a frozen extractor in flash"
@@ -254,11 +266,19 @@ class FleetCosts:
                     f"its {self.scenario.algorithm.kind} part (the pre-trained backbone is frozen)"
                 )
             link = device.link.kind if device.link else "-"
-            late = deadline is not None and plan.busy_s > deadline
+            late = sum(n for p, n in plans if deadline is not None and p.busy_s > deadline)
+            cut = ", past the deadline: cut" if late == total else ""
+            if 0 < late < total:
+                cut = f", {late} of them past the deadline: cut"
+            fastest = min(plans, key=lambda pn: pn[0].busy_s)[0]
+            slowest = max(plans, key=lambda pn: pn[0].busy_s)[0]
+            takes = f"~{plan.busy_s:.3g} s"
+            if f"{fastest.busy_s:.3g}" != f"{slowest.busy_s:.3g}":
+                takes = f"~{fastest.busy_s:.3g}-{slowest.busy_s:.3g} s"
             lines.append(
-                f"{name} x{len(ids)}: trains {what}; a round takes ~{plan.busy_s:.3g} s "
+                f"{name} x{total}: trains {what}; a round takes {takes} "
                 f"({plan.down_s:.3g} down over {link}, {plan.compute_s:.3g} compute, "
-                f"{plan.up_s:.3g} up){', past the deadline: cut' if late else ''}"
+                f"{plan.up_s:.3g} up){cut}"
             )
         return lines
 

@@ -137,6 +137,16 @@ class Devices(Sequence[Device]):
 
     __hash__ = None  # type: ignore[assignment]
 
+    def alike(self) -> Iterator[tuple[Device, int]]:
+        """Each device with the number of devices that differ from it only in their id (itself
+        included): a template group is one entry, a listed device its own."""
+        for group, block in enumerate(self._blocks):
+            if isinstance(block, list):
+                yield from ((device, 1) for device in block)
+            else:
+                start, end = self._starts[group], self._starts[group + 1]
+                yield replace(block, device_id=start), end - start
+
     def by_profile(self) -> dict[str, int]:
         """Devices per profile name, in order of first appearance (templates not expanded)."""
         counts: dict[str, int] = {}

@@ -8,9 +8,11 @@ import tracemalloc
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from devices.availability import MarkovOnOff
 from devices.fleet import Device, Devices, resolve_fleet
+from fedsim.core.models import build_model
 from fedsim.core.scenario_load import load_scenario
 from tests.conftest import tiny_scenario
 
@@ -78,3 +80,36 @@ def test_markov_state_grows_to_the_devices_asked() -> None:
         asked = np.array(ids, dtype=np.int64)
         for a, b in zip(whole.spell(asked, t), grown.spell(asked, t), strict=True):
             assert np.array_equal(a, b)
+
+
+def test_validating_a_large_template_fleet_costs_one_plan_per_group(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``fedsim validate`` describes and warns about 300,000 devices without planning each."""
+    from devices.clock import FleetCosts
+    from fedsim.cli.run import fleet_warnings
+
+    groups = [
+        {"profile": "rpi-zero2w", "count": 200_000},
+        {"profile": "nano33-ble-sense", "count": 100_000},  # cannot train mlp-100: skips
+    ]
+    scenario = load_scenario(_write(tmp_path / "s.yaml", groups))
+    fleet = resolve_fleet(scenario)
+    model = build_model("mlp-100", fleet.data.num_features, fleet.data.num_outputs, 0)
+    costs = FleetCosts(scenario, fleet, model)
+    planned = []
+    nominal = FleetCosts.nominal
+    monkeypatch.setattr(
+        FleetCosts, "nominal", lambda self, d, r=1: planned.append(d) or nominal(self, d, r)
+    )
+
+    lines, warnings = costs.describe(), fleet_warnings(costs, "s.yaml")
+
+    assert len(planned) <= 4
+    assert lines[0].startswith("rpi-zero2w x200000: trains all layers")
+    assert lines[1].startswith("nano33-ble-sense x100000: sits rounds out")
+    assert warnings == [
+        "s.yaml: fleet.groups[1] (nano33-ble-sense): 100000 of 300000 devices will never train: "
+        "their memory cannot hold the model's training footprint (683 KB); use a smaller model, "
+        "more memory, or fleet.memory_policy: head-only"
+    ]

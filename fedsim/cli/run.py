@@ -16,7 +16,7 @@ from fedsim.core.out_path import check_out
 from fedsim.core.scenario import Scenario, choose_engine
 
 if TYPE_CHECKING:
-    from devices.clock import FleetCosts
+    from devices.clock import DevicePlan, FleetCosts
 
 __all__ = [
     "ScenarioArg",
@@ -97,14 +97,14 @@ def fleet_warnings(costs: FleetCosts, where: str) -> list[str]:
     footprint) or whose every round is cut (a round takes them past the deadline): a run
     completes all the same, so ``validate`` says so loudly."""
     fleet, deadline = costs.fleet, costs.scenario.deadline_s
-    kinds: dict[tuple[int, str], list[int]] = {}
-    for device in fleet.devices:
-        kinds.setdefault((device.group, device.profile.name), []).append(device.device_id)
+    kinds: dict[tuple[int, str], list[tuple[DevicePlan, int]]] = {}
+    for device, count in costs.alike():  # a template group of a million is one plan
+        plan = costs.nominal(device.device_id)
+        kinds.setdefault((device.group, device.profile.name), []).append((plan, count))
     warnings = []
-    for (group, name), ids in kinds.items():
-        plans = [costs.nominal(d) for d in ids]
+    for (group, name), counted in kinds.items():
         at = f"{where}: fleet.groups[{group}] ({name})"
-        never = sum(p.fate == "memory-skip" for p in plans)
+        never = sum(count for plan, count in counted if plan.fate == "memory-skip")
         if never:
             need = costs.full.train_bytes
             warnings.append(
@@ -112,11 +112,12 @@ def fleet_warnings(costs: FleetCosts, where: str) -> list[str]:
                 f"hold the model's training footprint ({need / 1024:.0f} KB); use a smaller "
                 "model, more memory, or fleet.memory_policy: head-only"
             )
-        late = [p for p in plans if deadline is not None and p.busy_s > deadline]
+        late = [(p, n) for p, n in counted if deadline is not None and p.busy_s > deadline]
         if late and deadline is not None:
-            slowest = max(p.busy_s for p in late)
+            slowest = max(p.busy_s for p, _ in late)
+            cut = sum(n for _, n in late)
             warnings.append(
-                f"{at}: {len(late)} of {len(fleet)} devices are always cut: a round takes them "
+                f"{at}: {cut} of {len(fleet)} devices are always cut: a round takes them "
                 f"~{slowest:.3g} s, past the deadline ({deadline:g} s), so no update of theirs "
                 "ever counts; raise deadline_s, or drop the group"
             )

@@ -147,47 +147,70 @@ class MarkovOnOff:
 
 class Trace:
     """Online intervals per device, e.g. recorded from a real fleet; a device is offline outside
-    its intervals (and always, if the trace does not mention it)."""
+    its intervals (and always, if the trace does not mention it).
+
+    Held flat: device ``ids[k]``'s merged spans are ``starts[offsets[k]:offsets[k + 1]]`` (and
+    ``ends``), so a question about some devices costs a binary search per device asked, done for
+    all of them at once, and nothing for the devices not asked."""
 
     def __init__(self, intervals: Mapping[int, Sequence[tuple[float, float]]]) -> None:
-        self._starts: dict[int, NDArray[np.float64]] = {}
-        self._ends: dict[int, NDArray[np.float64]] = {}
-        for device, spans in intervals.items():
+        self._ids = np.array(sorted(intervals), dtype=np.int64)
+        starts: list[float] = []
+        ends: list[float] = []
+        offsets = [0]
+        for device in self._ids.tolist():
             merged: list[list[float]] = []
-            for start, end in sorted(spans):  # overlapping or touching spans join
+            for start, end in sorted(intervals[device]):  # overlapping or touching spans join
                 if merged and start <= merged[-1][1]:
                     merged[-1][1] = max(merged[-1][1], end)
                 else:
                     merged.append([start, end])
-            self._starts[device] = np.array([s for s, _ in merged])
-            self._ends[device] = np.array([e for _, e in merged])
+            starts += [s for s, _ in merged]
+            ends += [e for _, e in merged]
+            offsets.append(len(starts))
+        self._starts = np.array(starts, dtype=np.float64)
+        self._ends = np.array(ends, dtype=np.float64)
+        self._offsets = np.array(offsets, dtype=np.int64)
 
     def devices(self) -> set[int]:
-        return set(self._starts)
+        return set(self._ids.tolist())
+
+    def _search(self, device_ids: Ids, t: float) -> tuple[Ids, Ids, Ids]:
+        """Per device asked: its first span (``lo``), the end of its spans (``hi``; lo = hi for a
+        device the trace does not mention), and the first of its spans starting after ``t``."""
+        ids = np.asarray(device_ids, dtype=np.int64)
+        k = np.searchsorted(self._ids, ids)
+        known = k < len(self._ids)
+        known[known] = self._ids[k[known]] == ids[known]
+        k = np.where(known, k, 0)
+        lo = np.where(known, self._offsets[k], 0)
+        hi = np.where(known, self._offsets[np.minimum(k + 1, len(self._offsets) - 1)], 0)
+        a, b = lo.copy(), hi.copy()  # bisect each device's starts at once (side="right")
+        last = max(len(self._starts) - 1, 0)
+        while (active := a < b).any():
+            mid = (a + b) // 2
+            early = self._starts[np.minimum(mid, last)] <= t
+            a = np.where(active & early, mid + 1, a)
+            b = np.where(active & ~early, mid, b)
+        return lo, hi, a
 
     def online(self, device_ids: Ids, t: float) -> tuple[NDArray[np.bool_], NDArray[np.float64]]:
-        on = np.zeros(len(device_ids), dtype=bool)
-        until = np.full(len(device_ids), math.nan)
-        for i, d in enumerate(np.asarray(device_ids).tolist()):
-            starts = self._starts.get(d)
-            if starts is None:
-                continue
-            j = int(np.searchsorted(starts, t, side="right")) - 1
-            if j >= 0 and t < self._ends[d][j]:
-                on[i], until[i] = True, self._ends[d][j]
-        return on, until
+        lo, _, after = self._search(device_ids, t)
+        j = after - 1
+        has = j >= lo
+        end = self._ends[np.where(has, j, 0)] if len(self._ends) else np.zeros(len(j))
+        on = has & (t < end)
+        return on, np.where(on, end, math.nan)
 
     def next_online(self, device_ids: Ids, t: float) -> NDArray[np.float64]:
-        on, _ = self.online(device_ids, t)
-        out = np.full(len(device_ids), math.inf)
-        for i, d in enumerate(np.asarray(device_ids).tolist()):
-            if on[i]:
-                out[i] = t
-            elif (starts := self._starts.get(d)) is not None:
-                j = int(np.searchsorted(starts, t, side="right"))
-                if j < len(starts):
-                    out[i] = starts[j]
-        return out
+        lo, hi, after = self._search(device_ids, t)
+        j = after - 1
+        has = j >= lo
+        end = self._ends[np.where(has, j, 0)] if len(self._ends) else np.zeros(len(j))
+        on = has & (t < end)
+        later = after < hi
+        start = self._starts[np.where(later, after, 0)] if len(self._starts) else np.zeros(len(j))
+        return np.where(on, t, np.where(later, start, math.inf))
 
 
 TRACE_COLUMNS = ("device", "start", "end")

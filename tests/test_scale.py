@@ -113,3 +113,60 @@ def test_validating_a_large_template_fleet_costs_one_plan_per_group(
         "their memory cannot hold the model's training footprint (683 KB); use a smaller model, "
         "more memory, or fleet.memory_policy: head-only"
     ]
+
+
+def _trace_reference(
+    spans: dict[int, list[tuple[float, float]]], ids: list[int], t: float
+) -> tuple[list[bool], list[float], list[float]]:
+    """Online?, until, next online: device by device, the obvious way."""
+    on, until, nxt = [], [], []
+    for d in ids:
+        merged: list[list[float]] = []
+        for s, e in sorted(spans.get(d, [])):
+            if merged and s <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], e)
+            else:
+                merged.append([s, e])
+        now = [e for s, e in merged if s <= t < e]
+        on.append(bool(now))
+        until.append(now[0] if now else float("nan"))
+        later = [s for s, _ in merged if s > t]
+        nxt.append(t if now else (later[0] if later else float("inf")))
+    return on, until, nxt
+
+
+def test_trace_availability_answers_as_the_per_device_loop() -> None:
+    """The flat trace (one vectorised bisection for every device asked) against the obvious
+    per-device answer, on random overlapping spans, unknown devices and span edges."""
+    from devices.availability import Trace
+
+    rng = np.random.default_rng(7)
+    spans = {
+        int(d): [
+            (float(s), float(s + rng.integers(1, 30)))
+            for s in rng.integers(0, 200, rng.integers(0, 9))
+        ]
+        for d in rng.choice(400, 300, replace=False)
+    }
+    trace = Trace(spans)
+    ids = [int(d) for d in rng.integers(0, 500, 600)]  # some never in the trace
+    for t in [
+        -1.0,
+        0.0,
+        5.0,
+        17.5,
+        100.0,
+        150.0,
+        229.0,
+        1e6,
+        *map(float, rng.integers(0, 230, 20)),
+    ]:
+        on, until = trace.online(np.array(ids), t)
+        nxt = trace.next_online(np.array(ids), t)
+        want_on, want_until, want_next = _trace_reference(spans, ids, t)
+        assert on.tolist() == want_on, t
+        np.testing.assert_array_equal(until, want_until)
+        np.testing.assert_array_equal(nxt, want_next)
+    empty = Trace({})
+    assert empty.online(np.array([1, 2]), 3.0)[0].tolist() == [False, False]
+    assert empty.next_online(np.array([1]), 3.0).tolist() == [float("inf")]

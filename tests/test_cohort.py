@@ -139,7 +139,7 @@ def test_vectorised_cohorts_match_per_device_mode_to_float_rounding(
     algorithm: str, write_scenario: Write, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     batched = []
-    train = clients.work.train_vectorized
+    train = train_vectorized
 
     def spy(*args: Any) -> Any:
         batched.append(len(args[3]))

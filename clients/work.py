@@ -231,15 +231,18 @@ def _vectorized(
             data[device_id] = fleet.round_data(device_id, order.round)
         except Exception as exc:
             done[device_id] = _failure(device_id, exc)
-    # head-only training and attached devices (their own learner) run one by one; the rest is
-    # one vectorised group (unequal sample counts are masked), unless too small to pay
-    group = [d for d in data if d not in order.head_only and fleet[d].attached is None]
-    if len(group) < MIN_GROUP:
-        group = []
-    alone = sorted(set(data) - set(group))
+    # attached devices (their own learner) run one by one; the rest trains batched in two groups,
+    # whole models and head-only ones (unequal sample counts are masked), unless too few to pay
+    groups: dict[bool, list[int]] = {False: [], True: []}
+    for d in data:
+        if fleet[d].attached is None:
+            groups[d in order.head_only].append(d)
+    batched = {h: g for h, g in groups.items() if len(g) >= MIN_GROUP}
+    alone = sorted(set(data) - {d for g in batched.values() for d in g})
     done |= _sequential(scenario, fleet, order, alone, global_arrays, states)
-    if group:
-        done |= _batched(scenario, fleet, order, {d: data[d] for d in group}, global_arrays, states)
+    for head_only, group in batched.items():
+        mine = {d: data[d] for d in group}
+        done |= _batched(scenario, fleet, order, mine, global_arrays, states, head_only)
     return done
 
 
@@ -250,19 +253,26 @@ def _batched(
     data: dict[int, tuple[Any, Any]],
     global_arrays: Arrays,
     states: dict[int, DeviceState],
+    head_only: bool,
 ) -> dict[int, DeviceUpdate | DeviceOutcome]:
-    """The devices of ``data`` trained at once; should the batched step fail, one by one (which
-    pins the failure on the device that causes it)."""
+    """The devices of ``data`` trained at once (``head_only``: all but the last layer frozen, as
+    ``train_device`` freezes it); should the batched step fail, one by one (which pins the
+    failure on the device that causes it)."""
     group = list(data)
     seeds = [_train_seed(scenario, order.round, d, order.step) for d in group]
     model = _model(scenario)
+    if head_only:
+        head = head_parameters(model)
+        for name, p in model.named_parameters():
+            if name not in head:
+                p.requires_grad_(False)
     try:
         trained = train_vectorized(
             model, global_arrays, _learner(scenario), list(data.values()), seeds
         )
     except Exception:
         return _sequential(scenario, fleet, order, group, global_arrays, states)
-    sent = sent_tensors(scenario, model, head_only=False)  # head-only devices ran one by one
+    sent = sent_tensors(scenario, model, head_only)
     done: dict[int, DeviceUpdate | DeviceOutcome] = {}
     for device_id, (arrays, loss) in zip(group, trained, strict=True):
         n = len(data[device_id][1])

@@ -199,3 +199,43 @@ def test_vectorised_cohorts_match_per_device_mode_on_unequal_counts(
         np.testing.assert_allclose(b[k], a[k], rtol=0, atol=1e-5)
     for x, y in zip(read_rounds(outs["per-device"]), read_rounds(outs["vectorised"]), strict=True):
         assert x["loss"] == pytest.approx(y["loss"], rel=1e-4)
+
+
+def test_head_only_devices_train_batched_too(
+    write_scenario: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Nano cannot hold the 784-32-10 MLP's training (memory_policy: head-only): its devices
+    train their head as one batched group, with the body frozen as in per-device mode."""
+    trainable: list[int] = []
+
+    def spy(model: nn.Module, *args: Any) -> Any:
+        trainable.append(sum(p.requires_grad for p in model.parameters()))
+        return train_vectorized(model, *args)
+
+    monkeypatch.setattr(clients.work, "train_vectorized", spy)
+
+    def scenario(execution: dict[str, Any]) -> dict[str, Any]:
+        return tiny_scenario(
+            task={"dataset": "blobs-784", "model": "mlp"},
+            fleet={
+                "groups": [
+                    {"profile": "rpi4", "count": 8},
+                    {"profile": "nano33-ble-sense", "count": 8},
+                ],
+                "samples_per_device": 24,
+                "memory_policy": "head-only",
+            },
+            algorithm={**SCENARIOS["fedprox"], "batch_size": 32},
+            rounds=2,
+            execution={"engine": "inline", **execution},
+        )
+
+    pd = run(write_scenario(scenario({"mode": "per-device"}), "pd.yaml"), tmp_path / "pd").out
+    vectorised = scenario({"mode": "cohort", "vectorize": True, "actors": 1})
+    vec = run(write_scenario(vectorised, "vec.yaml"), tmp_path / "vec").out
+
+    assert sorted(set(trainable)) == [2, 4]  # the head's weight and bias; the whole MLP
+    assert sum(r["head_only"] for r in read_rounds(vec)) > 0
+    a, b = read_model(pd), read_model(vec)
+    for k in a:
+        np.testing.assert_allclose(b[k], a[k], rtol=0, atol=1e-5)

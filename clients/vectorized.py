@@ -123,6 +123,17 @@ class Phase:
 Schedule = Callable[[nn.Module, frozenset[str], list[int], list[int]], list[Phase]]
 
 
+@dataclass(frozen=True)
+class Rule:
+    """The objective and step: SGD at ``lr`` on the mean task loss, plus FedProx's
+    ``mu``/2·‖w − w_t‖², then (1 − λ)·that + λ·``model.last_key_loss`` (``key_weight`` λ, the key
+    term FedIns's model computes in its forward, a mean over the batch)."""
+
+    lr: float
+    mu: float = 0.0
+    key_weight: float = 0.0
+
+
 def _padded(parts: Sequence[torch.Tensor], fill: int | bool) -> torch.Tensor:
     """Per-device ``[steps_d, batch]`` tensors as one ``[devices, max steps, batch]``."""
     most = max(len(p) for p in parts)
@@ -149,7 +160,7 @@ def _masked_loss(outputs: torch.Tensor, targets: torch.Tensor, valid: torch.Tens
 
 
 def _objective(
-    model: nn.Module, fixed: Params, start: Params, mu: float, masked: bool
+    model: nn.Module, fixed: Params, start: Params, rule: Rule, masked: bool
 ) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
     """One device's (objective, task loss) from its stepping and held parameters and batch."""
 
@@ -158,10 +169,14 @@ def _objective(
     ) -> tuple[torch.Tensor, torch.Tensor]:
         outputs = functional_call(model, {**fixed, **held, **moving}, (x,))
         loss = _masked_loss(outputs, y, valid) if masked else task_loss(outputs, y)
-        if mu <= 0:
-            return loss, loss.detach()
-        drift = sum(((moving[k] - start[k]) ** 2).sum() for k in moving)
-        return loss + 0.5 * mu * drift, loss.detach()
+        objective = loss
+        if rule.mu > 0:
+            drift = sum(((moving[k] - start[k]) ** 2).sum() for k in moving)
+            objective = loss + 0.5 * rule.mu * drift
+        if rule.key_weight > 0:  # set by the forward just run, for this device's batch
+            key: torch.Tensor = model.last_key_loss  # type: ignore[assignment]
+            objective = (1 - rule.key_weight) * objective + rule.key_weight * key
+        return objective, loss.detach()
 
     return objective
 
@@ -173,8 +188,7 @@ def _run_phase(
     params: Params,
     phase: Phase,
     samples: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-    lr: float,
-    mu: float,
+    rule: Rule,
 ) -> torch.Tensor:
     """Step ``params`` (stacked per device, in place) through ``phase``; each device's summed
     ``loss × batch size`` (float64, as the learners sum it)."""
@@ -185,7 +199,7 @@ def _run_phase(
     counts = phase.valid.sum(2).double()  # [devices, steps]
     full = phase.valid.all(2).all(0).tolist()  # steps at which every batch is whole
     everyone = phase.valid.any(2).all(0).tolist()  # steps at which every device steps
-    kernels = {masked: _objective(model, fixed, start, mu, masked) for masked in (False, True)}
+    kernels = {masked: _objective(model, fixed, start, rule, masked) for masked in (False, True)}
     steps = {m: vmap(grad(f, has_aux=True)) for m, f in kernels.items()}
     losses_only = {m: vmap(lambda *a, f=f: f(*a)[1]) for m, f in kernels.items()}
     totals = torch.zeros(len(offsets), dtype=torch.float64)
@@ -194,14 +208,42 @@ def _run_phase(
         args = (moving, held, xs[batch], ys[batch], valid)
         if not moving:  # nothing steps (all of it frozen): the loss alone, as the learner has it
             losses = losses_only[not full[s]](*args)
+        elif rule.key_weight > 0 and not full[s]:  # a batch-mean key term: cannot be masked
+            losses = _by_width(steps[False], moving, held, (xs, ys), batch, valid, rule.lr)
         else:
             grads, losses = steps[not full[s]](*args)
             for k, g in grads.items():  # in place: no fresh chunk-sized allocation per step
                 if not everyone[s]:  # a device without a batch at this step stays where it is
                     g = torch.where(valid.any(1).view(-1, *[1] * (g.dim() - 1)), g, 0.0)
-                moving[k].add_(g, alpha=-lr)
+                moving[k].add_(g, alpha=-rule.lr)
         totals += losses.double() * counts[:, s]
     return totals
+
+
+def _by_width(
+    step: Callable[..., tuple[Params, torch.Tensor]],
+    moving: Params,
+    held: Params,
+    samples: tuple[torch.Tensor, torch.Tensor],
+    batch: torch.Tensor,
+    valid: torch.Tensor,
+    lr: float,
+) -> torch.Tensor:
+    """One step with short batches (``valid``: a prefix of each row), unpadded: the devices
+    grouped by batch width, one batched step per width; each device's loss."""
+    xs, ys = samples
+    widths = valid.sum(1)
+    losses = torch.zeros(len(widths))
+    for w in sorted(set(widths.tolist()) - {0}):  # a device without a batch sits the step out
+        idx = (widths == w).nonzero().squeeze(1)
+        rows = batch[idx, :w]
+        part = {k: v[idx] for k, v in moving.items()}
+        grads, losses[idx] = step(
+            part, {k: v[idx] for k, v in held.items()}, xs[rows], ys[rows], valid[idx, :w]
+        )
+        for k, g in grads.items():
+            moving[k].index_add_(0, idx, g, alpha=-lr)
+    return losses
 
 
 def _train_chunk(
@@ -211,8 +253,7 @@ def _train_chunk(
     data: Sequence[Batch],
     seeds: list[int],
     schedule: Schedule,
-    lr: float,
-    mu: float,
+    rule: Rule,
 ) -> tuple[Params, list[float]]:
     """A chunk's trained parameters (stacked ``[devices, ...]``; frozen ones as received) and
     mean losses."""
@@ -228,7 +269,7 @@ def _train_chunk(
     seen = torch.zeros(devices, dtype=torch.float64)
     phases = schedule(model, trainable, sizes, seeds) if len(ys) else []
     for phase in phases:
-        summed = _run_phase(model, fixed, start, params, phase, (xs, ys, offsets), lr, mu)
+        summed = _run_phase(model, fixed, start, params, phase, (xs, ys, offsets), rule)
         if phase.counted:
             totals += summed
             seen += phase.valid.sum((1, 2)).double()
@@ -243,8 +284,7 @@ def _train_many(
     data: Sequence[Batch],
     seeds: Sequence[int],
     schedule: Schedule,
-    lr: float,
-    mu: float = 0.0,
+    rule: Rule,
 ) -> list[tuple[Arrays, float]]:
     """``(arrays, mean loss)`` per device, in the order of ``data``, by chunks of devices of
     similar sample counts (little padding)."""
@@ -254,6 +294,7 @@ def _train_many(
     by_size = sorted(range(len(data)), key=lambda i: len(data[i][1]))
     results: list[tuple[Arrays, float] | None] = [None] * len(data)
     model.train()
+    key = getattr(model, "last_key_loss", None)
     with torch.no_grad():  # torch.func computes the gradients; no autograd graph is kept
         for c in range(0, len(data), CHUNK):
             chunk = by_size[c : c + CHUNK]
@@ -264,12 +305,13 @@ def _train_many(
                 [data[i] for i in chunk],
                 [seeds[i] for i in chunk],
                 schedule,
-                lr,
-                mu,
+                rule,
             )
             stacked = [params[k].numpy() for k in names]
             for j, i in enumerate(chunk):
                 results[i] = ([s[j].copy() for s in stacked], losses[j])
+    if key is not None:  # not the value of a batched forward, which outlives its transform
+        model.last_key_loss = key
     assert all(r is not None for r in results)
     return results  # type: ignore[return-value]
 
@@ -287,13 +329,15 @@ class BatchedSgd:
     learner: LocalSgd
 
     def supports(self, model: nn.Module) -> bool:
-        return _no_buffers(model)
+        keyed = self.learner.key_weight == 0 or hasattr(model, "last_key_loss")
+        return keyed and _no_buffers(model)
 
     def train_many(
         self, model: nn.Module, global_arrays: Arrays, data: Sequence[Batch], seeds: Sequence[int]
     ) -> list[tuple[Arrays, float]]:
-        lr, mu = self.learner.lr, self.learner.mu
-        return _train_many(model, global_arrays, data, seeds, self.phases, lr, mu)
+        learner = self.learner
+        rule = Rule(learner.lr, learner.mu, learner.key_weight)
+        return _train_many(model, global_arrays, data, seeds, self.phases, rule)
 
     def phases(
         self, model: nn.Module, trainable: frozenset[str], sizes: list[int], seeds: list[int]
@@ -326,7 +370,8 @@ class BatchedOnlineSteps:
     def train_many(
         self, model: nn.Module, global_arrays: Arrays, data: Sequence[Batch], seeds: Sequence[int]
     ) -> list[tuple[Arrays, float]]:
-        return _train_many(model, global_arrays, data, seeds, self.phases, self.learner.lr)
+        rule = Rule(self.learner.lr)
+        return _train_many(model, global_arrays, data, seeds, self.phases, rule)
 
     def phases(
         self, model: nn.Module, trainable: frozenset[str], sizes: list[int], seeds: list[int]
@@ -354,7 +399,8 @@ class BatchedReconstruct:
     def train_many(
         self, model: nn.Module, global_arrays: Arrays, data: Sequence[Batch], seeds: Sequence[int]
     ) -> list[tuple[Arrays, float]]:
-        return _train_many(model, global_arrays, data, seeds, self.phases, self.learner.lr)
+        rule = Rule(self.learner.lr)
+        return _train_many(model, global_arrays, data, seeds, self.phases, rule)
 
     def phases(
         self, model: nn.Module, trainable: frozenset[str], sizes: list[int], seeds: list[int]

@@ -56,7 +56,7 @@ ALGORITHMS = {
 
 
 # the algorithms whose devices cohort mode trains batched (``clients.vectorized.KERNELS``)
-VECTORISED = {"fedavg", "fedprox", "tinyreptile", "tinymetafed"}
+VECTORISED = {"fedavg", "fedins", "fedprox", "tinyreptile", "tinymetafed"}
 
 # Algorithms with a frozen part that the vectorised path can run (plain SGD, no key loss): the
 # frozen tensors must stay exactly as received in every mode (issue 21: the vectorised path once

@@ -10,12 +10,14 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from torch import nn
 
 import clients.work
-from clients.vectorized import KERNELS, train_vectorized
+from clients.vectorized import KERNELS, can_vectorize, train_vectorized
 from fedsim.core.algorithms import Learner
 from fedsim.core.algorithms.local import LocalSgd, OnlineSteps
+from fedsim.core.algorithms.ssf import FedInsNet, SsfViT
 from fedsim.core.algorithms.tinymetafed import ReconstructThenUpdate
 from fedsim.core.models import build_model, get_arrays, head_parameters
 from fedsim.core.reduce import Arrays
@@ -138,6 +140,38 @@ def test_tinymetafed_moves_the_head_only_on_support_and_the_body_only_on_query()
         for name, got, was in zip(names, arrays, start, strict=True):
             assert not np.array_equal(got, was), name
     assert head  # the mlp has a head to reconstruct
+
+
+def _fedins(seed: int = 5) -> nn.Module:
+    """FedIns's pool (4 entries, top 2 by key) on a small untrained SSF ViT, backbone frozen."""
+    torch.manual_seed(0)
+    return FedInsNet(SsfViT(side=8, patch=4, dim=8, depth=1, heads=2), CLASSES, 4, 2, seed)
+
+
+def test_fedins_key_loss_trains_batched_with_short_batches() -> None:
+    """The key term is the model's own batch mean: a step with short batches runs unpadded, one
+    batched step per width, so the padding never enters it."""
+    learner = LocalSgd(lr=0.05, epochs=2, batch_size=4, key_weight=0.3)
+    rng = np.random.default_rng(3)
+    sizes = (11, 3, 8, 5, 4, 9, 1, 0)
+    data = [
+        (rng.uniform(size=(n, 64)).astype(np.float32), rng.integers(0, CLASSES, n)) for n in sizes
+    ]
+    seeds = [50 + i for i in range(len(sizes))]
+    start = get_arrays(_fedins())
+    assert can_vectorize(_fedins(), learner)
+
+    together = train_vectorized(_fedins(), start, learner, data, seeds)
+
+    names = [name for name, _ in _fedins().named_parameters()]
+    for (x, y), seed, (arrays, loss) in zip(data, seeds, together, strict=True):
+        alone = _fedins()
+        alone_loss = learner.train(alone, x, y, seed, {})
+        for name, got, want, was in zip(names, arrays, get_arrays(alone), start, strict=True):
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-6, err_msg=name)
+            if name.startswith("backbone."):  # frozen
+                assert np.array_equal(got, was)
+        assert loss == pytest.approx(alone_loss, rel=1e-5, abs=1e-12)
 
 
 # end to end: cohort mode, vectorised, against per-device mode, on unequal (Dirichlet) splits

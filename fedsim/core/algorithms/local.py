@@ -40,10 +40,9 @@ class LocalSgd:
     stateful: ClassVar[bool] = False
 
     def vectorized(self) -> LocalSgd | None:
-        """Itself if ``clients.vectorized`` may train many devices of it at once (plain mini-batch
-        SGD, FedProx's term allowed); None for a subclass, which may train differently, or a key
-        loss, which needs the model's own forward."""
-        return self if type(self) is LocalSgd and self.key_weight == 0 else None
+        """Itself if ``clients.vectorized`` may train many devices of it at once (FedProx's term
+        and FedIns's key loss included); None for a subclass, which may train differently."""
+        return self if type(self) is LocalSgd else None
 
     def train(
         self,

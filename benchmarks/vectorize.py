@@ -22,10 +22,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from clients.vectorized import train_vectorized
 from fedsim.core.algorithms import Learner
 from fedsim.core.algorithms.local import LocalSgd, OnlineSteps
+from fedsim.core.algorithms.ssf import FedInsNet, SsfViT
 from fedsim.core.algorithms.tinymetafed import ReconstructThenUpdate
 from fedsim.core.models import build_model, get_arrays, set_arrays
 from fedsim.core.reduce import Arrays
@@ -74,9 +76,24 @@ class Case:
     features: int
     outputs: int
     data: Callable[[int, int], Data]  # (devices, seed) → each device's (x, y)
+    build: Callable[[], nn.Module] | None = None  # default: the registry's ``model``
+    most: int | None = None  # devices at most (a slow model)
+
+    def fresh(self) -> nn.Module:
+        """The model, as every device receives it."""
+        if self.build is not None:
+            return self.build()
+        return build_model(self.model, self.features, self.outputs, 0)
 
 
-CASES = [  # settings from scenarios/quickstart*.yaml and scenarios/meta/*.yaml
+def fedins_pool() -> nn.Module:
+    """FedIns's pool (25 entries, top 3) on an untrained 28×28 SSF ViT of the default size
+    (dim 64, depth 4): its pre-training does not change the cost of a step."""
+    torch.manual_seed(0)
+    return FedInsNet(SsfViT(side=28, patch=7, dim=64, depth=4, heads=4), 10, 25, 3, 0)
+
+
+CASES = [  # settings from scenarios/quickstart*.yaml, scenarios/meta/*.yaml, scenarios/fedins/*
     Case("fedavg", LocalSgd(0.1, 2, 16), "mlp", 64, 10, classes(64, 10, 60, 300)),
     Case("fedprox", LocalSgd(0.1, 2, 16, mu=0.05), "mlp", 64, 10, classes(64, 10, 60, 300)),
     Case("tinyreptile", OnlineSteps(0.05, 5, 10), "mlp", 784, 5, classes(784, 5, 25, 50)),
@@ -89,11 +106,21 @@ CASES = [  # settings from scenarios/quickstart*.yaml and scenarios/meta/*.yaml
         1,
         sine(50, 70),
     ),
+    Case(
+        "fedins",
+        LocalSgd(0.05, 1, 32, key_weight=0.1),
+        "ssf-vit",
+        784,
+        10,
+        classes(784, 10, 40, 120),
+        fedins_pool,
+        most=32,
+    ),
 ]
 
 
 def sequential(case: Case, start: Arrays, data: Data, seeds: list[int]) -> list[Arrays]:
-    model = build_model(case.model, case.features, case.outputs, 0)
+    model = case.fresh()
     trained = []
     for (x, y), seed in zip(data, seeds, strict=True):
         set_arrays(model, start)
@@ -103,14 +130,15 @@ def sequential(case: Case, start: Arrays, data: Data, seeds: list[int]) -> list[
 
 
 def vectorised(case: Case, start: Arrays, data: Data, seeds: list[int]) -> list[Arrays]:
-    model = build_model(case.model, case.features, case.outputs, 0)
+    model = case.fresh()
     return [arrays for arrays, _ in train_vectorized(model, start, case.learner, data, seeds)]
 
 
 def measure(case: Case, devices: int, repeats: int) -> dict[str, Any]:
+    devices = min(devices, case.most or devices)
     data = case.data(devices, 0)
     seeds = list(range(1, devices + 1))
-    start = get_arrays(build_model(case.model, case.features, case.outputs, 0))
+    start = get_arrays(case.fresh())
     timed = {}
     results = {}
     for label, train in (("sequential", sequential), ("vectorised", vectorised)):

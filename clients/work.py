@@ -33,7 +33,7 @@ from fedsim.core.seeds import derive_seed
 from fedsim.core.state import STATE_FILE, DeviceState, DeviceStateStore
 from fedsim.core.task_model import task_model
 
-MIN_GROUP = 8  # fewer devices than this train faster one by one
+MIN_GROUP = 8  # fewer train faster one by one (benchmarks.vectorize --devices 8: break-even)
 WINDOW = 256  # devices in flight per worker: their data and updates, ~0.4 MB each for mlp-100
 
 __all__ = [

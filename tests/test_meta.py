@@ -428,13 +428,22 @@ def test_tinymetafed_modes_agree_with_float16_sparse_uploads_and_head_only_devic
         base["algorithm"] = {**base["algorithm"], "local": "none", "top_p": 0.2}
         return base
 
+    sequential = {"mode": "cohort", "actors": 2, "vectorize": False}
     a = run(write_scenario(scenario({"mode": "per-device"}), "a.yaml"), tmp_path / "a").out
-    b = run(write_scenario(scenario({"mode": "cohort", "actors": 2}), "b.yaml"), tmp_path / "b").out
+    b = run(write_scenario(scenario(sequential), "b.yaml"), tmp_path / "b").out
     assert read_rounds(a) == read_rounds(b)
     ma, mb = read_model(a), read_model(b)
     assert all(np.array_equal(ma[k], mb[k]) for k in ma)
     assert (a / "devices.csv").read_text() == (b / "devices.csv").read_text()
     assert any(r["head_only"] for r in read_rounds(a))  # the pico devices trained the head only
+    # batched (both phases, head-only devices too): the same to float32 rounding
+    c = run(write_scenario(scenario({"mode": "cohort", "actors": 2}), "c.yaml"), tmp_path / "c").out
+    mc = read_model(c)
+    for k in ma:
+        np.testing.assert_allclose(mc[k], ma[k], rtol=0, atol=1e-5)
+    rounds_a, rounds_c = read_rounds(a), read_rounds(c)
+    assert [r["participants"] for r in rounds_a] == [r["participants"] for r in rounds_c]
+    assert [r["loss"] for r in rounds_c] == pytest.approx([r["loss"] for r in rounds_a], rel=1e-5)
 
 
 @pytest.mark.parametrize(

@@ -196,11 +196,6 @@ def _blobs(execution: dict[str, Any]) -> dict[str, Any]:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="clients/work.py trains head-only devices one by one, and every TinyOL device is "
-    "head-only: the kernel never runs there yet (issue 27; drop this mark once it does)",
-)
 def test_vectorised_tinyol_matches_per_device_mode(
     write_scenario: Write, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

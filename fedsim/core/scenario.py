@@ -171,7 +171,8 @@ class ExecutionSpec(_Spec):
     ``mode``: ``cohort`` runs a share of each round's devices per Flower node (one node per Ray
     actor) and replies with partial aggregates; ``per-device`` runs one Flower node per device
     (the faithful mode, and the one for real devices). ``engine: auto`` picks ``inline`` for runs
-    too small to pay back Ray's start-up (~10 s here) and ``ray`` otherwise (``fedsim.runner``).
+    too small to pay back Ray's fixed cost (~16 s on 2 cores) and ``ray`` from 45,000
+    device-rounds on, the measured break-even (``fedsim.runner``).
     ``vectorize`` (cohort mode) trains devices
     that share a model together with ``torch.func``; off, they train one by one, bit-identical to
     per-device mode.
@@ -483,9 +484,12 @@ class Scenario(_Spec):
 
 
 # `engine: auto` uses Ray from this many device-rounds on (cohort_size × rounds), with ≥ 2 cores:
-# below it, Ray's fixed ~10 s start-up and shutdown cost more than a second core saves
-# (benchmarks/cohort.py: 1000 × 2 takes 7 s inline and 17 s on Ray with 2 actors).
-AUTO_RAY_MIN_DEVICE_ROUNDS = 20_000
+# below it, Ray's fixed cost (start-up, actors, stop) is more than its second core saves. Measured
+# with `python -m benchmarks.ray_startup` (2 shared cores, lean local Ray, 2 actors, 2026-12-07):
+# inline 8.5 / 18.8 / 30.8 / 72.5 s and Ray 20.3 / 33.4 / 42.0 / 69.0 s at 2k / 10k / 20k / 50k
+# device-rounds; fitted, inline 5.2 s + 1.34 ms and Ray 21.2 s + 0.97 ms a device-round, which
+# cross at ~44,000.
+AUTO_RAY_MIN_DEVICE_ROUNDS = 45_000
 
 
 def choose_engine(

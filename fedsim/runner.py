@@ -124,7 +124,7 @@ LEAN_RAY_NODE: dict[str, Any] = {
     "include_log_monitor": False,  # no log monitor: actor output is not sent here anyway (~80 MB)
 }
 # Not in Ray's power to turn off (2.55): the GCS, the raylet, the dashboard's API server, the
-# dashboard agent and the runtime-env agent (the raylet starts and fate-shares with both agents).
+# dashboard agent and the runtime-env agent (the raylet starts both agents itself).
 
 
 def lean_ray_params(cpus: int) -> dict[str, Any]:

@@ -26,7 +26,8 @@ from torch import nn
 
 from clients.vectorized import train_vectorized
 from fedsim.core.algorithms import Learner
-from fedsim.core.algorithms.local import LocalSgd, OnlineSteps
+from fedsim.core.algorithms.feature_norm import with_feature_norm
+from fedsim.core.algorithms.local import LocalSgd, OnlineHeadLearner, OnlineSteps
 from fedsim.core.algorithms.ssf import FedInsNet, SsfViT
 from fedsim.core.algorithms.tinymetafed import ReconstructThenUpdate
 from fedsim.core.models import build_model, get_arrays, set_arrays
@@ -105,6 +106,16 @@ CASES = [  # settings from scenarios/quickstart*.yaml, scenarios/meta/*.yaml, sc
         1,
         1,
         sine(50, 70),
+    ),
+    Case("tinyol", OnlineHeadLearner(0.05, 1), "mlp-100", 561, 6, classes(561, 6, 10, 20)),
+    Case(
+        "tinyol-normalized",
+        OnlineHeadLearner(0.05, 3),
+        "mlp-100",
+        561,
+        6,
+        classes(561, 6, 10, 20),
+        lambda: with_feature_norm(build_model("mlp-100", 561, 6, 0)),
     ),
     Case(
         "fedins",

@@ -188,7 +188,7 @@ class DeviceRegistry:
     @classmethod
     def from_files(cls, paths: list[Path]) -> DeviceRegistry:
         """Read UTF-8 Turtle files; an unreadable one or a syntax error is a located error."""
-        from ontology.validate import load_turtle  # validate imports pyshacl: load it on use
+        from ontology.validate import load_turtle
 
         return cls(load_turtle(paths), ", ".join(str(p) for p in paths))
 

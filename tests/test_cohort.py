@@ -465,7 +465,7 @@ def test_worker_shares_are_whole_contiguous_blocks_covering_the_round(
     ("engine", "per_round", "rounds", "cpus", "expected"),
     [
         ("auto", 10, 5, 2, "inline"),  # too small to pay back Ray's start-up
-        ("auto", 1000, 20, 2, "ray"),
+        ("auto", 1000, 50, 2, "ray"),
         ("auto", 1000, 20, 1, "inline"),  # one core: nothing to run in parallel
         ("ray", 10, 5, 2, "ray"),  # an explicit choice is kept
         ("inline", 1000, 20, 2, "inline"),

@@ -94,6 +94,8 @@ def _masked_loss(outputs: torch.Tensor, targets: torch.Tensor, valid: torch.Tens
     """``task_loss`` over the real samples of a padded batch (0 where there are none)."""
     weight = valid.to(outputs.dtype)
     if targets.is_floating_point():  # mean squared error: per sample, the mean over its outputs
+        if targets.shape != outputs.shape:  # a broadcast would mix samples (and padding) in
+            raise ValueError(f"targets {tuple(targets.shape)} vs outputs {tuple(outputs.shape)}")
         each = ((outputs - targets) ** 2).reshape(weight.shape[0], -1).mean(1)
     else:
         each = nn.functional.cross_entropy(outputs, targets, reduction="none")
@@ -208,8 +210,11 @@ def _train_chunk(
     params = {k: v for k, v in params.items() if k in trainable}
     totals = torch.zeros(devices, dtype=torch.float64)
     seen = torch.zeros(devices, dtype=torch.float64)
-    phases = schedule(model, trainable, sizes, seeds) if len(ys) else []
+    # always asked, devices without samples too: a learner that cannot train one raises here
+    phases = schedule(model, trainable, sizes, seeds)
     for phase in phases:
+        if phase.rows.numel() == 0:  # no device has a step in it
+            continue
         summed = _run_phase(model, fixed, start, params, phase, (xs, ys, offsets), rule)
         if phase.counted:
             totals += summed
@@ -231,7 +236,10 @@ def train_phases(
     similar sample counts (little padding)."""
     names = [name for name, _ in model.named_parameters()]
     trainable = frozenset(name for name, p in model.named_parameters() if p.requires_grad)
-    start = {k: torch.from_numpy(np.asarray(a)) for k, a in zip(names, global_arrays, strict=True)}
+    start = {
+        k: torch.from_numpy(np.asarray(a, dtype=np.float32))  # as ``set_arrays`` loads them
+        for k, a in zip(names, global_arrays, strict=True)
+    }
     by_size = sorted(range(len(data)), key=lambda i: len(data[i][1]))
     results: list[tuple[Arrays, float] | None] = [None] * len(data)
     model.train()

@@ -8,6 +8,7 @@ compute the same thing.
 
 from __future__ import annotations
 
+import logging
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -25,6 +26,7 @@ from fedsim.core.algorithms.base import Algorithm
 from fedsim.core.algorithms.prototype_sums import ClassSums
 from fedsim.core.cohort import CohortOrder, CohortReply, DeviceOutcome
 from fedsim.core.data import load_task_data
+from fedsim.core.errors import clip
 from fedsim.core.hierarchy import gateway_rounds
 from fedsim.core.models import get_arrays, head_parameters, set_arrays
 from fedsim.core.reduce import Arrays, ModelUpdate, reduce_blocks
@@ -34,6 +36,9 @@ from fedsim.core.state import STATE_FILE, DeviceState, DeviceStateStore
 from fedsim.core.task_model import task_model
 
 MIN_GROUP = 8  # fewer train faster one by one (benchmarks.vectorize --devices 8: break-even)
+log = logging.getLogger(__name__)
+_FELL_BACK: set[type[BaseException]] = set()  # the kinds of batched failure already logged
+
 WINDOW = 256  # devices in flight per worker: their data and updates, ~0.4 MB each for mlp-100
 
 __all__ = [
@@ -270,7 +275,14 @@ def _batched(
         trained = train_vectorized(
             model, global_arrays, _learner(scenario), list(data.values()), seeds
         )
-    except Exception:
+    except Exception as exc:  # said once per worker process: slower, same results
+        if type(exc) not in _FELL_BACK:
+            _FELL_BACK.add(type(exc))
+            log.warning(
+                "batched training failed (%s: %s); these devices train one by one",
+                type(exc).__name__,
+                clip(str(exc), 200),
+            )
         return _sequential(scenario, fleet, order, group, global_arrays, states)
     sent = sent_tensors(scenario, model, head_only)
     done: dict[int, DeviceUpdate | DeviceOutcome] = {}
@@ -308,6 +320,7 @@ def run_cohort(
     learner = _learner(scenario)
     vectorize = (
         scenario.execution.vectorize
+        and not learner.stateful  # a batched kernel neither reads nor writes a device's state
         and not _reports(scenario)
         and can_vectorize(_model(scenario), learner)
     )

@@ -27,7 +27,7 @@ from devices.fleet import load_fleet
 from fedsim.apps import check_outputs, output_callbacks
 from fedsim.core.checkpoint import load_checkpoint
 from fedsim.core.data import load_task_data
-from fedsim.core.errors import FedsimError, RunStoppedError
+from fedsim.core.errors import FedsimError, RunStoppedError, clip
 from fedsim.core.models import get_arrays
 from fedsim.core.records import RunBinding
 from fedsim.core.results import MANIFEST, SUMMARY
@@ -146,18 +146,32 @@ def _local_ray(cpus: int) -> Iterator[None]:
     if ray.is_initialized():  # the caller's own Ray (a notebook, a benchmark): Flower uses it
         yield
         return
-    os.environ["PYTHONPATH"] = os.pathsep.join([*sys.path, os.environ.get("PYTHONPATH", "")])
-    node = _start_node(cpus)
+    before = os.environ.get("PYTHONPATH")
+    paths = [*sys.path, *(before or "").split(os.pathsep)]
+    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(p for p in paths if p))
+    node = None
     try:
-        if node is None:  # this Ray's internals differ from 2.55's: the public way, less lean
-            ray.init(num_cpus=cpus, num_gpus=0, include_dashboard=False, log_to_driver=False)
-        else:
-            ray.init(address=node.address, log_to_driver=False)
+        try:
+            node = _start_node(cpus)
+            if node is None:  # this Ray's internals differ from 2.55's: the public way, less lean
+                ray.init(num_cpus=cpus, num_gpus=0, include_dashboard=False, log_to_driver=False)
+            else:
+                ray.init(address=node.address, log_to_driver=False)
+        except Exception as exc:  # a port in use, /tmp or shared memory full, ...
+            raise FedsimError(
+                "execution.engine",
+                f"could not start a local Ray: {type(exc).__name__}: {clip(str(exc), 300)}",
+                "run with --engine inline (same results), or free the resource Ray names",
+            ) from exc
         yield
     finally:
         ray.shutdown()
         if node is not None:
             node.kill_all_processes(check_alive=False, allow_graceful=True, wait=True)
+        if before is None:  # as the caller had it: a second run must not grow it
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = before
 
 
 def ray_start(cluster: str | None, actors: int) -> AbstractContextManager[None]:
@@ -176,8 +190,12 @@ def _start_node(cpus: int) -> Any:
         params = RayParams(**lean_ray_params(cpus))
     except (ImportError, TypeError):
         return None
-    # spawn_reaper: a reaper process ends the node should this process die without cleaning up
-    return Node(params, head=True, shutdown_at_exit=False, spawn_reaper=True, ray_init_cluster=True)
+    try:  # spawn_reaper: a reaper ends the node should this process die without cleaning up
+        return Node(
+            params, head=True, shutdown_at_exit=False, spawn_reaper=True, ray_init_cluster=True
+        )
+    except TypeError:  # Node's private signature moved
+        return None
 
 
 def _cluster_cpus(address: str) -> int:

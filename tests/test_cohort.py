@@ -142,8 +142,9 @@ def test_vectorised_cohorts_match_per_device_mode_to_float_rounding(
     train = train_vectorized
 
     def spy(*args: Any) -> Any:
-        batched.append(len(args[3]))
-        return train(*args)
+        result = train(*args)
+        batched.append(len(args[3]))  # counted once it returned: a fallback would not count
+        return result
 
     monkeypatch.setattr(clients.work, "train_vectorized", spy)
     per_device = _run(write_scenario, tmp_path, "pd", _blobs({"mode": "per-device"}, algorithm))
@@ -171,8 +172,9 @@ def test_frozen_parts_stay_frozen_in_every_mode(
     train = clients.work.train_vectorized
 
     def spy(*args: Any) -> Any:
-        vectorised.append(len(args[3]))
-        return train(*args)
+        result = train(*args)
+        vectorised.append(len(args[3]))  # counted once it returned
+        return result
 
     monkeypatch.setattr(clients.work, "train_vectorized", spy)
     runs = {

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from contextlib import nullcontext
 
 import psutil
@@ -83,3 +84,24 @@ def test_auto_switches_to_ray_at_the_measured_break_even(
 
     assert scenario.cohort_size * scenario.rounds == device_rounds
     assert choose_engine(scenario) == expected
+
+
+def test_a_local_ray_that_cannot_start_is_a_located_error_and_pythonpath_is_restored(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import fedsim.runner
+    from fedsim.core.errors import FedsimError
+
+    def no_room(cpus: int) -> None:
+        raise OSError(28, "No space left on device: '/tmp/ray'")
+
+    monkeypatch.setattr(fedsim.runner, "_start_node", no_room)
+    monkeypatch.setenv("PYTHONPATH", "/somewhere")
+
+    with pytest.raises(FedsimError) as caught, ray_start(None, 2):
+        pass
+
+    assert caught.value.where == "execution.engine"
+    assert "could not start a local Ray: OSError" in caught.value.what
+    assert "--engine inline" in caught.value.fix
+    assert os.environ["PYTHONPATH"] == "/somewhere"  # as it was: a second run must not grow it

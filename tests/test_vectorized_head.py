@@ -204,8 +204,9 @@ def test_vectorised_tinyol_matches_per_device_mode(
     train_many = BatchedOnlineHead.train_many
 
     def spy(self: BatchedOnlineHead, model: nn.Module, arrays: Any, data: Any, seeds: Any) -> Any:
-        batched.append(len(data))
-        return train_many(self, model, arrays, data, seeds)
+        result = train_many(self, model, arrays, data, seeds)
+        batched.append(len(data))  # counted once it returned: a fallback would not count
+        return result
 
     monkeypatch.setattr(BatchedOnlineHead, "train_many", spy)
 

@@ -201,8 +201,9 @@ def test_vectorised_cohorts_match_per_device_mode_on_unequal_counts(
     train = train_vectorized
 
     def spy(*args: Any) -> Any:
-        batched.append([len(y) for _, y in args[3]])
-        return train(*args)
+        result = train(*args)
+        batched.append([len(y) for _, y in args[3]])  # counted once it returned
+        return result
 
     monkeypatch.setattr(clients.work, "train_vectorized", spy)
 
@@ -243,8 +244,9 @@ def test_head_only_devices_train_batched_too(
     trainable: list[int] = []
 
     def spy(model: nn.Module, *args: Any) -> Any:
-        trainable.append(sum(p.requires_grad for p in model.parameters()))
-        return train_vectorized(model, *args)
+        result = train_vectorized(model, *args)
+        trainable.append(sum(p.requires_grad for p in model.parameters()))  # once it returned
+        return result
 
     monkeypatch.setattr(clients.work, "train_vectorized", spy)
 

@@ -3,8 +3,8 @@
 ``InlineGrid`` implements Flower's abstract ``Grid`` by handing each pushed Message directly to
 ``client_app(message, context)`` of the addressed virtual node, with a per-node ``Context`` shaped
 as the simulation engine shapes it (``partition-id``, ``num-partitions``). A ClientApp that raises
-yields an error reply, as under the Ray engine. It skips Ray's ~12 s start-up: right for tests,
-small fleets and one-core machines. Same apps, same messages, same results as ``ray``.
+yields an error reply, as under the Ray engine. It skips Ray's start-up (~4 s to ready): right for
+tests, small fleets and one-core machines. Same apps, same messages, same results as ``ray``.
 """
 
 from __future__ import annotations

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from clients.batched_steps import CHUNK, Batch, Phase, Rule, no_buffers, padded_phase, train_phases
-from clients.vectorized_head import BatchedOnlineHead
 from fedsim.core.algorithms import Learner
+from fedsim.core.algorithms.batched_head import BatchedOnlineHead
 from fedsim.core.algorithms.local import LocalSgd, OnlineHeadLearner, OnlineSteps, stream_order
 from fedsim.core.algorithms.tinymetafed import ReconstructThenUpdate
 from fedsim.core.models import head_parameters

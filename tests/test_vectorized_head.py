@@ -1,5 +1,5 @@
-"""TinyOL's batched kernel (``clients.vectorized_head``) against the sequential learner it batches:
-per device, the same trained layer, statistics and loss to float32 rounding."""
+"""TinyOL's batched kernel (``fedsim.core.algorithms.batched_head``) against the sequential learner
+it batches: per device, the same trained layer, statistics and loss to float32 rounding."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from torch import nn
 
 import clients.vectorized
 from clients.vectorized import vectorizable
-from clients.vectorized_head import BatchedOnlineHead
 from fedsim.core.algorithms.attached import BridgedHeadLearner
+from fedsim.core.algorithms.batched_head import BatchedOnlineHead
 from fedsim.core.algorithms.feature_norm import NormalizedLinear, with_feature_norm
 from fedsim.core.algorithms.local import OnlineHeadLearner
 from fedsim.core.fleet_spec import AttachedSpec

@@ -160,8 +160,8 @@ class OnlineHeadLearner:
     stateful: ClassVar[bool] = False
 
     def vectorized(self) -> OnlineHeadLearner | None:
-        """Itself if ``clients.vectorized_head`` may train many devices of it at once; None for a
-        subclass (``BridgedHeadLearner`` steps on a real device)."""
+        """Itself if ``batched_head.BatchedOnlineHead`` may train many devices of it at once; None
+        for a subclass (``BridgedHeadLearner`` steps on a real device)."""
         return self if type(self) is OnlineHeadLearner else None
 
     def train(

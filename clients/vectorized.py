@@ -93,8 +93,32 @@ def train_vectorized(
     return trainer.train_many(model, global_arrays, data, seeds)
 
 
+class _Phased:
+    """A kernel that describes its learner's round as ``phases`` and trains them with
+    ``train_phases`` by its ``rule`` (plain SGD at the learner's rate unless it says otherwise);
+    models with buffers train one by one."""
+
+    learner: Any
+
+    def supports(self, model: nn.Module) -> bool:
+        return no_buffers(model)
+
+    def rule(self) -> Rule:
+        return Rule(self.learner.lr)
+
+    def phases(
+        self, model: nn.Module, trainable: frozenset[str], sizes: list[int], seeds: list[int]
+    ) -> list[Phase]:
+        raise NotImplementedError
+
+    def train_many(
+        self, model: nn.Module, global_arrays: Arrays, data: Sequence[Batch], seeds: Sequence[int]
+    ) -> list[tuple[Arrays, float]]:
+        return train_phases(model, global_arrays, data, seeds, self.phases, self.rule())
+
+
 @dataclass(frozen=True)
-class BatchedSgd:
+class BatchedSgd(_Phased):
     """``LocalSgd.train`` (FedProx's term included) for many devices at once: per epoch a
     ``randperm`` of each device's samples, cut into batches (the last one short)."""
 
@@ -104,12 +128,9 @@ class BatchedSgd:
         keyed = self.learner.key_weight == 0 or hasattr(model, "last_key_loss")
         return keyed and no_buffers(model)
 
-    def train_many(
-        self, model: nn.Module, global_arrays: Arrays, data: Sequence[Batch], seeds: Sequence[int]
-    ) -> list[tuple[Arrays, float]]:
+    def rule(self) -> Rule:
         learner = self.learner
-        rule = Rule(learner.lr, learner.mu, learner.key_weight)
-        return train_phases(model, global_arrays, data, seeds, self.phases, rule)
+        return Rule(learner.lr, learner.mu, learner.key_weight)
 
     def phases(
         self, model: nn.Module, trainable: frozenset[str], sizes: list[int], seeds: list[int]
@@ -130,20 +151,11 @@ class BatchedSgd:
 
 
 @dataclass(frozen=True)
-class BatchedOnlineSteps:
+class BatchedOnlineSteps(_Phased):
     """``OnlineSteps.train`` (TinyReptile) for many devices at once: ``steps`` whole batches from
     each device's ``stream_order``, so every device takes the same number of steps."""
 
     learner: OnlineSteps
-
-    def supports(self, model: nn.Module) -> bool:
-        return no_buffers(model)
-
-    def train_many(
-        self, model: nn.Module, global_arrays: Arrays, data: Sequence[Batch], seeds: Sequence[int]
-    ) -> list[tuple[Arrays, float]]:
-        rule = Rule(self.learner.lr)
-        return train_phases(model, global_arrays, data, seeds, self.phases, rule)
 
     def phases(
         self, model: nn.Module, trainable: frozenset[str], sizes: list[int], seeds: list[int]
@@ -158,21 +170,12 @@ class BatchedOnlineSteps:
 
 
 @dataclass(frozen=True)
-class BatchedReconstruct:
+class BatchedReconstruct(_Phased):
     """``ReconstructThenUpdate.train`` (TinyMetaFed) for many devices at once: the head steps on
     the support batches (``support_passes`` times over them), the rest on the query batches;
     only the query losses count."""
 
     learner: ReconstructThenUpdate
-
-    def supports(self, model: nn.Module) -> bool:
-        return no_buffers(model)
-
-    def train_many(
-        self, model: nn.Module, global_arrays: Arrays, data: Sequence[Batch], seeds: Sequence[int]
-    ) -> list[tuple[Arrays, float]]:
-        rule = Rule(self.learner.lr)
-        return train_phases(model, global_arrays, data, seeds, self.phases, rule)
 
     def phases(
         self, model: nn.Module, trainable: frozenset[str], sizes: list[int], seeds: list[int]

@@ -240,11 +240,28 @@ def test_working_in_small_windows_never_changes_the_model(
     ]
 
 
+def _assert_as_the_loop(
+    learner: LocalSgd,
+    build: Callable[[], Any],
+    data: list[tuple[np.ndarray, np.ndarray]],
+    seeds: list[int],
+) -> tuple[Any, Any]:
+    """Train ``data`` vectorised and each device alone (``learner.train`` on a fresh ``build()``):
+    the same parameters (atol 1e-6) and loss (rel 1e-5); (what each device sent, the start)."""
+    start = get_arrays(build())
+    together = train_vectorized(build(), start, learner, data, seeds)
+    for (x, y), seed, (arrays, loss) in zip(data, seeds, together, strict=True):
+        alone = build()
+        alone_loss = learner.train(alone, x, y, seed)
+        for got, want in zip(arrays, get_arrays(alone), strict=True):
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+        assert loss == pytest.approx(alone_loss, rel=1e-5)
+    return [arrays for arrays, _ in together], start
+
+
 def test_vectorised_training_equals_the_sequential_loop() -> None:
     """Same shuffles, batches (a partial last one), FedProx term and SGD steps as LocalSgd."""
     rng = np.random.default_rng(0)
-    model = build_model("mlp", 12, 3, 1)
-    start = get_arrays(model)
     learner = LocalSgd(lr=0.2, epochs=3, batch_size=4, mu=0.3)
     data = [
         (rng.normal(size=(10, 12)).astype(np.float32), rng.integers(0, 3, 10).astype(np.int64))
@@ -252,15 +269,9 @@ def test_vectorised_training_equals_the_sequential_loop() -> None:
     ]
     seeds = [int(s) for s in rng.integers(0, 2**31, 9)]
 
-    together = train_vectorized(build_model("mlp", 12, 3, 1), start, learner, data, seeds)
+    sent, start = _assert_as_the_loop(learner, lambda: build_model("mlp", 12, 3, 1), data, seeds)
 
-    for (x, y), seed, (arrays, loss) in zip(data, seeds, together, strict=True):
-        alone = build_model("mlp", 12, 3, 1)
-        alone_loss = learner.train(alone, x, y, seed)
-        for got, want in zip(arrays, get_arrays(alone), strict=True):
-            np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
-        assert not np.array_equal(arrays[0], start[0])  # it trained
-        assert loss == pytest.approx(alone_loss, rel=1e-5)
+    assert all(not np.array_equal(arrays[0], start[0]) for arrays in sent)  # it trained
 
 
 def test_vectorised_training_leaves_frozen_parameters_alone() -> None:
@@ -278,15 +289,10 @@ def test_vectorised_training_leaves_frozen_parameters_alone() -> None:
         first.requires_grad_(False)
         return model
 
-    start = get_arrays(frozen_body())
-    together = train_vectorized(frozen_body(), start, learner, data, seeds)
+    sent, start = _assert_as_the_loop(learner, frozen_body, data, seeds)
 
-    for (x, y), seed, (arrays, _) in zip(data, seeds, together, strict=True):
-        alone = frozen_body()
-        learner.train(alone, x, y, seed)
+    for arrays in sent:
         assert np.array_equal(arrays[0], start[0])  # frozen: as received
-        for got, want in zip(arrays, get_arrays(alone), strict=True):
-            np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
         assert not np.array_equal(arrays[-1], start[-1])  # the rest trained
 
 
@@ -300,16 +306,8 @@ def test_vectorised_training_equals_the_loop_on_unequal_sample_counts() -> None:
         for n in (11, 3, 8, 5, 4, 9)
     ]
     seeds = [21, 22, 23, 24, 25, 26]
-    start = get_arrays(build_model("mlp", 12, 3, 1))
 
-    together = train_vectorized(build_model("mlp", 12, 3, 1), start, learner, data, seeds)
-
-    for (x, y), seed, (arrays, loss) in zip(data, seeds, together, strict=True):
-        alone = build_model("mlp", 12, 3, 1)
-        alone_loss = learner.train(alone, x, y, seed)
-        for got, want in zip(arrays, get_arrays(alone), strict=True):
-            np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
-        assert loss == pytest.approx(alone_loss, rel=1e-5)
+    _assert_as_the_loop(learner, lambda: build_model("mlp", 12, 3, 1), data, seeds)
 
 
 @pytest.mark.parametrize("vectorize", [False, True])

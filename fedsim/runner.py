@@ -114,9 +114,10 @@ def _flower_log(path: Path) -> Iterator[None]:
 
 
 # The local Ray node a `ray` run starts: only what a one-machine simulation needs. Measured with
-# `python -m benchmarks.ray_startup` (Ray 2.55.1, 2 shared cores, median of 3; stock: ray.init as
-# Flower called it): both actors ready 5.7 s after Ray's start (stock 7.0), the first round done at
-# 11.4 s (14.7), the process tree until ready 1,198 MB (1,405), Ray's own processes 380 MB (542).
+# `python -m benchmarks.ray_startup --skip-break-even` (Ray 2.55.1, 2 idle cores, median of 3;
+# stock: ray.init as Flower called it): both actors ready 4.2 s after Ray's start (stock 6.0), the
+# first round done at 7.9 s (9.7), the process tree until ready 1,240 MB (1,400), Ray's own
+# processes 381 MB (542).
 LEAN_RAY_NODE: dict[str, Any] = {
     "num_gpus": 0,
     "include_dashboard": False,  # the API server (always started) keeps its minimal modules only

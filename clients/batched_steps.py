@@ -206,8 +206,11 @@ def _train_chunk(
     ys = torch.from_numpy(np.concatenate([y for _, y in data]))
     offsets = torch.tensor([0, *np.cumsum(sizes)[:-1].tolist()], dtype=torch.long)
     fixed = {k: v for k, v in start.items() if k not in trainable}
-    params = {k: v.unsqueeze(0).repeat(devices, *[1] * v.dim()) for k, v in start.items()}
-    params = {k: v for k, v in params.items() if k in trainable}
+    params = {  # a copy per device of what trains only (a frozen backbone is shared, not copied)
+        k: v.unsqueeze(0).repeat(devices, *[1] * v.dim())
+        for k, v in start.items()
+        if k in trainable
+    }
     totals = torch.zeros(devices, dtype=torch.float64)
     seen = torch.zeros(devices, dtype=torch.float64)
     # always asked, devices without samples too: a learner that cannot train one raises here

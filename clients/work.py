@@ -137,8 +137,7 @@ def train_device(
     if reported is not None:  # the algorithm's device sends something else than its model
         return reported
     seed = _train_seed(scenario, round_, device_id, step)
-    head = head_parameters(model)
-    frozen = [p for name, p in model.named_parameters() if head_only and name not in head]
+    frozen = _body(model) if head_only else []
     try:
         for p in frozen:
             p.requires_grad_(False)
@@ -151,6 +150,12 @@ def train_device(
     return device_update(
         scenario, model, get_arrays(model), global_arrays, sent, len(y), loss, _measured(learner)
     )
+
+
+def _body(model: nn.Module) -> list[nn.Parameter]:
+    """All but the last layer: what a head-only device holds frozen."""
+    head = head_parameters(model)
+    return [p for name, p in model.named_parameters() if name not in head]
 
 
 def train_one(
@@ -267,10 +272,8 @@ def _batched(
     seeds = [_train_seed(scenario, order.round, d, order.step) for d in group]
     model = _model(scenario)
     if head_only:
-        head = head_parameters(model)
-        for name, p in model.named_parameters():
-            if name not in head:
-                p.requires_grad_(False)
+        for p in _body(model):
+            p.requires_grad_(False)
     try:
         trained = train_vectorized(
             model, global_arrays, _learner(scenario), list(data.values()), seeds
